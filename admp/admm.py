@@ -1,0 +1,62 @@
+"""ADMM for the {0,1} constraint of the hard mask: Z-step, U-step and the rho schedule.
+
+Pure functions on tensors and mask dicts; no module state. With m the relaxed hard mask, Z the
+binary auxiliary (exactly k_g ones per group) and U the scaled dual:
+
+    Z = top-k_g(m + U)       (Euclidean projection onto {z in {0,1}^C : sum z = k_g})
+    U = U + m - Z
+    rho = min(gamma * rho, rho_max)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from admp.masks import MaskDict
+
+
+def keep_count(channels: int, prune_ratio: float) -> int:
+    """k_g = ceil((1 - p) * C_g), at least 1 so that no layer disappears."""
+    if not 0.0 <= prune_ratio < 1.0:
+        raise ValueError(f"prune_ratio must be in [0, 1), got {prune_ratio}")
+    # round() first guards against float noise such as (1-0.7)*10 = 3.0000000000000004.
+    return max(1, math.ceil(round((1.0 - prune_ratio) * channels, 9)))
+
+
+def project_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Binary vector with ones at the k largest scores (ties: lowest index first), shape (C,)."""
+    if not 1 <= k <= scores.numel():
+        raise ValueError(f"k={k} out of range for {scores.numel()} channels")
+    # stable sort so that ties resolve deterministically on every platform
+    order = torch.sort(scores.detach(), descending=True, stable=True).indices
+    z = torch.zeros_like(scores, dtype=torch.float32)
+    z[order[:k]] = 1.0
+    return z
+
+
+def z_step(m: MaskDict, u: MaskDict, prune_ratio: float) -> MaskDict:
+    """Z_g = top-k_g(m_g + U_g) for every group."""
+    return {g: project_topk(m[g] + u[g], keep_count(m[g].numel(), prune_ratio)) for g in m}
+
+
+def u_step(u: MaskDict, m: MaskDict, z: MaskDict) -> MaskDict:
+    """Scaled dual ascent: U_g <- U_g + m_g - Z_g."""
+    return {g: u[g] + m[g].detach() - z[g] for g in u}
+
+
+def rho_next(rho: float, gamma: float, rho_max: float) -> float:
+    """Increasing penalty schedule: rho <- min(gamma * rho, rho_max)."""
+    return min(gamma * rho, rho_max)
+
+
+def admm_penalty(m: MaskDict, z: MaskDict, u: MaskDict, rho: float) -> torch.Tensor:
+    """(rho / 2) * sum_g ||m_g - Z_g + U_g||^2, differentiable in m."""
+    total = sum(((m[g] - z[g] + u[g]) ** 2).sum() for g in m)
+    return 0.5 * rho * total
+
+
+def primal_residual(m: MaskDict, z: MaskDict) -> float:
+    """||m - Z|| over all groups: how far the relaxed mask still is from binary feasibility."""
+    return math.sqrt(sum(float(((m[g].detach() - z[g]) ** 2).sum()) for g in m))

@@ -1,0 +1,144 @@
+"""Model families for ADMP, each declaring its prunable channel groups.
+
+A *channel group* is a set of BatchNorm layers whose output channels are tied together: pruning
+channel c of the group removes channel c from every listed layer (and the matching inputs
+downstream). Plain convs form a group of one; the convs feeding one residual stream (stem or
+shortcut plus each block's last conv) share a group, because the residual add ties them.
+
+Every conv is followed by a BatchNorm, and the channel gates of ADMP act on BatchNorm outputs
+(see ``admp.masks``), which makes folding and physical removal exact.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules it gates
+
+
+class LeNet(nn.Module):
+    """LeNet-style CNN for 1-channel 28x28 digits (16x16 inputs are resized by the data layer)."""
+
+    input_shape = (1, 28, 28)
+
+    def __init__(self, num_classes: int = 10, width: float = 1.0, hidden: int = 128) -> None:
+        super().__init__()
+        c1, c2 = max(2, round(32 * width)), max(2, round(64 * width))
+        self.conv1 = nn.Conv2d(1, c1, 5)  # (N,1,28,28) -> (N,c1,24,24)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.conv2 = nn.Conv2d(c1, c2, 5)  # (N,c1,12,12) -> (N,c2,8,8)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(c2 * 4 * 4, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.pool(torch.relu(self.bn2(self.conv2(x))))
+        x = torch.flatten(x, 1)  # (N, c2*16)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+    def channel_groups(self) -> GroupSpec:
+        """Prunable groups: each conv's output channels."""
+        return {"conv1": ["bn1"], "conv2": ["bn2"]}
+
+
+class BasicBlock(nn.Module):
+    """Residual block: conv-bn-relu-conv-bn, plus identity or 1x1-conv shortcut, then ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetSmall(nn.Module):
+    """A small residual CNN (ResNet-8 style: stem + 3 stages of one block) for 3x32x32 images."""
+
+    input_shape = (3, 32, 32)
+
+    def __init__(self, num_classes: int = 10, width: float = 1.0) -> None:
+        super().__init__()
+        c = [max(2, round(w * width)) for w in (16, 32, 64)]
+        self.stem = nn.Conv2d(3, c[0], 3, 1, 1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(c[0])
+        self.stage1 = BasicBlock(c[0], c[0], 1)  # (N,c0,32,32)
+        self.stage2 = BasicBlock(c[0], c[1], 2)  # (N,c1,16,16)
+        self.stage3 = BasicBlock(c[1], c[2], 2)  # (N,c2,8,8)
+        self.fc = nn.Linear(c[2], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        x = self.stage3(self.stage2(self.stage1(x)))
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (N, c2)
+        return self.fc(x)
+
+    def channel_groups(self) -> GroupSpec:
+        """Residual streams are one group each; each block's inner conv is its own group."""
+        return {
+            "stream1": ["stem_bn", "stage1.bn2"],
+            "stage1.inner": ["stage1.bn1"],
+            "stream2": ["stage2.shortcut.1", "stage2.bn2"],
+            "stage2.inner": ["stage2.bn1"],
+            "stream3": ["stage3.shortcut.1", "stage3.bn2"],
+            "stage3.inner": ["stage3.bn1"],
+        }
+
+
+class SensorCNN1D(nn.Module):
+    """1-D CNN for 6-channel inertial windows of 128 steps (e.g. HAPT acc+gyro)."""
+
+    input_shape = (6, 128)
+
+    def __init__(self, num_classes: int = 6, width: float = 1.0) -> None:
+        super().__init__()
+        c = [max(2, round(w * width)) for w in (32, 64, 64)]
+        self.conv1 = nn.Conv1d(6, c[0], 5, padding=2)  # (N,6,128) -> (N,c0,128)
+        self.bn1 = nn.BatchNorm1d(c[0])
+        self.conv2 = nn.Conv1d(c[0], c[1], 5, padding=2)  # (N,c0,64) -> (N,c1,64)
+        self.bn2 = nn.BatchNorm1d(c[1])
+        self.conv3 = nn.Conv1d(c[1], c[2], 3, padding=1)  # (N,c1,32) -> (N,c2,32)
+        self.bn3 = nn.BatchNorm1d(c[2])
+        self.pool = nn.MaxPool1d(2)
+        self.fc = nn.Linear(c[2], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.pool(torch.relu(self.bn2(self.conv2(x))))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(x.mean(dim=2))  # global average pool: (N, c2)
+
+    def channel_groups(self) -> GroupSpec:
+        """Prunable groups: each conv's output channels."""
+        return {"conv1": ["bn1"], "conv2": ["bn2"], "conv3": ["bn3"]}
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "lenet": LeNet,
+    "resnet": ResNetSmall,
+    "cnn1d": SensorCNN1D,
+}
+
+
+def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
+    """Build a model family by name; raises ValueError naming the unknown architecture."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](num_classes=num_classes, width=width)
+
+
+def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
+    """A zero input of the model's declared shape, for tracing, export and MAC counting."""
+    return torch.zeros(batch, *model.input_shape)

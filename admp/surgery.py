@@ -1,0 +1,103 @@
+"""Masked model -> physically pruned model, and export for edge inference.
+
+Steps: fold the (binary) hard mask into the gated BatchNorm affine parameters, so a removed
+channel outputs exactly 0; then let Torch-Pruning's dependency graph cut the channel from the
+conv, the BatchNorm and every consumer (next conv's inputs, the flattened Linear's columns, the
+other members of a residual stream). Because a cut channel contributed exactly 0, the pruned
+model's eval-mode outputs equal the masked model's (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from admp.masks import MaskDict
+from admp.models import GroupSpec
+
+
+@torch.no_grad()
+def fold_masks_into_bn(model: nn.Module, groups: GroupSpec, masks: MaskDict) -> None:
+    """In place: BN(x)*g == BN'(x) with gamma' = g*gamma, beta' = g*beta, for every gated BN."""
+    modules = dict(model.named_modules())
+    for group, layers in groups.items():
+        g = masks[group].to(torch.float32)
+        for layer in layers:
+            bn = modules[layer]
+            bn.weight.mul_(g)
+            bn.bias.mul_(g)
+
+
+def discover_groups(model: nn.Module, example: torch.Tensor) -> list[set[str]]:
+    """BatchNorm sets that Torch-Pruning's dependency graph couples together (one per group).
+
+    Used to check each model's declared ``channel_groups()`` against the traced graph.
+    """
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    names = {m: n for n, m in model.named_modules()}
+    found: list[set[str]] = []
+    for group in dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d)):
+        bns = {names[dep.target.module] for dep, _ in group
+               if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm)
+               and dep.handler == tp.prune_batchnorm_out_channels}
+        if bns:
+            found.append(bns)
+    return found
+
+
+def prune_model(model: nn.Module, groups: GroupSpec, keep: MaskDict,
+                example: torch.Tensor) -> nn.Module:
+    """A physically pruned copy of ``model`` that keeps only channels where ``keep[g] == 1``.
+
+    ``keep`` is the binary hard mask (m = Z after ADMM). The mask is folded first, so the copy is
+    exact for the masked model. Returns a new module; the input is not modified.
+    """
+    pruned = copy.deepcopy(model).eval()
+    fold_masks_into_bn(pruned, groups, keep)
+    dg = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
+    modules = dict(pruned.named_modules())
+    for group, layers in groups.items():
+        drop = torch.nonzero(keep[group] < 0.5).flatten().tolist()
+        if not drop:
+            continue
+        if len(drop) >= keep[group].numel():
+            raise ValueError(f"group {group!r}: refusing to remove every channel")
+        root = modules[layers[0]]
+        pruning_group = dg.get_pruning_group(root, tp.prune_batchnorm_out_channels, idxs=drop)
+        pruning_group.prune()
+    return pruned
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Trace the eval-mode model to TorchScript (loadable with ``torch.jit.load``, no Python)."""
+    model = model.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Export to ONNX with a dynamic batch dimension."""
+    model = model.eval()
+    torch.onnx.export(
+        model, (example,), str(path), input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+    )
+    return path
+
+
+def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: torch.Tensor) -> float:
+    """Largest |ONNX Runtime output - PyTorch output| on ``inputs``: the export check."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ort_out,) = session.run(None, {"input": inputs.numpy().astype(np.float32)})
+    with torch.no_grad():
+        torch_out = model.eval()(inputs).numpy()
+    return float(np.abs(ort_out - torch_out).max())
