@@ -1,0 +1,155 @@
+"""Dataset loaders: embedded digits, MNIST/USPS/HAPT npz files, and a user's image folders.
+
+Every loader returns float32 tensors ready for the models (images (N, C, H, W) in [0, 1], sensor
+windows (N, 6, 128)) and int64 labels. A missing or malformed file raises ``DataError`` naming the
+file and what is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+class DataError(ValueError):
+    """A data file or folder that cannot be used, with the path and the reason."""
+
+
+@dataclass
+class Split:
+    """Samples and labels of one split. For target domains the labels are evaluation-only."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> "Split":
+        """The samples at ``idx``."""
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return Split(self.x[index], self.y[index])
+
+
+def _to_digit_frame(images: torch.Tensor, size: int = 28, digit: int | None = None) -> torch.Tensor:
+    """(N, H, W) -> (N, 1, size, size): resize the digit to ``digit`` px and centre-pad to size."""
+    x = images.unsqueeze(1).float()
+    digit = digit or size
+    x = F.interpolate(x, size=(digit, digit), mode="bilinear", align_corners=False)
+    pad = (size - digit) // 2
+    return F.pad(x, (pad, size - digit - pad, pad, size - digit - pad)).clamp(0.0, 1.0)
+
+
+def load_embedded_digits() -> Split:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797), as 20x20 digits in a 28x28 frame.
+
+    The 4-pixel margin matches MNIST's layout; no file or network access is needed.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32) / 16.0  # (1797, 8, 8) in [0,1]
+    return Split(_to_digit_frame(images, 28, 20), torch.as_tensor(bunch.target, dtype=torch.long))
+
+
+def _open_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {missing} (has {data.files})")
+            return {k: data[k] for k in keys}
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable npz file ({exc})") from exc
+
+
+def _image_npz(path: Path, split: str, hw: int) -> Split:
+    arrays = _open_npz(path, (f"x_{split}", f"y_{split}"))
+    x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    if x.ndim != 3 or x.shape[1:] != (hw, hw) or len(x) != len(y):
+        raise DataError(f"{path}: x_{split} has shape {x.shape}, expected (N, {hw}, {hw}) "
+                        f"with N = len(y_{split}) = {len(y)}")
+    images = torch.as_tensor(x.astype(np.float32) / 255.0)
+    return Split(_to_digit_frame(images, 28), torch.as_tensor(y.astype(np.int64)))
+
+
+def load_mnist(path: Path, split: str = "train") -> Split:
+    """MNIST from an npz with x_train/y_train/x_test/y_test (uint8 28x28)."""
+    return _image_npz(path, split, 28)
+
+
+def load_usps(path: Path, split: str = "train") -> Split:
+    """USPS from an npz with x_train/y_train/x_test/y_test (uint8 16x16), resized to 28x28."""
+    return _image_npz(path, split, 16)
+
+
+@dataclass
+class SensorData:
+    """HAPT-style windows: x (N, 6, 128), y (N,), subject (N,) = natural device id."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    subject: np.ndarray
+
+
+def load_hapt(path: Path) -> SensorData:
+    """HAPT windows from an npz with X (N,128,6), y (N,), subject (N,); x is made (N, 6, 128)."""
+    arrays = _open_npz(path, ("X", "y", "subject"))
+    x = arrays["X"]
+    if x.ndim != 3 or x.shape[2] != 6 or not len(x) == len(arrays["y"]) == len(arrays["subject"]):
+        raise DataError(f"{path}: X has shape {x.shape}, expected (N, T, 6) matching y and subject")
+    xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 2, 1)), dtype=torch.float32)
+    return SensorData(xt, torch.as_tensor(arrays["y"].astype(np.int64)),
+                      arrays["subject"].astype(np.int64))
+
+
+def standardise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per-channel standardisation of (N, C, T) with the mean/std of ``reference`` (the source)."""
+    mean = reference.mean(dim=(0, 2), keepdim=True)
+    std = reference.std(dim=(0, 2), keepdim=True).clamp_min(1e-6)
+    return (x - mean) / std
+
+
+def load_image_folder(root: Path, domain: str, size: int = 32,
+                      classes: list[str] | None = None) -> tuple[Split, list[str]]:
+    """Office-31 / ImageCLEF layout ``root/domain/class/image`` -> RGB (N, 3, size, size).
+
+    ``classes`` fixes the label order (pass the source's so that target labels line up); by
+    default it is the sorted class folder names of this domain.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(root) / domain
+    if not folder.is_dir():
+        raise DataError(f"{folder}: domain folder not found")
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    classes = classes or found
+    if not classes:
+        raise DataError(f"{folder}: no class folders")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((folder / name).glob("*")) if (folder / name).is_dir() else []:
+            if file.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                with Image.open(file) as img:
+                    rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{file}: not a readable image ({exc})") from exc
+            images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{folder}: no images found in class folders {classes}")
+    x = torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, size, size)
+    return Split(x, torch.as_tensor(labels, dtype=torch.long)), classes

@@ -1,0 +1,178 @@
+"""Cross-domain tasks: a labeled source and a fleet of unlabeled, shifted target devices.
+
+``build_task(spec, seed)`` reads the data named by a ``DataSpec`` and splits the target pool into
+devices (IID, Dirichlet label skew, or natural groups such as HAPT subjects). A device's data,
+with its own IoT shift mix, is built on demand by ``task.device(i)`` from the seed and the device
+index, so nothing per device is held in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from admp.data import partition as part
+from admp.data.shifts import IMAGE_SHIFTS, SENSOR_SHIFTS, ShiftSpec, apply_shift_mix, random_shift_mix
+from admp.data.sources import (DataError, Split, load_embedded_digits, load_hapt, load_image_folder,
+                               load_mnist, load_usps, standardise)
+from admp.seeding import numpy_rng, torch_generator
+
+DATASETS = ("digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder")
+DEFAULT_ARCH = {"digits": "lenet", "mnist_usps": "lenet", "usps_mnist": "lenet", "hapt": "cnn1d",
+                "imagefolder": "resnet"}
+
+
+@dataclass
+class DataSpec:
+    """What data a run uses and how the target fleet is made (documented defaults)."""
+
+    dataset: str = "digits"  # digits | mnist_usps | usps_mnist | hapt | imagefolder
+    data_dir: str = ""  # folder holding mnist/, usps/, hapt/ npz files, or the image-folder root
+    source_domain: str = ""  # imagefolder: source domain folder name
+    target_domain: str = ""  # imagefolder: target domain folder name
+    image_size: int = 32  # imagefolder: images are resized to image_size x image_size
+    num_devices: int = 10  # target devices (hapt with partition=subject: one per target subject)
+    partition: str = "iid"  # iid | dirichlet | subject
+    dirichlet_alpha: float = 0.5  # label-skew concentration for partition=dirichlet
+    shifts: str = "auto"  # auto (on for digits, off for real pairs) | on | off
+    shift_kinds: list[str] = field(default_factory=list)  # empty: every shift of the modality
+    max_shifts_per_device: int = 2  # each device composes 1..this many shifts
+    severity_min: int = 2  # severities are drawn uniformly in [severity_min, severity_max]
+    severity_max: int = 4
+    source_val_fraction: float = 0.1  # held-out labeled source, for model selection
+    target_test_fraction: float = 0.3  # per-device labeled test share (evaluation only)
+    max_source: int = 0  # cap on source training samples (0: all)
+    max_target: int = 0  # cap on target training samples (0: all)
+    samples_per_device: int = 0  # >0: each device draws this many pool samples (overlap allowed
+    #   across devices, each with its own shift), so fleets may outnumber the pool; 0: disjoint parts
+    hapt_source_subjects: list[int] = field(default_factory=lambda: list(range(1, 21)))
+
+
+@dataclass
+class Device:
+    """One target device: unlabeled training data (labels kept for evaluation only) and a test split."""
+
+    index: int
+    mix: list[ShiftSpec]
+    train: Split
+    test: Split
+
+
+@dataclass
+class CrossDomainTask:
+    """Source splits, the target pools and how they are cut into devices."""
+
+    name: str
+    num_classes: int
+    source_train: Split
+    source_val: Split
+    target_train: Split  # unshifted target pool
+    target_test: Split
+    train_parts: list[np.ndarray]
+    test_parts: list[np.ndarray]
+    mixes: list[list[ShiftSpec]]
+    seed: int
+
+    @property
+    def num_devices(self) -> int:
+        """Number of target devices in the fleet."""
+        return len(self.train_parts)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (1, 28, 28) or (6, 128)."""
+        return tuple(self.source_train.x.shape[1:])
+
+    def device(self, i: int) -> Device:
+        """Device i's data with its shift mix applied (train and test share the device's shift)."""
+        train = self.target_train.subset(self.train_parts[i])
+        test = self.target_test.subset(self.test_parts[i])
+        if self.mixes[i]:
+            gen = torch_generator(self.seed, "shift", i)
+            both = apply_shift_mix(torch.cat([train.x, test.x]), self.mixes[i], gen)
+            train, test = Split(both[:len(train)], train.y), Split(both[len(train):], test.y)
+        return Device(i, self.mixes[i], train, test)
+
+    def pooled(self) -> tuple[Split, Split]:
+        """All devices' (train, test) data concatenated: the centralized view of the fleet."""
+        devices = [self.device(i) for i in range(self.num_devices)]
+        cat = lambda splits: Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))  # noqa: E731
+        return cat([d.train for d in devices]), cat([d.test for d in devices])
+
+
+def _cap(split: Split, limit: int, rng: np.random.Generator) -> Split:
+    if limit <= 0 or limit >= len(split):
+        return split
+    return split.subset(np.sort(rng.choice(len(split), limit, replace=False)))
+
+
+def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split, Split | None, np.ndarray | None]:
+    """(source, target_train, target_test or None, groups for natural partition or None)."""
+    root = Path(spec.data_dir)
+    if spec.dataset == "digits":
+        digits = load_embedded_digits()
+        src_idx, tgt_idx = part.split_train_test(np.arange(len(digits)), 0.5, numpy_rng(seed, "digits"))
+        return digits.subset(src_idx), digits.subset(tgt_idx), None, None
+    if spec.dataset in ("mnist_usps", "usps_mnist"):
+        mnist = lambda s: load_mnist(root / "mnist" / "mnist.npz", s)  # noqa: E731
+        usps = lambda s: load_usps(root / "usps" / "usps.npz", s)  # noqa: E731
+        src, tgt = (mnist, usps) if spec.dataset == "mnist_usps" else (usps, mnist)
+        return src("train"), tgt("train"), tgt("test"), None
+    if spec.dataset == "hapt":
+        hapt = load_hapt(root / "hapt" / "hapt.npz")
+        is_src = np.isin(hapt.subject, spec.hapt_source_subjects)
+        if is_src.all() or not is_src.any():
+            raise DataError(f"hapt_source_subjects {spec.hapt_source_subjects} leave no source or no target")
+        x = standardise(hapt.x, hapt.x[torch.as_tensor(is_src)])
+        src = Split(x[torch.as_tensor(is_src)], hapt.y[torch.as_tensor(is_src)])
+        tgt = Split(x[torch.as_tensor(~is_src)], hapt.y[torch.as_tensor(~is_src)])
+        return src, tgt, None, hapt.subject[~is_src]
+    if spec.dataset == "imagefolder":
+        src, classes = load_image_folder(root, spec.source_domain, spec.image_size)
+        tgt, _ = load_image_folder(root, spec.target_domain, spec.image_size, classes)
+        return src, tgt, None, None
+    raise DataError(f"unknown dataset {spec.dataset!r}; choose one of {DATASETS}")
+
+
+def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
+    """Load the data of ``spec`` and cut the target into devices, deterministically from ``seed``."""
+    source, target, target_test, groups = _source_and_target(spec, seed)
+    rng = numpy_rng(seed, "split")
+    source = _cap(source, spec.max_source, rng)
+    src_train, src_val = part.split_train_test(np.arange(len(source)), spec.source_val_fraction, rng)
+    if spec.partition == "subject":
+        if groups is None:
+            raise DataError(f"partition 'subject' needs natural groups; dataset {spec.dataset!r} has none")
+        train_parts = list(part.group_partition(groups).values())
+    else:
+        target = _cap(target, spec.max_target, rng)
+        n = spec.num_devices
+        if spec.samples_per_device > 0 and spec.partition == "iid":
+            train_parts = [part.sample_device(len(target), spec.samples_per_device, numpy_rng(seed, "draw", i))
+                           for i in range(n)]
+        elif spec.partition == "iid":
+            train_parts = part.iid_partition(len(target), n, rng)
+        elif spec.partition == "dirichlet":
+            train_parts = part.dirichlet_partition(target.y.numpy(), n, spec.dirichlet_alpha, rng)
+        else:
+            raise DataError(f"unknown partition {spec.partition!r}; choose iid, dirichlet or subject")
+    if target_test is None:  # held-out share of each device
+        splits = [part.split_train_test(p, spec.target_test_fraction, rng) for p in train_parts]
+        train_parts, test_parts = [s[0] for s in splits], [s[1] for s in splits]
+        target_test = target
+    else:  # an official test set: spread it IID over the devices
+        test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
+    shifts_on = spec.shifts == "on" or (spec.shifts == "auto" and spec.dataset == "digits")
+    kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
+    mixes = [random_shift_mix(torch_generator(seed, "mix", i), kinds, spec.max_shifts_per_device,
+                              (spec.severity_min, spec.severity_max)) if shifts_on else []
+             for i in range(len(train_parts))]
+    return CrossDomainTask(
+        name=spec.dataset, num_classes=int(source.y.max()) + 1,
+        source_train=source.subset(src_train), source_val=source.subset(src_val),
+        target_train=target, target_test=target_test, train_parts=train_parts,
+        test_parts=test_parts, mixes=mixes, seed=seed,
+    )

@@ -1,0 +1,209 @@
+"""Training loops in plain PyTorch: the teacher, the local ADMP step, KD fine-tuning, BN recalibration.
+
+``admp_local_train`` is the unit of local work shared by the centralized run and by every
+federated client: it trains the student's weights W and relaxed hard mask m on unlabeled target
+data against a frozen teacher, with the soft-mask adversary, while the ADMM auxiliary Z, dual U
+and penalty rho stay fixed (the caller takes the Z/U steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from admp.admm import admm_penalty
+from admp.losses import adversary_step, information_maximisation, kd_divergence, pseudo_label_ce
+from admp.masks import MaskDict, gated
+from admp.models import GroupSpec
+
+
+@dataclass
+class AdmpHyper:
+    """Hyper-parameters of the ADMP losses and optimisers (our reconstruction; see README)."""
+
+    prune_ratio: float = 0.6  # p: share of channels removed per group
+    lr: float = 0.01  # SGD learning rate of the student's weights
+    mask_lr: float = 0.05  # SGD learning rate of the relaxed hard mask m
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    tau: float = 4.0  # distillation temperature
+    lambda_pl: float = 0.3  # weight of the confident pseudo-label cross-entropy
+    pl_threshold: float = 0.9  # teacher confidence needed for a pseudo label
+    lambda_im: float = 0.0  # weight of the information-maximisation term (0: off)
+    l1_m: float = 0.02  # L1 push on m, which ranks channels before the first Z-step
+    rho: float = 0.05  # initial ADMM penalty
+    rho_gamma: float = 1.5  # rho <- min(rho_gamma * rho, rho_max) after every Z-step
+    rho_max: float = 5.0
+    adversary: bool = True  # the soft-mask adversary on/off (ablation)
+    adv_lr: float = 0.02  # largest per-step change of s (gradient normalised per group)
+    adv_eps: float = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group
+    s_min: float = 0.5  # floor of the soft mask
+
+
+def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
+            y: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Shuffled mini-batches of an in-memory tensor (and labels if given); last partial batch kept."""
+    order = torch.randperm(len(x), generator=gen)
+    for start in range(0, len(x), batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) < 2:  # BatchNorm cannot train on a single sample
+            continue
+        yield x[idx], (y[idx] if y is not None else None)
+
+
+def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
+                     batch_size: int, gen: torch.Generator) -> list[float]:
+    """Train with cross-entropy on labeled (source) data; returns the mean loss per epoch."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
+    history = []
+    for _ in range(epochs):
+        model.train()
+        total, count = 0.0, 0
+        for xb, yb in batches(x, batch_size, gen, y):
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, count = total + loss.item() * len(xb), count + len(xb)
+        sched.step()
+        history.append(total / max(count, 1))
+    return history
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Train-mode BatchNorm that normalises with batch statistics but leaves running stats as they are.
+
+    Used for the adversary's extra forward pass, so that attacked activations do not leak into the
+    statistics that evaluation uses.
+    """
+    bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+    try:
+        yield
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+
+
+def _adaptation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                     hp: AdmpHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total KD-adaptation loss, divergence D) on one batch."""
+    div = kd_divergence(teacher_logits, student_logits, hp.tau)
+    loss = div + hp.lambda_pl * pseudo_label_ce(teacher_logits, student_logits, hp.pl_threshold)
+    if hp.lambda_im > 0:
+        loss = loss + hp.lambda_im * information_maximisation(student_logits)
+    return loss, div
+
+
+def _soft_grads(student: nn.Module, groups: GroupSpec, m: MaskDict, s: MaskDict,
+                xb: torch.Tensor, t_logits: torch.Tensor, tau: float) -> MaskDict:
+    """dD/ds for the adversary, with W and m held fixed."""
+    leaf = {g: v.detach().clone().requires_grad_(True) for g, v in s.items()}
+    detached_m = {g: v.detach() for g, v in m.items()}
+    with gated(student, groups, detached_m, leaf), frozen_bn_stats(student):
+        div = kd_divergence(t_logits, student(xb), tau)
+    grads = torch.autograd.grad(div, list(leaf.values()))
+    return dict(zip(leaf, grads))
+
+
+def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, m: MaskDict,
+                     s: MaskDict, z: MaskDict, u: MaskDict, rho: float, x: torch.Tensor,
+                     epochs: int, hp: AdmpHyper, gen: torch.Generator) -> dict[str, float]:
+    """Local ADMP epochs on unlabeled target data ``x``; updates student, m and s in place.
+
+    Per batch: (1) the adversary raises D by moving s within its budget; (2) one SGD step on
+    (W, m) for D + lambda_pl*CE_pl (+ lambda_im*IM) + (rho/2)||m - Z + U||^2 + l1_m*|m|_1,
+    with m then clipped to [0, 1]. Returns mean divergence, loss and samples seen.
+    """
+    teacher.eval()
+    student.train()
+    m_params = {g: v.detach().clone().requires_grad_(True) for g, v in m.items()}
+    opt = torch.optim.SGD([
+        {"params": list(student.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay},
+        {"params": list(m_params.values()), "lr": hp.mask_lr, "weight_decay": 0.0},
+    ], momentum=hp.momentum)
+    soft = {g: v.detach().clone() for g, v in s.items()}
+    sums = {"divergence": 0.0, "loss": 0.0}
+    seen = 0
+    for _ in range(epochs):
+        for xb, _ in batches(x, hp.batch_size, gen):
+            with torch.no_grad():
+                t_logits = teacher(xb)  # (N, K)
+            if hp.adversary:
+                grads = _soft_grads(student, groups, m_params, soft, xb, t_logits, hp.tau)
+                soft = adversary_step(soft, grads, hp.adv_lr, hp.s_min, hp.adv_eps)
+            with gated(student, groups, m_params, soft):
+                loss, div = _adaptation_loss(t_logits, student(xb), hp)
+            if rho > 0:
+                loss = loss + admm_penalty(m_params, z, u, rho)
+            if hp.l1_m > 0:
+                loss = loss + hp.l1_m * sum(v.abs().sum() for v in m_params.values())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for v in m_params.values():
+                    v.clamp_(0.0, 1.0)
+            sums["divergence"] += float(div) * len(xb)
+            sums["loss"] += float(loss) * len(xb)
+            seen += len(xb)
+    for g in m:
+        m[g] = m_params[g].detach()
+        s[g] = soft[g]
+    return {k: v / max(seen, 1) for k, v in sums.items()} | {"samples": float(seen)}
+
+
+def kd_finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, epochs: int,
+                hp: AdmpHyper, gen: torch.Generator, lr: float | None = None) -> dict[str, float]:
+    """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place."""
+    teacher.eval()
+    student.train()
+    opt = torch.optim.SGD(student.parameters(), lr=lr or hp.lr, momentum=hp.momentum,
+                          weight_decay=hp.weight_decay)
+    total_div, seen = 0.0, 0
+    for _ in range(epochs):
+        for xb, _ in batches(x, hp.batch_size, gen):
+            with torch.no_grad():
+                t_logits = teacher(xb)
+            loss, div = _adaptation_loss(t_logits, student(xb), hp)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total_div, seen = total_div + float(div) * len(xb), seen + len(xb)
+    return {"divergence": total_div / max(seen, 1), "samples": float(seen)}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
+                   masks: tuple[GroupSpec, MaskDict] | None = None) -> None:
+    """Re-estimate BatchNorm running statistics on (target) data ``x`` with a cumulative average.
+
+    With ``masks`` the statistics are taken under those channel gates.
+    """
+    bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over all batches
+    model.train()
+    context = gated(model, *masks) if masks is not None else nullcontext()
+    try:
+        with context:
+            for start in range(0, len(x), batch_size):
+                chunk = x[start:start + batch_size]
+                if len(chunk) > 1 or start == 0:
+                    model(chunk)
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum
+        model.eval()

@@ -1,0 +1,196 @@
+"""Centralized ADMP end to end on the pooled unlabeled target data.
+
+teacher on labeled source -> mask phase (adversary + ADMM with rho schedule) -> m = Z, fold,
+physical removal -> KD fine-tune -> BatchNorm recalibration on target -> evaluate -> export.
+Target labels are used only by ``accuracy`` for reporting, never by a training step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from admp import admm
+from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask, build_task
+from admp.masks import MaskDict, gated, group_sizes, mask_sparsity, ones_masks, zeros_masks
+from admp.metrics import accuracy, cpu_latency_ms, model_report
+from admp.models import build_model, example_input
+from admp.seeding import derive_seed, seed_everything, torch_generator
+from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff, prune_model
+from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, train_supervised
+from simulations.config import CentralizedConfig, ConfigError, to_yaml
+from simulations.report import RunDirectory, print_summary
+
+
+@dataclass
+class MaskState:
+    """ADMP mask-phase state: hard mask m, soft mask s, auxiliary Z, dual U, penalty rho."""
+
+    m: MaskDict
+    s: MaskDict
+    z: MaskDict
+    u: MaskDict
+    rho: float
+
+    @classmethod
+    def initial(cls, sizes: dict[str, int]) -> "MaskState":
+        """m = s = Z = 1, U = 0, rho = 0 (no penalty until the first Z-step)."""
+        return cls(ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes), 0.0)
+
+
+def prepare_teacher(cfg: CentralizedConfig, task: CrossDomainTask, arch: str,
+                    console: Console) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the teacher on labeled source data (or load ``teacher.checkpoint``)."""
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    teacher = build_model(arch, task.num_classes, cfg.model.width)
+    info: dict[str, Any] = {}
+    if cfg.teacher.checkpoint:
+        try:
+            state = torch.load(cfg.teacher.checkpoint, map_location="cpu", weights_only=True)
+            teacher.load_state_dict(state)
+        except (OSError, RuntimeError) as exc:
+            raise ConfigError(f"teacher.checkpoint: cannot load {cfg.teacher.checkpoint} ({exc})") from exc
+        info["loaded_from"] = cfg.teacher.checkpoint
+    else:
+        start = time.perf_counter()
+        losses = train_supervised(teacher, task.source_train.x, task.source_train.y, cfg.teacher.epochs,
+                                  cfg.teacher.lr, cfg.teacher.batch_size,
+                                  torch_generator(cfg.run.seed, "teacher"))
+        info["train_seconds"] = round(time.perf_counter() - start, 2)
+        info["final_loss"] = losses[-1] if losses else None
+        console.print(f"teacher trained: {cfg.teacher.epochs} epochs in {info['train_seconds']} s")
+    info["source_val_acc"] = accuracy(teacher, task.source_val.x, task.source_val.y)
+    return teacher.eval(), info
+
+
+def masked_accuracy(student: nn.Module, groups, m: MaskDict, x_calib: torch.Tensor,
+                    x: torch.Tensor, y: torch.Tensor) -> float:
+    """Eval accuracy of the student gated by m (s = 1), BN statistics re-estimated on ``x_calib``.
+
+    Training runs under the adversary's attenuation s, so the running statistics it leaves do not
+    match the s = 1 network that is evaluated; recalibrating a copy removes that mismatch.
+    """
+    probe = copy.deepcopy(student)
+    recalibrate_bn(probe, x_calib, masks=(groups, m))
+    with gated(probe, groups, m):
+        return accuracy(probe, x, y)
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine-decayed learning rate for step 0..total-1 (ends at base/total-ish, never 0)."""
+    return base * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+
+
+def run_centralized(cfg: CentralizedConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole centralized pipeline; returns the summary (also written to the run dir)."""
+    console = console or Console()
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    seed = cfg.run.seed
+    seed_everything(seed)
+    task = build_task(cfg.data, seed)
+    arch = DEFAULT_ARCH[cfg.data.dataset] if cfg.model.arch == "auto" else cfg.model.arch
+    run = RunDirectory(cfg.run.out_dir, cfg.run.name)
+    run.write_text("config.yaml", to_yaml(cfg))
+    console.print(f"[bold]FedADMP centralized[/bold] dataset={task.name} arch={arch} "
+                  f"devices={task.num_devices} p={cfg.admp.prune_ratio} -> {run.path}")
+
+    teacher, teacher_info = prepare_teacher(cfg, task, arch, console)
+    torch.save(teacher.state_dict(), run.file("teacher.pt"))
+    target_train, target_test = task.pooled()  # target_train.y is never used for training
+    teacher_acc = accuracy(teacher, target_test.x, target_test.y)
+    console.print(f"teacher: source val {teacher_info['source_val_acc']:.2f}%  target test {teacher_acc:.2f}%  "
+                  f"({len(target_train)} unlabeled target samples, {len(target_test)} target test)")
+
+    hp, sched = cfg.admp, cfg.schedule
+    student = copy.deepcopy(teacher)
+    groups = student.channel_groups()
+    state = MaskState.initial(group_sizes(student, groups))
+    gen = torch_generator(seed, "admp")
+    step = 0
+    for epoch in range(sched.mask_epochs):
+        start = time.perf_counter()
+        stats = admp_local_train(student, teacher, groups, state.m, state.s, state.z, state.u,
+                                 state.rho, target_train.x, 1, hp, gen)
+        admm_step = epoch + 1 >= sched.warmup_epochs and (epoch + 1 - sched.warmup_epochs) % sched.admm_every == 0
+        if admm_step:
+            state.z = admm.z_step(state.m, state.u, hp.prune_ratio)
+            state.u = admm.u_step(state.u, state.m, state.z)
+            state.rho = hp.rho if state.rho == 0 else admm.rho_next(state.rho, hp.rho_gamma, hp.rho_max)
+        step += 1
+        row = {"phase": "mask", "step": step, "epoch": epoch + 1,
+               "target_acc": masked_accuracy(student, groups, state.m, target_train.x, target_test.x, target_test.y),
+               "divergence": stats["divergence"], "loss": stats["loss"], "rho": state.rho,
+               "soft_sparsity": mask_sparsity(state.m), "hard_sparsity": mask_sparsity(state.z),
+               "primal_residual": admm.primal_residual(state.m, state.z),
+               "mean_soft_mask": float(torch.cat(list(state.s.values())).mean()),
+               "seconds": round(time.perf_counter() - start, 3)}
+        run.log_metrics(row)
+        console.print(f"mask epoch {epoch + 1:>3}/{sched.mask_epochs}  acc {row['target_acc']:6.2f}  "
+                      f"D {row['divergence']:.4f}  rho {state.rho:.3g}  m<0.5 {row['soft_sparsity']:.2f}")
+
+    # Merge: m = Z (a final projection of m + U), fold, physically remove.
+    keep = admm.z_step(state.m, state.u, hp.prune_ratio)
+    torch.save({"student": student.state_dict(), "keep": keep}, run.file("student_masked.pt"))
+    example = example_input(student)
+    pruned = prune_model(student, groups, keep, example)
+    recalibrate_bn(pruned, target_train.x)
+    merged_acc = accuracy(pruned, target_test.x, target_test.y)
+    channels_pruned = 1 - sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
+    step += 1
+    run.log_metrics({"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc,
+                     "channels_pruned": channels_pruned})
+    console.print(f"merged: {channels_pruned:.0%} of channels removed, target acc {merged_acc:.2f}%")
+
+    ft_gen = torch_generator(seed, "finetune")
+    for epoch in range(sched.finetune_epochs):
+        start = time.perf_counter()
+        lr = cosine_lr(sched.finetune_lr, epoch, sched.finetune_epochs)
+        stats = kd_finetune(pruned, teacher, target_train.x, 1, hp, ft_gen, lr=lr)
+        step += 1
+        acc = accuracy(pruned, target_test.x, target_test.y)
+        run.log_metrics({"phase": "finetune", "step": step, "epoch": epoch + 1, "target_acc": acc,
+                         "divergence": stats["divergence"], "channels_pruned": channels_pruned,
+                         "seconds": round(time.perf_counter() - start, 3)})
+        console.print(f"finetune epoch {epoch + 1:>3}/{sched.finetune_epochs}  acc {acc:6.2f}  D {stats['divergence']:.4f}")
+    recalibrate_bn(pruned, target_train.x)
+    final_acc = accuracy(pruned, target_test.x, target_test.y)
+    return _finish(run, cfg, task, arch, teacher, teacher_info, teacher_acc, pruned, groups,
+                   merged_acc, final_acc, channels_pruned, console)
+
+
+def _finish(run: RunDirectory, cfg: CentralizedConfig, task: CrossDomainTask, arch: str,
+            teacher: nn.Module, teacher_info: dict, teacher_acc: float, pruned: nn.Module, groups,
+            merged_acc: float, final_acc: float, channels_pruned: float, console: Console) -> dict[str, Any]:
+    """Export, measure and summarise the pruned model."""
+    pruned.eval()
+    example = example_input(pruned)
+    export_torchscript(pruned, example, run.file("pruned_model.ts"))
+    export_onnx(pruned, example, run.file("pruned_model.onnx"))
+    onnx_diff = onnx_max_abs_diff(run.file("pruned_model.onnx"), pruned, task.source_val.x[:32])
+    summary: dict[str, Any] = {
+        "run_dir": str(run.path),
+        "dataset": task.name, "arch": arch, "seed": cfg.run.seed,
+        "prune_ratio": cfg.admp.prune_ratio, "channels_pruned": channels_pruned,
+        "teacher": model_report(teacher, groups, example) | {
+            "target_acc": teacher_acc, "latency_ms": cpu_latency_ms(teacher, example)["median_ms"],
+            **teacher_info},
+        "student": model_report(pruned, groups, example) | {
+            "target_acc": final_acc, "target_acc_after_merge": merged_acc,
+            "latency_ms": cpu_latency_ms(pruned, example)["median_ms"]},
+        "onnx_max_abs_diff": onnx_diff,
+        "exports": ["pruned_model.ts", "pruned_model.onnx", "student_masked.pt"],
+    }
+    summary["param_reduction"] = summary["teacher"]["params"] / summary["student"]["params"]
+    summary["mac_reduction"] = summary["teacher"]["macs"] / summary["student"]["macs"]
+    run.write_json("summary.json", summary)
+    run.plot_training()
+    print_summary(summary, f"Centralized ADMP on {task.name} (p = {cfg.admp.prune_ratio})", console)
+    return summary

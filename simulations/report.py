@@ -1,0 +1,105 @@
+"""A run's directory: resolved config, per-epoch/round metrics (CSV + JSON), summary, plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+
+class RunDirectory:
+    """Creates ``out_dir/name-YYYYmmdd-HHMMSS[-n]`` and writes a run's artefacts into it.
+
+    Metrics are rewritten in full after every row, so an interrupted run keeps what it measured.
+    """
+
+    def __init__(self, out_dir: str | Path, name: str) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        base = Path(out_dir).resolve() / f"{name}-{stamp}"
+        path, n = base, 1
+        while path.exists():
+            path, n = Path(f"{base}-{n}"), n + 1
+        path.mkdir(parents=True)
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def file(self, name: str) -> Path:
+        """Path of an artefact inside the run directory."""
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a text artefact (e.g. the resolved config)."""
+        target = self.file(name)
+        target.write_text(text)
+        return target
+
+    def write_json(self, name: str, data: Any) -> Path:
+        """Write a JSON artefact."""
+        return self.write_text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append one metrics row and rewrite metrics.csv and metrics.json."""
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [k for k in r if k not in columns]
+        with self.file("metrics.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        self.write_json("metrics.json", self.rows)
+
+    def plot_training(self, x_key: str = "step", name: str = "training.png") -> Path:
+        """Target accuracy and mask sparsity against ``x_key`` (one line per phase)."""
+        fig, (ax_acc, ax_sp) = plt.subplots(1, 2, figsize=(11, 4))
+        phases = list(dict.fromkeys(r["phase"] for r in self.rows))
+        for phase in phases:
+            rows = [r for r in self.rows if r["phase"] == phase]
+            ax_acc.plot([r[x_key] for r in rows], [r["target_acc"] for r in rows], "o-", label=phase)
+        for key, label in (("soft_sparsity", "m < 0.5"), ("hard_sparsity", "Z = 0 (pruned)"),
+                           ("channels_pruned", "channels removed")):
+            rows = [r for r in self.rows if r.get(key) is not None]
+            if rows:
+                ax_sp.plot([r[x_key] for r in rows], [r[key] for r in rows], "o-", label=label)
+        ax_acc.set(xlabel=x_key, ylabel="target test accuracy (%)", title="Accuracy")
+        ax_sp.set(xlabel=x_key, ylabel="fraction of channels", title="Sparsity", ylim=(-0.02, 1.02))
+        for ax in (ax_acc, ax_sp):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        target = self.file(name)
+        fig.savefig(target, dpi=110)
+        plt.close(fig)
+        return target
+
+
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    """A rich table of teacher vs pruned student: accuracy, channels, parameters, MACs, latency."""
+    table = Table(title=title)
+    table.add_column("model")
+    for col in ("target acc %", "channels", "params", "MACs", "latency b1 ms"):
+        table.add_column(col, justify="right")
+    for key in ("teacher", "student"):
+        m = summary[key]
+        table.add_row(key, f"{m['target_acc']:.2f}", str(sum(m["channels"].values())),
+                      f"{m['params']:,}", f"{m['macs']:,}", f"{m['latency_ms']:.3f}")
+    return table
+
+
+def print_summary(summary: dict[str, Any], title: str, console: Console | None = None) -> None:
+    """Print the summary table and the per-group channel counts."""
+    console = console or Console()
+    console.print(summary_table(summary, title))
+    kept = ", ".join(f"{g}: {summary['student']['channels'][g]}/{c}"
+                     for g, c in summary["teacher"]["channels"].items())
+    console.print(f"channels kept per group: {kept}")
+    console.print(f"run directory: {summary['run_dir']}")
