@@ -60,7 +60,7 @@ def project_budget(s: torch.Tensor, s_min: float, eps: float, iters: int = 60) -
     clipped = s.clamp(s_min, 1.0)
     if float((1.0 - clipped).mean()) <= eps:
         return clipped
-    lo, hi = 0.0, 1.0 - s_min  # at hi every entry is 1: mean(1 - s) = 0 <= eps
+    lo, hi = 0.0, 1.0 - float(s.min())  # at hi every entry is 1: mean(1 - s) = 0 <= eps
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         if float((1.0 - (s + mid).clamp(s_min, 1.0)).mean()) <= eps:

@@ -10,6 +10,7 @@ model's eval-mode outputs equal the masked model's (up to float rounding).
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +84,12 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> P
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export to ONNX with a dynamic batch dimension."""
+    """Export to ONNX (torch.export-based exporter) with a dynamic batch dimension."""
     model = model.eval()
+    arg = next(iter(inspect.signature(model.forward).parameters))
     torch.onnx.export(
         model, (example,), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+        dynamic_shapes={arg: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
     )
     return path
 

@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+
+from admp.data import partition as part
+from admp.data.shifts import IMAGE_SHIFTS, SENSOR_SHIFTS, ShiftSpec, apply_shift_mix
+from admp.data.sources import DataError, load_embedded_digits, load_hapt, load_image_folder, load_mnist, load_usps
+from admp.data.tasks import DataSpec, build_task
+
+
+def test_iid_partition_covers_disjointly():
+    parts = part.iid_partition(103, 10, np.random.default_rng(0))
+    joined = np.concatenate(parts)
+    assert sorted(joined.tolist()) == list(range(103))
+    assert {len(p) for p in parts} == {10, 11}
+
+
+def test_dirichlet_partition_covers_and_skews():
+    labels = np.repeat(np.arange(10), 100)
+    parts = part.dirichlet_partition(labels, 20, 0.1, np.random.default_rng(0))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(1000))
+    classes_per_device = [len(np.unique(labels[p])) for p in parts]
+    assert np.mean(classes_per_device) < 6  # alpha = 0.1: strong label skew
+    iid_like = part.dirichlet_partition(labels, 5, 1000.0, np.random.default_rng(0))
+    assert min(len(np.unique(labels[p])) for p in iid_like) == 10
+
+
+def test_group_partition_one_device_per_group():
+    groups = np.array([3, 1, 3, 2, 1])
+    parts = part.group_partition(groups)
+    assert list(parts) == [1, 2, 3]
+    assert parts[3].tolist() == [0, 2]
+
+
+def test_shift_spec_validates():
+    with pytest.raises(ValueError, match="severity"):
+        ShiftSpec("noise", 7)
+    with pytest.raises(ValueError, match="unknown shift"):
+        ShiftSpec("fog", 2)
+
+
+@pytest.mark.parametrize("name", IMAGE_SHIFTS)
+def test_image_shifts_keep_shape_range_and_are_seeded(name):
+    x = load_embedded_digits().x[:8]
+    a = apply_shift_mix(x, [ShiftSpec(name, 3)], torch.Generator().manual_seed(1))
+    b = apply_shift_mix(x, [ShiftSpec(name, 3)], torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, x)
+    mild = apply_shift_mix(x, [ShiftSpec(name, 1)], torch.Generator().manual_seed(1))
+    assert (mild - x).abs().mean() < (a - x).abs().mean()  # severity means more shift
+
+
+@pytest.mark.parametrize("name", SENSOR_SHIFTS)
+def test_sensor_shifts(name):
+    x = torch.randn(4, 6, 128)
+    y = apply_shift_mix(x, [ShiftSpec(name, 2)], torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.allclose(x, y)
+
+
+def test_embedded_digits_layout():
+    d = load_embedded_digits()
+    assert d.x.shape == (1797, 1, 28, 28) and d.y.max() == 9
+    assert float(d.x[:, :, :4].abs().max()) == 0.0  # MNIST-like empty margin
+
+
+def test_embedded_task_devices_are_deterministic_and_disjoint_by_default():
+    spec = DataSpec(num_devices=5)
+    task = build_task(spec, seed=3)
+    again = build_task(spec, seed=3)
+    assert task.num_devices == 5 and task.input_shape == (1, 28, 28)
+    d0, d0b = task.device(0), again.device(0)
+    assert torch.equal(d0.train.x, d0b.train.x) and d0.mix == d0b.mix and d0.mix
+    all_train = np.concatenate(task.train_parts + task.test_parts)
+    assert len(np.unique(all_train)) == len(all_train)  # no sample in two places
+    other = build_task(spec, seed=4)
+    assert [d for d in other.mixes] != [d for d in task.mixes]
+
+
+def test_npz_loaders_on_shared_data(shared_data):
+    mnist = load_mnist(shared_data / "mnist" / "mnist.npz", "test")
+    assert mnist.x.shape == (10000, 1, 28, 28) and mnist.x.dtype == torch.float32
+    assert float(mnist.x.max()) <= 1.0 and mnist.y[:5].tolist() == [7, 2, 1, 0, 4]
+    usps = load_usps(shared_data / "usps" / "usps.npz", "test")
+    assert usps.x.shape == (2007, 1, 28, 28) and len(usps.y) == 2007
+    hapt = load_hapt(shared_data / "hapt" / "hapt.npz")
+    assert hapt.x.shape == (10017, 6, 128) and set(np.unique(hapt.subject)) == set(range(1, 31))
+
+
+def test_hapt_task_by_subject(shared_data):
+    task = build_task(DataSpec(dataset="hapt", data_dir=str(shared_data), partition="subject"), seed=0)
+    assert task.num_devices == 10 and task.num_classes == 6 and task.input_shape == (6, 128)
+    assert abs(float(task.source_train.x.mean())) < 0.05  # standardised with source statistics
+    assert task.mixes == [[] for _ in range(10)]  # no synthetic shift on real data by default
+
+
+def test_mnist_usps_task_dirichlet(shared_data):
+    spec = DataSpec(dataset="mnist_usps", data_dir=str(shared_data), num_devices=20,
+                    partition="dirichlet", dirichlet_alpha=0.5, max_source=2000)
+    task = build_task(spec, seed=0)
+    assert len(task.source_train) + len(task.source_val) == 2000
+    assert sum(len(p) for p in task.train_parts) == 7291 and sum(len(p) for p in task.test_parts) == 2007
+
+
+def test_bad_npz_names_the_file(tmp_path):
+    bad = tmp_path / "mnist.npz"
+    np.savez(bad, x_train=np.zeros((3, 5, 5), np.uint8), y_train=np.zeros(3, np.int64))
+    with pytest.raises(DataError, match=r"mnist.npz: x_train has shape \(3, 5, 5\)"):
+        load_mnist(bad)
+    with pytest.raises(DataError, match="missing arrays"):
+        load_mnist(bad, "test")
+    with pytest.raises(DataError, match="file not found"):
+        load_mnist(tmp_path / "nope.npz")
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(DataError, match="not a readable npz"):
+        load_usps(tmp_path / "junk.npz")
+
+
+def test_image_folder_loader(tmp_path):
+    from PIL import Image
+
+    for domain, colours in (("amazon", ("red", "blue")), ("webcam", ("red", "blue"))):
+        for cls, colour in zip(("bike", "cup"), colours):
+            (tmp_path / domain / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 30), colour).save(tmp_path / domain / cls / f"{i}.png")
+    split, classes = load_image_folder(tmp_path, "amazon", size=16)
+    assert classes == ["bike", "cup"] and split.x.shape == (4, 3, 16, 16)
+    assert split.y.tolist() == [0, 0, 1, 1]
+    assert float(split.x[0, 0].mean()) == pytest.approx(1.0) and float(split.x[2, 2].mean()) == pytest.approx(1.0)
+    (tmp_path / "webcam" / "cup" / "broken.jpg").write_text("nope")
+    with pytest.raises(DataError, match="broken.jpg: not a readable image"):
+        load_image_folder(tmp_path, "webcam", classes=classes)
+    with pytest.raises(DataError, match="domain folder not found"):
+        load_image_folder(tmp_path, "dslr")
