@@ -41,7 +41,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 @torch.no_grad()
 def cpu_latency_ms(model: nn.Module, example: torch.Tensor, threads: int = 1,
-                   warmup: int = 5, repeats: int = 30) -> dict[str, float]:
+                   warmup: int = 20, repeats: int = 100) -> dict[str, float]:
     """Median and p90 wall time in ms of one forward on ``example`` with ``threads`` CPU threads."""
     model.eval()
     previous = torch.get_num_threads()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +79,8 @@ def prune_model(model: nn.Module, groups: GroupSpec, keep: MaskDict,
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Trace the eval-mode model to TorchScript (loadable with ``torch.jit.load``, no Python)."""
     model = model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what edge runtimes load
         traced = torch.jit.trace(model, example)
     traced.save(str(path))
     return path
@@ -87,10 +90,19 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Export to ONNX (torch.export-based exporter) with a dynamic batch dimension."""
     model = model.eval()
     arg = next(iter(inspect.signature(model.forward).parameters))
-    torch.onnx.export(
-        model, (example,), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_shapes={arg: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
-    )
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it warns about torchvision ops we never use
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+            torch.onnx.export(
+                model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                dynamic_shapes={arg: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
+                external_data=False,
+            )
+    finally:
+        exporter_log.setLevel(level)
     return path
 
 
