@@ -18,14 +18,15 @@ from rich.console import Console
 from torch import nn
 
 from admp import admm
-from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask, build_task
+from admp.data.tasks import CrossDomainTask, build_task
 from admp.masks import MaskDict, gated, group_sizes, mask_sparsity, ones_masks, zeros_masks
 from admp.metrics import accuracy, cpu_latency_ms, model_report
-from admp.models import build_model, example_input
-from admp.seeding import derive_seed, seed_everything, torch_generator
+from admp.models import example_input
+from admp.seeding import seed_everything, torch_generator
 from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff, prune_model
 from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, train_supervised
-from simulations.config import CentralizedConfig, ConfigError, to_yaml
+from admp.config import ScenarioConfig, to_yaml
+from admp.teacher import prepare_teacher, resolve_arch
 from simulations.report import RunDirectory, print_summary
 
 
@@ -43,31 +44,6 @@ class MaskState:
     def initial(cls, sizes: dict[str, int]) -> "MaskState":
         """m = s = Z = 1, U = 0, rho = 0 (no penalty until the first Z-step)."""
         return cls(ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes), 0.0)
-
-
-def prepare_teacher(cfg: CentralizedConfig, task: CrossDomainTask, arch: str,
-                    console: Console) -> tuple[nn.Module, dict[str, Any]]:
-    """Train the teacher on labeled source data (or load ``teacher.checkpoint``)."""
-    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    teacher = build_model(arch, task.num_classes, cfg.model.width)
-    info: dict[str, Any] = {}
-    if cfg.teacher.checkpoint:
-        try:
-            state = torch.load(cfg.teacher.checkpoint, map_location="cpu", weights_only=True)
-            teacher.load_state_dict(state)
-        except (OSError, RuntimeError) as exc:
-            raise ConfigError(f"teacher.checkpoint: cannot load {cfg.teacher.checkpoint} ({exc})") from exc
-        info["loaded_from"] = cfg.teacher.checkpoint
-    else:
-        start = time.perf_counter()
-        losses = train_supervised(teacher, task.source_train.x, task.source_train.y, cfg.teacher.epochs,
-                                  cfg.teacher.lr, cfg.teacher.batch_size,
-                                  torch_generator(cfg.run.seed, "teacher"))
-        info["train_seconds"] = round(time.perf_counter() - start, 2)
-        info["final_loss"] = losses[-1] if losses else None
-        console.print(f"teacher trained: {cfg.teacher.epochs} epochs in {info['train_seconds']} s")
-    info["source_val_acc"] = accuracy(teacher, task.source_val.x, task.source_val.y)
-    return teacher.eval(), info
 
 
 def masked_accuracy(student: nn.Module, groups, m: MaskDict, x_calib: torch.Tensor,
@@ -88,7 +64,7 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
 
 
-def run_centralized(cfg: CentralizedConfig, console: Console | None = None) -> dict[str, Any]:
+def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole centralized pipeline; returns the summary (also written to the run dir)."""
     console = console or Console()
     if cfg.run.threads:
@@ -96,13 +72,13 @@ def run_centralized(cfg: CentralizedConfig, console: Console | None = None) -> d
     seed = cfg.run.seed
     seed_everything(seed)
     task = build_task(cfg.data, seed)
-    arch = DEFAULT_ARCH[cfg.data.dataset] if cfg.model.arch == "auto" else cfg.model.arch
+    arch = resolve_arch(cfg)
     run = RunDirectory(cfg.run.out_dir, cfg.run.name)
     run.write_text("config.yaml", to_yaml(cfg))
     console.print(f"[bold]FedADMP centralized[/bold] dataset={task.name} arch={arch} "
                   f"devices={task.num_devices} p={cfg.admp.prune_ratio} -> {run.path}")
 
-    teacher, teacher_info = prepare_teacher(cfg, task, arch, console)
+    teacher, teacher_info = prepare_teacher(cfg, task)
     torch.save(teacher.state_dict(), run.file("teacher.pt"))
     target_train, target_test = task.pooled()  # target_train.y is never used for training
     teacher_acc = accuracy(teacher, target_test.x, target_test.y)
@@ -166,7 +142,7 @@ def run_centralized(cfg: CentralizedConfig, console: Console | None = None) -> d
                    merged_acc, final_acc, channels_pruned, console)
 
 
-def _finish(run: RunDirectory, cfg: CentralizedConfig, task: CrossDomainTask, arch: str,
+def _finish(run: RunDirectory, cfg: ScenarioConfig, task: CrossDomainTask, arch: str,
             teacher: nn.Module, teacher_info: dict, teacher_acc: float, pruned: nn.Module, groups,
             merged_acc: float, final_acc: float, channels_pruned: float, console: Console) -> dict[str, Any]:
     """Export, measure and summarise the pruned model."""

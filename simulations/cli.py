@@ -13,7 +13,7 @@ DEFAULT_CENTRALIZED = Path(__file__).parent / "scenarios" / "centralized_digits.
 
 def _centralized(args: argparse.Namespace) -> int:
     from simulations.centralized import run_centralized
-    from simulations.config import load_config
+    from admp.config import load_config
 
     cfg = load_config(args.config, overrides=args.set)
     run_centralized(cfg)
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedadmp`` console script; config and data errors exit with code 2."""
     args = build_parser().parse_args(argv)
-    from simulations.config import ConfigError
+    from admp.config import ConfigError
 
     try:
         return args.func(args)

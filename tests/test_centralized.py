@@ -8,7 +8,7 @@ from rich.console import Console
 
 from simulations.centralized import run_centralized
 from simulations.cli import DEFAULT_CENTRALIZED
-from simulations.config import load_config
+from admp.config import load_config
 
 
 @pytest.fixture(scope="module")

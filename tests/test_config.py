@@ -1,7 +1,7 @@
 import pytest
 
 from simulations.cli import main
-from simulations.config import CentralizedConfig, ConfigError, load_config, to_yaml
+from admp.config import ScenarioConfig, ConfigError, load_config, to_yaml
 
 
 def _write(tmp_path, text):
@@ -13,7 +13,7 @@ def _write(tmp_path, text):
 def test_defaults_fill_missing_keys(tmp_path):
     cfg = load_config(_write(tmp_path, "admp:\n  prune_ratio: 0.5\n"))
     assert cfg.admp.prune_ratio == 0.5
-    assert cfg.admp.tau == CentralizedConfig().admp.tau
+    assert cfg.admp.tau == ScenarioConfig().admp.tau
     assert "prune_ratio: 0.5" in to_yaml(cfg)
 
 

@@ -74,7 +74,15 @@ def test_embedded_task_devices_are_deterministic_and_disjoint_by_default():
     all_train = np.concatenate(task.train_parts + task.test_parts)
     assert len(np.unique(all_train)) == len(all_train)  # no sample in two places
     other = build_task(spec, seed=4)
-    assert [d for d in other.mixes] != [d for d in task.mixes]
+    assert [other.mix(i) for i in range(5)] != [task.mix(i) for i in range(5)]
+
+
+def test_drawn_devices_scale_without_materialising_the_fleet():
+    task = build_task(DataSpec(num_devices=10_000, samples_per_device=50), seed=0)
+    assert task.train_parts is None and task.num_devices == 10_000
+    last = task.device(9_999)
+    assert len(last.train) + len(last.test) == 50 and last.mix
+    assert torch.equal(last.train.x, build_task(DataSpec(num_devices=10_000, samples_per_device=50), 0).device(9_999).train.x)
 
 
 def test_npz_loaders_on_shared_data(shared_data):
@@ -91,7 +99,7 @@ def test_hapt_task_by_subject(shared_data):
     task = build_task(DataSpec(dataset="hapt", data_dir=str(shared_data), partition="subject"), seed=0)
     assert task.num_devices == 10 and task.num_classes == 6 and task.input_shape == (6, 128)
     assert abs(float(task.source_train.x.mean())) < 0.05  # standardised with source statistics
-    assert task.mixes == [[] for _ in range(10)]  # no synthetic shift on real data by default
+    assert all(task.mix(i) == [] for i in range(10))  # no synthetic shift on real data by default
 
 
 def test_mnist_usps_task_dirichlet(shared_data):

@@ -71,15 +71,31 @@ class CrossDomainTask:
     source_val: Split
     target_train: Split  # unshifted target pool
     target_test: Split
-    train_parts: list[np.ndarray]
-    test_parts: list[np.ndarray]
-    mixes: list[list[ShiftSpec]]
+    train_parts: list[np.ndarray] | None  # None: each device draws its own samples (see draw)
+    test_parts: list[np.ndarray] | None
     seed: int
+    num_devices: int
+    shift_kinds: tuple[str, ...] = ()  # empty: no synthetic shift
+    max_shifts: int = 2
+    severity_range: tuple[int, int] = (2, 4)
+    draw: int = 0  # samples per device when parts are drawn per device
+    test_fraction: float = 0.3
 
-    @property
-    def num_devices(self) -> int:
-        """Number of target devices in the fleet."""
-        return len(self.train_parts)
+    def mix(self, i: int) -> list[ShiftSpec]:
+        """Device i's shift mix: a pure function of the seed and i."""
+        if not self.shift_kinds:
+            return []
+        return random_shift_mix(torch_generator(self.seed, "mix", i), self.shift_kinds,
+                                self.max_shifts, self.severity_range)
+
+    def device_indices(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train indices into target_train, test indices into target_test) of device i."""
+        if not 0 <= i < self.num_devices:
+            raise IndexError(f"device {i} out of range for a fleet of {self.num_devices}")
+        if self.train_parts is not None and self.test_parts is not None:
+            return self.train_parts[i], self.test_parts[i]
+        drawn = part.sample_device(len(self.target_train), self.draw, numpy_rng(self.seed, "draw", i))
+        return part.split_train_test(drawn, self.test_fraction, numpy_rng(self.seed, "draw-split", i))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -88,13 +104,14 @@ class CrossDomainTask:
 
     def device(self, i: int) -> Device:
         """Device i's data with its shift mix applied (train and test share the device's shift)."""
-        train = self.target_train.subset(self.train_parts[i])
-        test = self.target_test.subset(self.test_parts[i])
-        if self.mixes[i]:
+        train_idx, test_idx = self.device_indices(i)
+        train, test = self.target_train.subset(train_idx), self.target_test.subset(test_idx)
+        mix = self.mix(i)
+        if mix:
             gen = torch_generator(self.seed, "shift", i)
-            both = apply_shift_mix(torch.cat([train.x, test.x]), self.mixes[i], gen)
+            both = apply_shift_mix(torch.cat([train.x, test.x]), mix, gen)
             train, test = Split(both[:len(train)], train.y), Split(both[len(train):], test.y)
-        return Device(i, self.mixes[i], train, test)
+        return Device(i, mix, train, test)
 
     def pooled(self) -> tuple[Split, Split]:
         """All devices' (train, test) data concatenated: the centralized view of the fleet."""
@@ -151,15 +168,21 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         target = _cap(target, spec.max_target, rng)
         n = spec.num_devices
         if spec.samples_per_device > 0 and spec.partition == "iid":
-            train_parts = [part.sample_device(len(target), spec.samples_per_device, numpy_rng(seed, "draw", i))
-                           for i in range(n)]
+            train_parts = None  # drawn per device on demand: fleets of any size cost nothing here
         elif spec.partition == "iid":
             train_parts = part.iid_partition(len(target), n, rng)
         elif spec.partition == "dirichlet":
             train_parts = part.dirichlet_partition(target.y.numpy(), n, spec.dirichlet_alpha, rng)
         else:
             raise DataError(f"unknown partition {spec.partition!r}; choose iid, dirichlet or subject")
-    if target_test is None:  # held-out share of each device
+    num_devices = spec.num_devices if train_parts is None else len(train_parts)
+    test_parts: list[np.ndarray] | None = None
+    if train_parts is None:
+        if target_test is not None:
+            raise DataError(f"data.samples_per_device: not supported for {spec.dataset!r} (it has an official "
+                            "test split); use partition iid/dirichlet without it")
+        target_test = target
+    elif target_test is None:  # held-out share of each device
         splits = [part.split_train_test(p, spec.target_test_fraction, rng) for p in train_parts]
         train_parts, test_parts = [s[0] for s in splits], [s[1] for s in splits]
         target_test = target
@@ -167,12 +190,12 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
     shifts_on = spec.shifts == "on" or (spec.shifts == "auto" and spec.dataset == "digits")
     kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
-    mixes = [random_shift_mix(torch_generator(seed, "mix", i), kinds, spec.max_shifts_per_device,
-                              (spec.severity_min, spec.severity_max)) if shifts_on else []
-             for i in range(len(train_parts))]
     return CrossDomainTask(
         name=spec.dataset, num_classes=int(source.y.max()) + 1,
         source_train=source.subset(src_train), source_val=source.subset(src_val),
         target_train=target, target_test=target_test, train_parts=train_parts,
-        test_parts=test_parts, mixes=mixes, seed=seed,
+        test_parts=test_parts, seed=seed, num_devices=num_devices,
+        shift_kinds=kinds if shifts_on else (), max_shifts=spec.max_shifts_per_device,
+        severity_range=(spec.severity_min, spec.severity_max), draw=spec.samples_per_device,
+        test_fraction=spec.target_test_fraction,
     )

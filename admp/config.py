@@ -65,8 +65,33 @@ class ScheduleSpec:
 
 
 @dataclass
-class CentralizedConfig:
-    """Everything a centralized ADMP run needs."""
+class FederationSpec:
+    """Federated ADMP: fleet sampling, phases in rounds, duals, Ray resources.
+
+    The fleet is the task's devices (``data.num_devices``, or one per subject), one virtual
+    SuperNode each.
+    """
+
+    strategy: str = "fedadmp"  # fedadmp | fedkd (no pruning) | naive (L1 prune on cloud, then fedkd)
+    clients_per_round: int = 5
+    mask_rounds: int = 10  # rounds of the mask phase (warm-up included)
+    warmup_rounds: int = 2  # rounds before the first Z-step (rho = 0)
+    finetune_rounds: int = 3  # KD rounds of the physically pruned global model
+    local_epochs: int = 1  # local epochs per round on each client
+    dual: str = "global"  # global: server U from averaged m | per_client: U_k kept on each device
+    eval_every: int = 1  # federated evaluation every this many rounds (and always at the end)
+    eval_clients: int = 0  # clients asked to evaluate (0: every client)
+    bn_recalibration: bool = True  # final BN statistics aggregated from client data
+    min_replies: int = 1  # a round with fewer valid replies keeps the previous global state
+    round_timeout: float = 600.0  # seconds to wait for a round's replies
+    client_cpus: float = 1.0  # Ray resources per virtual client
+    ray_num_cpus: int = 0  # CPUs given to Ray (0: all)
+    ray_address: str = ""  # join an existing Ray cluster at this address ("" : start a local one)
+
+
+@dataclass
+class ScenarioConfig:
+    """Everything a run needs: centralized runs use ``schedule``, federated ones ``federation``."""
 
     run: RunSpec = field(default_factory=RunSpec)
     data: DataSpec = field(default_factory=DataSpec)
@@ -74,6 +99,7 @@ class CentralizedConfig:
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     admp: AdmpHyper = field(default_factory=AdmpHyper)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    federation: FederationSpec = field(default_factory=FederationSpec)
 
 
 # (low, high, low inclusive, high inclusive); None = unbounded
@@ -116,12 +142,25 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "schedule.admm_every": (1, None, True, True),
     "schedule.finetune_epochs": (0, None, True, True),
     "schedule.finetune_lr": (0, None, False, True),
+    "federation.clients_per_round": (1, None, True, True),
+    "federation.mask_rounds": (0, None, True, True),
+    "federation.warmup_rounds": (0, None, True, True),
+    "federation.finetune_rounds": (0, None, True, True),
+    "federation.local_epochs": (1, None, True, True),
+    "federation.eval_every": (1, None, True, True),
+    "federation.eval_clients": (0, None, True, True),
+    "federation.min_replies": (1, None, True, True),
+    "federation.round_timeout": (0, None, False, True),
+    "federation.client_cpus": (0, None, False, True),
+    "federation.ray_num_cpus": (0, None, True, True),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("auto", *ARCHITECTURES),
     "data.dataset": DATASETS,
     "data.partition": ("iid", "dirichlet", "subject"),
     "data.shifts": ("auto", "on", "off"),
+    "federation.strategy": ("fedadmp", "fedkd", "naive"),
+    "federation.dual": ("global", "per_client"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "data.shift_kinds": tuple(sorted(set(IMAGE_SHIFTS + SENSOR_SHIFTS))),
@@ -230,7 +269,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path, cls: type = CentralizedConfig,
+def load_config(path: str | Path, cls: type = ScenarioConfig,
                 overrides: list[str] | None = None) -> Any:
     """Read a YAML file (plus ``key=value`` overrides) into a validated ``cls``; errors are ConfigError."""
     path = Path(path)

@@ -1,0 +1,60 @@
+"""The teacher: trained on labeled source data (or loaded), then frozen; plus its content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from admp.config import ConfigError, ScenarioConfig
+from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask
+from admp.metrics import accuracy
+from admp.models import build_model
+from admp.seeding import derive_seed, torch_generator
+from admp.trainer import train_supervised
+
+
+def resolve_arch(cfg: ScenarioConfig) -> str:
+    """The model family: ``model.arch``, or the dataset's default when it is ``auto``."""
+    return DEFAULT_ARCH[cfg.data.dataset] if cfg.model.arch == "auto" else cfg.model.arch
+
+
+def initial_model(cfg: ScenarioConfig, num_classes: int) -> nn.Module:
+    """The architecture with its seeded initial weights (identical on every machine)."""
+    torch.manual_seed(derive_seed(cfg.run.seed, "init"))
+    return build_model(resolve_arch(cfg), num_classes, cfg.model.width)
+
+
+def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Module, dict[str, Any]]:
+    """Train the teacher on labeled source data, or load ``teacher.checkpoint`` (weights only)."""
+    teacher = initial_model(cfg, task.num_classes)
+    info: dict[str, Any] = {}
+    if cfg.teacher.checkpoint:
+        try:
+            state = torch.load(cfg.teacher.checkpoint, map_location="cpu", weights_only=True)
+            teacher.load_state_dict(state)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise ConfigError(f"teacher.checkpoint: cannot load {cfg.teacher.checkpoint} ({exc})") from exc
+        info["loaded_from"] = cfg.teacher.checkpoint
+    else:
+        start = time.perf_counter()
+        losses = train_supervised(teacher, task.source_train.x, task.source_train.y, cfg.teacher.epochs,
+                                  cfg.teacher.lr, cfg.teacher.batch_size,
+                                  torch_generator(cfg.run.seed, "teacher"))
+        info["train_seconds"] = round(time.perf_counter() - start, 2)
+        info["final_loss"] = losses[-1] if losses else None
+    info["source_val_acc"] = accuracy(teacher, task.source_val.x, task.source_val.y)
+    return teacher.eval(), info
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, shapes, dtypes and bytes of a state dict: the teacher's identity."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
