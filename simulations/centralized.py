@@ -20,14 +20,15 @@ from torch import nn
 from admp import admm
 from admp.data.tasks import CrossDomainTask, build_task
 from admp.masks import MaskDict, gated, group_sizes, mask_sparsity, ones_masks, zeros_masks
-from admp.metrics import accuracy, cpu_latency_ms, model_report
+from admp.metrics import accuracy
 from admp.models import example_input
 from admp.seeding import seed_everything, torch_generator
-from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff, prune_model
-from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, train_supervised
+from admp.surgery import prune_model
+from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn
 from admp.config import ScenarioConfig, to_yaml
 from admp.teacher import prepare_teacher, resolve_arch
-from simulations.report import RunDirectory, print_summary
+from server.export import export_and_measure
+from server.report import RunDirectory, print_summary
 
 
 @dataclass
@@ -146,23 +147,14 @@ def _finish(run: RunDirectory, cfg: ScenarioConfig, task: CrossDomainTask, arch:
             teacher: nn.Module, teacher_info: dict, teacher_acc: float, pruned: nn.Module, groups,
             merged_acc: float, final_acc: float, channels_pruned: float, console: Console) -> dict[str, Any]:
     """Export, measure and summarise the pruned model."""
-    pruned.eval()
-    example = example_input(pruned)
-    export_torchscript(pruned, example, run.file("pruned_model.ts"))
-    export_onnx(pruned, example, run.file("pruned_model.onnx"))
-    onnx_diff = onnx_max_abs_diff(run.file("pruned_model.onnx"), pruned, task.source_val.x[:32])
+    report = export_and_measure(run, teacher, pruned, groups, task.source_val.x[:32])
+    report["teacher"] |= {"target_acc": teacher_acc, **teacher_info}
+    report["student"] |= {"target_acc": final_acc, "target_acc_after_merge": merged_acc}
+    report["exports"].append("student_masked.pt")
     summary: dict[str, Any] = {
-        "run_dir": str(run.path),
-        "dataset": task.name, "arch": arch, "seed": cfg.run.seed,
-        "prune_ratio": cfg.admp.prune_ratio, "channels_pruned": channels_pruned,
-        "teacher": model_report(teacher, groups, example) | {
-            "target_acc": teacher_acc, "latency_ms": cpu_latency_ms(teacher, example)["median_ms"],
-            **teacher_info},
-        "student": model_report(pruned, groups, example) | {
-            "target_acc": final_acc, "target_acc_after_merge": merged_acc,
-            "latency_ms": cpu_latency_ms(pruned, example)["median_ms"]},
-        "onnx_max_abs_diff": onnx_diff,
-        "exports": ["pruned_model.ts", "pruned_model.onnx", "student_masked.pt"],
+        "run_dir": str(run.path), "mode": "centralized", "dataset": task.name, "arch": arch,
+        "seed": cfg.run.seed, "prune_ratio": cfg.admp.prune_ratio, "channels_pruned": channels_pruned,
+        **report,
     }
     summary["param_reduction"] = summary["teacher"]["params"] / summary["student"]["params"]
     summary["mac_reduction"] = summary["teacher"]["macs"] / summary["student"]["macs"]

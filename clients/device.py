@@ -1,0 +1,118 @@
+"""What a device keeps: its data partition, the cached teacher, the student skeleton, its dual.
+
+Caches are per process and content-addressed, so a simulation worker serving many virtual devices
+holds one task, one teacher and one skeleton per architecture, whatever the fleet size. Only a
+few bytes per device live in Flower's ``Context.state`` (which the simulation copies on every
+message): the teacher's hash and, with per-client duals, U_k and the last m_k.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, RecordDict
+from torch import nn
+
+from admp.config import from_dict
+from admp.data.tasks import DataSpec, Device, build_task
+from admp.masks import MaskDict
+from admp.models import build_model, example_input
+from admp.surgery import prune_model
+from admp.teacher import state_hash
+from strategies import protocol as P
+
+_TEACHERS: dict[str, dict[str, torch.Tensor]] = {}  # content hash -> state dict
+_SKELETONS: dict[str, nn.Module] = {}  # architecture key -> module to deep-copy
+
+
+class TeacherMissing(RuntimeError):
+    """The server believes this device holds the teacher, but neither cache has it."""
+
+
+def device_id(context: Context) -> int:
+    """Stable device id: the simulation's partition id, else node_config ``device-id``, else node id."""
+    for key in ("partition-id", "device-id"):
+        if key in context.node_config:
+            return int(context.node_config[key])
+    return int(context.node_id)
+
+
+@lru_cache(maxsize=2)
+def _task(data_json: str, seed: int):
+    return build_task(from_dict(DataSpec, json.loads(data_json), "data."), seed)
+
+
+def load_device(scenario: dict[str, Any], device: int) -> Device:
+    """This device's own data (its partition, with its shift mix), built from the scenario."""
+    return _task(json.dumps(scenario["data"], sort_keys=True), int(scenario["seed"])).device(device)
+
+
+def teacher_store(context: Context, config: ConfigRecord) -> Path:
+    """Where this device keeps the teacher on disk."""
+    if "teacher_store" in config and str(config["teacher_store"]):
+        return Path(str(config["teacher_store"]))
+    if "cache-dir" in context.node_config:
+        return Path(str(context.node_config["cache-dir"]))
+    return Path.home() / ".cache" / "fedadmp" / "teachers"
+
+
+def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any]) -> nn.Module:
+    """The frozen teacher: from this message if attached (then cached), else from the caches."""
+    config = content[P.CONFIG]
+    expected = str(config["teacher_hash"])
+    store = teacher_store(context, config) / f"teacher-{expected}.pt"
+    if P.TEACHER in content:
+        state = P.record_to_state(content[P.TEACHER])
+        if state_hash(state) != expected:
+            raise ValueError("teacher arrays do not match the announced hash")
+        _TEACHERS[expected] = state
+        if not store.exists():
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp = store.with_suffix(f".{os.getpid()}.tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, store)
+        context.state["device"] = ConfigRecord({"teacher_hash": expected})
+    elif expected not in _TEACHERS:
+        if not store.exists():
+            raise TeacherMissing(f"teacher-missing: no cached teacher {expected[:12]} on this device")
+        state = torch.load(store, map_location="cpu", weights_only=True)
+        if state_hash(state) != expected:
+            raise TeacherMissing(f"teacher-missing: cached teacher {expected[:12]} is corrupt")
+        _TEACHERS[expected] = state
+    model = build_student(scenario, None)
+    model.load_state_dict(_TEACHERS[expected])
+    return model.eval()
+
+
+def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
+    """A fresh student skeleton: dense, or pruned to the ``keep`` masks (weights to be loaded)."""
+    model_spec = scenario["model"]
+    key = json.dumps([model_spec, scenario["num_classes"],
+                      {g: v.int().tolist() for g, v in sorted((keep or {}).items())}])
+    if key not in _SKELETONS:
+        dense = build_model(scenario["arch"], int(scenario["num_classes"]), float(model_spec["width"]))
+        _SKELETONS[key] = dense if keep is None else prune_model(dense, dense.channel_groups(), keep,
+                                                                 example_input(dense))
+    return copy.deepcopy(_SKELETONS[key])
+
+
+def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int]:
+    """Per-client dual U_k, the last local m_k (None before the first round) and its Z version."""
+    if "dual" not in context.state:
+        return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1
+    record = context.state["dual"]
+    meta = context.state["dual-meta"]
+    return P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_version"])
+
+
+def save_dual(context: Context, u: MaskDict, m: MaskDict, z_version: int) -> None:
+    """Keep U_k and m_k in the node state (a few hundred floats)."""
+    context.state["dual"] = P.masks_to_record(u=u, m=m)
+    context.state["dual-meta"] = ConfigRecord({"z_version": z_version})
+
