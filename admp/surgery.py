@@ -53,6 +53,25 @@ def discover_groups(model: nn.Module, example: torch.Tensor) -> list[set[str]]:
     return found
 
 
+def l1_filter_scores(model: nn.Module, groups: GroupSpec, example: torch.Tensor) -> MaskDict:
+    """Per-channel L1 norm of the conv filters that produce each group's channels (summed over a
+    residual group's convs): the classic data-free criterion of L1-norm channel pruning."""
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    modules = dict(model.named_modules())
+    scores: MaskDict = {}
+    for group, layers in groups.items():
+        bn = modules[layers[0]]
+        channels = bn.num_features
+        pruning_group = dg.get_pruning_group(bn, tp.prune_batchnorm_out_channels, idxs=list(range(channels)))
+        total = torch.zeros(channels)
+        for dep, _ in pruning_group:
+            conv = dep.target.module
+            if dep.handler == tp.prune_conv_out_channels and isinstance(conv, (nn.Conv1d, nn.Conv2d)):
+                total += conv.weight.detach().abs().flatten(1).sum(dim=1)
+        scores[group] = total
+    return scores
+
+
 def prune_model(model: nn.Module, groups: GroupSpec, keep: MaskDict,
                 example: torch.Tensor) -> nn.Module:
     """A physically pruned copy of ``model`` that keeps only channels where ``keep[g] == 1``.

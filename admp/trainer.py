@@ -154,8 +154,8 @@ def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, 
             with torch.no_grad():
                 for v in m_params.values():
                     v.clamp_(0.0, 1.0)
-            sums["divergence"] += float(div) * len(xb)
-            sums["loss"] += float(loss) * len(xb)
+            sums["divergence"] += div.item() * len(xb)
+            sums["loss"] += loss.item() * len(xb)
             seen += len(xb)
     for g in m:
         m[g] = m_params[g].detach()
@@ -179,7 +179,7 @@ def kd_finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, epochs:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total_div, seen = total_div + float(div) * len(xb), seen + len(xb)
+            total_div, seen = total_div + div.item() * len(xb), seen + len(xb)
     return {"divergence": total_div / max(seen, 1), "samples": float(seen)}
 
 

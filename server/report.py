@@ -32,6 +32,22 @@ class RunDirectory:
         self.path = path
         self.rows: list[dict[str, Any]] = []
 
+    @classmethod
+    def reopen(cls, path: str | Path, keep_rows: int | None = None) -> "RunDirectory":
+        """An existing run directory (to resume it), with its metrics rows reloaded.
+
+        ``keep_rows`` truncates the rows to those the checkpoint covers.
+        """
+        run = cls.__new__(cls)
+        run.path = Path(path).resolve()
+        if not run.path.is_dir():
+            raise FileNotFoundError(f"{run.path}: run directory not found")
+        metrics = run.path / "metrics.json"
+        run.rows = json.loads(metrics.read_text()) if metrics.is_file() else []
+        if keep_rows is not None:
+            run.rows = run.rows[:keep_rows]
+        return run
+
     def file(self, name: str) -> Path:
         """Path of an artefact inside the run directory."""
         return self.path / name
@@ -63,7 +79,9 @@ class RunDirectory:
         fig, (ax_acc, ax_sp) = plt.subplots(1, 2, figsize=(11, 4))
         phases = list(dict.fromkeys(r["phase"] for r in self.rows))
         for phase in phases:
-            rows = [r for r in self.rows if r["phase"] == phase]
+            rows = [r for r in self.rows if r["phase"] == phase and r.get("target_acc") is not None]
+            if not rows:
+                continue
             ax_acc.plot([r[x_key] for r in rows], [r["target_acc"] for r in rows], "o-", label=phase)
         for key, label in (("soft_sparsity", "m < 0.5"), ("hard_sparsity", "Z = 0 (pruned)"),
                            ("channels_pruned", "channels removed")):

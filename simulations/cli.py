@@ -9,6 +9,7 @@ from pathlib import Path
 from admp.data.sources import DataError
 
 DEFAULT_CENTRALIZED = Path(__file__).parent / "scenarios" / "centralized_digits.yaml"
+DEFAULT_FEDERATED = Path(__file__).parent / "scenarios" / "federated_digits.yaml"
 
 
 def _centralized(args: argparse.Namespace) -> int:
@@ -17,6 +18,20 @@ def _centralized(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, overrides=args.set)
     run_centralized(cfg)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from admp.config import load_config
+    from simulations.federated import run_federated_simulation
+
+    if args.resume:
+        path = Path(args.resume) / "config.yaml"
+        cfg = load_config(path, overrides=args.set)
+    else:
+        cfg = load_config(args.scenario, overrides=args.set)
+    cfg.run.out_dir = str(Path(cfg.run.out_dir).resolve())
+    run_federated_simulation(cfg, resume=args.resume, verbose=args.verbose)
     return 0
 
 
@@ -35,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     cen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config key, e.g. --set admp.prune_ratio=0.5 (repeatable)")
     cen.set_defaults(func=_centralized)
+    sim = sub.add_parser("simulate", help="federated ADMP on Flower's Simulation Engine (Ray)",
+                         description="Teacher on the server, one virtual device per target partition; "
+                                     "mask phase, merge, fine-tune, BN recalibration, export.")
+    sim.add_argument("scenario", nargs="?", default=str(DEFAULT_FEDERATED),
+                     help=f"scenario YAML (default: {DEFAULT_FEDERATED.name})")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set federation.mask_rounds=4 (repeatable)")
+    sim.add_argument("--resume", default=None, metavar="RUN_DIR",
+                     help="continue the run in RUN_DIR from its last checkpoint")
+    sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    sim.set_defaults(func=_simulate)
     return parser
 
 

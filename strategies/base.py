@@ -51,7 +51,7 @@ class FleetStrategy(Strategy):
     """
 
     def __init__(self, seed: int, clients_per_round: int, delivery: Delivery, base_config: dict[str, Any],
-                 min_replies: int = 1, eval_clients: int = 0) -> None:
+                 min_replies: int = 1, eval_clients: int = 0, rejections: list[Rejection] | None = None) -> None:
         self.seed = seed
         self.clients_per_round = clients_per_round
         self.delivery = delivery
@@ -59,7 +59,7 @@ class FleetStrategy(Strategy):
         self.min_replies = min_replies
         self.eval_clients = eval_clients
         self.devices: dict[int, int] = {}
-        self.rejections: list[Rejection] = []
+        self.rejections: list[Rejection] = rejections if rejections is not None else []
         self.last_bytes = {"down": 0, "up": 0}
 
     # --- sampling and messages -------------------------------------------------------------

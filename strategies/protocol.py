@@ -32,6 +32,7 @@ NUM_EXAMPLES = "num-examples"
 TRAIN_ADMP = "train"  # local ADMP mask-phase step
 TRAIN_KD = "train.kd"  # KD adaptation of a plain (dense or pruned) student
 QUERY_BN = "query.bnstats"  # BatchNorm input statistics on local data
+QUERY_ID = "query.identity"  # the device's stable id
 EVALUATE = "evaluate"  # accuracy on the local labeled test split (evaluation only)
 
 

@@ -1,0 +1,52 @@
+"""The FedADMP ServerApp (Flower Message API).
+
+``app`` is the component named in ``pyproject.toml`` for ``flwr run .``: it reads the run config
+keys ``scenario`` (absolute path of a scenario YAML; empty = built-in defaults), ``overrides``
+(``key=value`` pairs separated by ``;``), ``resume`` (a run directory) and ``out-dir`` (absolute;
+the app runs from a copy, so relative outputs would be lost). ``make_server_app`` builds the same
+app around an already-loaded config, which is what ``fedadmp simulate`` uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from admp.config import ScenarioConfig, apply_overrides, from_dict, load_config, validate
+from server.loop import FederatedRun
+
+
+def config_from_run_config(run_config: dict) -> ScenarioConfig:
+    """Scenario from Flower's run config (see module docstring)."""
+    overrides = [item.strip() for item in str(run_config.get("overrides", "")).split(";") if item.strip()]
+    scenario = str(run_config.get("scenario", "")).strip()
+    if scenario:
+        cfg = load_config(scenario, overrides=overrides)
+    else:
+        cfg = validate(from_dict(ScenarioConfig, apply_overrides({}, overrides)))
+    out_dir = str(run_config.get("out-dir", "")).strip()
+    if out_dir:
+        cfg.run.out_dir = out_dir
+    if not Path(cfg.run.out_dir).is_absolute():
+        cfg.run.out_dir = str(Path.home() / "fedadmp-runs" / cfg.run.out_dir)
+    return cfg
+
+
+def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None) -> ServerApp:
+    """A ServerApp running ``cfg`` (or the config in Flower's run config when ``cfg`` is None)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_cfg = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
+        resume_dir = resume or str(context.run_config.get("resume", "")).strip() or None
+        FederatedRun(grid, run_cfg, resume=resume_dir).run()
+
+    return server
+
+
+app = make_server_app()
+
+__all__ = ["app", "make_server_app", "config_from_run_config"]
