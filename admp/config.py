@@ -87,6 +87,7 @@ class FederationSpec:
     client_cpus: float = 1.0  # Ray resources per virtual client
     ray_num_cpus: int = 0  # CPUs given to Ray (0: all)
     ray_address: str = ""  # join an existing Ray cluster at this address ("" : start a local one)
+    stop_after_round: int = 0  # pause after this round (0: run to the end); continue with --resume
 
 
 @dataclass
@@ -153,6 +154,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "federation.round_timeout": (0, None, False, True),
     "federation.client_cpus": (0, None, False, True),
     "federation.ray_num_cpus": (0, None, True, True),
+    "federation.stop_after_round": (0, None, True, True),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("auto", *ARCHITECTURES),

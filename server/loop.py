@@ -42,6 +42,10 @@ log = logging.getLogger("fedadmp.server")
 CHECKPOINT = "checkpoint.pt"
 
 
+class Paused(Exception):
+    """Raised after the checkpoint of ``federation.stop_after_round``."""
+
+
 class FederatedRun:
     """One federated run (FedADMP or a baseline) driven through a Flower ``Grid``."""
 
@@ -98,6 +102,8 @@ class FederatedRun:
         tmp = self.run_dir.file(CHECKPOINT + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.run_dir.file(CHECKPOINT))
+        if phase != "done" and 0 < self.fed.stop_after_round <= rnd:
+            raise Paused(f"paused after round {rnd}; continue with: fedadmp simulate --resume {self.run_dir.path}")
 
     def evaluate(self, strategy: FleetStrategy, rnd: int, weights: dict) -> float | None:
         """Federated evaluation of ``weights``; weighted accuracy over the devices that answered."""
@@ -145,11 +151,15 @@ class FederatedRun:
             self.teacher_info["target_acc"] = self.evaluate(probe, 0, self.teacher.state_dict())
             self.console.print(f"teacher: source val {self.teacher_info['source_val_acc']:.2f}%  "
                                f"federated target test {self.teacher_info['target_acc']:.2f}%")
-        if self.fed.strategy == "fedadmp":
-            student, keep, last_round = self.mask_phase()
-        else:
-            student, keep, last_round = self.baseline_start()
-        student, model = self.kd_phase(student, keep, last_round)
+        try:
+            if self.fed.strategy == "fedadmp":
+                student, keep, last_round = self.mask_phase()
+            else:
+                student, keep, last_round = self.baseline_start()
+            student, model = self.kd_phase(student, keep, last_round)
+        except Paused as pause:
+            self.console.print(str(pause))
+            return {"run_dir": str(self.run_dir.path), "paused": True}
         return self.finish(model, keep)
 
     def mask_phase(self) -> tuple[dict, dict, int]:

@@ -27,7 +27,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     if args.resume:
         path = Path(args.resume) / "config.yaml"
-        cfg = load_config(path, overrides=args.set)
+        cfg = load_config(path, overrides=["federation.stop_after_round=0", *args.set])
     else:
         cfg = load_config(args.scenario, overrides=args.set)
     cfg.run.out_dir = str(Path(cfg.run.out_dir).resolve())

@@ -1,0 +1,185 @@
+"""Strategy maths and reply validation on mocked Flower messages (no Ray)."""
+
+import math
+
+import pytest
+import torch
+from flwr.app import Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from strategies import protocol as P
+from strategies.aggregation import (ReplyError, bn_statistics, check_arrays, check_range,
+                                    consensus_z_step, global_dual_step, weighted_average)
+from strategies.base import Delivery
+from strategies.fedadmp import FedADMP, FedKD
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Flower needs a run/task identity to build messages outside a running app."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def test_weighted_average_by_hand():
+    a = {"w": torch.tensor([1.0, 1.0]), "count": torch.tensor(4)}
+    b = {"w": torch.tensor([3.0, 5.0]), "count": torch.tensor(9)}
+    out = weighted_average([(a, 1), (b, 3)])
+    assert torch.allclose(out["w"], torch.tensor([2.5, 4.0]))  # (1*1 + 3*3)/4, (1*1 + 3*5)/4
+    assert int(out["count"]) == 9  # integer buffers take the maximum
+
+
+def test_checks_reject_bad_arrays():
+    expected = {"w": (2,)}
+    check_arrays({"w": torch.zeros(2)}, expected, "weights")
+    with pytest.raises(ReplyError, match="missing keys"):
+        check_arrays({}, expected, "weights")
+    with pytest.raises(ReplyError, match=r"weights.w: shape \(3,\)"):
+        check_arrays({"w": torch.zeros(3)}, expected, "weights")
+    with pytest.raises(ReplyError, match="non-finite"):
+        check_arrays({"w": torch.tensor([0.0, math.nan])}, expected, "weights")
+    with pytest.raises(ReplyError, match=r"masks.m.g: values in \[-0.1"):
+        check_range({"g": torch.tensor([-0.1, 0.5])}, 0.0, 1.0, "masks.m")
+
+
+def test_global_dual_and_consensus_steps_by_hand():
+    m_avg = {"g": torch.tensor([0.9, 0.2, 0.6, 0.1])}
+    u = {"g": torch.tensor([0.0, 0.5, 0.0, 0.0])}  # m + U = [0.9, 0.7, 0.6, 0.1]
+    z, u_new = global_dual_step(m_avg, u, 0.5)
+    assert z["g"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert torch.allclose(u_new["g"], torch.tensor([-0.1, -0.3, 0.6, 0.1]))
+    assert consensus_z_step({"g": torch.tensor([0.1, 0.8, 0.3, 0.9])}, 0.5)["g"].tolist() == [0, 1, 0, 1]
+
+
+def test_bn_statistics_pool_moments_by_hand():
+    # client A: values {-1, 1} -> E[x]=0, E[x^2]=1; client B: {1, 3} -> E[x]=2, E[x^2]=5
+    mean, var = bn_statistics([({"bn": torch.tensor([0.0])}, {"bn": torch.tensor([1.0])}, 2),
+                               ({"bn": torch.tensor([2.0])}, {"bn": torch.tensor([5.0])}, 2)])
+    assert float(mean["bn"]) == pytest.approx(1.0)  # mean of {-1, 1, 1, 3}
+    assert float(var["bn"]) == pytest.approx(2.0)  # population variance of {-1, 1, 1, 3}
+
+
+def _strategy(**overrides) -> FedADMP:
+    kwargs = dict(weights={"w": torch.zeros(2)}, sizes={"g": 4}, prune_ratio=0.5, rho=0.1, rho_gamma=2.0,
+                  rho_max=1.0, s_min=0.5, warmup_rounds=1, dual="global", local_epochs=1, seed=7,
+                  clients_per_round=2, delivery=Delivery(P.state_to_record({"t": torch.ones(3)}), "abc"),
+                  base_config={})
+    strategy = FedADMP(**(kwargs | overrides))
+    strategy.devices = {0: 100, 1: 101, 2: 102, 3: 103}
+    return strategy
+
+
+def _reply(to: Message, w, m, s, n, u=None) -> Message:
+    masks = {"m": {"g": torch.tensor(m)}, "s": {"g": torch.tensor(s)}}
+    if u is not None:
+        masks["u"] = {"g": torch.tensor(u)}
+    return Message(RecordDict({P.WEIGHTS: P.state_to_record({"w": torch.tensor(w)}),
+                               P.MASKS: P.masks_to_record(**masks),
+                               P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.5})}), reply_to=to)
+
+
+def _messages(strategy, rnd, count=None):
+    if count is not None:
+        strategy.clients_per_round = count
+    return {m.metadata.dst_node_id: m for m in strategy.configure_train(
+        rnd, P.state_to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
+
+
+def test_sampling_is_seeded_by_root_seed_and_round():
+    a, b = _strategy(), _strategy()
+    assert a.sample(3, 2) == b.sample(3, 2)
+    assert len(a.sample(3, 2)) == 2 and a.sample(3, 0) == [0, 1, 2, 3]
+    draws = {tuple(a.sample(r, 2)) for r in range(1, 30)}
+    assert len(draws) > 1  # not the same devices every round
+    assert _strategy(seed=8).sample(3, 2) != a.sample(3, 2) or _strategy(seed=9).sample(3, 2) != a.sample(3, 2)
+
+
+def test_aggregation_validation_and_admm_round():
+    strategy = _strategy()
+    msgs = _messages(strategy, 2, count=4)
+    replies = [
+        _reply(msgs[100], [1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0] * 4, 1),
+        _reply(msgs[101], [3.0, 3.0], [0.6, 0.2, 1.0, 0.2], [1.0, 1.0, 0.5, 1.0], 3),
+        _reply(msgs[102], [9.0, 9.0], [1.5, 0.0, 0.0, 0.0], [1.0] * 4, 5),  # m out of range
+        Message(Error(code=2, reason="RuntimeError: sensor offline"), reply_to=msgs[103]),
+    ]
+    arrays, metrics = strategy.aggregate_train(2, replies)
+    assert torch.allclose(P.record_to_state(arrays)["w"], torch.tensor([2.5, 2.5]))
+    assert torch.allclose(strategy.m["g"], torch.tensor([0.7, 0.4, 0.75, 0.15]))
+    assert torch.allclose(strategy.s["g"], torch.tensor([1.0, 1.0, 0.625, 1.0]))
+    # round 2 > warm-up 1: Z = top-2(m + 0), U = m - Z, rho starts at its initial value
+    assert strategy.z["g"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert torch.allclose(strategy.u["g"], torch.tensor([-0.3, 0.4, -0.25, 0.15]))
+    assert strategy.rho == pytest.approx(0.1) and int(metrics["valid-replies"]) == 2
+    reasons = {r.device: r.reason for r in strategy.rejections}
+    assert set(reasons) == {2, 3}
+    assert "masks.m.g: values in [0, 1.5]" in reasons[2] and "sensor offline" in reasons[3]
+    strategy.aggregate_train(3, [_reply(msgs[100], [1.0, 1.0], [1.0] * 4, [1.0] * 4, 1)])
+    assert strategy.rho == pytest.approx(0.2)  # rho schedule: x2
+
+
+def test_too_few_valid_replies_keep_the_global_state():
+    strategy = _strategy(min_replies=2)
+    msgs = _messages(strategy, 2, count=4)
+    before = strategy.m["g"].clone()
+    arrays, metrics = strategy.aggregate_train(2, [_reply(msgs[100], [1.0, 1.0], [0.0] * 4, [1.0] * 4, 1)])
+    assert arrays is None and int(metrics["valid-replies"]) == 1
+    assert torch.equal(strategy.m["g"], before)
+
+
+def test_wrong_shapes_and_counts_are_rejected():
+    strategy = _strategy()
+    msgs = _messages(strategy, 1, count=4)
+    bad_shape = _reply(msgs[100], [1.0, 1.0, 1.0], [1.0] * 4, [1.0] * 4, 1)
+    bad_count = _reply(msgs[101], [1.0, 1.0], [1.0] * 4, [1.0] * 4, 0)
+    bad_soft = _reply(msgs[102], [1.0, 1.0], [1.0] * 4, [0.2] * 4, 1)  # below s_min
+    arrays, _ = strategy.aggregate_train(1, [bad_shape, bad_count, bad_soft])
+    assert arrays is None
+    reasons = sorted(r.reason for r in strategy.rejections)
+    assert any("weights.w: shape (3,)" in r for r in reasons)
+    assert any("num-examples: 0" in r for r in reasons)
+    assert any("masks.s.g" in r for r in reasons)
+
+
+def test_per_client_duals_use_consensus():
+    strategy = _strategy(dual="per_client")
+    msgs = _messages(strategy, 2, count=4)
+    replies = [_reply(msgs[100], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0]),
+               _reply(msgs[101], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0])]
+    strategy.aggregate_train(2, replies)
+    assert strategy.z["g"].tolist() == [1.0, 1.0, 0.0, 0.0]  # top-2 of m + U = [0.7, 0.9, 0.1, 0.5]
+    missing_u = _reply(msgs[100], [0.0, 0.0], [0.2] * 4, [1.0] * 4, 1)
+    assert strategy.aggregate_train(3, [missing_u])[0] is None
+
+
+def test_teacher_is_sent_once_per_device_and_again_when_missing():
+    strategy = _strategy()
+    first = _messages(strategy, 1, count=4)
+    assert all(P.TEACHER in m.content for m in first.values())
+    second = _messages(strategy, 2, count=4)
+    assert not any(P.TEACHER in m.content for m in second.values())
+    assert strategy.delivery.sends == {0: 1, 1: 1, 2: 1, 3: 1}
+    lost = Message(Error(code=2, reason="TeacherMissing: teacher-missing: no cached teacher"), reply_to=second[101])
+    strategy.aggregate_train(2, [lost])
+    third = _messages(strategy, 3, count=4)
+    assert [d for d, n in strategy.devices.items() if P.TEACHER in third[n].content] == [1]
+    assert strategy.delivery.sends[1] == 2
+    down_with_teacher = P.content_bytes(third[101].content)
+    assert down_with_teacher > P.content_bytes(third[100].content)
+
+
+def test_fedkd_averages_weights_and_sends_keep_masks():
+    keep = {"g": torch.tensor([1.0, 0.0, 1.0, 1.0])}
+    strategy = FedKD({"w": torch.zeros(2)}, keep, 1, 0.01, seed=1, clients_per_round=2,
+                     delivery=Delivery(P.state_to_record({"t": torch.ones(1)}), "h"), base_config={})
+    strategy.devices = {0: 10, 1: 11}
+    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.state_to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
+    assert P.record_to_masks(msgs[10].content[P.MASKS], "keep")["g"].tolist() == keep["g"].tolist()
+    assert msgs[10].metadata.message_type == P.TRAIN_KD
+    replies = [Message(RecordDict({P.WEIGHTS: P.state_to_record({"w": torch.tensor([2.0, 0.0])}),
+                                   P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 1.0})}), reply_to=msgs[10]),
+               Message(RecordDict({P.WEIGHTS: P.state_to_record({"w": torch.tensor([4.0, 4.0])}),
+                                   P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 3.0})}), reply_to=msgs[11])]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert P.record_to_state(arrays)["w"].tolist() == [3.0, 2.0]
+    assert float(metrics["divergence"]) == pytest.approx(2.0)
