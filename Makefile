@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SCENARIO ?= simulations/scenarios/centralized_digits.yaml
+SCENARIO ?= simulations/scenarios/federated_digits.yaml
 
 .PHONY: install run test bench clean
 
@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/fedadmp centralized --config $(SCENARIO)
+	$(VENV)/bin/fedadmp simulate $(SCENARIO)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_latency.py
+	$(PY) benchmarks/federated_overhead.py
+	$(PY) benchmarks/fleet_memory.py
 
 clean:
 	rm -rf $(VENV) runs

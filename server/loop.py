@@ -115,6 +115,7 @@ class FederatedRun:
     def play_round(self, strategy: FleetStrategy, phase: str, rnd: int, weights: dict, last: bool) -> dict:
         """Train, aggregate, evaluate and log one round; returns the (possibly unchanged) weights."""
         start = time.perf_counter()
+        self.first_round_at = getattr(self, "first_round_at", None) or time.time()
         sends_before = sum(self.delivery.sends.values())
         msgs = list(strategy.configure_train(rnd, P.state_to_record(weights), ConfigRecord(), self.grid))
         replies = self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout)
@@ -132,9 +133,9 @@ class FederatedRun:
         row["round_seconds"] = round(time.perf_counter() - start, 3)
         self.run_dir.log_metrics(row)
         acc = f"{row['target_acc']:.2f}" if row["target_acc"] is not None else "-"
-        self.console.print(f"\\[{phase}] round {rnd:>3}  acc {acc:>6}  replies {int(row.get('valid_replies', 0))}/{len(msgs)}"
-                           f"  D {row.get('divergence', float('nan')):.4f}  down {row['bytes_down'] / 1e6:.2f} MB"
-                           f"  up {row['bytes_up'] / 1e6:.2f} MB  {row['round_seconds']:.1f}s")
+        self.console.print(f"\\[{phase}] round {rnd:>3}  acc {acc:>6}  ok {int(row.get('valid_replies', 0))}/{len(msgs)}"
+                           f"  D {row.get('divergence', float('nan')):.3f}  down {row['bytes_down'] / 1e6:.2f}MB"
+                           f"  up {row['bytes_up'] / 1e6:.2f}MB  {row['round_seconds']:.1f}s", soft_wrap=True)
         return weights
 
     # --- phases ------------------------------------------------------------------------------
@@ -237,6 +238,7 @@ class FederatedRun:
             "dataset": self.task.name, "arch": self.arch, "seed": self.cfg.run.seed,
             "prune_ratio": self.cfg.admp.prune_ratio if keep else 0.0, "devices": len(self.devices),
             **report, "wall_seconds": round(time.perf_counter() - self.started, 2),
+            "first_round_at": getattr(self, "first_round_at", None),
             "bytes_per_client_round": sum(per_client) / max(len(per_client), 1),
             "dense_student_bytes": self.dense_bytes,
             "teacher_sends": {str(k): v for k, v in sorted(self.delivery.sends.items())},

@@ -1,0 +1,97 @@
+"""Peak memory of the whole process tree (driver, Ray's GCS/raylet and workers) against fleet size.
+
+Runs ``fedadmp simulate`` as a subprocess for 10, 100, 1,000 and 10,000 virtual devices with 10
+per round (2 mask rounds + 1 fine-tune round, evaluation on 10 devices), sampling every process
+in the tree every 0.25 s and summing PSS from /proc (shared pages counted once, proportionally).
+Writes JSON. Usage:
+
+    python benchmarks/fleet_memory.py [--fleets 10 100 1000 10000] [--out benchmarks/results/fleet_memory.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def tree(pid: int) -> list[int]:
+    """The process and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process in KiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(fleet: int, out_dir: Path) -> dict:
+    """Run one simulation and return its peak tree PSS, process count and wall time."""
+    cmd = [sys.executable, "-m", "simulations.cli", "simulate",
+           "--set", f"data.num_devices={fleet}", "--set", "data.samples_per_device=50",
+           "--set", "federation.clients_per_round=10", "--set", "federation.eval_clients=10",
+           "--set", "federation.mask_rounds=2", "--set", "federation.warmup_rounds=1",
+           "--set", "federation.finetune_rounds=1", "--set", "teacher.epochs=3",
+           "--set", f"run.out_dir={out_dir}", "--set", f"run.name=fleet{fleet}"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_kib, peak_procs = 0, 0
+    while proc.poll() is None:
+        pids = tree(proc.pid)
+        peak_kib = max(peak_kib, sum(pss_kib(p) for p in pids))
+        peak_procs = max(peak_procs, len(pids))
+        time.sleep(0.25)
+    output = proc.stdout.read() if proc.stdout else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"fleet {fleet} failed:\n{output[-3000:]}")
+    (run_dir,) = [p for p in out_dir.iterdir() if p.name.startswith(f"fleet{fleet}-")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"virtual_devices": fleet, "peak_pss_mib": round(peak_kib / 1024, 1), "peak_processes": peak_procs,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "bytes_per_client_round": summary["bytes_per_client_round"],
+            "student_target_acc": summary["student"]["target_acc"]}
+
+
+def main() -> None:
+    """Measure every fleet size and write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fleets", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--out", default="benchmarks/results/fleet_memory.json")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for fleet in args.fleets:
+            row = measure(fleet, Path(tmp))
+            results.append(row)
+            print(json.dumps(row))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"clients_per_round": 10, "results": results}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
