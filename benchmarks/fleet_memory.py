@@ -72,6 +72,8 @@ def measure(fleet: int, out_dir: Path) -> dict:
     return {"virtual_devices": fleet, "peak_pss_mib": round(peak_kib / 1024, 1), "peak_processes": peak_procs,
             "wall_seconds": round(time.perf_counter() - start, 1),
             "bytes_per_client_round": summary["bytes_per_client_round"],
+            "bytes_per_client_round_without_teacher": summary["bytes_per_client_round_without_teacher"],
+            "dense_student_bytes": summary["dense_student_bytes"],
             "student_target_acc": summary["student"]["target_acc"]}
 
 

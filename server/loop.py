@@ -125,6 +125,7 @@ class FederatedRun:
         row: dict[str, Any] = {"phase": phase, "step": rnd, "round": rnd, "clients": len(msgs),
                                "bytes_down": strategy.last_bytes["down"], "bytes_up": strategy.last_bytes["up"],
                                "teacher_sends": sum(self.delivery.sends.values()) - sends_before}
+        row["bytes_down_teacher"] = row["teacher_sends"] * self.delivery.teacher.count_bytes()
         row |= {k.replace("-", "_"): float(v) for k, v in (metrics or {}).items()}
         if phase == "mask":
             row["soft_sparsity"] = row.get("soft_sparsity", 0.0)
@@ -233,6 +234,7 @@ class FederatedRun:
         report = export_and_measure(self.run_dir, self.teacher, model, self.groups, self.task.source_val.x[:32])
         rows = [r for r in self.run_dir.rows if r.get("bytes_down")]
         per_client = [(r["bytes_down"] + r["bytes_up"]) / max(r["clients"], 1) for r in rows]
+        no_teacher = [(r["bytes_down"] - r["bytes_down_teacher"] + r["bytes_up"]) / max(r["clients"], 1) for r in rows]
         summary: dict[str, Any] = {
             "run_dir": str(self.run_dir.path), "mode": "federated", "strategy": self.fed.strategy,
             "dataset": self.task.name, "arch": self.arch, "seed": self.cfg.run.seed,
@@ -240,6 +242,7 @@ class FederatedRun:
             **report, "wall_seconds": round(time.perf_counter() - self.started, 2),
             "first_round_at": getattr(self, "first_round_at", None),
             "bytes_per_client_round": sum(per_client) / max(len(per_client), 1),
+            "bytes_per_client_round_without_teacher": sum(no_teacher) / max(len(no_teacher), 1),
             "dense_student_bytes": self.dense_bytes,
             "teacher_sends": {str(k): v for k, v in sorted(self.delivery.sends.items())},
             "rejections": [dataclasses.asdict(r) for r in self.rejections],
