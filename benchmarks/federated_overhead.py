@@ -28,9 +28,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def simulate(rounds: int, out: Path) -> tuple[Path, float]:
+def simulate(rounds: int, out: Path, extra: list[str]) -> tuple[Path, float]:
     """Run the simulation; returns its run directory and the wall-clock start time."""
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--set", f"federation.mask_rounds={rounds}",
+    cmd = [sys.executable, "-m", "simulations.cli", "simulate", *extra, "--set", f"federation.mask_rounds={rounds}",
            "--set", "federation.finetune_rounds=1", "--set", "federation.eval_every=1000",
            "--set", f"run.out_dir={out}", "--set", "run.name=overhead"]
     start = time.time()
@@ -109,16 +109,19 @@ def main() -> None:
     """Run the three measurements and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="scenario overrides for both sides, e.g. federation.local_epochs=2")
     parser.add_argument("--out", default="benchmarks/results/federated_overhead.json")
     args = parser.parse_args()
+    extra = [x for item in args.set for x in ("--set", item)]
     with tempfile.TemporaryDirectory() as tmp:
-        run, started = simulate(args.rounds, Path(tmp))
+        run, started = simulate(args.rounds, Path(tmp), extra)
         rows = json.loads((run / "metrics.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
         sim = [r["round_seconds"] for r in rows if r["phase"] == "mask"][:-1]  # the last one evaluates
         plain = plain_loop(run, args.rounds)[: len(sim)]
         report = {
-            "rounds_compared": len(sim),
+            "overrides": args.set, "rounds_compared": len(sim),
             "simulation_round_seconds": sim, "plain_loop_round_seconds": plain,
             "simulation_mean_s": sum(sim) / len(sim), "plain_mean_s": sum(plain) / len(plain),
             "startup_seconds_to_first_round": round(summary["first_round_at"] - started, 2),
