@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCENARIO ?= simulations/scenarios/federated_digits.yaml
 
-.PHONY: install run test bench clean
+FLWR_HOME ?= $(CURDIR)/.flwr
+FLWR_RUN_CONFIG ?= out-dir="$(CURDIR)/runs"
+
+.PHONY: install run test bench flwr-run clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +29,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/inference_latency.py
 	$(PY) benchmarks/federated_overhead.py
 	$(PY) benchmarks/fleet_memory.py
+
+# The same app through Flower's own CLI: a local SuperLink simulating one SuperNode per device.
+flwr-run: $(STAMP)
+	mkdir -p $(FLWR_HOME)
+	printf '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n[superlink.local.options]\nnum-supernodes = 10\n' > $(FLWR_HOME)/config.toml
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH FLWR_HOME=$(FLWR_HOME) FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+		RAY_TMPDIR=$$(mktemp -d) $(VENV)/bin/flwr run . local --run-config '$(FLWR_RUN_CONFIG)' --stream
 
 clean:
 	rm -rf $(VENV) runs
