@@ -51,6 +51,16 @@ def rho_next(rho: float, gamma: float, rho_max: float) -> float:
     return min(gamma * rho, rho_max)
 
 
+def rescale_dual(u: MaskDict, rho_old: float, rho_new: float) -> MaskDict:
+    """Keep the unscaled dual y = rho*U fixed when rho changes: U <- U * rho_old / rho_new.
+
+    (Boyd et al., Distributed Optimization and Statistical Learning via ADMM, sec. 3.4.1.)
+    """
+    if rho_old <= 0 or rho_new <= 0 or rho_old == rho_new:
+        return u
+    return {g: v * (rho_old / rho_new) for g, v in u.items()}
+
+
 def admm_penalty(m: MaskDict, z: MaskDict, u: MaskDict, rho: float) -> torch.Tensor:
     """(rho / 2) * sum_g ||m_g - Z_g + U_g||^2, differentiable in m."""
     total = sum(((m[g] - z[g] + u[g]) ** 2).sum() for g in m)

@@ -28,7 +28,7 @@ class AdmpHyper:
 
     prune_ratio: float = 0.6  # p: share of channels removed per group
     lr: float = 0.01  # SGD learning rate of the student's weights
-    mask_lr: float = 0.05  # SGD learning rate of the relaxed hard mask m
+    mask_lr: float = 0.3  # SGD learning rate of m: high, so m tracks Z - U between dual steps
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
@@ -37,9 +37,9 @@ class AdmpHyper:
     pl_threshold: float = 0.9  # teacher confidence needed for a pseudo label
     lambda_im: float = 0.0  # weight of the information-maximisation term (0: off)
     l1_m: float = 0.02  # L1 push on m, which ranks channels before the first Z-step
-    rho: float = 0.05  # initial ADMM penalty
-    rho_gamma: float = 1.5  # rho <- min(rho_gamma * rho, rho_max) after every Z-step
-    rho_max: float = 5.0
+    rho: float = 1.0  # initial ADMM penalty
+    rho_gamma: float = 1.2  # rho <- min(rho_gamma * rho, rho_max) after every Z-step (U rescaled)
+    rho_max: float = 10.0
     adversary: bool = True  # the soft-mask adversary on/off (ablation)
     adv_lr: float = 0.02  # largest per-step change of s (gradient normalised per group)
     adv_eps: float = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group

@@ -15,6 +15,7 @@ import torch
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from admp.admm import rescale_dual
 from admp.config import from_dict
 from admp.masks import gated, group_sizes
 from admp.metrics import accuracy
@@ -61,20 +62,20 @@ def train_admp(msg: Message, context: Context) -> Message:
         groups = student.channel_groups()
         masks = msg.content[P.MASKS]
         m, s, z = (P.record_to_masks(masks, k) for k in ("m", "s", "z"))
-        z_version = int(config["z_version"])
+        z_version, rho = int(config["z_version"]), float(config["rho"])
         if str(config["dual"]) == "per_client":
-            u, last_m, seen_version = load_dual(context, group_sizes(student, groups))
+            u, last_m, seen_version, last_rho = load_dual(context, group_sizes(student, groups))
             if last_m is not None and seen_version != z_version:  # a new Z since this device last trained
-                u = {g: u[g] + last_m[g] - z[g] for g in u}
+                u = rescale_dual({g: u[g] + last_m[g] - z[g] for g in u}, last_rho, rho)
         else:
             u = P.record_to_masks(masks, "u")
         data = load_device(scenario, device).train.x  # unlabeled: labels are not touched here
         gen = torch_generator(int(scenario["seed"]), "client", device, int(config["round"]))
-        stats = admp_local_train(student, teacher, groups, m, s, z, u, float(config["rho"]), data,
+        stats = admp_local_train(student, teacher, groups, m, s, z, u, rho, data,
                                  int(config["local_epochs"]), hp, gen)
         reply_masks = {"m": m, "s": s}
         if str(config["dual"]) == "per_client":
-            save_dual(context, u, m, z_version)
+            save_dual(context, u, m, z_version, rho)
             reply_masks["u"] = u
         return RecordDict({
             P.WEIGHTS: P.state_to_record(student.state_dict()),

@@ -102,17 +102,18 @@ def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     return copy.deepcopy(_SKELETONS[key])
 
 
-def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int]:
-    """Per-client dual U_k, the last local m_k (None before the first round) and its Z version."""
+def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int, float]:
+    """Per-client dual U_k, the last local m_k (None before the first round), its Z version and rho."""
     if "dual" not in context.state:
-        return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1
+        return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0
     record = context.state["dual"]
     meta = context.state["dual-meta"]
-    return P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_version"])
+    return (P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_version"]),
+            float(meta["rho"]))
 
 
-def save_dual(context: Context, u: MaskDict, m: MaskDict, z_version: int) -> None:
+def save_dual(context: Context, u: MaskDict, m: MaskDict, z_version: int, rho: float) -> None:
     """Keep U_k and m_k in the node state (a few hundred floats)."""
     context.state["dual"] = P.masks_to_record(u=u, m=m)
-    context.state["dual-meta"] = ConfigRecord({"z_version": z_version})
+    context.state["dual-meta"] = ConfigRecord({"z_version": z_version, "rho": rho})
 

@@ -100,7 +100,9 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
         if admm_step:
             state.z = admm.z_step(state.m, state.u, hp.prune_ratio)
             state.u = admm.u_step(state.u, state.m, state.z)
-            state.rho = hp.rho if state.rho == 0 else admm.rho_next(state.rho, hp.rho_gamma, hp.rho_max)
+            new_rho = hp.rho if state.rho == 0 else admm.rho_next(state.rho, hp.rho_gamma, hp.rho_max)
+            state.u = admm.rescale_dual(state.u, state.rho, new_rho)
+            state.rho = new_rho
         step += 1
         row = {"phase": "mask", "step": step, "epoch": epoch + 1,
                "target_acc": masked_accuracy(student, groups, state.m, target_train.x, target_test.x, target_test.y),

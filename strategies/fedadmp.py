@@ -97,7 +97,9 @@ class FedADMP(FleetStrategy):
                 m_plus_u = weighted_average([({g: m[g] + u[g] for g in m}, n) for _, m, _, u, n, _ in parsed])
                 self.z = consensus_z_step(m_plus_u, self.prune_ratio)
             self.z_version += 1
-            self.rho = self.rho0 if self.rho == 0 else admm.rho_next(self.rho, self.rho_gamma, self.rho_max)
+            new_rho = self.rho0 if self.rho == 0 else admm.rho_next(self.rho, self.rho_gamma, self.rho_max)
+            self.u = admm.rescale_dual(self.u, self.rho, new_rho)
+            self.rho = new_rho
         total = sum(n for *_, n, _ in parsed)
         metrics = {"valid-replies": len(parsed), P.NUM_EXAMPLES: total,
                    "divergence": sum(mt.get("divergence", 0.0) * n for *_, n, mt in parsed) / total,
