@@ -35,6 +35,13 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from simulations.study import run_study
+
+    run_study(args.study)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser with one subcommand per run type."""
     parser = argparse.ArgumentParser(
@@ -61,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in RUN_DIR from its last checkpoint")
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_simulate)
+    study = sub.add_parser("study", help="every method on the same splits, seeds and budget; tables and plots",
+                           description="Run (or resume: finished runs are skipped) a study of tasks x methods x "
+                                       "pruning ratios x seeds; writes runs.csv, report.md and PNG plots.")
+    study.add_argument("study", help="study YAML (see studies/)")
+    study.set_defaults(func=_study)
     return parser
 
 

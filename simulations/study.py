@@ -1,0 +1,155 @@
+"""``fedadmp study STUDY.yaml``: every method on the same splits, seeds and round budget.
+
+A study lists tasks (a base scenario plus overrides), methods, pruning ratios and seeds. Each
+(task, method, ratio, seed) is one run; finished runs are recorded in ``runs.csv`` and skipped when
+the study is started again, so an interrupted study resumes where it stopped. The teacher of a
+(task, seed) is trained once and loaded by that pair's later runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from admp.config import ConfigError, from_dict, load_config
+
+METHODS = ("fedkd", "naive", "fedadmp", "centralized")
+COLUMNS = ["run_id", "task", "method", "prune_ratio", "seed", "teacher_acc", "student_acc", "params",
+           "teacher_params", "macs", "teacher_macs", "latency_ms", "teacher_latency_ms", "channels_pruned",
+           "wall_seconds", "run_dir"]
+
+
+@dataclass
+class StudyTask:
+    """One task of a study: a base scenario YAML (relative to the study file) plus overrides."""
+
+    name: str = ""
+    scenario: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudySpec:
+    """The study: tasks x methods x pruning ratios x seeds."""
+
+    name: str = "study"
+    out_dir: str = "results"  # relative to the study file
+    data_dir: str = ""  # folder with mnist/, usps/, hapt/ npz files, relative to the study file
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    prune_ratios: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    tasks: list[StudyTask] = field(default_factory=list)
+
+
+def load_study(path: str | Path) -> tuple[StudySpec, Path]:
+    """Read and check a study file; returns the spec and the folder it lives in."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: study file not found")
+    try:
+        spec = from_dict(StudySpec, yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    for method in spec.methods:
+        if method not in METHODS:
+            raise ConfigError(f"methods: {method!r} is not one of {', '.join(METHODS)}")
+    if not spec.tasks:
+        raise ConfigError("tasks: a study needs at least one task")
+    for i, task in enumerate(spec.tasks):
+        if not task.name or not task.scenario:
+            raise ConfigError(f"tasks[{i}]: name and scenario are required")
+        data_dir = [f"data.data_dir={(path.parent / spec.data_dir).resolve()}"] if spec.data_dir else []
+        load_config(path.parent / task.scenario, overrides=[*data_dir, *task.overrides])  # fail early, with the key
+    return spec, path.parent
+
+
+def plan(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every run of the study; fedkd does not prune, so it runs once per (task, seed)."""
+    runs = []
+    for task in spec.tasks:
+        for seed in spec.seeds:
+            for method in spec.methods:
+                ratios = [0.0] if method == "fedkd" else spec.prune_ratios
+                for p in ratios:
+                    runs.append({"run_id": f"{task.name}-{method}-p{p:g}-s{seed}", "task": task, "method": method,
+                                 "prune_ratio": p, "seed": seed, "data_dir": spec.data_dir})
+    return runs
+
+
+def _finished(csv_path: Path) -> dict[str, dict[str, str]]:
+    if not csv_path.is_file():
+        return {}
+    with csv_path.open() as handle:
+        return {row["run_id"]: row for row in csv.DictReader(handle)}
+
+
+def _append(csv_path: Path, row: dict[str, Any]) -> None:
+    new = not csv_path.is_file()
+    with csv_path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+
+
+def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, console: Console) -> dict[str, Any]:
+    task: StudyTask = run["task"]
+    data_dir = [f"data.data_dir={(base / spec_data_dir).resolve()}"] if (spec_data_dir := run.get("data_dir")) else []
+    overrides = [*data_dir, *task.overrides, f"run.seed={run['seed']}", f"run.out_dir={runs_dir}", f"run.name={run['run_id']}"]
+    if run["prune_ratio"] > 0:
+        overrides.append(f"admp.prune_ratio={run['prune_ratio']}")
+    if (task.name, run["seed"]) in teachers:
+        overrides.append(f"teacher.checkpoint={teachers[(task.name, run['seed'])]}")
+    start = time.perf_counter()
+    if run["method"] == "centralized":
+        from simulations.centralized import run_centralized
+
+        summary = run_centralized(load_config(base / task.scenario, overrides=overrides), console)
+    else:
+        from simulations.federated import run_federated_simulation
+
+        cfg = load_config(base / task.scenario, overrides=[*overrides, f"federation.strategy={run['method']}"])
+        run_federated_simulation(cfg)
+        (run_dir,) = sorted(runs_dir.glob(f"{run['run_id']}-*"))[-1:]
+        summary = json.loads((run_dir / "summary.json").read_text())
+    teachers.setdefault((task.name, run["seed"]), str(Path(summary["run_dir"]) / "teacher.pt"))
+    return {**{k: run[k] for k in ("run_id", "method", "prune_ratio", "seed")}, "task": task.name,
+            "teacher_acc": summary["teacher"]["target_acc"], "student_acc": summary["student"]["target_acc"],
+            "params": summary["student"]["params"], "teacher_params": summary["teacher"]["params"],
+            "macs": summary["student"]["macs"], "teacher_macs": summary["teacher"]["macs"],
+            "latency_ms": summary["student"]["latency_ms"], "teacher_latency_ms": summary["teacher"]["latency_ms"],
+            "channels_pruned": summary.get("channels_pruned", 0.0),
+            "wall_seconds": round(time.perf_counter() - start, 1), "run_dir": summary["run_dir"]}
+
+
+def run_study(path: str | Path, console: Console | None = None) -> Path:
+    """Run (or resume) a study; returns its output folder with runs.csv, tables and plots."""
+    from simulations.study_report import write_report
+
+    console = console or Console()
+    spec, base = load_study(path)
+    out = (base / spec.out_dir / spec.name).resolve()
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "runs.csv"
+    done = _finished(csv_path)
+    teachers = {(r["task"], int(r["seed"])): str(Path(r["run_dir"]) / "teacher.pt") for r in done.values()}
+    todo = [r for r in plan(spec) if r["run_id"] not in done]
+    console.print(f"[bold]study {spec.name}[/bold]: {len(done)} runs done, {len(todo)} to go -> {out}")
+    for i, run in enumerate(todo, 1):
+        console.rule(f"{i}/{len(todo)}  {run['run_id']}")
+        row = _execute(run, base, runs_dir, teachers, console)
+        _append(csv_path, row)
+        console.print(f"{run['run_id']}: teacher {row['teacher_acc']:.2f}%  student {row['student_acc']:.2f}%  "
+                      f"({row['wall_seconds']} s)")
+    write_report(out, spec)
+    console.print(f"report: {out / 'report.md'}")
+    return out

@@ -1,0 +1,134 @@
+"""Tables and plots of a study: mean ± std over seeds per task, accuracy vs pruning, vs round."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS = {"source_only": "source-only teacher", "fedkd": "federated KD, no pruning",
+          "naive": "naive: L1 prune on cloud + fed. KD", "fedadmp": "FedADMP (ours)",
+          "centralized": "centralized ADMP (pooled target)"}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: list[float]) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
+
+
+def load_rows(out: Path) -> list[dict[str, Any]]:
+    """runs.csv with numbers parsed."""
+    with (out / "runs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("prune_ratio", "teacher_acc", "student_acc", "latency_ms", "teacher_latency_ms", "channels_pruned"):
+            row[key] = float(row[key])
+        for key in ("seed", "params", "teacher_params", "macs", "teacher_macs"):
+            row[key] = int(float(row[key]))
+    return rows
+
+
+def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str, float]]:
+    """Markdown table for one task at ``ratio`` and the mean accuracy per method."""
+    lines = ["| method | target acc % (mean ± std) | params | MACs | CPU latency b1 (ms) |", "|---|---|---|---|---|"]
+    means: dict[str, float] = {}
+    teacher_by_seed = {r["seed"]: r for r in rows}
+    if teacher_by_seed:
+        t = list(teacher_by_seed.values())
+        means["source_only"] = _mean_std([r["teacher_acc"] for r in t])[0]
+        lines.append(f"| {LABELS['source_only']} | {_fmt([r['teacher_acc'] for r in t])} | {t[0]['teacher_params']:,} | "
+                     f"{t[0]['teacher_macs']:,} | {statistics.fmean(r['teacher_latency_ms'] for r in t):.3f} |")
+    for method in ("fedkd", "naive", "fedadmp", "centralized"):
+        sel = [r for r in rows if r["method"] == method and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)]
+        if not sel:
+            continue
+        means[method] = _mean_std([r["student_acc"] for r in sel])[0]
+        lines.append(f"| {LABELS[method]} | {_fmt([r['student_acc'] for r in sel])} | {sel[0]['params']:,} | "
+                     f"{sel[0]['macs']:,} | {statistics.fmean(r['latency_ms'] for r in sel):.3f} |")
+    return "\n".join(lines), means
+
+
+def plot_vs_ratio(rows: list[dict[str, Any]], task: str, path: Path) -> None:
+    """Target accuracy against the share of channels pruned, one line per method."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in ("naive", "fedadmp", "centralized"):
+        by_ratio: dict[float, list[float]] = defaultdict(list)
+        pruned: dict[float, list[float]] = defaultdict(list)
+        for r in rows:
+            if r["method"] == method:
+                by_ratio[r["prune_ratio"]].append(r["student_acc"])
+                pruned[r["prune_ratio"]].append(r["channels_pruned"])
+        if by_ratio:
+            xs = sorted(by_ratio)
+            stats = [_mean_std(by_ratio[x]) for x in xs]
+            ax.errorbar([statistics.fmean(pruned[x]) for x in xs], [m for m, _ in stats], yerr=[s for _, s in stats],
+                        marker="o", capsize=3, label=LABELS[method])
+    for method, style in (("fedkd", "--"),):
+        sel = [r["student_acc"] for r in rows if r["method"] == method]
+        if sel:
+            ax.axhline(statistics.fmean(sel), linestyle=style, color="gray", label=LABELS[method])
+    teacher = {r["seed"]: r["teacher_acc"] for r in rows}
+    if teacher:
+        ax.axhline(statistics.fmean(teacher.values()), linestyle=":", color="black", label=LABELS["source_only"])
+    ax.set(xlabel="share of channels removed", ylabel="target test accuracy (%)", title=task)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Path) -> None:
+    """Federated evaluation accuracy per round (first seed) for the federated methods."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    seed = min(r["seed"] for r in rows)
+    for method in ("fedkd", "naive", "fedadmp"):
+        sel = [r for r in rows if r["method"] == method and r["seed"] == seed
+               and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)]
+        if not sel:
+            continue
+        metrics = json.loads((Path(sel[0]["run_dir"]) / "metrics.json").read_text())
+        points = [(m["round"], m["target_acc"]) for m in metrics if m.get("target_acc") is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=LABELS[method])
+    ax.set(xlabel="round", ylabel="target test accuracy (%)", title=f"{task}, p = {ratio}, seed {seed}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
+    """report.md with one table per task at ``ratio``, the three distances, and the plots."""
+    rows = load_rows(out)
+    ratio = min(spec.prune_ratios, key=lambda r: abs(r - ratio))
+    parts = [f"# Study `{spec.name}`\n", f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}; tables at p = {ratio}. "
+             "Target labels are used for evaluation only.\n"]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        task_rows = [r for r in rows if r["task"] == task]
+        table, means = task_table(task_rows, ratio)
+        parts += [f"## {task}\n", table, ""]
+        if "fedadmp" in means:
+            for other, goal in (("fedkd", "goal: at most 0.5 lower"), ("naive", "goal: at least 4 higher"),
+                                ("centralized", "goal: within 1")):
+                if other in means:
+                    parts.append(f"- FedADMP − {LABELS[other]}: {means['fedadmp'] - means[other]:+.2f} points ({goal})")
+        plot_vs_ratio(task_rows, task, out / f"{task}_acc_vs_pruning.png")
+        plot_vs_round(task_rows, task, ratio, out / f"{task}_acc_vs_round.png")
+        parts += ["", f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)",
+                  f"![{task}: accuracy vs round]({task}_acc_vs_round.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
