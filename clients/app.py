@@ -20,7 +20,7 @@ from admp.config import from_dict
 from admp.masks import gated, group_sizes
 from admp.metrics import accuracy
 from admp.seeding import torch_generator
-from admp.trainer import AdmpHyper, admp_local_train, kd_finetune
+from admp.trainer import AdmpHyper, admp_local_train, kd_finetune, recalibrate_bn
 from clients.device import build_student, device_id, get_teacher, load_device, load_dual, save_dual
 from strategies import protocol as P
 
@@ -151,9 +151,12 @@ def identity(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the global model on this device's labeled test split (evaluation only)."""
     def handle() -> RecordDict:
-        _, scenario, device, _ = _setup(msg, context)
+        config, scenario, device, _ = _setup(msg, context)
         student, _ = _student(msg, scenario)
-        test = load_device(scenario, device).test
+        local = load_device(scenario, device)
+        test = local.test
+        if "local_bn" in config and bool(config["local_bn"]):  # personalised BN: unlabeled local data only
+            recalibrate_bn(student, local.train.x)
         masks = msg.content[P.MASKS] if P.MASKS in msg.content else None
         m = P.record_to_masks(masks, "m") if masks is not None else {}
         if m:

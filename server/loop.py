@@ -221,14 +221,16 @@ class FederatedRun:
         if keep:
             model = prune_model(model, self.groups, keep, example_input(model))
         model.load_state_dict(weights)
-        if self.fed.bn_recalibration:
+        if self.fed.bn_recalibration in ("global", "local"):
             recalibrate_from_clients(self.grid, strategy, model, offset + rounds + 1, self.fed.round_timeout)
         return model.state_dict(), model.eval()
 
     def finish(self, model: torch.nn.Module, keep: dict | None) -> dict[str, Any]:
         """Final federated evaluation, export, summary table and plots."""
         final_round = self.fed.mask_rounds + self.fed.finetune_rounds + 1
-        strategy = self._attach(FedKD(model.state_dict(), keep, 1, 0.0, **self._strategy_kwargs()))
+        kwargs = self._strategy_kwargs()
+        kwargs["base_config"] = self.base_config | {"local_bn": self.fed.bn_recalibration == "local"}
+        strategy = self._attach(FedKD(model.state_dict(), keep, 1, 0.0, **kwargs))
         acc = self.evaluate(strategy, final_round, model.state_dict())
         self.run_dir.log_metrics({"phase": "final", "step": final_round, "round": final_round, "target_acc": acc})
         report = export_and_measure(self.run_dir, self.teacher, model, self.groups, self.task.source_val.x[:32])

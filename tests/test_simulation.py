@@ -76,3 +76,11 @@ def test_resume_reaches_the_same_model(uninterrupted, tmp_path):
     rows_a = json.loads((uninterrupted / "metrics.json").read_text())
     rows_b = json.loads((paused / "metrics.json").read_text())
     assert [r.get("target_acc") for r in rows_a] == [r.get("target_acc") for r in rows_b]
+
+
+def test_per_client_duals_reach_a_pruned_model(tmp_path):
+    run = _simulate(tmp_path, "federation.dual=per_client")
+    summary = json.loads((run / "summary.json").read_text())
+    assert not summary["rejections"]
+    for group, width in summary["teacher"]["channels"].items():
+        assert summary["student"]["channels"][group] == math.ceil((1 - 0.6) * width)

@@ -37,7 +37,7 @@ class DataSpec:
     num_devices: int = 10  # target devices (hapt with partition=subject: one per target subject)
     partition: str = "iid"  # iid | dirichlet | subject
     dirichlet_alpha: float = 0.5  # label-skew concentration for partition=dirichlet
-    shifts: str = "auto"  # auto (on for digits, off for real pairs) | on | off
+    shifts: str = "auto"  # auto (digits: yes, real data: no) | always | never
     shift_kinds: list[str] = field(default_factory=list)  # empty: every shift of the modality
     max_shifts_per_device: int = 2  # each device composes 1..this many shifts
     severity_min: int = 2  # severities are drawn uniformly in [severity_min, severity_max]
@@ -188,7 +188,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         target_test = target
     else:  # an official test set: spread it IID over the devices
         test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
-    shifts_on = spec.shifts == "on" or (spec.shifts == "auto" and spec.dataset == "digits")
+    shifts_on = spec.shifts == "always" or (spec.shifts == "auto" and spec.dataset == "digits")
     kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
     return CrossDomainTask(
         name=spec.dataset, num_classes=int(source.y.max()) + 1,
