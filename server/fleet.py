@@ -47,7 +47,7 @@ def recalibrate_from_clients(grid: Grid, strategy: FleetStrategy, model: nn.Modu
     bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     devices = strategy.sample(rnd, strategy.eval_clients, salt="bnstats")
     records = {P.WEIGHTS: P.state_to_record(model.state_dict())} | strategy.evaluation_records()
-    msgs = strategy._messages(rnd, devices, records, {}, P.QUERY_BN, with_teacher=False)
+    msgs = strategy.messages(rnd, devices, records, {}, P.QUERY_BN, with_teacher=False)
     expected = {f"{kind}.{n}": (bn.num_features,) for n, bn in bns.items() for kind in ("mean", "sq")}
 
     def parse(content: RecordDict):

@@ -127,8 +127,6 @@ class FederatedRun:
                                "teacher_sends": sum(self.delivery.sends.values()) - sends_before}
         row["bytes_down_teacher"] = row["teacher_sends"] * self.delivery.teacher.count_bytes()
         row |= {k.replace("-", "_"): float(v) for k, v in (metrics or {}).items()}
-        if phase == "mask":
-            row["soft_sparsity"] = row.get("soft_sparsity", 0.0)
         row["target_acc"] = (self.evaluate(strategy, rnd, weights)
                              if rnd % self.fed.eval_every == 0 or last else None)
         row["round_seconds"] = round(time.perf_counter() - start, 3)

@@ -70,8 +70,9 @@ class FleetStrategy(Strategy):
         rng = numpy_rng(self.seed, "sample", salt, server_round)
         return sorted(int(i) for i in rng.choice(ids, size=count, replace=False))
 
-    def _messages(self, server_round: int, device_ids: list[int], records: dict[str, Any],
-                  config: dict[str, Any], message_type: str, with_teacher: bool) -> list[Message]:
+    def messages(self, server_round: int, device_ids: list[int], records: dict[str, Any],
+                 config: dict[str, Any], message_type: str, with_teacher: bool) -> list[Message]:
+        """One message per device with the records, the merged config and (once) the teacher."""
         out = []
         down = 0
         for device in device_ids:
@@ -133,7 +134,7 @@ class FleetStrategy(Strategy):
         """Ask ``eval_clients`` devices (0: all) to evaluate the global model on their test split."""
         devices = self.sample(server_round, self.eval_clients, salt="evaluate")
         records = {P.WEIGHTS: arrays} | self.evaluation_records()
-        return self._messages(server_round, devices, records, dict(config), P.EVALUATE, with_teacher=False)
+        return self.messages(server_round, devices, records, dict(config), P.EVALUATE, with_teacher=False)
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
         """Extra records the evaluating client needs (masks or keep masks)."""

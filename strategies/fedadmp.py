@@ -64,7 +64,7 @@ class FedADMP(FleetStrategy):
         records = {P.WEIGHTS: arrays, P.MASKS: self.mask_record()}
         extra = dict(config) | {"phase": "mask", "rho": self.rho, "dual": self.dual,
                                 "z_version": self.z_version, "local_epochs": self.local_epochs}
-        return self._messages(server_round, devices, records, extra, P.TRAIN_ADMP, with_teacher=True)
+        return self.messages(server_round, devices, records, extra, P.TRAIN_ADMP, with_teacher=True)
 
     def parse_train_reply(self, content: RecordDict) -> tuple[dict, MaskDict, MaskDict, MaskDict, int, dict]:
         """Validate one reply: keys, shapes, finite values, mask ranges, example count."""
@@ -154,7 +154,7 @@ class FedKD(FleetStrategy):
         devices = self.sample(server_round, self.clients_per_round)
         records = {P.WEIGHTS: arrays} | self.evaluation_records()
         extra = dict(config) | {"phase": "kd", "local_epochs": self.local_epochs, "lr": self.lr}
-        return self._messages(server_round, devices, records, extra, P.TRAIN_KD, with_teacher=True)
+        return self.messages(server_round, devices, records, extra, P.TRAIN_KD, with_teacher=True)
 
     def parse_train_reply(self, content: RecordDict) -> tuple[dict, int, float]:
         """Validate one reply: weights' keys, shapes, finite values, and the example count."""
