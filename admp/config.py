@@ -162,6 +162,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("auto", *ARCHITECTURES),
     "data.dataset": DATASETS,
     "data.partition": ("iid", "dirichlet", "subject"),
+    "data.usps_layout": ("resize", "box"),
     "data.shifts": ("auto", "always", "never"),
     "federation.strategy": ("fedadmp", "fedkd", "naive"),
     "federation.dual": ("global", "per_client"),

@@ -91,6 +91,8 @@ def test_npz_loaders_on_shared_data(shared_data):
     assert float(mnist.x.max()) <= 1.0 and mnist.y[:5].tolist() == [7, 2, 1, 0, 4]
     usps = load_usps(shared_data / "usps" / "usps.npz", "test")
     assert usps.x.shape == (2007, 1, 28, 28) and len(usps.y) == 2007
+    boxed = load_usps(shared_data / "usps" / "usps.npz", "test", layout="box")
+    assert float(boxed.x[:, :, :4].abs().max()) == 0.0 and float(boxed.x[:, :, 4:24].max()) > 0.5
     hapt = load_hapt(shared_data / "hapt" / "hapt.npz")
     assert hapt.x.shape == (10017, 6, 128) and set(np.unique(hapt.subject)) == set(range(1, 31))
 

@@ -74,14 +74,14 @@ def _open_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable npz file ({exc})") from exc
 
 
-def _image_npz(path: Path, split: str, hw: int) -> Split:
+def _image_npz(path: Path, split: str, hw: int, digit: int | None = None) -> Split:
     arrays = _open_npz(path, (f"x_{split}", f"y_{split}"))
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     if x.ndim != 3 or x.shape[1:] != (hw, hw) or len(x) != len(y):
         raise DataError(f"{path}: x_{split} has shape {x.shape}, expected (N, {hw}, {hw}) "
                         f"with N = len(y_{split}) = {len(y)}")
     images = torch.as_tensor(x.astype(np.float32) / 255.0)
-    return Split(_to_digit_frame(images, 28), torch.as_tensor(y.astype(np.int64)))
+    return Split(_to_digit_frame(images, 28, digit), torch.as_tensor(y.astype(np.int64)))
 
 
 def load_mnist(path: Path, split: str = "train") -> Split:
@@ -89,9 +89,15 @@ def load_mnist(path: Path, split: str = "train") -> Split:
     return _image_npz(path, split, 28)
 
 
-def load_usps(path: Path, split: str = "train") -> Split:
-    """USPS from an npz with x_train/y_train/x_test/y_test (uint8 16x16), resized to 28x28."""
-    return _image_npz(path, split, 16)
+def load_usps(path: Path, split: str = "train", layout: str = "resize") -> Split:
+    """USPS from an npz with x_train/y_train/x_test/y_test (uint8 16x16) as 28x28 images.
+
+    ``layout="resize"`` stretches the digit over the whole frame; ``"box"`` puts it in a centred
+    20x20 box, the layout of MNIST (a much smaller domain gap, see README).
+    """
+    if layout not in ("resize", "box"):
+        raise DataError(f"usps layout must be 'resize' or 'box', got {layout!r}")
+    return _image_npz(path, split, 16, 20 if layout == "box" else None)
 
 
 @dataclass

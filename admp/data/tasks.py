@@ -34,6 +34,7 @@ class DataSpec:
     source_domain: str = ""  # imagefolder: source domain folder name
     target_domain: str = ""  # imagefolder: target domain folder name
     image_size: int = 32  # imagefolder: images are resized to image_size x image_size
+    usps_layout: str = "resize"  # resize (16x16 stretched to 28x28) | box (20x20 box in 28x28, like MNIST)
     num_devices: int = 10  # target devices (hapt with partition=subject: one per target subject)
     partition: str = "iid"  # iid | dirichlet | subject
     dirichlet_alpha: float = 0.5  # label-skew concentration for partition=dirichlet
@@ -135,7 +136,7 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split, 
         return digits.subset(src_idx), digits.subset(tgt_idx), None, None
     if spec.dataset in ("mnist_usps", "usps_mnist"):
         mnist = lambda s: load_mnist(root / "mnist" / "mnist.npz", s)  # noqa: E731
-        usps = lambda s: load_usps(root / "usps" / "usps.npz", s)  # noqa: E731
+        usps = lambda s: load_usps(root / "usps" / "usps.npz", s, spec.usps_layout)  # noqa: E731
         src, tgt = (mnist, usps) if spec.dataset == "mnist_usps" else (usps, mnist)
         return src("train"), tgt("train"), tgt("test"), None
     if spec.dataset == "hapt":
