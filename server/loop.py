@@ -82,6 +82,7 @@ class FederatedRun:
         self.dense_bytes = P.state_to_record(teacher_state).count_bytes()
         self.rejections: list[Rejection] = []
         self.started = time.perf_counter()
+        self.first_round_at: float | None = None  # wall clock of the first round, for start-up time
 
     # --- helpers -----------------------------------------------------------------------------
     def _strategy_kwargs(self) -> dict[str, Any]:
@@ -115,7 +116,7 @@ class FederatedRun:
     def play_round(self, strategy: FleetStrategy, phase: str, rnd: int, weights: dict, last: bool) -> dict:
         """Train, aggregate, evaluate and log one round; returns the (possibly unchanged) weights."""
         start = time.perf_counter()
-        self.first_round_at = getattr(self, "first_round_at", None) or time.time()
+        self.first_round_at = self.first_round_at or time.time()
         sends_before = sum(self.delivery.sends.values())
         msgs = list(strategy.configure_train(rnd, P.state_to_record(weights), ConfigRecord(), self.grid))
         replies = self.grid.send_and_receive(msgs, timeout=self.fed.round_timeout)
@@ -177,7 +178,7 @@ class FederatedRun:
             weights, first = self.ckpt["student"], int(self.ckpt["round"]) + 1
         rounds = self.fed.mask_rounds
         for rnd in range(first, rounds + 1):
-            weights = self.play_round(strategy, "mask", rnd, weights, last=False)
+            weights = self.play_round(strategy, "mask", rnd, weights, last=rnd == rounds)
             self._checkpoint("mask", rnd, weights, None, strategy.state_dict())
         keep = strategy.merge_mask()
         dense = initial_model(self.cfg, self.task.num_classes)
@@ -213,7 +214,7 @@ class FederatedRun:
         if self.ckpt is not None and self.ckpt["phase"] == "kd":
             first = int(self.ckpt["round"]) + 1
         for rnd in range(first, offset + rounds + 1):
-            weights = self.play_round(strategy, "finetune", rnd, weights, last=False)
+            weights = self.play_round(strategy, "finetune", rnd, weights, last=False)  # a final eval follows
             self._checkpoint("kd", rnd, weights, keep, {}, {"mask_rounds_done": offset})
         model = initial_model(self.cfg, self.task.num_classes)
         if keep:
@@ -240,7 +241,7 @@ class FederatedRun:
             "dataset": self.task.name, "arch": self.arch, "seed": self.cfg.run.seed,
             "prune_ratio": self.cfg.admp.prune_ratio if keep else 0.0, "devices": len(self.devices),
             **report, "wall_seconds": round(time.perf_counter() - self.started, 2),
-            "first_round_at": getattr(self, "first_round_at", None),
+            "first_round_at": self.first_round_at,
             "bytes_per_client_round": sum(per_client) / max(len(per_client), 1),
             "bytes_per_client_round_without_teacher": sum(no_teacher) / max(len(no_teacher), 1),
             "dense_student_bytes": self.dense_bytes,
