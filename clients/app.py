@@ -43,12 +43,21 @@ def _setup(msg: Message, context: Context):
     return config, scenario, device, hp
 
 
-def _student(msg: Message, scenario: dict) -> tuple[torch.nn.Module, dict | None]:
+def _student(msg: Message, scenario: dict) -> torch.nn.Module:
     masks = msg.content[P.MASKS] if P.MASKS in msg.content else None
     keep = P.record_to_masks(masks, "keep") if masks is not None else {}
     student = build_student(scenario, keep or None)
     student.load_state_dict(P.record_to_state(msg.content[P.WEIGHTS]))
-    return student, keep or None
+    return student
+
+
+def _training_inputs(msg: Message, context: Context):
+    """What both training handlers need: config, scenario, device id, hyper-parameters, teacher,
+    student and the device's unlabeled data (its labels are not touched)."""
+    config, scenario, device, hp = _setup(msg, context)
+    teacher = get_teacher(msg.content, context, scenario)
+    data = load_device(scenario, device).train.x
+    return config, scenario, device, hp, teacher, _student(msg, scenario), data
 
 
 @app.train()
@@ -56,9 +65,7 @@ def train_admp(msg: Message, context: Context) -> Message:
     """Local ADMP mask-phase step: adversary + (W, m) descent with the ADMM penalty."""
     def handle() -> RecordDict:
         start = time.perf_counter()
-        config, scenario, device, hp = _setup(msg, context)
-        teacher = get_teacher(msg.content, context, scenario)
-        student, _ = _student(msg, scenario)
+        config, scenario, device, hp, teacher, student, data = _training_inputs(msg, context)
         groups = student.channel_groups()
         masks = msg.content[P.MASKS]
         m, s, z = (P.record_to_masks(masks, k) for k in ("m", "s", "z"))
@@ -69,7 +76,6 @@ def train_admp(msg: Message, context: Context) -> Message:
                 u = rescale_dual({g: u[g] + last_m[g] - z[g] for g in u}, last_rho, rho)
         else:
             u = P.record_to_masks(masks, "u")
-        data = load_device(scenario, device).train.x  # unlabeled: labels are not touched here
         gen = torch_generator(int(scenario["seed"]), "client", device, int(config["round"]))
         stats = admp_local_train(student, teacher, groups, m, s, z, u, rho, data,
                                  int(config["local_epochs"]), hp, gen)
@@ -92,10 +98,7 @@ def train_kd(msg: Message, context: Context) -> Message:
     """KD adaptation of a plain student (dense, or pruned to the sent keep masks)."""
     def handle() -> RecordDict:
         start = time.perf_counter()
-        config, scenario, device, hp = _setup(msg, context)
-        teacher = get_teacher(msg.content, context, scenario)
-        student, _ = _student(msg, scenario)
-        data = load_device(scenario, device).train.x
+        config, scenario, device, hp, teacher, student, data = _training_inputs(msg, context)
         gen = torch_generator(int(scenario["seed"]), "client-kd", device, int(config["round"]))
         stats = kd_finetune(student, teacher, data, int(config["local_epochs"]), hp, gen, lr=float(config["lr"]))
         return RecordDict({
@@ -112,7 +115,7 @@ def bn_statistics(msg: Message, context: Context) -> Message:
     """Per-channel E[x] and E[x^2] at every BatchNorm input, over the local unlabeled data."""
     def handle() -> RecordDict:
         _, scenario, device, _ = _setup(msg, context)
-        student, _ = _student(msg, scenario)
+        student = _student(msg, scenario)
         data = load_device(scenario, device).train.x
         sums: dict[str, list[torch.Tensor]] = {}
         hooks = []
@@ -152,7 +155,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the global model on this device's labeled test split (evaluation only)."""
     def handle() -> RecordDict:
         config, scenario, device, _ = _setup(msg, context)
-        student, _ = _student(msg, scenario)
+        student = _student(msg, scenario)
         local = load_device(scenario, device)
         test = local.test
         if "local_bn" in config and bool(config["local_bn"]):  # personalised BN: unlabeled local data only

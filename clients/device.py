@@ -28,6 +28,7 @@ from admp.teacher import state_hash
 from strategies import protocol as P
 
 _TEACHERS: dict[str, dict[str, torch.Tensor]] = {}  # content hash -> state dict
+_TEACHER_MODELS: dict[str, nn.Module] = {}  # content hash -> frozen module built from it
 _SKELETONS: dict[str, nn.Module] = {}  # architecture key -> module to deep-copy
 
 
@@ -48,9 +49,18 @@ def _task(data_json: str, seed: int):
     return build_task(from_dict(DataSpec, json.loads(data_json), "data."), seed)
 
 
+@lru_cache(maxsize=64)
+def _device(data_json: str, seed: int, device: int) -> Device:
+    return _task(data_json, seed).device(device)
+
+
 def load_device(scenario: dict[str, Any], device: int) -> Device:
-    """This device's own data (its partition, with its shift mix), built from the scenario."""
-    return _task(json.dumps(scenario["data"], sort_keys=True), int(scenario["seed"])).device(device)
+    """This device's own data (its partition, with its shift mix), built from the scenario.
+
+    The last 64 devices a worker served are kept, so a device sampled again is not rebuilt
+    (its shifts recomputed) every round; memory stays bounded whatever the fleet size.
+    """
+    return _device(json.dumps(scenario["data"], sort_keys=True), int(scenario["seed"]), device)
 
 
 def teacher_store(context: Context, config: ConfigRecord) -> Path:
@@ -85,9 +95,11 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
         if state_hash(state) != expected:
             raise TeacherMissing(f"teacher-missing: cached teacher {expected[:12]} is corrupt")
         _TEACHERS[expected] = state
-    model = build_student(scenario, None)
-    model.load_state_dict(_TEACHERS[expected])
-    return model.eval()
+    if expected not in _TEACHER_MODELS:
+        model = build_student(scenario, None)
+        model.load_state_dict(_TEACHERS[expected])
+        _TEACHER_MODELS[expected] = model.eval()
+    return _TEACHER_MODELS[expected]
 
 
 def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:

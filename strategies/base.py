@@ -120,12 +120,11 @@ class FleetStrategy(Strategy):
     def validated(self, server_round: int, replies: Iterable[Message], parse) -> list[tuple[int, Any]]:
         """Apply ``parse(content)`` to every good reply; a ReplyError rejects that reply only."""
         parsed = []
-        by_device = {dev: node for dev, node in self.devices.items()}
         for device, content in self.triage(server_round, replies):
             try:
                 parsed.append((device, parse(content)))
             except (ReplyError, KeyError, TypeError, ValueError) as exc:
-                self.reject(server_round, device, by_device.get(device, -1), f"invalid reply: {exc}")
+                self.reject(server_round, device, self.devices.get(device, -1), f"invalid reply: {exc}")
         return parsed
 
     # --- evaluation ---------------------------------------------------------------------------

@@ -65,6 +65,7 @@ def test_train_reply_has_the_contracted_records(tmp_path, teacher_state):
 def test_cached_teacher_is_used_without_resending(tmp_path, teacher_state):
     client.train_admp(_message(tmp_path, teacher_state, with_teacher=True), _context(0))
     client_device._TEACHERS.clear()  # a fresh worker process: only the disk store is left
+    client_device._TEACHER_MODELS.clear()
     reply = client.train_admp(_message(tmp_path, teacher_state, with_teacher=False, device=1), _context(1))
     assert not reply.has_error()
     assert int(reply.content[P.METRICS]["teacher-attached"]) == 0
@@ -72,6 +73,7 @@ def test_cached_teacher_is_used_without_resending(tmp_path, teacher_state):
 
 def test_missing_teacher_and_bad_input_become_error_replies(tmp_path, teacher_state):
     client_device._TEACHERS.clear()
+    client_device._TEACHER_MODELS.clear()
     missing = client.train_admp(_message(tmp_path / "empty", teacher_state, with_teacher=False), _context(0))
     assert missing.has_error() and "teacher-missing" in missing.error.reason
     wrong = {k: v[:1] if v.dim() else v for k, v in teacher_state.items()}
