@@ -134,7 +134,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "admp.pl_threshold": (0, 1, True, True),
     "admp.lambda_im": (0, None, True, True),
     "admp.l1_m": (0, None, True, True),
-    "admp.rho": (0, None, False, True),
+    "admp.rho": (0, None, True, True),  # 0: no ADMM (ablation): plain L1 on m, top-k of m at the merge
     "admp.rho_gamma": (1, None, True, True),
     "admp.rho_max": (0, None, False, True),
     "admp.adv_lr": (0, None, True, True),
@@ -167,6 +167,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "federation.strategy": ("fedadmp", "fedkd", "naive"),
     "federation.dual": ("global", "per_client"),
     "federation.bn_recalibration": ("global", "local", "none"),
+    "admp.teacher_bn": ("local", "source"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "data.shift_kinds": tuple(sorted(set(IMAGE_SHIFTS + SENSOR_SHIFTS))),

@@ -8,6 +8,7 @@ and penalty rho stay fixed (the caller takes the Z/U steps).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from admp.admm import admm_penalty
+from admp.metrics import accuracy
 from admp.losses import adversary_step, information_maximisation, kd_divergence, pseudo_label_ce
 from admp.masks import MaskDict, gated
 from admp.models import GroupSpec
@@ -44,6 +46,8 @@ class AdmpHyper:
     adv_lr: float = 0.02  # largest per-step change of s (gradient normalised per group)
     adv_eps: float = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group
     s_min: float = 0.5  # floor of the soft mask
+    teacher_bn: str = "local"  # local: KD targets from the teacher with BN statistics re-estimated on the
+    #   unlabeled target data it labels (AdaBN, Li et al. 2016) | source: the teacher exactly as trained
 
 
 def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
@@ -116,16 +120,35 @@ def _soft_grads(student: nn.Module, groups: GroupSpec, m: MaskDict, s: MaskDict,
     return dict(zip(leaf, grads))
 
 
+@torch.no_grad()
+def teacher_targets(teacher: nn.Module, x: torch.Tensor, bn: str = "local", batch_size: int = 512) -> torch.Tensor:
+    """The teacher's logits (N, K) on unlabeled target data ``x``: the KD targets of that data.
+
+    With ``bn="local"`` a copy of the teacher first re-estimates its BatchNorm statistics on ``x``
+    (AdaBN): the source statistics misplace target features, and the re-estimate needs no label.
+    Computing the targets once per local update also spares a teacher forward pass per batch.
+    """
+    model = teacher
+    if bn == "local":
+        model = copy.deepcopy(teacher)
+        recalibrate_bn(model, x)
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, m: MaskDict,
                      s: MaskDict, z: MaskDict, u: MaskDict, rho: float, x: torch.Tensor,
-                     epochs: int, hp: AdmpHyper, gen: torch.Generator) -> dict[str, float]:
+                     epochs: int, hp: AdmpHyper, gen: torch.Generator,
+                     targets: torch.Tensor | None = None) -> dict[str, float]:
     """Local ADMP epochs on unlabeled target data ``x``; updates student, m and s in place.
 
     Per batch: (1) the adversary raises D by moving s within its budget; (2) one SGD step on
     (W, m) for D + lambda_pl*CE_pl (+ lambda_im*IM) + (rho/2)||m - Z + U||^2 + l1_m*|m|_1,
-    with m then clipped to [0, 1]. Returns mean divergence, loss and samples seen.
+    with m then clipped to [0, 1]. ``targets`` (N, K) are the teacher's logits on ``x``
+    (default: ``teacher_targets(teacher, x, hp.teacher_bn)``). Returns mean divergence, loss and
+    samples seen.
     """
-    teacher.eval()
+    targets = teacher_targets(teacher, x, hp.teacher_bn) if targets is None else targets
     student.train()
     m_params = {g: v.detach().clone().requires_grad_(True) for g, v in m.items()}
     opt = torch.optim.SGD([
@@ -136,9 +159,7 @@ def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, 
     sums = {"divergence": 0.0, "loss": 0.0}
     seen = 0
     for _ in range(epochs):
-        for xb, _ in batches(x, hp.batch_size, gen):
-            with torch.no_grad():
-                t_logits = teacher(xb)  # (N, K)
+        for xb, t_logits in batches(x, hp.batch_size, gen, targets):  # t_logits: (N, K)
             if hp.adversary:
                 grads = _soft_grads(student, groups, m_params, soft, xb, t_logits, hp.tau)
                 soft = adversary_step(soft, grads, hp.adv_lr, hp.s_min, hp.adv_eps)
@@ -164,17 +185,19 @@ def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, 
 
 
 def kd_finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, epochs: int,
-                hp: AdmpHyper, gen: torch.Generator, lr: float | None = None) -> dict[str, float]:
-    """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place."""
-    teacher.eval()
+                hp: AdmpHyper, gen: torch.Generator, lr: float | None = None,
+                targets: torch.Tensor | None = None) -> dict[str, float]:
+    """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place.
+
+    ``targets`` as in ``admp_local_train``.
+    """
+    targets = teacher_targets(teacher, x, hp.teacher_bn) if targets is None else targets
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr or hp.lr, momentum=hp.momentum,
                           weight_decay=hp.weight_decay)
     total_div, seen = 0.0, 0
     for _ in range(epochs):
-        for xb, _ in batches(x, hp.batch_size, gen):
-            with torch.no_grad():
-                t_logits = teacher(xb)
+        for xb, t_logits in batches(x, hp.batch_size, gen, targets):
             loss, div = _adaptation_loss(t_logits, student(xb), hp)
             opt.zero_grad()
             loss.backward()
@@ -207,3 +230,20 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
         for bn, momentum in zip(bns, saved):
             bn.momentum = momentum
         model.eval()
+
+
+def per_device_bn_accuracy(model: nn.Module,
+                           devices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
+    """Accuracy in % over devices when each re-estimates BN statistics on its own unlabeled data.
+
+    ``devices`` holds (unlabeled train x, test x, test y) per device. This is what a federated run
+    with ``bn_recalibration: local`` reports (a sample-weighted mean of per-device accuracies), so a
+    centralized model evaluated with it is compared like for like. ``model`` is left unchanged.
+    """
+    correct, total = 0.0, 0
+    for x_train, x_test, y_test in devices:
+        probe = copy.deepcopy(model)
+        recalibrate_bn(probe, x_train)
+        correct += accuracy(probe, x_test, y_test) * len(y_test) / 100.0
+        total += len(y_test)
+    return 100.0 * correct / max(total, 1)

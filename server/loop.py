@@ -150,8 +150,13 @@ class FederatedRun:
         if self.ckpt is None:
             probe = self._attach(FedKD(self.teacher.state_dict(), None, 1, 0.0, **self._strategy_kwargs()))
             self.teacher_info["target_acc"] = self.evaluate(probe, 0, self.teacher.state_dict())
+            if self.fed.bn_recalibration == "local":  # the zero-training reference: source model + local BN
+                probe.base_config = self.base_config | {"local_bn": True}
+                self.teacher_info["target_acc_local_bn"] = self.evaluate(probe, 0, self.teacher.state_dict())
+            local = self.teacher_info.get("target_acc_local_bn")
             self.console.print(f"teacher: source val {self.teacher_info['source_val_acc']:.2f}%  "
-                               f"federated target test {self.teacher_info['target_acc']:.2f}%")
+                               f"federated target test {self.teacher_info['target_acc']:.2f}%"
+                               + (f" (per-device BN {local:.2f}%)" if local is not None else ""))
         try:
             if self.fed.strategy == "fedadmp":
                 student, keep, last_round = self.mask_phase()

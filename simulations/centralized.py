@@ -24,7 +24,7 @@ from admp.metrics import accuracy
 from admp.models import example_input
 from admp.seeding import seed_everything, torch_generator
 from admp.surgery import prune_model
-from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn
+from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
 from admp.config import ScenarioConfig, to_yaml
 from admp.teacher import prepare_teacher, resolve_arch
 from server.export import export_and_measure
@@ -87,6 +87,9 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
                   f"({len(target_train)} unlabeled target samples, {len(target_test)} target test)")
 
     hp, sched = cfg.admp, cfg.schedule
+    devices = [task.device(i) for i in range(task.num_devices)]  # pooled() concatenates them in this order
+    # KD targets as each device computes them (teacher BN per device for teacher_bn=local): like for like.
+    targets = torch.cat([teacher_targets(teacher, d.train.x, hp.teacher_bn) for d in devices])  # (N, K)
     student = copy.deepcopy(teacher)
     groups = student.channel_groups()
     state = MaskState.initial(group_sizes(student, groups))
@@ -95,8 +98,8 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     for epoch in range(sched.mask_epochs):
         start = time.perf_counter()
         stats = admp_local_train(student, teacher, groups, state.m, state.s, state.z, state.u,
-                                 state.rho, target_train.x, 1, hp, gen)
-        admm_step = epoch + 1 >= sched.warmup_epochs and (epoch + 1 - sched.warmup_epochs) % sched.admm_every == 0
+                                 state.rho, target_train.x, 1, hp, gen, targets)
+        admm_step = hp.rho > 0 and epoch + 1 >= sched.warmup_epochs and (epoch + 1 - sched.warmup_epochs) % sched.admm_every == 0
         if admm_step:
             state.z = admm.z_step(state.m, state.u, hp.prune_ratio)
             state.u = admm.u_step(state.u, state.m, state.z)
@@ -132,7 +135,7 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     for epoch in range(sched.finetune_epochs):
         start = time.perf_counter()
         lr = cosine_lr(sched.finetune_lr, epoch, sched.finetune_epochs)
-        stats = kd_finetune(pruned, teacher, target_train.x, 1, hp, ft_gen, lr=lr)
+        stats = kd_finetune(pruned, teacher, target_train.x, 1, hp, ft_gen, lr=lr, targets=targets)
         step += 1
         acc = accuracy(pruned, target_test.x, target_test.y)
         run.log_metrics({"phase": "finetune", "step": step, "epoch": epoch + 1, "target_acc": acc,
@@ -140,18 +143,34 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
                          "seconds": round(time.perf_counter() - start, 3)})
         console.print(f"finetune epoch {epoch + 1:>3}/{sched.finetune_epochs}  acc {acc:6.2f}  D {stats['divergence']:.4f}")
     recalibrate_bn(pruned, target_train.x)
-    final_acc = accuracy(pruned, target_test.x, target_test.y)
-    return _finish(run, cfg, task, arch, teacher, teacher_info, teacher_acc, pruned, groups,
-                   merged_acc, final_acc, channels_pruned, console)
+    pooled_acc = accuracy(pruned, target_test.x, target_test.y)
+    final_acc, teacher_local = pooled_acc, None
+    if cfg.federation.bn_recalibration == "local":  # evaluate as the federated runs do (like for like)
+        splits = [(d.train.x, d.test.x, d.test.y) for d in devices]
+        final_acc = per_device_bn_accuracy(pruned, splits)
+        teacher_local = per_device_bn_accuracy(teacher, splits)
+        console.print(f"per-device BN: student {final_acc:.2f}% (pooled BN {pooled_acc:.2f}%), "
+                      f"teacher {teacher_local:.2f}%")
+    summary = _finish(run, cfg, task, arch, teacher, teacher_info, teacher_acc, pruned, groups,
+                      merged_acc, final_acc, channels_pruned, console, pooled_acc, teacher_local)
+    return summary
 
 
 def _finish(run: RunDirectory, cfg: ScenarioConfig, task: CrossDomainTask, arch: str,
             teacher: nn.Module, teacher_info: dict, teacher_acc: float, pruned: nn.Module, groups,
-            merged_acc: float, final_acc: float, channels_pruned: float, console: Console) -> dict[str, Any]:
-    """Export, measure and summarise the pruned model."""
+            merged_acc: float, final_acc: float, channels_pruned: float, console: Console,
+            pooled_acc: float, teacher_local: float | None) -> dict[str, Any]:
+    """Export, measure and summarise the pruned model.
+
+    ``target_acc`` is the accuracy under the run's BN mode (per-device BN for ``local``), the one a
+    federated run reports; ``target_acc_pooled_bn`` keeps the pooled-statistics figure.
+    """
     report = export_and_measure(run, teacher, pruned, groups, task.source_val.x[:32])
     report["teacher"] |= {"target_acc": teacher_acc, **teacher_info}
-    report["student"] |= {"target_acc": final_acc, "target_acc_after_merge": merged_acc}
+    if teacher_local is not None:
+        report["teacher"]["target_acc_local_bn"] = teacher_local
+    report["student"] |= {"target_acc": final_acc, "target_acc_after_merge": merged_acc,
+                          "target_acc_pooled_bn": pooled_acc}
     report["exports"].append("student_masked.pt")
     summary: dict[str, Any] = {
         "run_dir": str(run.path), "mode": "centralized", "dataset": task.name, "arch": arch,

@@ -20,9 +20,9 @@ from rich.console import Console
 from admp.config import ConfigError, from_dict, load_config
 
 METHODS = ("fedkd", "naive", "fedadmp", "centralized")
-COLUMNS = ["run_id", "task", "method", "prune_ratio", "seed", "teacher_acc", "student_acc", "params",
-           "teacher_params", "macs", "teacher_macs", "latency_ms", "teacher_latency_ms", "channels_pruned",
-           "wall_seconds", "run_dir"]
+COLUMNS = ["run_id", "task", "method", "variant", "prune_ratio", "seed", "teacher_acc", "teacher_acc_local_bn",
+           "student_acc", "final_divergence", "params", "teacher_params", "macs", "teacher_macs", "latency_ms",
+           "teacher_latency_ms", "channels_pruned", "wall_seconds", "run_dir"]
 
 
 @dataclass
@@ -35,8 +35,17 @@ class StudyTask:
 
 
 @dataclass
+class StudyVariant:
+    """An ablation: ``method`` with extra overrides, run at the table ratio for every seed and task."""
+
+    name: str = ""
+    method: str = "fedadmp"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class StudySpec:
-    """The study: tasks x methods x pruning ratios x seeds."""
+    """The study: tasks x methods x pruning ratios x seeds, plus ablation variants."""
 
     name: str = "study"
     out_dir: str = "results"  # relative to the study file
@@ -44,7 +53,10 @@ class StudySpec:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     prune_ratios: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    table_ratio: float = 0.6  # the ratio of the tables (and of the variants)
+    sweep_seeds: list[int] = field(default_factory=list)  # seeds for the other ratios ([]: all seeds)
     tasks: list[StudyTask] = field(default_factory=list)
+    variants: list[StudyVariant] = field(default_factory=list)
 
 
 def load_study(path: str | Path) -> tuple[StudySpec, Path]:
@@ -63,25 +75,56 @@ def load_study(path: str | Path) -> tuple[StudySpec, Path]:
             raise ConfigError(f"methods: {method!r} is not one of {', '.join(METHODS)}")
     if not spec.tasks:
         raise ConfigError("tasks: a study needs at least one task")
+    if spec.table_ratio not in spec.prune_ratios:
+        raise ConfigError(f"table_ratio: {spec.table_ratio} is not one of prune_ratios {spec.prune_ratios}")
+    names = [v.name for v in spec.variants]
+    for i, variant in enumerate(spec.variants):
+        if not variant.name or variant.name in METHODS or names.count(variant.name) > 1:
+            raise ConfigError(f"variants[{i}]: name {variant.name!r} must be set, unique and not a method name")
+        if variant.method not in ("naive", "fedadmp", "centralized"):
+            raise ConfigError(f"variants[{i}].method: {variant.method!r} is not one of naive, fedadmp, centralized")
     for i, task in enumerate(spec.tasks):
         if not task.name or not task.scenario:
             raise ConfigError(f"tasks[{i}]: name and scenario are required")
         data_dir = [f"data.data_dir={(path.parent / spec.data_dir).resolve()}"] if spec.data_dir else []
         load_config(path.parent / task.scenario, overrides=[*data_dir, *task.overrides])  # fail early, with the key
+        for variant in spec.variants:
+            load_config(path.parent / task.scenario, overrides=[*data_dir, *task.overrides, *variant.overrides])
     return spec, path.parent
 
 
 def plan(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every run of the study; fedkd does not prune, so it runs once per (task, seed)."""
+    """Every run of the study; fedkd does not prune, so it runs once per (task, seed).
+
+    Ratios other than ``table_ratio`` run for ``sweep_seeds`` only (all seeds when it is empty);
+    variants run at ``table_ratio`` for every seed.
+    """
     runs = []
     for task in spec.tasks:
         for seed in spec.seeds:
             for method in spec.methods:
                 ratios = [0.0] if method == "fedkd" else spec.prune_ratios
                 for p in ratios:
+                    if p not in (0.0, spec.table_ratio) and spec.sweep_seeds and seed not in spec.sweep_seeds:
+                        continue
                     runs.append({"run_id": f"{task.name}-{method}-p{p:g}-s{seed}", "task": task, "method": method,
-                                 "prune_ratio": p, "seed": seed, "data_dir": spec.data_dir})
+                                 "variant": "", "overrides": [], "prune_ratio": p, "seed": seed,
+                                 "data_dir": spec.data_dir})
+            for v in spec.variants:
+                runs.append({"run_id": f"{task.name}-{v.name}-p{spec.table_ratio:g}-s{seed}", "task": task,
+                             "method": v.method, "variant": v.name, "overrides": v.overrides,
+                             "prune_ratio": spec.table_ratio, "seed": seed, "data_dir": spec.data_dir})
     return runs
+
+
+def final_divergence(run_dir: Path) -> float | None:
+    """The last training divergence D (student vs teacher, on the devices' unlabeled data) of a run.
+
+    It needs no target label, so it is the criterion the ablations are judged by (see studies/).
+    """
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    values = [row["divergence"] for row in metrics if row.get("divergence") is not None]
+    return float(values[-1]) if values else None
 
 
 def _finished(csv_path: Path) -> dict[str, dict[str, str]]:
@@ -103,7 +146,8 @@ def _append(csv_path: Path, row: dict[str, Any]) -> None:
 def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, console: Console) -> dict[str, Any]:
     task: StudyTask = run["task"]
     data_dir = [f"data.data_dir={(base / spec_data_dir).resolve()}"] if (spec_data_dir := run.get("data_dir")) else []
-    overrides = [*data_dir, *task.overrides, f"run.seed={run['seed']}", f"run.out_dir={runs_dir}", f"run.name={run['run_id']}"]
+    overrides = [*data_dir, *task.overrides, *run["overrides"], f"run.seed={run['seed']}", f"run.out_dir={runs_dir}",
+                 f"run.name={run['run_id']}"]
     if run["prune_ratio"] > 0:
         overrides.append(f"admp.prune_ratio={run['prune_ratio']}")
     if (task.name, run["seed"]) in teachers:
@@ -121,8 +165,11 @@ def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, co
         (run_dir,) = sorted(runs_dir.glob(f"{run['run_id']}-*"))[-1:]
         summary = json.loads((run_dir / "summary.json").read_text())
     teachers.setdefault((task.name, run["seed"]), str(Path(summary["run_dir"]) / "teacher.pt"))
-    return {**{k: run[k] for k in ("run_id", "method", "prune_ratio", "seed")}, "task": task.name,
-            "teacher_acc": summary["teacher"]["target_acc"], "student_acc": summary["student"]["target_acc"],
+    return {**{k: run[k] for k in ("run_id", "method", "variant", "prune_ratio", "seed")}, "task": task.name,
+            "teacher_acc": summary["teacher"]["target_acc"],
+            "teacher_acc_local_bn": summary["teacher"].get("target_acc_local_bn", ""),
+            "student_acc": summary["student"]["target_acc"],
+            "final_divergence": final_divergence(Path(summary["run_dir"])),
             "params": summary["student"]["params"], "teacher_params": summary["teacher"]["params"],
             "macs": summary["student"]["macs"], "teacher_macs": summary["teacher"]["macs"],
             "latency_ms": summary["student"]["latency_ms"], "teacher_latency_ms": summary["teacher"]["latency_ms"],

@@ -14,7 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"source_only": "source-only teacher", "fedkd": "federated KD, no pruning",
+LABELS = {"source_only": "source-only teacher", "source_only_bn": "source-only teacher + per-device BN (no training)",
+          "fedkd": "federated KD, no pruning",
           "naive": "naive: L1 prune on cloud + fed. KD", "fedadmp": "FedADMP (ours)",
           "centralized": "centralized ADMP (pooled target)"}
 
@@ -33,6 +34,10 @@ def load_rows(out: Path) -> list[dict[str, Any]]:
     with (out / "runs.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
+        row.setdefault("variant", "")
+        row["variant"] = row["variant"] or ""
+        for key in ("teacher_acc_local_bn", "final_divergence"):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else None
         for key in ("prune_ratio", "teacher_acc", "student_acc", "latency_ms", "teacher_latency_ms", "channels_pruned"):
             row[key] = float(row[key])
         for key in ("seed", "params", "teacher_params", "macs", "teacher_macs"):
@@ -48,8 +53,12 @@ def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str,
     if teacher_by_seed:
         t = list(teacher_by_seed.values())
         means["source_only"] = _mean_std([r["teacher_acc"] for r in t])[0]
-        lines.append(f"| {LABELS['source_only']} | {_fmt([r['teacher_acc'] for r in t])} | {t[0]['teacher_params']:,} | "
-                     f"{t[0]['teacher_macs']:,} | {statistics.fmean(r['teacher_latency_ms'] for r in t):.3f} |")
+        cost = f"{t[0]['teacher_params']:,} | {t[0]['teacher_macs']:,} | {statistics.fmean(r['teacher_latency_ms'] for r in t):.3f}"
+        lines.append(f"| {LABELS['source_only']} | {_fmt([r['teacher_acc'] for r in t])} | {cost} |")
+        local = [r["teacher_acc_local_bn"] for r in t if r["teacher_acc_local_bn"] is not None]
+        if local:
+            means["source_only_bn"] = _mean_std(local)[0]
+            lines.append(f"| {LABELS['source_only_bn']} | {_fmt(local)} | {cost} |")
     for method in ("fedkd", "naive", "fedadmp", "centralized"):
         sel = [r for r in rows if r["method"] == method and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)]
         if not sel:
@@ -58,6 +67,39 @@ def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str,
         lines.append(f"| {LABELS[method]} | {_fmt([r['student_acc'] for r in sel])} | {sel[0]['params']:,} | "
                      f"{sel[0]['macs']:,} | {statistics.fmean(r['latency_ms'] for r in sel):.3f} |")
     return "\n".join(lines), means
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return statistics.fmean(kept) if kept else None
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def ablation_table(rows: list[dict[str, Any]], ratio: float) -> str:
+    """Markdown table of the variants against default FedADMP at ``ratio`` on the same seeds."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows if r["variant"]))
+    if not variants:
+        return ""
+    seeds = {r["seed"] for r in rows if r["variant"]}
+    base = [r for r in rows if r["method"] == "fedadmp" and not r["variant"] and r["seed"] in seeds
+            and abs(r["prune_ratio"] - ratio) < 1e-9]
+    base_acc = _mean_std([r["student_acc"] for r in base])[0] if base else None
+    base_div = _mean_or_none([r["final_divergence"] for r in base])
+    lines = ["| variant | target acc % (mean ± std) | Δ acc | final D | Δ D |", "|---|---|---|---|---|"]
+    if base:
+        lines.append(f"| FedADMP (default) | {_fmt([r['student_acc'] for r in base])} | — | {_num(base_div, '.4f')} | — |")
+    for name in variants:
+        sel = [r for r in rows if r["variant"] == name]
+        acc = _mean_std([r["student_acc"] for r in sel])[0]
+        div = _mean_or_none([r["final_divergence"] for r in sel])
+        d_acc = None if base_acc is None else acc - base_acc
+        d_div = None if div is None or base_div is None else div - base_div
+        lines.append(f"| {name} ({sel[0]['method']}) | {_fmt([r['student_acc'] for r in sel])} | {_num(d_acc, '+.2f')} | "
+                     f"{_num(div, '.4f')} | {_num(d_div, '+.4f')} |")
+    return "\n".join(lines)
 
 
 def plot_vs_ratio(rows: list[dict[str, Any]], task: str, path: Path) -> None:
@@ -113,11 +155,13 @@ def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Pat
 def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
     """report.md with one table per task at ``ratio``, the three distances, and the plots."""
     rows = load_rows(out)
-    ratio = min(spec.prune_ratios, key=lambda r: abs(r - ratio))
-    parts = [f"# Study `{spec.name}`\n", f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}; tables at p = {ratio}. "
-             "Target labels are used for evaluation only.\n"]
+    ratio = getattr(spec, "table_ratio", None) or min(spec.prune_ratios, key=lambda r: abs(r - ratio))
+    sweep = f" (ratios other than {ratio}: seeds {spec.sweep_seeds})" if getattr(spec, "sweep_seeds", None) else ""
+    parts = [f"# Study `{spec.name}`\n", f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}{sweep}; tables at "
+             f"p = {ratio}. Target labels are used for evaluation only.\n"]
     for task in dict.fromkeys(r["task"] for r in rows):
-        task_rows = [r for r in rows if r["task"] == task]
+        all_rows = [r for r in rows if r["task"] == task]
+        task_rows = [r for r in all_rows if not r["variant"]]
         table, means = task_table(task_rows, ratio)
         parts += [f"## {task}\n", table, ""]
         if "fedadmp" in means:
@@ -125,6 +169,10 @@ def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
                                 ("centralized", "goal: within 1")):
                 if other in means:
                     parts.append(f"- FedADMP − {LABELS[other]}: {means['fedadmp'] - means[other]:+.2f} points ({goal})")
+        ablations = ablation_table(all_rows, ratio)
+        if ablations:
+            parts += ["", f"Ablations at p = {ratio} (final D: last training KD divergence on the devices' "
+                      "unlabeled data, no labels needed):", "", ablations]
         plot_vs_ratio(task_rows, task, out / f"{task}_acc_vs_pruning.png")
         plot_vs_round(task_rows, task, ratio, out / f"{task}_acc_vs_round.png")
         parts += ["", f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)",

@@ -90,7 +90,7 @@ class FedADMP(FleetStrategy):
         weights = weighted_average([(w, n) for w, _, _, _, n, _ in parsed])
         self.m = weighted_average([(m, n) for _, m, _, _, n, _ in parsed])
         self.s = weighted_average([(s, n) for _, _, s, _, n, _ in parsed])
-        if server_round > self.warmup_rounds:
+        if server_round > self.warmup_rounds and self.rho0 > 0:  # rho = 0: no ADMM (plain L1 on m, top-k at the merge)
             if self.dual == "global":
                 self.z, self.u = global_dual_step(self.m, self.u, self.prune_ratio)
             else:

@@ -58,3 +58,36 @@ def test_adversary_step_ascends_and_respects_budget():
     tight = losses.adversary_step(soft, grads, lr=0.1, s_min=0.5, eps=0.02)["g"]
     assert float((1 - tight).mean()) <= 0.02 + 1e-9
     assert float(tight[0]) < float(tight[1]) <= 1.0  # the most harmful channel is attacked most
+
+
+def test_teacher_targets_with_local_bn_use_the_target_statistics():
+    from admp.trainer import teacher_targets
+
+    teacher = torch.nn.Sequential(torch.nn.BatchNorm1d(2))  # running mean 0, var 1; affine identity
+    teacher.eval()
+    x = torch.tensor([[10.0, -4.0], [12.0, -2.0], [14.0, 0.0]])  # per-feature mean (12, -2), variance 8/3 (biased)
+    source = teacher_targets(teacher, x, bn="source")
+    assert torch.allclose(source, x / (1 + 1e-5) ** 0.5, atol=1e-5)  # the teacher as trained
+    local = teacher_targets(teacher, x, bn="local")
+    # AdaBN: normalised with the target's own statistics; running_var takes the unbiased estimate (4)
+    expected = (x - torch.tensor([12.0, -2.0])) / (4.0 + 1e-5) ** 0.5
+    assert torch.allclose(local, expected, atol=1e-5)
+    assert torch.equal(teacher[0].running_mean, torch.zeros(2))  # the teacher itself is untouched
+
+
+def test_per_device_bn_accuracy_adapts_each_device_separately():
+    from admp.trainer import per_device_bn_accuracy
+
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(1), torch.nn.Linear(1, 2))
+    with torch.no_grad():  # logits (-z, z): class 1 iff the normalised feature z > 0
+        model[1].weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        model[1].bias.zero_()
+    model.eval()
+    # device A lives around 10, device B around -10; in each, class 1 is "above the device's own mean"
+    a = (torch.tensor([[9.0], [11.0]]), torch.tensor([[9.5], [10.5], [10.8]]), torch.tensor([0, 1, 1]))
+    b = (torch.tensor([[-11.0], [-9.0]]), torch.tensor([[-10.5], [-9.5]]), torch.tensor([0, 1]))
+    assert per_device_bn_accuracy(model, [a, b]) == pytest.approx(100.0)
+    # with the source statistics (mean 0) device A is all class 1 and B all class 0: 2/3 and 1/2 right
+    from admp.metrics import accuracy
+    assert accuracy(model, torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]])) == pytest.approx(60.0)
+    assert torch.equal(model[0].running_mean, torch.zeros(1))

@@ -184,3 +184,14 @@ def test_fedkd_averages_weights_and_sends_keep_masks():
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert P.record_to_state(arrays)["w"].tolist() == [3.0, 2.0]
     assert float(metrics["divergence"]) == pytest.approx(2.0)
+
+
+def test_rho_zero_is_plain_l1_without_admm_steps():
+    strategy = _strategy(rho=0.0)
+    msgs = _messages(strategy, 2, count=4)
+    replies = [_reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1),
+               _reply(msgs[101], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]
+    strategy.aggregate_train(2, replies)  # past the warm-up, yet no Z/U step and no penalty
+    assert strategy.z["g"].tolist() == [1.0] * 4 and strategy.u["g"].tolist() == [0.0] * 4
+    assert strategy.rho == 0.0
+    assert strategy.merge_mask()["g"].tolist() == [1.0, 0.0, 1.0, 0.0]  # top-2 of m itself

@@ -7,6 +7,7 @@ import pytest
 
 from admp.config import ConfigError
 from simulations import study as study_mod
+from simulations import study_report
 from simulations.study_report import write_report
 
 SCENARIO = "run:\n  name: t\nfederation:\n  mask_rounds: 2\n"
@@ -74,3 +75,45 @@ def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
     assert "FedADMP − federated KD, no pruning: -2.00 points" in report
     assert "FedADMP − naive: L1 prune on cloud + fed. KD: +8.00 points" in report
     assert (out / "a_acc_vs_pruning.png").is_file() and (out / "a_acc_vs_round.png").is_file()
+
+
+def test_sweep_seeds_and_variants_extend_the_plan(tmp_path):
+    body = ("name: s\nmethods: [fedkd, naive]\nprune_ratios: [0.3, 0.6]\ntable_ratio: 0.6\nseeds: [0, 1]\n"
+            "sweep_seeds: [0]\nvariants:\n  - name: no_adv\n    overrides: ['admp.adversary=false']\n"
+            "tasks:\n  - name: a\n    scenario: scenario.yaml\n")
+    spec, _ = study_mod.load_study(_study(tmp_path, body))
+    runs = study_mod.plan(spec)
+    ids = [r["run_id"] for r in runs]
+    # seed 0: fedkd + naive at 0.3 and 0.6 + the variant; seed 1: fedkd + naive at 0.6 only + the variant
+    assert ids == ["a-fedkd-p0-s0", "a-naive-p0.3-s0", "a-naive-p0.6-s0", "a-no_adv-p0.6-s0",
+                   "a-fedkd-p0-s1", "a-naive-p0.6-s1", "a-no_adv-p0.6-s1"]
+    variant = runs[3]
+    assert variant["method"] == "fedadmp" and variant["overrides"] == ["admp.adversary=false"]
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ("prune_ratios: [0.5]\ntable_ratio: 0.6\n", "table_ratio: 0.6 is not one of"),
+    ("variants:\n  - name: fedkd\n", "must be set, unique and not a method name"),
+    ("variants:\n  - name: v\n    method: fedkd\n", "variants\\[0\\].method: 'fedkd'"),
+    ("variants:\n  - name: v\n    overrides: ['admp.rho=-1']\n", "admp.rho"),
+])
+def test_bad_variants_name_the_problem(tmp_path, extra, needle):
+    with pytest.raises(ConfigError, match=needle):
+        study_mod.load_study(_study(tmp_path, extra + "tasks:\n  - name: a\n    scenario: scenario.yaml\n"))
+
+
+def test_final_divergence_is_the_last_logged_one(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps([{"divergence": 0.9}, {"divergence": 0.4}, {"target_acc": 80.0}]))
+    assert study_mod.final_divergence(tmp_path) == pytest.approx(0.4)
+
+
+def test_ablation_table_compares_variants_with_default_on_the_same_seeds():
+    def row(variant, method, acc, div, seed=0):
+        return {"variant": variant, "method": method, "student_acc": acc, "final_divergence": div, "seed": seed,
+                "prune_ratio": 0.6}
+    rows = [row("", "fedadmp", 80.0, 0.30), row("", "fedadmp", 70.0, 0.10, seed=1),  # seed 1 has no variant
+            row("no_adv", "fedadmp", 82.5, 0.25), row("no_admm", "fedadmp", 79.0, None)]
+    table = study_report.ablation_table(rows, 0.6)
+    assert "| FedADMP (default) | 80.00 ± 0.00 (n=1) | — | 0.3000 | — |" in table
+    assert "| no_adv (fedadmp) | 82.50 ± 0.00 (n=1) | +2.50 | 0.2500 | -0.0500 |" in table
+    assert "| no_admm (fedadmp) | 79.00 ± 0.00 (n=1) | -1.00 | — | — |" in table
