@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from admp.data.shifts import IMAGE_SHIFTS, SENSOR_SHIFTS
-from admp.data.tasks import DATASETS, DataSpec
+from admp.data.tasks import DATASETS, DataSpec, devices_are_domains
 from admp.models import ARCHITECTURES
 from admp.trainer import AdmpHyper
 
@@ -81,9 +81,10 @@ class FederationSpec:
     dual: str = "global"  # global: server U from averaged m | per_client: U_k kept on each device
     eval_every: int = 1  # federated evaluation every this many rounds (and always at the end)
     eval_clients: int = 0  # clients asked to evaluate (0: every client)
-    bn_recalibration: str = "local"  # global: pool client BN moments into the exported model |
+    bn_recalibration: str = "auto"  # global: pool client BN moments into the exported model |
     #   local: global, and each device re-estimates BN statistics on its own unlabeled data before
-    #   inference (measured better on HAPT and digits, see README) | none: keep the FedAvg'd statistics
+    #   inference | none: keep the FedAvg'd statistics | auto: local when every device is a domain
+    #   of its own (subjects, shifted devices), else global (see admp.data.tasks.devices_are_domains)
     min_replies: int = 1  # a round with fewer valid replies keeps the previous global state
     round_timeout: float = 600.0  # seconds to wait for a round's replies
     client_cpus: float = 1.0  # Ray resources per virtual client
@@ -166,8 +167,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.shifts": ("auto", "always", "never"),
     "federation.strategy": ("fedadmp", "fedkd", "naive"),
     "federation.dual": ("global", "per_client"),
-    "federation.bn_recalibration": ("global", "local", "none"),
-    "admp.teacher_bn": ("local", "source"),
+    "federation.bn_recalibration": ("auto", "global", "local", "none"),
+    "admp.teacher_bn": ("auto", "local", "fleet", "source"),
 }
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "data.shift_kinds": tuple(sorted(set(IMAGE_SHIFTS + SENSOR_SHIFTS))),
@@ -230,7 +231,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def validate(cfg: Any) -> Any:
-    """Range, choice and cross-field checks on a built config; returns it unchanged."""
+    """Range, choice and cross-field checks on a built config; returns it (``auto`` BN modes resolved)."""
     flat = _flatten(cfg)
     for key, (lo, hi, lo_in, hi_in) in RANGES.items():
         if key not in flat:
@@ -254,7 +255,23 @@ def validate(cfg: Any) -> Any:
         raise ConfigError(f"data.data_dir: required for dataset {flat['data.dataset']!r}")
     if flat.get("data.dataset") == "imagefolder" and not (flat.get("data.source_domain") and flat.get("data.target_domain")):
         raise ConfigError("data.source_domain: imagefolder needs source_domain and target_domain")
+    if isinstance(cfg, ScenarioConfig):
+        resolve_bn_modes(cfg)
     return cfg
+
+
+def resolve_bn_modes(cfg: ScenarioConfig) -> None:
+    """Replace ``auto`` BatchNorm modes by what the fleet's structure calls for, in place.
+
+    Devices that are domains of their own adapt BN per device (teacher targets and inference:
+    ``local``); devices that share one target domain and differ only in label mix adapt BN on the
+    whole fleet (teacher: ``fleet``, inference: ``global``). The rule uses no label.
+    """
+    own_domains = devices_are_domains(cfg.data)
+    if cfg.admp.teacher_bn == "auto":
+        cfg.admp.teacher_bn = "local" if own_domains else "fleet"
+    if cfg.federation.bn_recalibration == "auto":
+        cfg.federation.bn_recalibration = "local" if own_domains else "global"
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

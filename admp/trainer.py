@@ -46,8 +46,10 @@ class AdmpHyper:
     adv_lr: float = 0.02  # largest per-step change of s (gradient normalised per group)
     adv_eps: float = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group
     s_min: float = 0.5  # floor of the soft mask
-    teacher_bn: str = "local"  # local: KD targets from the teacher with BN statistics re-estimated on the
-    #   unlabeled target data it labels (AdaBN, Li et al. 2016) | source: the teacher exactly as trained
+    teacher_bn: str = "auto"  # BN statistics of the teacher that makes the KD targets (AdaBN, Li et al.
+    #   2016): local: re-estimated on the unlabeled data of the device it labels | fleet: re-estimated
+    #   once on the whole fleet's data (pooled moments) | source: as trained | auto: local when devices
+    #   are domains of their own, else fleet (resolved by admp.config)
 
 
 def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
@@ -126,6 +128,7 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, bn: str = "local", batc
 
     With ``bn="local"`` a copy of the teacher first re-estimates its BatchNorm statistics on ``x``
     (AdaBN): the source statistics misplace target features, and the re-estimate needs no label.
+    Any other mode uses the teacher as given (``fleet``: the server already adapted it).
     Computing the targets once per local update also spares a teacher forward pass per batch.
     """
     model = teacher

@@ -8,6 +8,7 @@ same model as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -150,13 +151,7 @@ class FederatedRun:
         if self.ckpt is None:
             probe = self._attach(FedKD(self.teacher.state_dict(), None, 1, 0.0, **self._strategy_kwargs()))
             self.teacher_info["target_acc"] = self.evaluate(probe, 0, self.teacher.state_dict())
-            if self.fed.bn_recalibration == "local":  # the zero-training reference: source model + local BN
-                probe.base_config = self.base_config | {"local_bn": True}
-                self.teacher_info["target_acc_local_bn"] = self.evaluate(probe, 0, self.teacher.state_dict())
-            local = self.teacher_info.get("target_acc_local_bn")
-            self.console.print(f"teacher: source val {self.teacher_info['source_val_acc']:.2f}%  "
-                               f"federated target test {self.teacher_info['target_acc']:.2f}%"
-                               + (f" (per-device BN {local:.2f}%)" if local is not None else ""))
+            self.adapt_teacher_bn(probe)
         try:
             if self.fed.strategy == "fedadmp":
                 student, keep, last_round = self.mask_phase()
@@ -167,6 +162,31 @@ class FederatedRun:
             self.console.print(str(pause))
             return {"run_dir": str(self.run_dir.path), "paused": True}
         return self.finish(model, keep)
+
+    def adapt_teacher_bn(self, probe: FleetStrategy) -> None:
+        """The KD teacher's BN statistics (``admp.teacher_bn``) and its accuracy with them, untrained.
+
+        ``fleet``: the teacher's BN statistics are replaced by moments pooled over the devices'
+        unlabeled data, one BN layer deeper per query so every layer sees adapted inputs; the
+        adapted teacher is the one delivered. ``local``: each device adapts its copy (on the
+        device); here it is only evaluated that way. The accuracy is the zero-training reference.
+        """
+        mode = self.cfg.admp.teacher_bn
+        if mode == "fleet":
+            adapted = copy.deepcopy(self.teacher)
+            layers = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in adapted.modules())
+            for _ in range(layers):
+                recalibrate_from_clients(self.grid, probe, adapted, 0, self.fed.round_timeout)
+            self.teacher = adapted.eval()
+            state = self.teacher.state_dict()
+            self.delivery = Delivery(P.state_to_record(state), state_hash(state))  # none sent yet
+        if mode in ("fleet", "local"):
+            probe.base_config = self.base_config | {"local_bn": mode == "local"}
+            self.teacher_info["target_acc_target_bn"] = self.evaluate(probe, 0, self.teacher.state_dict())
+        adapted_acc = self.teacher_info.get("target_acc_target_bn")
+        self.console.print(f"teacher: source val {self.teacher_info['source_val_acc']:.2f}%  "
+                           f"federated target test {self.teacher_info['target_acc']:.2f}%"
+                           + (f" ({mode} BN {adapted_acc:.2f}%)" if adapted_acc is not None else ""))
 
     def mask_phase(self) -> tuple[dict, dict, int]:
         """Federated ADMP rounds, then the merge into a physically pruned model's keep masks."""

@@ -20,7 +20,7 @@ from rich.console import Console
 from admp.config import ConfigError, from_dict, load_config
 
 METHODS = ("fedkd", "naive", "fedadmp", "centralized")
-COLUMNS = ["run_id", "task", "method", "variant", "prune_ratio", "seed", "teacher_acc", "teacher_acc_local_bn",
+COLUMNS = ["run_id", "task", "method", "variant", "prune_ratio", "seed", "teacher_acc", "teacher_acc_target_bn",
            "student_acc", "final_divergence", "params", "teacher_params", "macs", "teacher_macs", "latency_ms",
            "teacher_latency_ms", "channels_pruned", "wall_seconds", "run_dir"]
 
@@ -167,7 +167,7 @@ def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, co
     teachers.setdefault((task.name, run["seed"]), str(Path(summary["run_dir"]) / "teacher.pt"))
     return {**{k: run[k] for k in ("run_id", "method", "variant", "prune_ratio", "seed")}, "task": task.name,
             "teacher_acc": summary["teacher"]["target_acc"],
-            "teacher_acc_local_bn": summary["teacher"].get("target_acc_local_bn", ""),
+            "teacher_acc_target_bn": summary["teacher"].get("target_acc_target_bn", ""),
             "student_acc": summary["student"]["target_acc"],
             "final_divergence": final_divergence(Path(summary["run_dir"])),
             "params": summary["student"]["params"], "teacher_params": summary["teacher"]["params"],

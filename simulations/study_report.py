@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"source_only": "source-only teacher", "source_only_bn": "source-only teacher + per-device BN (no training)",
+LABELS = {"source_only": "source-only teacher", "source_only_bn": "source-only teacher + target BN statistics (no training)",
           "fedkd": "federated KD, no pruning",
           "naive": "naive: L1 prune on cloud + fed. KD", "fedadmp": "FedADMP (ours)",
           "centralized": "centralized ADMP (pooled target)"}
@@ -36,7 +36,9 @@ def load_rows(out: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.setdefault("variant", "")
         row["variant"] = row["variant"] or ""
-        for key in ("teacher_acc_local_bn", "final_divergence"):
+        if "teacher_acc_local_bn" in row:  # the column's name before teacher_bn had a fleet mode
+            row["teacher_acc_target_bn"] = row.pop("teacher_acc_local_bn")
+        for key in ("teacher_acc_target_bn", "final_divergence"):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else None
         for key in ("prune_ratio", "teacher_acc", "student_acc", "latency_ms", "teacher_latency_ms", "channels_pruned"):
             row[key] = float(row[key])
@@ -55,7 +57,7 @@ def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str,
         means["source_only"] = _mean_std([r["teacher_acc"] for r in t])[0]
         cost = f"{t[0]['teacher_params']:,} | {t[0]['teacher_macs']:,} | {statistics.fmean(r['teacher_latency_ms'] for r in t):.3f}"
         lines.append(f"| {LABELS['source_only']} | {_fmt([r['teacher_acc'] for r in t])} | {cost} |")
-        local = [r["teacher_acc_local_bn"] for r in t if r["teacher_acc_local_bn"] is not None]
+        local = [r["teacher_acc_target_bn"] for r in t if r["teacher_acc_target_bn"] is not None]
         if local:
             means["source_only_bn"] = _mean_std(local)[0]
             lines.append(f"| {LABELS['source_only_bn']} | {_fmt(local)} | {cost} |")

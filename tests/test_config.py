@@ -59,3 +59,16 @@ def test_cli_help_lists_subcommands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "centralized" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data,teacher_bn,inference_bn", [
+    ("dataset: digits\n", "local", "local"),  # shifted devices: each one its own domain
+    ("dataset: digits\n  shifts: never\n", "fleet", "global"),  # one domain over the fleet
+    ("dataset: hapt\n  data_dir: /x\n  partition: subject\n", "local", "local"),  # a subject per device
+    ("dataset: mnist_usps\n  data_dir: /x\n  partition: dirichlet\n", "fleet", "global"),  # label skew only
+])
+def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, inference_bn):
+    cfg = load_config(_write(tmp_path, f"data:\n  {data}"))
+    assert (cfg.admp.teacher_bn, cfg.federation.bn_recalibration) == (teacher_bn, inference_bn)
+    explicit = load_config(_write(tmp_path, f"data:\n  {data}admp:\n  teacher_bn: source\n"))
+    assert explicit.admp.teacher_bn == "source"  # an explicit mode is kept

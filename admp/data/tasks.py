@@ -121,6 +121,21 @@ class CrossDomainTask:
         return cat([d.train for d in devices]), cat([d.test for d in devices])
 
 
+def shifts_enabled(spec: DataSpec) -> bool:
+    """Whether devices get their own synthetic shift mix (``shifts: auto`` = the embedded digits only)."""
+    return spec.shifts == "always" or (spec.shifts == "auto" and spec.dataset == "digits")
+
+
+def devices_are_domains(spec: DataSpec) -> bool:
+    """True when each device is a domain of its own (a subject, or its own shift mix).
+
+    Otherwise (iid or Dirichlet label skew over one target domain) devices differ only in how much
+    of each class they hold, and per-device BatchNorm statistics would encode that class mix
+    rather than the domain; BN is then adapted on the whole fleet's data instead.
+    """
+    return spec.partition == "subject" or shifts_enabled(spec)
+
+
 def _cap(split: Split, limit: int, rng: np.random.Generator) -> Split:
     if limit <= 0 or limit >= len(split):
         return split
@@ -189,7 +204,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         target_test = target
     else:  # an official test set: spread it IID over the devices
         test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
-    shifts_on = spec.shifts == "always" or (spec.shifts == "auto" and spec.dataset == "digits")
+    shifts_on = shifts_enabled(spec)
     kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
     return CrossDomainTask(
         name=spec.dataset, num_classes=int(source.y.max()) + 1,
