@@ -41,6 +41,18 @@ def z_step(m: MaskDict, u: MaskDict, prune_ratio: float) -> MaskDict:
     return {g: project_topk(m[g] + u[g], keep_count(m[g].numel(), prune_ratio)) for g in m}
 
 
+def ramped_ratio(prune_ratio: float, z_step_index: int, ramp: int) -> float:
+    """Pruned share targeted by the ``z_step_index``-th Z-step (1-based) under a linear ramp.
+
+    ``ramp`` Z-steps take the target from p/ramp to p (then it stays at p); ``ramp`` <= 1 prunes
+    the full share at the first Z-step. Pruning gradually keeps the divergence jump of each step
+    small (Zhu & Gupta, 2017, for magnitude pruning; our addition to ADMP).
+    """
+    if ramp <= 1:
+        return prune_ratio
+    return prune_ratio * min(1.0, z_step_index / ramp)
+
+
 def u_step(u: MaskDict, m: MaskDict, z: MaskDict) -> MaskDict:
     """Scaled dual ascent: U_g <- U_g + m_g - Z_g."""
     return {g: u[g] + m[g].detach() - z[g] for g in u}

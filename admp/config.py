@@ -138,6 +138,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "admp.rho": (0, None, True, True),  # 0: no ADMM (ablation): plain L1 on m, top-k of m at the merge
     "admp.rho_gamma": (1, None, True, True),
     "admp.rho_max": (0, None, False, True),
+    "admp.prune_ramp": (0, None, True, True),
     "admp.adv_lr": (0, None, True, True),
     "admp.adv_eps": (0, 1, True, True),
     "admp.s_min": (0, 1, True, True),

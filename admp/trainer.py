@@ -42,6 +42,7 @@ class AdmpHyper:
     rho: float = 1.0  # initial ADMM penalty
     rho_gamma: float = 1.2  # rho <- min(rho_gamma * rho, rho_max) after every Z-step (U rescaled)
     rho_max: float = 10.0
+    prune_ramp: int = 0  # Z-steps over which the pruned share grows linearly to p (0 or 1: all at once)
     adversary: bool = True  # the soft-mask adversary on/off (ablation)
     adv_lr: float = 0.02  # largest per-step change of s (gradient normalised per group)
     adv_eps: float = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group

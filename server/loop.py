@@ -194,7 +194,7 @@ class FederatedRun:
         strategy = self._attach(FedADMP(
             self.teacher.state_dict(), sizes, self.cfg.admp.prune_ratio, self.cfg.admp.rho,
             self.cfg.admp.rho_gamma, self.cfg.admp.rho_max, self.cfg.admp.s_min, self.fed.warmup_rounds,
-            self.fed.dual, self.fed.local_epochs, **self._strategy_kwargs()))
+            self.fed.dual, self.fed.local_epochs, self.cfg.admp.prune_ramp, **self._strategy_kwargs()))
         weights, first = self.teacher.state_dict(), 1
         if self.ckpt is not None:
             if self.ckpt["phase"] != "mask":

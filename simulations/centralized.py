@@ -98,14 +98,15 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     groups = student.channel_groups()
     state = MaskState.initial(group_sizes(student, groups))
     gen = torch_generator(seed, "admp")
-    step = 0
+    step = z_steps = 0
     for epoch in range(sched.mask_epochs):
         start = time.perf_counter()
         stats = admp_local_train(student, teacher, groups, state.m, state.s, state.z, state.u,
                                  state.rho, target_train.x, 1, hp, gen, targets)
         admm_step = hp.rho > 0 and epoch + 1 >= sched.warmup_epochs and (epoch + 1 - sched.warmup_epochs) % sched.admm_every == 0
         if admm_step:
-            state.z = admm.z_step(state.m, state.u, hp.prune_ratio)
+            z_steps += 1
+            state.z = admm.z_step(state.m, state.u, admm.ramped_ratio(hp.prune_ratio, z_steps, hp.prune_ramp))
             state.u = admm.u_step(state.u, state.m, state.z)
             new_rho = hp.rho if state.rho == 0 else admm.rho_next(state.rho, hp.rho_gamma, hp.rho_max)
             state.u = admm.rescale_dual(state.u, state.rho, new_rho)

@@ -35,13 +35,14 @@ class FedADMP(FleetStrategy):
 
     def __init__(self, weights: dict[str, torch.Tensor], sizes: dict[str, int], prune_ratio: float,
                  rho: float, rho_gamma: float, rho_max: float, s_min: float, warmup_rounds: int,
-                 dual: str, local_epochs: int, **kwargs: Any) -> None:
+                 dual: str, local_epochs: int, prune_ramp: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.weight_shapes = tensor_shapes(weights)
         self.mask_shapes = {g: (c,) for g, c in sizes.items()}
         self.prune_ratio, self.rho0, self.rho_gamma, self.rho_max = prune_ratio, rho, rho_gamma, rho_max
         self.s_min, self.warmup_rounds, self.dual, self.local_epochs = s_min, warmup_rounds, dual, local_epochs
         self.m, self.s, self.z, self.u = ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes)
+        self.prune_ramp = prune_ramp
         self.rho = 0.0
         self.z_version = 0
 
@@ -91,11 +92,12 @@ class FedADMP(FleetStrategy):
         self.m = weighted_average([(m, n) for _, m, _, _, n, _ in parsed])
         self.s = weighted_average([(s, n) for _, _, s, _, n, _ in parsed])
         if server_round > self.warmup_rounds and self.rho0 > 0:  # rho = 0: no ADMM (plain L1 on m, top-k at the merge)
+            ratio = admm.ramped_ratio(self.prune_ratio, self.z_version + 1, self.prune_ramp)
             if self.dual == "global":
-                self.z, self.u = global_dual_step(self.m, self.u, self.prune_ratio)
+                self.z, self.u = global_dual_step(self.m, self.u, ratio)
             else:
                 m_plus_u = weighted_average([({g: m[g] + u[g] for g in m}, n) for _, m, _, u, n, _ in parsed])
-                self.z = consensus_z_step(m_plus_u, self.prune_ratio)
+                self.z = consensus_z_step(m_plus_u, ratio)
             self.z_version += 1
             new_rho = self.rho0 if self.rho == 0 else admm.rho_next(self.rho, self.rho_gamma, self.rho_max)
             self.u = admm.rescale_dual(self.u, self.rho, new_rho)

@@ -66,3 +66,8 @@ def test_penalty_and_residual_by_hand():
     # ||m - z + u||^2 = 0.5^2 + 1.0^2 = 1.25; times rho/2 with rho = 2
     assert float(admm.admm_penalty(m, z, u, 2.0)) == pytest.approx(1.25)
     assert admm.primal_residual(m, z) == pytest.approx(0.5)
+
+
+def test_ramped_ratio_grows_linearly_then_holds():
+    assert [admm.ramped_ratio(0.6, i, 3) for i in (1, 2, 3, 4)] == pytest.approx([0.2, 0.4, 0.6, 0.6])
+    assert admm.ramped_ratio(0.6, 1, 0) == 0.6 and admm.ramped_ratio(0.6, 1, 1) == 0.6  # no ramp

@@ -78,9 +78,12 @@ def test_resume_reaches_the_same_model(uninterrupted, tmp_path):
     assert [r.get("target_acc") for r in rows_a] == [r.get("target_acc") for r in rows_b]
 
 
-def test_per_client_duals_reach_a_pruned_model(tmp_path):
-    run = _simulate(tmp_path, "federation.dual=per_client")
+def test_per_client_duals_and_fleet_bn_teacher_reach_a_pruned_model(tmp_path):
+    run = _simulate(tmp_path, "federation.dual=per_client", "data.shifts=never")  # one domain: fleet BN
     summary = json.loads((run / "summary.json").read_text())
     assert not summary["rejections"]
+    assert "teacher_bn: fleet" in (run / "config.yaml").read_text()
+    assert 0 <= summary["teacher"]["target_acc_target_bn"] <= 100  # the adapted teacher was evaluated
+    assert set(summary["teacher_sends"].values()) == {1}  # the adapted teacher, once per device
     for group, width in summary["teacher"]["channels"].items():
         assert summary["student"]["channels"][group] == math.ceil((1 - 0.6) * width)

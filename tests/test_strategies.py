@@ -195,3 +195,13 @@ def test_rho_zero_is_plain_l1_without_admm_steps():
     assert strategy.z["g"].tolist() == [1.0] * 4 and strategy.u["g"].tolist() == [0.0] * 4
     assert strategy.rho == 0.0
     assert strategy.merge_mask()["g"].tolist() == [1.0, 0.0, 1.0, 0.0]  # top-2 of m itself
+
+
+def test_prune_ramp_prunes_part_of_the_share_at_the_first_z_step():
+    strategy = _strategy(prune_ramp=2)  # p = 0.5 over 4 channels: 1 pruned at the first Z-step, then 2
+    msgs = _messages(strategy, 2, count=4)
+    reply = lambda: [_reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]  # noqa: E731
+    strategy.aggregate_train(2, reply())
+    assert strategy.z["g"].tolist() == [1.0, 0.0, 1.0, 1.0]  # keep ceil(0.75 * 4) = 3
+    strategy.aggregate_train(3, reply())
+    assert strategy.z["g"].sum() == 2 and strategy.merge_mask()["g"].sum() == 2
