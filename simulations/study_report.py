@@ -154,6 +154,20 @@ def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Pat
     plt.close(fig)
 
 
+def overview_table(means_by_task: dict[str, dict[str, float]]) -> str:
+    """One row per task: mean accuracy of every method and FedADMP's three distances (points)."""
+    cols = ["source_only", "source_only_bn", "fedkd", "naive", "fedadmp", "centralized"]
+    short = ["teacher", "teacher + target BN", "fed. KD (dense)", "naive", "FedADMP", "centralized ADMP"]
+    lines = ["| task | " + " | ".join(short) + " | vs fed. KD (≥ −0.5) | vs naive (≥ +4) | vs centralized (±1) |",
+             "|---" * (len(cols) + 4) + "|"]
+    for task, means in means_by_task.items():
+        cells = [_num(means.get(c), ".2f") for c in cols]
+        gaps = [_num(means["fedadmp"] - means[o], "+.2f") if "fedadmp" in means and o in means else "—"
+                for o in ("fedkd", "naive", "centralized")]
+        lines.append(f"| {task} | " + " | ".join(cells + gaps) + " |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
     """report.md with one table per task at ``ratio``, the three distances, and the plots."""
     rows = load_rows(out)
@@ -161,10 +175,12 @@ def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
     sweep = f" (ratios other than {ratio}: seeds {spec.sweep_seeds})" if getattr(spec, "sweep_seeds", None) else ""
     parts = [f"# Study `{spec.name}`\n", f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}{sweep}; tables at "
              f"p = {ratio}. Target labels are used for evaluation only.\n"]
+    means_by_task: dict[str, dict[str, float]] = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         all_rows = [r for r in rows if r["task"] == task]
         task_rows = [r for r in all_rows if not r["variant"]]
         table, means = task_table(task_rows, ratio)
+        means_by_task[task] = means
         parts += [f"## {task}\n", table, ""]
         if "fedadmp" in means:
             for other, goal in (("fedkd", "goal: at most 0.5 lower"), ("naive", "goal: at least 4 higher"),
@@ -179,6 +195,8 @@ def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
         plot_vs_round(task_rows, task, ratio, out / f"{task}_acc_vs_round.png")
         parts += ["", f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)",
                   f"![{task}: accuracy vs round]({task}_acc_vs_round.png)", ""]
+    parts[2:2] = [f"Mean target accuracy % at p = {ratio} and FedADMP's distances in points (goals in brackets):\n",
+                  overview_table(means_by_task), ""]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path
