@@ -81,13 +81,13 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
 
     teacher, teacher_info = prepare_teacher(cfg, task)
     torch.save(teacher.state_dict(), run.file("teacher.pt"))
-    target_train, target_test = task.pooled()  # target_train.y is never used for training
+    devices = [task.device(i) for i in range(task.num_devices)]
+    target_train, target_test = task.pooled(devices)  # target_train.y is never used for training
     teacher_acc = accuracy(teacher, target_test.x, target_test.y)
     console.print(f"teacher: source val {teacher_info['source_val_acc']:.2f}%  target test {teacher_acc:.2f}%  "
                   f"({len(target_train)} unlabeled target samples, {len(target_test)} target test)")
 
     hp, sched = cfg.admp, cfg.schedule
-    devices = [task.device(i) for i in range(task.num_devices)]  # pooled() concatenates them in this order
     # KD targets as the devices get them (teacher BN per device, or once on the pooled data): like for like.
     kd_teacher = teacher
     if hp.teacher_bn == "fleet":
@@ -150,12 +150,12 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     recalibrate_bn(pruned, target_train.x)
     pooled_acc = accuracy(pruned, target_test.x, target_test.y)
     final_acc, teacher_adapted = pooled_acc, None
+    splits = [(d.train.x, d.test.x, d.test.y) for d in devices]
     if cfg.federation.bn_recalibration == "local":  # evaluate as the federated runs do (like for like)
-        splits = [(d.train.x, d.test.x, d.test.y) for d in devices]
         final_acc = per_device_bn_accuracy(pruned, splits)
         console.print(f"per-device BN: student {final_acc:.2f}% (pooled BN {pooled_acc:.2f}%)")
     if hp.teacher_bn == "local":
-        teacher_adapted = per_device_bn_accuracy(teacher, [(d.train.x, d.test.x, d.test.y) for d in devices])
+        teacher_adapted = per_device_bn_accuracy(teacher, splits)
     elif hp.teacher_bn == "fleet":
         teacher_adapted = accuracy(kd_teacher, target_test.x, target_test.y)
     return _finish(run, cfg, task, arch, teacher, teacher_info, teacher_acc, pruned, groups,

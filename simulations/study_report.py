@@ -36,8 +36,6 @@ def load_rows(out: Path) -> list[dict[str, Any]]:
     for row in rows:
         row.setdefault("variant", "")
         row["variant"] = row["variant"] or ""
-        if "teacher_acc_local_bn" in row:  # the column's name before teacher_bn had a fleet mode
-            row["teacher_acc_target_bn"] = row.pop("teacher_acc_local_bn")
         for key in ("teacher_acc_target_bn", "final_divergence"):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else None
         for key in ("prune_ratio", "teacher_acc", "student_acc", "latency_ms", "teacher_latency_ms", "channels_pruned"):
@@ -168,11 +166,11 @@ def overview_table(means_by_task: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, spec: Any, ratio: float = 0.6) -> Path:
-    """report.md with one table per task at ``ratio``, the three distances, and the plots."""
+def write_report(out: Path, spec: Any) -> Path:
+    """report.md with one table per task at the study's ``table_ratio``, the distances, the plots."""
     rows = load_rows(out)
-    ratio = getattr(spec, "table_ratio", None) or min(spec.prune_ratios, key=lambda r: abs(r - ratio))
-    sweep = f" (ratios other than {ratio}: seeds {spec.sweep_seeds})" if getattr(spec, "sweep_seeds", None) else ""
+    ratio = spec.table_ratio
+    sweep = f" (ratios other than {ratio}: seeds {spec.sweep_seeds})" if spec.sweep_seeds else ""
     parts = [f"# Study `{spec.name}`\n", f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}{sweep}; tables at "
              f"p = {ratio}. Target labels are used for evaluation only.\n"]
     means_by_task: dict[str, dict[str, float]] = {}

@@ -85,5 +85,12 @@ def test_per_client_duals_and_fleet_bn_teacher_reach_a_pruned_model(tmp_path):
     assert "teacher_bn: fleet" in (run / "config.yaml").read_text()
     assert 0 <= summary["teacher"]["target_acc_target_bn"] <= 100  # the adapted teacher was evaluated
     assert set(summary["teacher_sends"].values()) == {1}  # the adapted teacher, once per device
+    source = torch.load(run / "teacher.pt", weights_only=True)
+    (stored,) = (run / "device_store").glob("teacher-*.pt")
+    delivered = torch.load(stored, weights_only=True)
+    bn_means = [k for k in source if k.endswith("running_mean")]
+    assert bn_means and all(k in delivered for k in bn_means)
+    assert all(torch.equal(delivered[k], source[k]) for k in source if "running" not in k and "num_batches" not in k)
+    assert not any(torch.equal(delivered[k], source[k]) for k in bn_means)  # BN statistics re-estimated
     for group, width in summary["teacher"]["channels"].items():
         assert summary["student"]["channels"][group] == math.ceil((1 - 0.6) * width)

@@ -114,9 +114,12 @@ class CrossDomainTask:
             train, test = Split(both[:len(train)], train.y), Split(both[len(train):], test.y)
         return Device(i, mix, train, test)
 
-    def pooled(self) -> tuple[Split, Split]:
-        """All devices' (train, test) data concatenated: the centralized view of the fleet."""
-        devices = [self.device(i) for i in range(self.num_devices)]
+    def pooled(self, devices: list[Device] | None = None) -> tuple[Split, Split]:
+        """All devices' (train, test) data concatenated in device order: the centralized view.
+
+        Pass ``devices`` (every device, in order) when they are already built, to not build them twice.
+        """
+        devices = devices if devices is not None else [self.device(i) for i in range(self.num_devices)]
         cat = lambda splits: Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))  # noqa: E731
         return cat([d.train for d in devices]), cat([d.test for d in devices])
 
