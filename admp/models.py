@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from admp.choices import ARCHS
+
 GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules it gates
 
 
@@ -125,17 +127,18 @@ class SensorCNN1D(nn.Module):
         return {"conv1": ["bn1"], "conv2": ["bn2"], "conv3": ["bn3"]}
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
+ARCHITECTURES: dict[str, type[nn.Module]] = {  # keys: admp.choices.Arch
     "lenet": LeNet,
     "resnet": ResNetSmall,
     "cnn1d": SensorCNN1D,
 }
+assert set(ARCHITECTURES) == set(ARCHS), "admp.choices.Arch and the model builders must name the same families"
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
     """Build a model family by name; raises ValueError naming the unknown architecture."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     return ARCHITECTURES[arch](num_classes=num_classes, width=width)
 
 

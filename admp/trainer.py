@@ -10,47 +10,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admp.admm import admm_penalty
+from admp.config import AdmpHyper
 from admp.metrics import accuracy
 from admp.losses import adversary_step, information_maximisation, kd_divergence, pseudo_label_ce
-from admp.masks import MaskDict, gated
+from admp.masks import MaskDict, clone_masks, gated
 from admp.models import GroupSpec
-
-
-@dataclass
-class AdmpHyper:
-    """Hyper-parameters of the ADMP losses and optimisers (our reconstruction; see README)."""
-
-    prune_ratio: float = 0.6  # p: share of channels removed per group
-    lr: float = 0.01  # SGD learning rate of the student's weights
-    mask_lr: float = 0.3  # SGD learning rate of m: high, so m tracks Z - U between dual steps
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    tau: float = 4.0  # distillation temperature
-    lambda_pl: float = 0.3  # weight of the confident pseudo-label cross-entropy
-    pl_threshold: float = 0.9  # teacher confidence needed for a pseudo label
-    lambda_im: float = 0.0  # weight of the information-maximisation term (0: off)
-    l1_m: float = 0.02  # L1 push on m, which ranks channels before the first Z-step
-    rho: float = 1.0  # initial ADMM penalty
-    rho_gamma: float = 1.2  # rho <- min(rho_gamma * rho, rho_max) after every Z-step (U rescaled)
-    rho_max: float = 10.0
-    prune_ramp: int = 0  # Z-steps over which the pruned share grows linearly to p (0 or 1: all at once)
-    adversary: bool = True  # the soft-mask adversary on/off (ablation)
-    adv_lr: float = 0.02  # largest per-step change of s (gradient normalised per group)
-    adv_eps: float = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group
-    s_min: float = 0.5  # floor of the soft mask
-    teacher_bn: str = "auto"  # BN statistics of the teacher that makes the KD targets (AdaBN, Li et al.
-    #   2016): local: re-estimated on the unlabeled data of the device it labels | fleet: re-estimated
-    #   once on the whole fleet's data (pooled moments) | source: as trained | auto: local when devices
-    #   are domains of their own, else fleet (resolved by admp.config)
+from admp.state import AdmpState
 
 
 def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
@@ -84,22 +55,35 @@ def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     return history
 
 
-@contextmanager
-def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
-    """Train-mode BatchNorm that normalises with batch statistics but leaves running stats as they are.
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``model`` (1-D and 2-D alike)."""
+    return [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
 
-    Used for the adversary's extra forward pass, so that attacked activations do not leak into the
-    statistics that evaluation uses.
+
+@contextmanager
+def bn_momentum(model: nn.Module, momentum: float | None) -> Iterator[None]:
+    """Every BatchNorm's momentum set to ``momentum`` inside the block, restored after it.
+
+    0.0 freezes the running statistics; None makes them a cumulative average over the batches.
     """
-    bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    bns = batchnorms(model)
     saved = [bn.momentum for bn in bns]
     for bn in bns:
-        bn.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        bn.momentum = momentum
     try:
         yield
     finally:
-        for bn, momentum in zip(bns, saved):
-            bn.momentum = momentum
+        for bn, value in zip(bns, saved, strict=True):
+            bn.momentum = value
+
+
+def frozen_bn_stats(model: nn.Module) -> AbstractContextManager[None]:
+    """Train-mode BatchNorm that normalises with batch statistics but leaves running stats as they are.
+
+    Used for the adversary's extra forward pass, so that attacked activations do not leak into the
+    statistics that evaluation uses (running = (1 - 0) * running + 0 * batch).
+    """
+    return bn_momentum(model, 0.0)
 
 
 def _adaptation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
@@ -140,39 +124,43 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, bn: str = "local", batc
     return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, m: MaskDict,
-                     s: MaskDict, z: MaskDict, u: MaskDict, rho: float, x: torch.Tensor,
-                     epochs: int, hp: AdmpHyper, gen: torch.Generator,
-                     targets: torch.Tensor | None = None) -> dict[str, float]:
-    """Local ADMP epochs on unlabeled target data ``x``; updates student, m and s in place.
+def _descent_loss(student: nn.Module, groups: GroupSpec, state: AdmpState, m_params: MaskDict,
+                  xb: torch.Tensor, t_logits: torch.Tensor, hp: AdmpHyper) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss on (W, m), divergence D) of one batch under the gates m * s of ``state``."""
+    with gated(student, groups, m_params, state.s):
+        loss, div = _adaptation_loss(t_logits, student(xb), hp)
+    loss = loss + state.penalty(m_params)
+    if hp.l1_m > 0:
+        loss = loss + hp.l1_m * sum(v.abs().sum() for v in m_params.values())
+    return loss, div
+
+
+def admp_local_train(student: nn.Module, groups: GroupSpec, state: AdmpState, x: torch.Tensor,
+                     targets: torch.Tensor, epochs: int, hp: AdmpHyper,
+                     gen: torch.Generator) -> dict[str, float]:
+    """Local ADMP epochs on unlabeled target data ``x``; updates the student, ``state.m`` and ``state.s``.
 
     Per batch: (1) the adversary raises D by moving s within its budget; (2) one SGD step on
-    (W, m) for D + lambda_pl*CE_pl (+ lambda_im*IM) + (rho/2)||m - Z + U||^2 + l1_m*|m|_1,
-    with m then clipped to [0, 1]. ``targets`` (N, K) are the teacher's logits on ``x``
-    (default: ``teacher_targets(teacher, x, hp.teacher_bn)``). Returns mean divergence, loss and
+    (W, m) for D + lambda_pl*CE_pl (+ lambda_im*IM) + state.penalty(m) + l1_m*|m|_1, with m then
+    clipped to [0, 1]. Z, U and rho stay fixed (the caller steps the state). ``targets`` (N, K)
+    are the teacher's logits on ``x`` (``teacher_targets``). Returns mean divergence, loss and
     samples seen.
     """
-    targets = teacher_targets(teacher, x, hp.teacher_bn) if targets is None else targets
     student.train()
-    m_params = {g: v.detach().clone().requires_grad_(True) for g, v in m.items()}
+    m_params = {g: v.detach().clone().requires_grad_(True) for g, v in state.m.items()}
     opt = torch.optim.SGD([
         {"params": list(student.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay},
         {"params": list(m_params.values()), "lr": hp.mask_lr, "weight_decay": 0.0},
     ], momentum=hp.momentum)
-    soft = {g: v.detach().clone() for g, v in s.items()}
+    state.s = clone_masks(state.s)
     sums = {"divergence": 0.0, "loss": 0.0}
     seen = 0
     for _ in range(epochs):
-        for xb, t_logits in batches(x, hp.batch_size, gen, targets):  # t_logits: (N, K)
+        for xb, t_logits in batches(x, hp.batch_size, gen, targets):  # xb: (B, ...), t_logits: (B, K)
             if hp.adversary:
-                grads = _soft_grads(student, groups, m_params, soft, xb, t_logits, hp.tau)
-                soft = adversary_step(soft, grads, hp.adv_lr, hp.s_min, hp.adv_eps)
-            with gated(student, groups, m_params, soft):
-                loss, div = _adaptation_loss(t_logits, student(xb), hp)
-            if rho > 0:
-                loss = loss + admm_penalty(m_params, z, u, rho)
-            if hp.l1_m > 0:
-                loss = loss + hp.l1_m * sum(v.abs().sum() for v in m_params.values())
+                grads = _soft_grads(student, groups, m_params, state.s, xb, t_logits, hp.tau)
+                state.s = adversary_step(state.s, grads, hp.adv_lr, hp.s_min, hp.adv_eps)
+            loss, div = _descent_loss(student, groups, state, m_params, xb, t_logits, hp)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -182,23 +170,18 @@ def admp_local_train(student: nn.Module, teacher: nn.Module, groups: GroupSpec, 
             sums["divergence"] += div.item() * len(xb)
             sums["loss"] += loss.item() * len(xb)
             seen += len(xb)
-    for g in m:
-        m[g] = m_params[g].detach()
-        s[g] = soft[g]
+    state.m = {g: v.detach() for g, v in m_params.items()}
     return {k: v / max(seen, 1) for k, v in sums.items()} | {"samples": float(seen)}
 
 
-def kd_finetune(student: nn.Module, teacher: nn.Module, x: torch.Tensor, epochs: int,
-                hp: AdmpHyper, gen: torch.Generator, lr: float | None = None,
-                targets: torch.Tensor | None = None) -> dict[str, float]:
+def kd_finetune(student: nn.Module, x: torch.Tensor, targets: torch.Tensor, epochs: int,
+                hp: AdmpHyper, gen: torch.Generator, lr: float) -> dict[str, float]:
     """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place.
 
-    ``targets`` as in ``admp_local_train``.
+    ``targets`` (N, K) are the teacher's logits on ``x``; returns mean divergence and samples seen.
     """
-    targets = teacher_targets(teacher, x, hp.teacher_bn) if targets is None else targets
     student.train()
-    opt = torch.optim.SGD(student.parameters(), lr=lr or hp.lr, momentum=hp.momentum,
-                          weight_decay=hp.weight_decay)
+    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     total_div, seen = 0.0, 0
     for _ in range(epochs):
         for xb, t_logits in batches(x, hp.batch_size, gen, targets):
@@ -217,22 +200,17 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
 
     With ``masks`` the statistics are taken under those channel gates.
     """
-    bns = [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
+    for bn in batchnorms(model):
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average over all batches
     model.train()
     context = gated(model, *masks) if masks is not None else nullcontext()
     try:
-        with context:
+        with context, bn_momentum(model, None):  # None: cumulative average over all batches
             for start in range(0, len(x), batch_size):
                 chunk = x[start:start + batch_size]
                 if len(chunk) > 1 or start == 0:
                     model(chunk)
     finally:
-        for bn, momentum in zip(bns, saved):
-            bn.momentum = momentum
         model.eval()
 
 

@@ -1,171 +1,161 @@
 """The FedADMP ClientApp: local ADMP, KD fine-tuning, BN statistics and evaluation on a device.
 
 The same code runs in Flower's simulation (one virtual device per partition id) and on real
-devices (``device-id`` in the node config). Every handler turns an exception into an error reply,
-so a failing device drops out of the round instead of stopping it. Target labels are read only by
-``evaluate``.
+devices (``device-id`` in the node config). One mod wraps every handler: an exception becomes an
+error reply (``TEACHER_MISSING`` for a lost teacher, Flower's ``CLIENT_APP_RAISED_EXCEPTION``
+otherwise), so a failing device drops out of the round instead of stopping it, and each reply's
+metrics get the handler's wall time. Target labels are read only by ``evaluate``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from flwr.app import Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 
-from admp.admm import rescale_dual
-from admp.config import from_dict
+from admp.config import AdmpHyper, parse_section
 from admp.masks import gated, group_sizes
 from admp.metrics import accuracy
 from admp.seeding import torch_generator
-from admp.trainer import AdmpHyper, admp_local_train, kd_finetune, recalibrate_bn
-from clients.device import build_student, device_id, get_teacher, load_device, load_dual, save_dual
+from admp.state import AdmmSettings, AdmpState
+from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, teacher_targets
+from clients.device import (bn_moments, build_student, device_id, get_teacher, load_device, load_dual,
+                            save_dual)
 from strategies import protocol as P
 
-app = ClientApp()
-CLIENT_ERROR = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
-
-def _safely(msg: Message, handler: Callable[[], RecordDict]) -> Message:
+def error_reply_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Turn any exception of a handler into an error reply, and time every good reply."""
+    start = time.perf_counter()
     try:
-        return Message(handler(), reply_to=msg)
-    except Exception as exc:  # noqa: BLE001 - any failure becomes an error reply
-        return Message(Error(code=CLIENT_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+        reply = call_next(msg, context)
+    except P.TeacherMissing as exc:
+        return Message(Error(code=P.TEACHER_MISSING, reason=f"TeacherMissing: {exc}"), reply_to=msg)
+    except Exception as exc:  # any failure of a device becomes its error reply, never a crash
+        return Message(Error(code=P.CLIENT_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+    if not reply.has_error() and P.METRICS in reply.content:
+        reply.content[P.METRICS]["seconds"] = time.perf_counter() - start
+    return reply
 
 
-def _setup(msg: Message, context: Context):
-    config = msg.content[P.CONFIG]
-    scenario = P.config_json(config, "scenario")
-    device = device_id(context)
-    hp = from_dict(AdmpHyper, P.config_json(config, "hp"), "admp.")
-    return config, scenario, device, hp
+app = ClientApp(mods=[error_reply_mod])
 
 
-def _student(msg: Message, scenario: dict) -> torch.nn.Module:
-    masks = msg.content[P.MASKS] if P.MASKS in msg.content else None
-    keep = P.record_to_masks(masks, "keep") if masks is not None else {}
-    student = build_student(scenario, keep or None)
-    student.load_state_dict(P.record_to_state(msg.content[P.WEIGHTS]))
-    return student
+@dataclass
+class Job:
+    """What a handler reads from a message: its config, scenario, device and hyper-parameters."""
+
+    config: ConfigRecord
+    scenario: dict[str, Any]
+    device: int
+    hp: AdmpHyper
+
+    @classmethod
+    def read(cls, msg: Message, context: Context) -> Job:
+        """Decode the message's config (the hyper-parameters are validated like a config file)."""
+        config = msg.content[P.CONFIG]
+        hp = parse_section(AdmpHyper, P.config_json(config, "hp"), "admp.")
+        return cls(config, P.config_json(config, "scenario"), device_id(context), hp)
+
+    def generator(self, stream: str) -> torch.Generator:
+        """This device's RNG for this round, derived from the root seed."""
+        return torch_generator(int(self.scenario["seed"]), stream, self.device, int(self.config[P.SERVER_ROUND]))
+
+    def student(self, msg: Message) -> torch.nn.Module:
+        """The global student of the message (pruned to its keep masks, if any)."""
+        student = build_student(self.scenario, P.message_masks(msg.content, "keep") or None)
+        student.load_state_dict(P.from_record(msg.content[P.ARRAYS]))
+        return student
+
+    def targets(self, msg: Message, context: Context, x: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits (N, K) on the local unlabeled data ``x``: the KD targets."""
+        return teacher_targets(get_teacher(msg.content, context, self.scenario), x, self.hp.teacher_bn)
 
 
-def _training_inputs(msg: Message, context: Context):
-    """What both training handlers need: config, scenario, device id, hyper-parameters, teacher,
-    student and the device's unlabeled data (its labels are not touched)."""
-    config, scenario, device, hp = _setup(msg, context)
-    teacher = get_teacher(msg.content, context, scenario)
-    data = load_device(scenario, device).train.x
-    return config, scenario, device, hp, teacher, _student(msg, scenario), data
+def _train_metrics(n: int, stats: dict[str, float], msg: Message) -> MetricRecord:
+    """num-examples, the training statistics (divergence, loss) and whether the teacher came along."""
+    values = {P.NUM_EXAMPLES: n} | {k: v for k, v in stats.items() if k != "samples"}
+    return P.metrics_record(values | {"teacher-attached": int(P.TEACHER in msg.content)})
+
+
+def _device_state(job: Job, msg: Message, context: Context, sizes: dict[str, int]) -> AdmpState:
+    """The ADMP state this device trains against: the global one, with its own dual if per-client."""
+    hp, masks = job.hp, msg.content[P.MASKS]
+    settings = AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+    m, s, z = (P.record_to_masks(masks, k) for k in ("m", "s", "z"))
+    state = AdmpState(settings, m, s, z, P.record_to_masks(masks, "u"), float(job.config["rho"]),
+                      int(job.config["z-steps"]))
+    if str(job.config["dual"]) == "per_client":
+        state.u, last_m, seen_steps, last_rho = load_dual(context, sizes)
+        if last_m is not None and seen_steps != state.z_steps:  # a new Z since this device last trained
+            state.advance_client_dual(last_m, last_rho)
+    return state
 
 
 @app.train()
 def train_admp(msg: Message, context: Context) -> Message:
     """Local ADMP mask-phase step: adversary + (W, m) descent with the ADMM penalty."""
-    def handle() -> RecordDict:
-        start = time.perf_counter()
-        config, scenario, device, hp, teacher, student, data = _training_inputs(msg, context)
-        groups = student.channel_groups()
-        masks = msg.content[P.MASKS]
-        m, s, z = (P.record_to_masks(masks, k) for k in ("m", "s", "z"))
-        z_version, rho = int(config["z_version"]), float(config["rho"])
-        if str(config["dual"]) == "per_client":
-            u, last_m, seen_version, last_rho = load_dual(context, group_sizes(student, groups))
-            if last_m is not None and seen_version != z_version:  # a new Z since this device last trained
-                u = rescale_dual({g: u[g] + last_m[g] - z[g] for g in u}, last_rho, rho)
-        else:
-            u = P.record_to_masks(masks, "u")
-        gen = torch_generator(int(scenario["seed"]), "client", device, int(config["round"]))
-        stats = admp_local_train(student, teacher, groups, m, s, z, u, rho, data,
-                                 int(config["local_epochs"]), hp, gen)
-        reply_masks = {"m": m, "s": s}
-        if str(config["dual"]) == "per_client":
-            save_dual(context, u, m, z_version, rho)
-            reply_masks["u"] = u
-        return RecordDict({
-            P.WEIGHTS: P.state_to_record(student.state_dict()),
-            P.MASKS: P.masks_to_record(**reply_masks),
-            P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(data), "divergence": stats["divergence"],
-                                         "loss": stats["loss"], "seconds": time.perf_counter() - start,
-                                         "teacher-attached": int(P.TEACHER in msg.content)}),
-        })
-    return _safely(msg, handle)
+    job = Job.read(msg, context)
+    x = load_device(job.scenario, job.device).train.x  # unlabeled: the labels are not touched
+    student = job.student(msg)
+    groups = student.channel_groups()
+    state = _device_state(job, msg, context, group_sizes(student, groups))
+    stats = admp_local_train(student, groups, state, x, job.targets(msg, context, x),
+                             int(job.config["local_epochs"]), job.hp, job.generator("client"))
+    reply_masks = {"m": state.m, "s": state.s}
+    if str(job.config["dual"]) == "per_client":
+        save_dual(context, state.u, state.m, state.z_steps, state.rho)
+        reply_masks["u"] = state.u
+    return Message(RecordDict({P.ARRAYS: P.to_record(student.state_dict()),
+                               P.MASKS: P.masks_to_record(**reply_masks),
+                               P.METRICS: _train_metrics(len(x), stats, msg)}), reply_to=msg)
 
 
 @app.train("kd")
 def train_kd(msg: Message, context: Context) -> Message:
     """KD adaptation of a plain student (dense, or pruned to the sent keep masks)."""
-    def handle() -> RecordDict:
-        start = time.perf_counter()
-        config, scenario, device, hp, teacher, student, data = _training_inputs(msg, context)
-        gen = torch_generator(int(scenario["seed"]), "client-kd", device, int(config["round"]))
-        stats = kd_finetune(student, teacher, data, int(config["local_epochs"]), hp, gen, lr=float(config["lr"]))
-        return RecordDict({
-            P.WEIGHTS: P.state_to_record(student.state_dict()),
-            P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(data), "divergence": stats["divergence"],
-                                         "seconds": time.perf_counter() - start,
-                                         "teacher-attached": int(P.TEACHER in msg.content)}),
-        })
-    return _safely(msg, handle)
+    job = Job.read(msg, context)
+    x = load_device(job.scenario, job.device).train.x
+    student = job.student(msg)
+    stats = kd_finetune(student, x, job.targets(msg, context, x), int(job.config["local_epochs"]), job.hp,
+                        job.generator("client-kd"), lr=float(job.config["lr"]))
+    return Message(RecordDict({P.ARRAYS: P.to_record(student.state_dict()),
+                               P.METRICS: _train_metrics(len(x), stats, msg)}), reply_to=msg)
 
 
 @app.query("bnstats")
 def bn_statistics(msg: Message, context: Context) -> Message:
     """Per-channel E[x] and E[x^2] at every BatchNorm input, over the local unlabeled data."""
-    def handle() -> RecordDict:
-        _, scenario, device, _ = _setup(msg, context)
-        student = _student(msg, scenario)
-        data = load_device(scenario, device).train.x
-        sums: dict[str, list[torch.Tensor]] = {}
-        hooks = []
-        for name, module in student.named_modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                def hook(_mod, inputs, _out, name=name):
-                    x = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)  # (C, N*spatial)
-                    first, second = x.mean(dim=1), (x * x).mean(dim=1)
-                    prev = sums.get(name)
-                    sums[name] = [first, second] if prev is None else [prev[0] + first, prev[1] + second]
-                hooks.append(module.register_forward_hook(hook))
-        student.eval()
-        batches = 0
-        with torch.no_grad():
-            for start in range(0, len(data), 256):
-                student(data[start:start + 256])
-                batches += 1
-        for h in hooks:
-            h.remove()
-        stats = {f"mean.{k}": v[0] / batches for k, v in sums.items()} | {f"sq.{k}": v[1] / batches for k, v in sums.items()}
-        return RecordDict({P.WEIGHTS: P.state_to_record(stats),
-                           P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(data)})})
-    return _safely(msg, handle)
+    job = Job.read(msg, context)
+    x = load_device(job.scenario, job.device).train.x
+    moments = bn_moments(job.student(msg), x)
+    return Message(RecordDict({P.ARRAYS: P.to_record(moments),
+                               P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}), reply_to=msg)
 
 
 @app.query("identity")
 def identity(msg: Message, context: Context) -> Message:
     """The device's stable id, so the server can sample reproducibly across restarts."""
-    def handle() -> RecordDict:
-        device = device_id(context)
-        return RecordDict({P.METRICS: MetricRecord({"device": device})})
-    return _safely(msg, handle)
+    return Message(RecordDict({P.METRICS: MetricRecord({"device": device_id(context)})}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the global model on this device's labeled test split (evaluation only)."""
-    def handle() -> RecordDict:
-        config, scenario, device, _ = _setup(msg, context)
-        student = _student(msg, scenario)
-        local = load_device(scenario, device)
-        test = local.test
-        if "local_bn" in config and bool(config["local_bn"]):  # personalised BN: unlabeled local data only
-            recalibrate_bn(student, local.train.x)
-        masks = msg.content[P.MASKS] if P.MASKS in msg.content else None
-        m = P.record_to_masks(masks, "m") if masks is not None else {}
-        if m:
-            with gated(student, student.channel_groups(), m):
-                acc = accuracy(student, test.x, test.y)
-        else:
-            acc = accuracy(student, test.x, test.y)
-        return RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: len(test)})})
-    return _safely(msg, handle)
+    job = Job.read(msg, context)
+    local = load_device(job.scenario, job.device)
+    student = job.student(msg)
+    if "local-bn" in job.config and bool(job.config["local-bn"]):  # personalised BN: unlabeled data only
+        recalibrate_bn(student, local.train.x)
+    m = P.message_masks(msg.content, "m")
+    with gated(student, student.channel_groups(), m) if m else nullcontext():
+        acc = accuracy(student, local.test.x, local.test.y)
+    return Message(RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: len(local.test)})}),
+                   reply_to=msg)
+

@@ -19,8 +19,8 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from torch import nn
 
-from admp.config import from_dict
-from admp.data.tasks import DataSpec, Device, build_task
+from admp.config import DataSpec, parse_section
+from admp.data.tasks import Device, build_task
 from admp.masks import MaskDict
 from admp.models import build_model, example_input
 from admp.surgery import prune_model
@@ -30,10 +30,6 @@ from strategies import protocol as P
 _TEACHERS: dict[str, dict[str, torch.Tensor]] = {}  # content hash -> state dict
 _TEACHER_MODELS: dict[str, nn.Module] = {}  # content hash -> frozen module built from it
 _SKELETONS: dict[str, nn.Module] = {}  # architecture key -> module to deep-copy
-
-
-class TeacherMissing(RuntimeError):
-    """The server believes this device holds the teacher, but neither cache has it."""
 
 
 def device_id(context: Context) -> int:
@@ -46,7 +42,7 @@ def device_id(context: Context) -> int:
 
 @lru_cache(maxsize=2)
 def _task(data_json: str, seed: int):
-    return build_task(from_dict(DataSpec, json.loads(data_json), "data."), seed)
+    return build_task(parse_section(DataSpec, json.loads(data_json), "data."), seed)
 
 
 @lru_cache(maxsize=64)
@@ -78,7 +74,7 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
     expected = str(config["teacher_hash"])
     store = teacher_store(context, config) / f"teacher-{expected}.pt"
     if P.TEACHER in content:
-        state = P.record_to_state(content[P.TEACHER])
+        state = P.from_record(content[P.TEACHER])
         if state_hash(state) != expected:
             raise ValueError("teacher arrays do not match the announced hash")
         _TEACHERS[expected] = state
@@ -90,10 +86,10 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
         context.state["device"] = ConfigRecord({"teacher_hash": expected})
     elif expected not in _TEACHERS:
         if not store.exists():
-            raise TeacherMissing(f"teacher-missing: no cached teacher {expected[:12]} on this device")
+            raise P.TeacherMissing(f"teacher-missing: no cached teacher {expected[:12]} on this device")
         state = torch.load(store, map_location="cpu", weights_only=True)
         if state_hash(state) != expected:
-            raise TeacherMissing(f"teacher-missing: cached teacher {expected[:12]} is corrupt")
+            raise P.TeacherMissing(f"teacher-missing: cached teacher {expected[:12]} is corrupt")
         _TEACHERS[expected] = state
     if expected not in _TEACHER_MODELS:
         model = build_student(scenario, None)
@@ -115,17 +111,50 @@ def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
 
 
 def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int, float]:
-    """Per-client dual U_k, the last local m_k (None before the first round), its Z version and rho."""
+    """Per-client dual U_k, the last local m_k (None before the first round), the server's Z-step
+    count and rho when it was trained."""
     if "dual" not in context.state:
         return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0
     record = context.state["dual"]
     meta = context.state["dual-meta"]
-    return (P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_version"]),
+    return (P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_steps"]),
             float(meta["rho"]))
 
 
-def save_dual(context: Context, u: MaskDict, m: MaskDict, z_version: int, rho: float) -> None:
+def save_dual(context: Context, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
     """Keep U_k and m_k in the node state (a few hundred floats)."""
     context.state["dual"] = P.masks_to_record(u=u, m=m)
-    context.state["dual-meta"] = ConfigRecord({"z_version": z_version, "rho": rho})
+    context.state["dual-meta"] = ConfigRecord({"z_steps": z_steps, "rho": rho})
+
+
+@torch.no_grad()
+def bn_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Per-channel E[x] and E[x^2] at every BatchNorm input over ``x``: ``mean.<layer>``, ``sq.<layer>``.
+
+    Each batch counts by its number of values per channel (samples x positions), so a short last
+    batch weighs what it holds. The model runs in eval mode (its statistics are not touched).
+    """
+    sums: dict[str, list[torch.Tensor]] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        def record(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
+            values = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)  # (C, N * positions)
+            first, second = values.sum(dim=1), (values * values).sum(dim=1)
+            prev = sums.get(name)
+            sums[name] = [first, second] if prev is None else [prev[0] + first, prev[1] + second]
+            counts[name] = counts.get(name, 0) + values.shape[1]
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
+               if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    try:
+        for start in range(0, len(x), batch_size):
+            model(x[start:start + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ({f"mean.{k}": v[0] / counts[k] for k, v in sums.items()}
+            | {f"sq.{k}": v[1] / counts[k] for k, v in sums.items()})
 

@@ -14,24 +14,39 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from admp.config import ScenarioConfig, apply_overrides, from_dict, load_config, validate
-from server.loop import FederatedRun
+from admp.config import ScenarioConfig, config_from_overrides, load_config
+from server.finish import finish
+from server.phases import adapt_teacher, baseline_start, discover, finetune_phase, mask_phase
+from server.setup import RunSetup
 
 
 def config_from_run_config(run_config: dict) -> ScenarioConfig:
     """Scenario from Flower's run config (see module docstring)."""
     overrides = [item.strip() for item in str(run_config.get("overrides", "")).split(";") if item.strip()]
     scenario = str(run_config.get("scenario", "")).strip()
-    if scenario:
-        cfg = load_config(scenario, overrides=overrides)
-    else:
-        cfg = validate(from_dict(ScenarioConfig, apply_overrides({}, overrides)))
+    cfg = load_config(scenario, overrides=overrides) if scenario else config_from_overrides(overrides)
     out_dir = str(run_config.get("out-dir", "")).strip()
     if out_dir:
         cfg.run.out_dir = out_dir
     if not Path(cfg.run.out_dir).is_absolute():
         cfg.run.out_dir = str(Path.home() / "fedadmp-runs" / cfg.run.out_dir)
     return cfg
+
+
+def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None) -> None:
+    """Every phase of a federated run (or what is left of a resumed one) through ``grid``."""
+    run = RunSetup.open(cfg, resume)  # config, seed, run directory, teacher (or the checkpoint's)
+    if run.checkpoint is not None and run.checkpoint.phase == "done":
+        run.console.print(f"run already finished: {run.run_dir.path}")
+        return
+    session = discover(grid, run)  # device ids, the teacher's delivery, the round runner
+    adapt_teacher(session)  # target BN statistics of the KD teacher, its zero-training accuracy
+    start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
+    student = finetune_phase(session, start) if start is not None else None
+    if student is None:
+        run.console.print(f"paused; continue with: fedadmp simulate --resume {run.run_dir.path}")
+        return
+    finish(session, student, start.keep if start is not None else None)  # evaluation, export, summary
 
 
 def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None) -> ServerApp:
@@ -42,7 +57,7 @@ def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None
     def main(grid: Grid, context: Context) -> None:
         run_cfg = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
         resume_dir = resume or str(context.run_config.get("resume", "")).strip() or None
-        FederatedRun(grid, run_cfg, resume=resume_dir).run()
+        run_federated(grid, run_cfg, resume_dir)
 
     return server
 

@@ -1,8 +1,9 @@
-"""Fleet-wide server steps outside a strategy's rounds: device discovery, BN recalibration."""
+"""Fleet-wide server steps outside a strategy's training rounds: device discovery, pooled BN statistics."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from flwr.app import Message, RecordDict
@@ -10,12 +11,19 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from strategies import protocol as P
-from strategies.aggregation import ReplyError, bn_statistics, check_examples
+from strategies.aggregation import bn_statistics, check_arrays, check_examples
 from strategies.base import FleetStrategy
+from server.rounds import RoundRunner
+
+TensorDict = dict[str, torch.Tensor]
 
 
 def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int]:
-    """Wait for ``expected`` nodes, then ask each for its stable device id: {device id: node id}."""
+    """Wait for ``expected`` nodes, then ask each for its stable device id: {device id: node id}.
+
+    A node that cannot identify itself is left out; two nodes claiming one id, or no node
+    answering at all, stop the run with a ``RuntimeError`` naming the problem.
+    """
     deadline = time.monotonic() + timeout
     while len(list(grid.get_node_ids())) < expected:
         if time.monotonic() > deadline:
@@ -27,45 +35,48 @@ def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int
     devices: dict[int, int] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
-            continue  # a device that cannot identify itself is left out of the fleet
-        device = int(reply.content[P.METRICS]["device"])
+            continue
+        device = int(reply.content[P.METRICS]["device"])  # type: ignore[arg-type]
         if device in devices:
-            raise ValueError(f"two nodes claim device id {device}")
+            raise RuntimeError(f"two nodes ({devices[device]}, {reply.metadata.src_node_id}) claim device id {device}")
         devices[device] = reply.metadata.src_node_id
     if not devices:
         raise RuntimeError("no device answered the identity query")
     return devices
 
 
-def recalibrate_from_clients(grid: Grid, strategy: FleetStrategy, model: nn.Module, rnd: int,
-                             timeout: float) -> int:
+Moments = tuple[TensorDict, TensorDict, int]
+
+
+def _parse_moments(expected: dict[str, tuple[int, ...]]) -> Callable[[RecordDict], Moments]:
+    """A reply parser for per-layer moments: (E[x] per layer, E[x^2] per layer, n)."""
+    def parse(content: RecordDict) -> Moments:
+        stats = P.from_record(content[P.ARRAYS])
+        check_arrays(stats, expected, "bnstats")
+        n = check_examples(float(content[P.METRICS][P.NUM_EXAMPLES]))  # type: ignore[arg-type]
+        return ({k[len("mean."):]: v for k, v in stats.items() if k.startswith("mean.")},
+                {k[len("sq."):]: v for k, v in stats.items() if k.startswith("sq.")}, n)
+    return parse
+
+
+def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model: nn.Module, rnd: int) -> int:
     """Set every BatchNorm's running mean/var from moments pooled over the devices' data.
 
-    Asks the ``eval_clients`` devices (0: all) for per-channel E[x], E[x^2] at each BN input under
-    the current global model and pools them by example count. Returns the devices that counted.
+    Asks the strategy's evaluation devices (0: all) for per-channel E[x], E[x^2] at each BN
+    input under the current model, pools them by example count (``bn_statistics``), and
+    returns how many devices counted.
     """
-    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    devices = strategy.sample(rnd, strategy.eval_clients, salt="bnstats")
-    records = {P.WEIGHTS: P.state_to_record(model.state_dict())} | strategy.evaluation_records()
+    bns = {name: bn for name, bn in model.named_modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)}
+    devices = strategy.sample(rnd, strategy.policy.eval_clients, salt="bnstats")
+    records = {P.ARRAYS: P.to_record(model.state_dict())} | strategy.evaluation_records()
     msgs = strategy.messages(rnd, devices, records, {}, P.QUERY_BN, with_teacher=False)
-    expected = {f"{kind}.{n}": (bn.num_features,) for n, bn in bns.items() for kind in ("mean", "sq")}
-
-    def parse(content: RecordDict):
-        stats = P.record_to_state(content[P.WEIGHTS])
-        if set(stats) != set(expected) or any(tuple(stats[k].shape) != v for k, v in expected.items()):
-            raise ReplyError("bn statistics do not match the model's BatchNorm layers")
-        if not all(bool(torch.isfinite(t).all()) for t in stats.values()):
-            raise ReplyError("bn statistics: non-finite values")
-        n = check_examples(float(content[P.METRICS][P.NUM_EXAMPLES]))
-        return ({k[5:]: v for k, v in stats.items() if k.startswith("mean.")},
-                {k[3:]: v for k, v in stats.items() if k.startswith("sq.")}, n)
-
-    items = [r for _, r in strategy.validated(rnd, grid.send_and_receive(msgs, timeout=timeout), parse)]
+    expected = {f"{kind}.{name}": (bn.num_features,) for name, bn in bns.items() for kind in ("mean", "sq")}
+    items = strategy.validated(rnd, runner.exchange(msgs), _parse_moments(expected))
     if not items:
         return 0
     means, variances = bn_statistics(items)
     with torch.no_grad():
         for name, bn in bns.items():
-            bn.running_mean.copy_(means[name])
-            bn.running_var.copy_(variances[name])
+            bn.running_mean.copy_(means[name])  # type: ignore[union-attr]
+            bn.running_var.copy_(variances[name])  # type: ignore[union-attr]
     return len(items)

@@ -10,44 +10,27 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from admp import admm
-from admp.data.tasks import CrossDomainTask, build_task
-from admp.masks import MaskDict, gated, group_sizes, mask_sparsity, ones_masks, zeros_masks
+from admp.config import ScenarioConfig
+from admp.data.sources import Split
+from admp.data.tasks import Device
+from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
-from admp.models import example_input
-from admp.seeding import seed_everything, torch_generator
+from admp.models import GroupSpec, example_input
+from admp.seeding import torch_generator
+from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
-from admp.config import ScenarioConfig, to_yaml
-from admp.teacher import prepare_teacher, resolve_arch
-from server.export import export_and_measure
-from server.report import RunDirectory, print_summary
+from server.finish import write_summary
+from server.setup import RunSetup
 
 
-@dataclass
-class MaskState:
-    """ADMP mask-phase state: hard mask m, soft mask s, auxiliary Z, dual U, penalty rho."""
-
-    m: MaskDict
-    s: MaskDict
-    z: MaskDict
-    u: MaskDict
-    rho: float
-
-    @classmethod
-    def initial(cls, sizes: dict[str, int]) -> "MaskState":
-        """m = s = Z = 1, U = 0, rho = 0 (no penalty until the first Z-step)."""
-        return cls(ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes), 0.0)
-
-
-def masked_accuracy(student: nn.Module, groups, m: MaskDict, x_calib: torch.Tensor,
+def masked_accuracy(student: nn.Module, groups: GroupSpec, m: MaskDict, x_calib: torch.Tensor,
                     x: torch.Tensor, y: torch.Tensor) -> float:
     """Eval accuracy of the student gated by m (s = 1), BN statistics re-estimated on ``x_calib``.
 
@@ -65,127 +48,114 @@ def cosine_lr(base: float, step: int, total: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
 
 
-def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict[str, Any]:
-    """Run the whole centralized pipeline; returns the summary (also written to the run dir)."""
-    console = console or Console()
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
-    seed = cfg.run.seed
-    seed_everything(seed)
-    task = build_task(cfg.data, seed)
-    arch = resolve_arch(cfg)
-    run = RunDirectory(cfg.run.out_dir, cfg.run.name)
-    run.write_text("config.yaml", to_yaml(cfg))
-    console.print(f"[bold]FedADMP centralized[/bold] dataset={task.name} arch={arch} "
-                  f"devices={task.num_devices} p={cfg.admp.prune_ratio} -> {run.path}")
+def is_admm_epoch(cfg: ScenarioConfig, epoch: int) -> bool:
+    """Whether mask epoch ``epoch`` (0-based) ends with a Z/U step: after the warm-up, every
+    ``admm_every`` epochs."""
+    done, sched = epoch + 1, cfg.schedule
+    return done >= sched.warmup_epochs and (done - sched.warmup_epochs) % sched.admm_every == 0
 
-    teacher, teacher_info = prepare_teacher(cfg, task)
-    torch.save(teacher.state_dict(), run.file("teacher.pt"))
-    devices = [task.device(i) for i in range(task.num_devices)]
-    target_train, target_test = task.pooled(devices)  # target_train.y is never used for training
-    teacher_acc = accuracy(teacher, target_test.x, target_test.y)
-    console.print(f"teacher: source val {teacher_info['source_val_acc']:.2f}%  target test {teacher_acc:.2f}%  "
-                  f"({len(target_train)} unlabeled target samples, {len(target_test)} target test)")
 
-    hp, sched = cfg.admp, cfg.schedule
-    # KD targets as the devices get them (teacher BN per device, or once on the pooled data): like for like.
-    kd_teacher = teacher
-    if hp.teacher_bn == "fleet":
-        kd_teacher = copy.deepcopy(teacher)
-        recalibrate_bn(kd_teacher, target_train.x)
-    targets = torch.cat([teacher_targets(kd_teacher, d.train.x, hp.teacher_bn) for d in devices])  # (N, K)
-    student = copy.deepcopy(teacher)
-    groups = student.channel_groups()
-    state = MaskState.initial(group_sizes(student, groups))
-    gen = torch_generator(seed, "admp")
-    step = z_steps = 0
-    for epoch in range(sched.mask_epochs):
+def kd_teacher_and_targets(run: RunSetup, devices: list[Device], pooled_x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+    """The KD teacher and its targets (N, K) on the pooled data, as the devices would get them
+    (teacher BN per device, or once on the pooled data): like for like with the federation."""
+    mode, kd_teacher = run.cfg.admp.teacher_bn, run.teacher
+    if mode == "fleet":
+        kd_teacher = copy.deepcopy(run.teacher)
+        recalibrate_bn(kd_teacher, pooled_x)
+    return kd_teacher, torch.cat([teacher_targets(kd_teacher, d.train.x, mode) for d in devices])
+
+
+def mask_phase(run: RunSetup, student: nn.Module, train_x: torch.Tensor, targets: torch.Tensor,
+               test: tuple[torch.Tensor, torch.Tensor]) -> AdmpState:
+    """ADMP epochs on the pooled data, the state stepped after each epoch as the server does after
+    each round; returns the final state (the student is trained in place)."""
+    cfg, hp, groups = run.cfg, run.cfg.admp, run.groups
+    state = AdmpState.initial(AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp),
+                              group_sizes(student, groups))
+    gen = torch_generator(cfg.run.seed, "admp")
+    for epoch in range(cfg.schedule.mask_epochs):
         start = time.perf_counter()
-        stats = admp_local_train(student, teacher, groups, state.m, state.s, state.z, state.u,
-                                 state.rho, target_train.x, 1, hp, gen, targets)
-        admm_step = hp.rho > 0 and epoch + 1 >= sched.warmup_epochs and (epoch + 1 - sched.warmup_epochs) % sched.admm_every == 0
-        if admm_step:
-            z_steps += 1
-            state.z = admm.z_step(state.m, state.u, admm.ramped_ratio(hp.prune_ratio, z_steps, hp.prune_ramp))
-            state.u = admm.u_step(state.u, state.m, state.z)
-            new_rho = hp.rho if state.rho == 0 else admm.rho_next(state.rho, hp.rho_gamma, hp.rho_max)
-            state.u = admm.rescale_dual(state.u, state.rho, new_rho)
-            state.rho = new_rho
-        step += 1
-        row = {"phase": "mask", "step": step, "epoch": epoch + 1,
-               "target_acc": masked_accuracy(student, groups, state.m, target_train.x, target_test.x, target_test.y),
-               "divergence": stats["divergence"], "loss": stats["loss"], "rho": state.rho,
-               "soft_sparsity": mask_sparsity(state.m), "hard_sparsity": mask_sparsity(state.z),
-               "primal_residual": admm.primal_residual(state.m, state.z),
-               "mean_soft_mask": float(torch.cat(list(state.s.values())).mean()),
-               "seconds": round(time.perf_counter() - start, 3)}
-        run.log_metrics(row)
-        console.print(f"mask epoch {epoch + 1:>3}/{sched.mask_epochs}  acc {row['target_acc']:6.2f}  "
-                      f"D {row['divergence']:.4f}  rho {state.rho:.3g}  m<0.5 {row['soft_sparsity']:.2f}")
+        stats = admp_local_train(student, groups, state, train_x, targets, 1, hp, gen)
+        if is_admm_epoch(cfg, epoch):
+            state.admm_step()
+        row = {"phase": "mask", "step": epoch + 1, "epoch": epoch + 1,
+               "target_acc": masked_accuracy(student, groups, state.m, train_x, *test),
+               "divergence": stats["divergence"], "loss": stats["loss"]}
+        row |= {k.replace("-", "_"): v for k, v in state.metrics().items()}
+        row |= {"mean_soft_mask": float(torch.cat(list(state.s.values())).mean()),
+                "seconds": round(time.perf_counter() - start, 3)}
+        run.run_dir.log_metrics(row)
+        run.console.print(f"mask epoch {epoch + 1:>3}/{cfg.schedule.mask_epochs}  acc {row['target_acc']:6.2f}  "
+                          f"D {row['divergence']:.4f}  rho {state.rho:.3g}  m<0.5 {row['soft_sparsity']:.2f}")
+    return state
 
-    # Merge: m = Z (a final projection of m + U), fold, physically remove.
-    keep = admm.z_step(state.m, state.u, hp.prune_ratio)
-    torch.save({"student": student.state_dict(), "keep": keep}, run.file("student_masked.pt"))
-    example = example_input(student)
-    pruned = prune_model(student, groups, keep, example)
-    recalibrate_bn(pruned, target_train.x)
-    merged_acc = accuracy(pruned, target_test.x, target_test.y)
-    channels_pruned = 1 - sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
-    step += 1
-    run.log_metrics({"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc,
-                     "channels_pruned": channels_pruned})
-    console.print(f"merged: {channels_pruned:.0%} of channels removed, target acc {merged_acc:.2f}%")
 
-    ft_gen = torch_generator(seed, "finetune")
+def finetune_phase(run: RunSetup, pruned: nn.Module, train_x: torch.Tensor, targets: torch.Tensor,
+                   test: tuple[torch.Tensor, torch.Tensor], first_step: int) -> None:
+    """KD epochs of the physically pruned student with a cosine learning rate, in place."""
+    sched, gen = run.cfg.schedule, torch_generator(run.cfg.run.seed, "finetune")
     for epoch in range(sched.finetune_epochs):
         start = time.perf_counter()
-        lr = cosine_lr(sched.finetune_lr, epoch, sched.finetune_epochs)
-        stats = kd_finetune(pruned, teacher, target_train.x, 1, hp, ft_gen, lr=lr, targets=targets)
-        step += 1
-        acc = accuracy(pruned, target_test.x, target_test.y)
-        run.log_metrics({"phase": "finetune", "step": step, "epoch": epoch + 1, "target_acc": acc,
-                         "divergence": stats["divergence"], "channels_pruned": channels_pruned,
-                         "seconds": round(time.perf_counter() - start, 3)})
-        console.print(f"finetune epoch {epoch + 1:>3}/{sched.finetune_epochs}  acc {acc:6.2f}  D {stats['divergence']:.4f}")
-    recalibrate_bn(pruned, target_train.x)
-    pooled_acc = accuracy(pruned, target_test.x, target_test.y)
-    final_acc, teacher_adapted = pooled_acc, None
-    splits = [(d.train.x, d.test.x, d.test.y) for d in devices]
-    if cfg.federation.bn_recalibration == "local":  # evaluate as the federated runs do (like for like)
-        final_acc = per_device_bn_accuracy(pruned, splits)
-        console.print(f"per-device BN: student {final_acc:.2f}% (pooled BN {pooled_acc:.2f}%)")
-    if hp.teacher_bn == "local":
-        teacher_adapted = per_device_bn_accuracy(teacher, splits)
-    elif hp.teacher_bn == "fleet":
-        teacher_adapted = accuracy(kd_teacher, target_test.x, target_test.y)
-    return _finish(run, cfg, task, arch, teacher, teacher_info, teacher_acc, pruned, groups,
-                   merged_acc, final_acc, channels_pruned, console, pooled_acc, teacher_adapted)
+        lr = cosine_lr(run.cfg.admp.finetune_lr, epoch, sched.finetune_epochs)
+        stats = kd_finetune(pruned, train_x, targets, 1, run.cfg.admp, gen, lr=lr)
+        acc = accuracy(pruned, *test)
+        run.run_dir.log_metrics({"phase": "finetune", "step": first_step + epoch, "epoch": epoch + 1,
+                                 "target_acc": acc, "divergence": stats["divergence"],
+                                 "seconds": round(time.perf_counter() - start, 3)})
+        run.console.print(f"finetune epoch {epoch + 1:>3}/{sched.finetune_epochs}  acc {acc:6.2f}  "
+                          f"D {stats['divergence']:.4f}")
 
 
-def _finish(run: RunDirectory, cfg: ScenarioConfig, task: CrossDomainTask, arch: str,
-            teacher: nn.Module, teacher_info: dict, teacher_acc: float, pruned: nn.Module, groups,
-            merged_acc: float, final_acc: float, channels_pruned: float, console: Console,
-            pooled_acc: float, teacher_adapted: float | None) -> dict[str, Any]:
-    """Export, measure and summarise the pruned model.
+def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run the whole centralized pipeline; returns the summary (also written to the run dir)."""
+    run = RunSetup.open(cfg, console=console)  # config, seed, run directory, teacher
+    task, hp = run.task, cfg.admp
+    run.console.print(f"[bold]FedADMP centralized[/bold] dataset={task.name} arch={run.arch} "
+                      f"devices={task.num_devices} p={hp.prune_ratio} -> {run.run_dir.path}")
+    devices = [task.device(i) for i in range(task.num_devices)]
+    train, test_split = task.pooled(devices)  # train.y is never used for training
+    test = (test_split.x, test_split.y)
+    teacher_acc = accuracy(run.teacher, *test)
+    run.console.print(f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  target test "
+                      f"{teacher_acc:.2f}%  ({len(train)} unlabeled target samples, {len(test_split)} target test)")
+    kd_teacher, targets = kd_teacher_and_targets(run, devices, train.x)
+    student = copy.deepcopy(run.teacher)
+    state = mask_phase(run, student, train.x, targets, test)
+    keep = state.merge_mask()  # m = Z: a final projection of m + U
+    torch.save({"student": student.state_dict(), "keep": keep}, run.run_dir.file("student_masked.pt"))
+    pruned = prune_model(student, run.groups, keep, example_input(student))
+    recalibrate_bn(pruned, train.x)
+    merged_acc = accuracy(pruned, *test)
+    kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
+    step = cfg.schedule.mask_epochs + 1
+    run.run_dir.log_metrics({"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc,
+                             "channels_pruned": 1 - kept})
+    run.console.print(f"merged: {1 - kept:.0%} of channels removed, target acc {merged_acc:.2f}%")
+    finetune_phase(run, pruned, train.x, targets, test, step + 1)
+    recalibrate_bn(pruned, train.x)
+    return _finish(run, pruned, devices, test_split, kd_teacher, teacher_acc, merged_acc)
+
+
+def _finish(run: RunSetup, pruned: nn.Module, devices: list[Device], test: Split, kd_teacher: nn.Module,
+            teacher_acc: float, merged_acc: float) -> dict[str, Any]:
+    """Evaluate as the federated runs do (per-device BN where they use it), then the shared summary.
 
     ``target_acc`` is the accuracy under the run's BN mode (per-device BN for ``local``), the one a
     federated run reports; ``target_acc_pooled_bn`` keeps the pooled-statistics figure.
     """
-    report = export_and_measure(run, teacher, pruned, groups, task.source_val.x[:32])
-    report["teacher"] |= {"target_acc": teacher_acc, **teacher_info}
-    if teacher_adapted is not None:  # the teacher with target BN statistics (teacher_bn), no training
-        report["teacher"]["target_acc_target_bn"] = teacher_adapted
-    report["student"] |= {"target_acc": final_acc, "target_acc_after_merge": merged_acc,
-                          "target_acc_pooled_bn": pooled_acc}
-    report["exports"].append("student_masked.pt")
-    summary: dict[str, Any] = {
-        "run_dir": str(run.path), "mode": "centralized", "dataset": task.name, "arch": arch,
-        "seed": cfg.run.seed, "prune_ratio": cfg.admp.prune_ratio, "channels_pruned": channels_pruned,
-        **report,
-    }
-    summary["param_reduction"] = summary["teacher"]["params"] / summary["student"]["params"]
-    summary["mac_reduction"] = summary["teacher"]["macs"] / summary["student"]["macs"]
-    run.write_json("summary.json", summary)
-    run.plot_training()
-    print_summary(summary, f"Centralized ADMP on {task.name} (p = {cfg.admp.prune_ratio})", console)
-    return summary
+    cfg, console = run.cfg, run.console
+    pooled_acc = final_acc = accuracy(pruned, test.x, test.y)
+    splits = [(d.train.x, d.test.x, d.test.y) for d in devices]
+    if cfg.federation.bn_recalibration == "local":
+        final_acc = per_device_bn_accuracy(pruned, splits)
+        console.print(f"per-device BN: student {final_acc:.2f}% (pooled BN {pooled_acc:.2f}%)")
+    teacher: dict[str, Any] = {"target_acc": teacher_acc}
+    if cfg.admp.teacher_bn == "local":  # the teacher with target BN statistics, no training
+        teacher["target_acc_target_bn"] = per_device_bn_accuracy(run.teacher, splits)
+    elif cfg.admp.teacher_bn == "fleet":
+        teacher["target_acc_target_bn"] = accuracy(kd_teacher, test.x, test.y)
+    fields = {"mode": "centralized", "prune_ratio": cfg.admp.prune_ratio, "teacher": teacher,
+              "student": {"target_acc": final_acc, "target_acc_after_merge": merged_acc,
+                          "target_acc_pooled_bn": pooled_acc}}
+    return write_summary(run, pruned, fields, f"Centralized ADMP on {run.task.name} (p = {cfg.admp.prune_ratio})",
+                         exports=("student_masked.pt",))

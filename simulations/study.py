@@ -11,82 +11,89 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, model_validator
 from rich.console import Console
 
-from admp.config import ConfigError, from_dict, load_config
+from admp.choices import METHODS, Method, VariantMethod
+from admp.config import ConfigError, load_config, parse_section
+from admp.configbase import Section, SectionError
 
-METHODS = ("fedkd", "naive", "fedadmp", "centralized")
 COLUMNS = ["run_id", "task", "method", "variant", "prune_ratio", "seed", "teacher_acc", "teacher_acc_target_bn",
            "student_acc", "final_divergence", "params", "teacher_params", "macs", "teacher_macs", "latency_ms",
            "teacher_latency_ms", "channels_pruned", "wall_seconds", "run_dir"]
 
 
-@dataclass
-class StudyTask:
+class StudyTask(Section):
     """One task of a study: a base scenario YAML (relative to the study file) plus overrides."""
 
     name: str = ""
     scenario: str = ""
-    overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = []
+
+    @model_validator(mode="after")
+    def _required(self) -> StudyTask:
+        """A task without a name or a scenario cannot be run or reported."""
+        if not self.name or not self.scenario:
+            raise SectionError("", "name and scenario are required")
+        return self
 
 
-@dataclass
-class StudyVariant:
+class StudyVariant(Section):
     """An ablation: ``method`` with extra overrides, run at the table ratio for every seed and task."""
 
     name: str = ""
-    method: str = "fedadmp"
-    overrides: list[str] = field(default_factory=list)
+    method: VariantMethod = "fedadmp"
+    overrides: list[str] = []
 
 
-@dataclass
-class StudySpec:
+class StudySpec(Section):
     """The study: tasks x methods x pruning ratios x seeds, plus ablation variants."""
 
     name: str = "study"
     out_dir: str = "results"  # relative to the study file
     data_dir: str = ""  # folder with mnist/, usps/, hapt/ npz files, relative to the study file
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    prune_ratios: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.6, 0.7])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    prune_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = [0.3, 0.5, 0.6, 0.7]
+    seeds: list[int] = [0, 1, 2]
     table_ratio: float = 0.6  # the ratio of the tables (and of the variants)
-    sweep_seeds: list[int] = field(default_factory=list)  # seeds for the other ratios ([]: all seeds)
-    tasks: list[StudyTask] = field(default_factory=list)
-    variants: list[StudyVariant] = field(default_factory=list)
+    sweep_seeds: list[int] = []  # seeds for the other ratios ([]: all seeds)
+    tasks: list[StudyTask] = []
+    variants: list[StudyVariant] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudySpec:
+        """At least one task; the table ratio is swept; variant names are set, unique and not methods."""
+        if not self.tasks:
+            raise SectionError("tasks", "a study needs at least one task")
+        if self.table_ratio not in self.prune_ratios:
+            raise SectionError("table_ratio", f"{self.table_ratio} is not one of prune_ratios {self.prune_ratios}")
+        names = [v.name for v in self.variants]
+        for i, variant in enumerate(self.variants):
+            if not variant.name or variant.name in METHODS or names.count(variant.name) > 1:
+                raise SectionError(f"variants[{i}]", f"name {variant.name!r} must be set, unique and not a method name")
+        return self
 
 
 def load_study(path: str | Path) -> tuple[StudySpec, Path]:
-    """Read and check a study file; returns the spec and the folder it lives in."""
+    """Read and check a study file, and every task's scenario with its overrides and each variant's.
+
+    Returns the spec and the folder it lives in.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: study file not found")
     try:
-        spec = from_dict(StudySpec, yaml.safe_load(path.read_text()))
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    for method in spec.methods:
-        if method not in METHODS:
-            raise ConfigError(f"methods: {method!r} is not one of {', '.join(METHODS)}")
-    if not spec.tasks:
-        raise ConfigError("tasks: a study needs at least one task")
-    if spec.table_ratio not in spec.prune_ratios:
-        raise ConfigError(f"table_ratio: {spec.table_ratio} is not one of prune_ratios {spec.prune_ratios}")
-    names = [v.name for v in spec.variants]
-    for i, variant in enumerate(spec.variants):
-        if not variant.name or variant.name in METHODS or names.count(variant.name) > 1:
-            raise ConfigError(f"variants[{i}]: name {variant.name!r} must be set, unique and not a method name")
-        if variant.method not in ("naive", "fedadmp", "centralized"):
-            raise ConfigError(f"variants[{i}].method: {variant.method!r} is not one of naive, fedadmp, centralized")
-    for i, task in enumerate(spec.tasks):
-        if not task.name or not task.scenario:
-            raise ConfigError(f"tasks[{i}]: name and scenario are required")
-        data_dir = [f"data.data_dir={(path.parent / spec.data_dir).resolve()}"] if spec.data_dir else []
+    spec = parse_section(StudySpec, data)
+    data_dir = [f"data.data_dir={(path.parent / spec.data_dir).resolve()}"] if spec.data_dir else []
+    for task in spec.tasks:
         load_config(path.parent / task.scenario, overrides=[*data_dir, *task.overrides])  # fail early, with the key
         for variant in spec.variants:
             load_config(path.parent / task.scenario, overrides=[*data_dir, *task.overrides, *variant.overrides])

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import torch
 
-from admp import admm
 from admp.masks import MaskDict
 
 TensorDict = dict[str, torch.Tensor]
@@ -67,18 +66,6 @@ def check_examples(n: float) -> int:
     if not math.isfinite(n) or n < 1 or n != int(n):
         raise ReplyError(f"num-examples: {n} is not a positive integer")
     return int(n)
-
-
-def global_dual_step(m_avg: MaskDict, u: MaskDict, prune_ratio: float) -> tuple[MaskDict, MaskDict]:
-    """Server-side ADMM with one global dual: Z = top-k(m_avg + U), U <- U + m_avg - Z."""
-    z = admm.z_step(m_avg, u, prune_ratio)
-    return z, admm.u_step(u, m_avg, z)
-
-
-def consensus_z_step(m_plus_u_avg: MaskDict, prune_ratio: float) -> MaskDict:
-    """Consensus ADMM with per-client duals: Z = top-k(mean_k(m_k + U_k)); clients update U_k."""
-    zeros = {g: torch.zeros_like(v) for g, v in m_plus_u_avg.items()}
-    return admm.z_step(m_plus_u_avg, zeros, prune_ratio)
 
 
 def bn_statistics(items: Sequence[tuple[TensorDict, TensorDict, int]]) -> tuple[TensorDict, TensorDict]:

@@ -3,76 +3,105 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from admp import admm
-from admp.masks import MaskDict, mask_sparsity, ones_masks, zeros_masks
+from admp.masks import MaskDict
+from admp.state import AdmpState
 from strategies import protocol as P
-from strategies.aggregation import (check_arrays, check_examples, check_range, consensus_z_step,
-                                    global_dual_step, weighted_average)
-from strategies.base import FleetStrategy, log, tensor_shapes
+from strategies.aggregation import check_arrays, check_examples, check_range, weighted_average
+from strategies.base import Fleet, FleetStrategy, RoundPolicy, log
+
+TensorDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class AdmpReply:
+    """One validated mask-phase reply."""
+
+    weights: TensorDict
+    m: MaskDict
+    s: MaskDict
+    u: MaskDict  # per-client dual U_k; empty with the global dual
+    n: int  # num-examples
+    divergence: float
+
+
+@dataclass
+class KdReply:
+    """One validated KD reply."""
+
+    weights: TensorDict
+    n: int
+    divergence: float
+
+
+def shapes(state: TensorDict) -> dict[str, tuple[int, ...]]:
+    """Expected shapes of a state dict, for reply validation."""
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def weighted_mean(values: Iterable[tuple[float, int]]) -> float:
+    """sum_k n_k v_k / sum_k n_k of (value, n) pairs (0 when there are none)."""
+    pairs = list(values)
+    total = sum(n for _, n in pairs)
+    return sum(v * n for v, n in pairs) / total if total else 0.0
 
 
 class FedADMP(FleetStrategy):
     """Federated ADMP mask phase.
 
-    Client contract (message type ``train``): the client receives ``weights`` (dense student),
-    ``masks`` with ``m.*``, ``s.*``, ``z.*`` (and ``u.*`` with the global dual), ``teacher`` the
-    first time, and ``config`` (round, rho, local_epochs, hp, scenario, dual, z_version). It runs
-    ``admp.trainer.admp_local_train`` on its unlabeled data and replies with ``weights`` (same
-    keys and shapes), ``masks`` with ``m.*`` in [0, 1], ``s.*`` in [s_min, 1] (and ``u.*`` with
-    per-client duals), and ``metrics`` with ``num-examples`` >= 1, ``divergence`` and ``loss``.
-    Any other reply is rejected, logged with its device and reason, and not aggregated.
+    Sends (message type ``train``): ``arrays`` (dense student), ``masks`` with ``m.*``, ``s.*``,
+    ``z.*`` (and ``u.*`` with the global dual), ``teacher`` until the device holds it, and
+    ``config`` (``server-round``, ``rho``, ``dual``, ``z-steps``, ``local_epochs``, hyper-parameters,
+    scenario). Expects back ``arrays`` (same keys, shapes and dtypes, finite), ``masks`` with
+    ``m.*`` in [0, 1], ``s.*`` in [s_min, 1] (and ``u.*`` with per-client duals), and ``metrics``
+    with a positive integer ``num-examples`` and ``divergence``. Anything else is rejected.
 
-    Aggregation: W, m, s by example weights; after ``warmup_rounds`` every round takes the ADMM
-    Z-step and U-step, from the averaged m with one global dual, or from mean(m_k + U_k) with
-    per-client duals (consensus ADMM), then the rho schedule.
+    Aggregation: W, m, s by example weights into ``state``; after ``warmup_rounds`` every round
+    steps the ADMM state (``AdmpState.admm_step``): from the averaged m with one global dual, or
+    from mean_k(m_k + U_k) with per-client duals (consensus ADMM).
     """
 
-    def __init__(self, weights: dict[str, torch.Tensor], sizes: dict[str, int], prune_ratio: float,
-                 rho: float, rho_gamma: float, rho_max: float, s_min: float, warmup_rounds: int,
-                 dual: str, local_epochs: int, prune_ramp: int = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.weight_shapes = tensor_shapes(weights)
-        self.mask_shapes = {g: (c,) for g, c in sizes.items()}
-        self.prune_ratio, self.rho0, self.rho_gamma, self.rho_max = prune_ratio, rho, rho_gamma, rho_max
+    def __init__(self, *, weights: TensorDict, state: AdmpState, s_min: float, warmup_rounds: int,
+                 dual: str, local_epochs: int, fleet: Fleet, policy: RoundPolicy) -> None:
+        super().__init__(fleet=fleet, policy=policy)
+        self.weight_shapes = shapes(weights)
+        self.mask_shapes = {g: tuple(v.shape) for g, v in state.m.items()}
+        self.state = state
         self.s_min, self.warmup_rounds, self.dual, self.local_epochs = s_min, warmup_rounds, dual, local_epochs
-        self.m, self.s, self.z, self.u = ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes)
-        self.prune_ramp = prune_ramp
-        self.rho = 0.0
-        self.z_version = 0
 
     def summary(self) -> None:
         """Log the strategy's settings."""
+        st = self.state.settings
         log.info("FedADMP: p=%s, %s clients/round, dual=%s, warm-up %s rounds, rho %s x%s <= %s",
-                 self.prune_ratio, self.clients_per_round, self.dual, self.warmup_rounds,
-                 self.rho0, self.rho_gamma, self.rho_max)
+                 st.prune_ratio, self.policy.clients_per_round, self.dual, self.warmup_rounds,
+                 st.rho0, st.rho_gamma, st.rho_max)
 
     def mask_record(self) -> ArrayRecord:
-        """The global masks as sent to clients."""
+        """The global masks as sent to devices."""
+        st = self.state
         if self.dual == "global":
-            return P.masks_to_record(m=self.m, s=self.s, z=self.z, u=self.u)
-        return P.masks_to_record(m=self.m, s=self.s, z=self.z)
+            return P.masks_to_record(m=st.m, s=st.s, z=st.z, u=st.u)
+        return P.masks_to_record(m=st.m, s=st.s, z=st.z)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample devices and send W, m, s, Z (U), rho; the teacher only to devices without it."""
-        devices = self.sample(server_round, self.clients_per_round)
-        records = {P.WEIGHTS: arrays, P.MASKS: self.mask_record()}
-        extra = dict(config) | {"phase": "mask", "rho": self.rho, "dual": self.dual,
-                                "z_version": self.z_version, "local_epochs": self.local_epochs}
+        devices = self.sample(server_round, self.policy.clients_per_round)
+        records = {P.ARRAYS: arrays, P.MASKS: self.mask_record()}
+        extra = dict(config) | {"phase": "mask", "rho": self.state.rho, "dual": self.dual,
+                                "z-steps": self.state.z_steps, "local_epochs": self.local_epochs}
         return self.messages(server_round, devices, records, extra, P.TRAIN_ADMP, with_teacher=True)
 
-    def parse_train_reply(self, content: RecordDict) -> tuple[dict, MaskDict, MaskDict, MaskDict, int, dict]:
+    def parse_train_reply(self, content: RecordDict) -> AdmpReply:
         """Validate one reply: keys, shapes, finite values, mask ranges, example count."""
-        weights = P.record_to_state(content[P.WEIGHTS])
-        check_arrays(weights, self.weight_shapes, "weights")
-        masks = content[P.MASKS]
-        m, s, u = (P.record_to_masks(masks, k) for k in ("m", "s", "u"))
+        weights = P.from_record(content[P.ARRAYS])
+        check_arrays(weights, self.weight_shapes, "arrays")
+        m, s, u = (P.record_to_masks(content[P.MASKS], k) for k in ("m", "s", "u"))
         check_arrays(m, self.mask_shapes, "masks.m")
         check_arrays(s, self.mask_shapes, "masks.s")
         check_range(m, 0.0, 1.0, "masks.m")
@@ -80,99 +109,78 @@ class FedADMP(FleetStrategy):
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
         metrics = content[P.METRICS]
-        n = check_examples(float(metrics[P.NUM_EXAMPLES]))
-        return weights, m, s, u, n, {k: float(v) for k, v in metrics.items()}
+        return AdmpReply(weights, m, s, u, check_examples(float(metrics[P.NUM_EXAMPLES])),
+                         float(metrics["divergence"]))
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg of W, m, s; then the Z/U steps and the rho schedule after the warm-up."""
-        parsed = [r for _, r in self.validated(server_round, replies, self.parse_train_reply)]
-        if len(parsed) < self.min_replies:
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg of W, m, s; then the ADMM step of the state after the warm-up."""
+        parsed = self.validated(server_round, replies, self.parse_train_reply)
+        if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
-        weights = weighted_average([(w, n) for w, _, _, _, n, _ in parsed])
-        self.m = weighted_average([(m, n) for _, m, _, _, n, _ in parsed])
-        self.s = weighted_average([(s, n) for _, _, s, _, n, _ in parsed])
-        if server_round > self.warmup_rounds and self.rho0 > 0:  # rho = 0: no ADMM (plain L1 on m, top-k at the merge)
-            ratio = admm.ramped_ratio(self.prune_ratio, self.z_version + 1, self.prune_ramp)
-            if self.dual == "global":
-                self.z, self.u = global_dual_step(self.m, self.u, ratio)
-            else:
-                m_plus_u = weighted_average([({g: m[g] + u[g] for g in m}, n) for _, m, _, u, n, _ in parsed])
-                self.z = consensus_z_step(m_plus_u, ratio)
-            self.z_version += 1
-            new_rho = self.rho0 if self.rho == 0 else admm.rho_next(self.rho, self.rho_gamma, self.rho_max)
-            self.u = admm.rescale_dual(self.u, self.rho, new_rho)
-            self.rho = new_rho
-        total = sum(n for *_, n, _ in parsed)
-        metrics = {"valid-replies": len(parsed), P.NUM_EXAMPLES: total,
-                   "divergence": sum(mt.get("divergence", 0.0) * n for *_, n, mt in parsed) / total,
-                   "soft-sparsity": mask_sparsity(self.m), "hard-sparsity": mask_sparsity(self.z),
-                   "rho": self.rho, "primal-residual": admm.primal_residual(self.m, self.z)}
-        return P.state_to_record(weights), MetricRecord(metrics)
+        weights = weighted_average([(r.weights, r.n) for r in parsed])
+        self.state.m = weighted_average([(r.m, r.n) for r in parsed])
+        self.state.s = weighted_average([(r.s, r.n) for r in parsed])
+        if server_round > self.warmup_rounds:
+            consensus = None
+            if self.dual == "per_client":
+                consensus = weighted_average([({g: r.m[g] + r.u[g] for g in r.m}, r.n) for r in parsed])
+            self.state.admm_step(consensus)
+        metrics = {"valid-replies": len(parsed), P.NUM_EXAMPLES: sum(r.n for r in parsed),
+                   "divergence": weighted_mean((r.divergence, r.n) for r in parsed)} | self.state.metrics()
+        return P.to_record(weights), MetricRecord(metrics)
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
-        """Evaluating clients gate the dense student with the global m (s = 1)."""
-        return {P.MASKS: P.masks_to_record(m=self.m)}
-
-    def merge_mask(self) -> MaskDict:
-        """The binary keep mask of the merge: a last projection of m + U (global dual) or of m."""
-        return admm.z_step(self.m, self.u, self.prune_ratio)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Masks, dual, rho and Z version: what resuming the mask phase needs."""
-        return {"m": self.m, "s": self.s, "z": self.z, "u": self.u, "rho": self.rho, "z_version": self.z_version}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from ``state_dict()``."""
-        self.m, self.s, self.z, self.u = state["m"], state["s"], state["z"], state["u"]
-        self.rho, self.z_version = float(state["rho"]), int(state["z_version"])
+        """Evaluating devices gate the dense student with the global m (s = 1)."""
+        return {P.MASKS: P.masks_to_record(m=self.state.m)}
 
 
 class FedKD(FleetStrategy):
     """Federated KD adaptation of a plain student (dense, or pruned as given by ``keep``).
 
-    Client contract (message type ``train.kd``): receives ``weights``, optional ``masks`` with
-    ``keep.*`` (the pruned architecture), ``teacher`` the first time and ``config``; replies with
-    ``weights`` of the same keys and shapes and ``metrics`` (``num-examples``, ``divergence``).
-    Used for the fine-tune phase of FedADMP and for the fedkd and naive baselines.
+    Sends (message type ``train.kd``): ``arrays``, ``masks`` with ``keep.*`` when pruned (the
+    architecture), ``teacher`` until the device holds it, and ``config`` (``lr``,
+    ``local_epochs``). Expects back ``arrays`` of the same keys and shapes and ``metrics`` with
+    ``num-examples`` and ``divergence``. Used for the fine-tune phase of FedADMP, for the fedkd
+    and naive baselines, and (with no training) for evaluation and BN statistics.
     """
 
-    def __init__(self, weights: dict[str, torch.Tensor], keep: MaskDict | None, local_epochs: int,
-                 lr: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.weight_shapes = tensor_shapes(weights)
+    def __init__(self, *, weights: TensorDict, keep: MaskDict | None, local_epochs: int = 1,
+                 lr: float = 0.0, fleet: Fleet, policy: RoundPolicy) -> None:
+        super().__init__(fleet=fleet, policy=policy)
+        self.weight_shapes = shapes(weights)
         self.keep, self.local_epochs, self.lr = keep, local_epochs, lr
 
     def summary(self) -> None:
         """Log the strategy's settings."""
-        log.info("FedKD: %s clients/round, pruned=%s", self.clients_per_round, self.keep is not None)
+        log.info("FedKD: %s clients/round, pruned=%s", self.policy.clients_per_round, self.keep is not None)
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
-        """Evaluating clients rebuild the pruned architecture from the keep masks."""
+        """Devices rebuild the pruned architecture from the keep masks."""
         return {P.MASKS: P.masks_to_record(keep=self.keep)} if self.keep is not None else {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample devices and send the student (and keep masks); the teacher only once."""
-        devices = self.sample(server_round, self.clients_per_round)
-        records = {P.WEIGHTS: arrays} | self.evaluation_records()
+        devices = self.sample(server_round, self.policy.clients_per_round)
+        records = {P.ARRAYS: arrays} | self.evaluation_records()
         extra = dict(config) | {"phase": "kd", "local_epochs": self.local_epochs, "lr": self.lr}
         return self.messages(server_round, devices, records, extra, P.TRAIN_KD, with_teacher=True)
 
-    def parse_train_reply(self, content: RecordDict) -> tuple[dict, int, float]:
+    def parse_train_reply(self, content: RecordDict) -> KdReply:
         """Validate one reply: weights' keys, shapes, finite values, and the example count."""
-        weights = P.record_to_state(content[P.WEIGHTS])
-        check_arrays(weights, self.weight_shapes, "weights")
+        weights = P.from_record(content[P.ARRAYS])
+        check_arrays(weights, self.weight_shapes, "arrays")
         metrics = content[P.METRICS]
-        return weights, check_examples(float(metrics[P.NUM_EXAMPLES])), float(metrics.get("divergence", 0.0))
+        return KdReply(weights, check_examples(float(metrics[P.NUM_EXAMPLES])), float(metrics["divergence"]))
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg of the student's weights."""
-        parsed = [r for _, r in self.validated(server_round, replies, self.parse_train_reply)]
-        if len(parsed) < self.min_replies:
+        parsed = self.validated(server_round, replies, self.parse_train_reply)
+        if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
-        total = sum(n for _, n, _ in parsed)
-        weights = weighted_average([(w, n) for w, n, _ in parsed])
-        return P.state_to_record(weights), MetricRecord({
-            "valid-replies": len(parsed), P.NUM_EXAMPLES: total,
-            "divergence": sum(d * n for _, n, d in parsed) / total})
-
+        weights = weighted_average([(r.weights, r.n) for r in parsed])
+        return P.to_record(weights), MetricRecord({
+            "valid-replies": len(parsed), P.NUM_EXAMPLES: sum(r.n for r in parsed),
+            "divergence": weighted_mean((r.divergence, r.n) for r in parsed)})

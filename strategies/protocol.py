@@ -1,17 +1,24 @@
-"""The FedADMP wire protocol: message keys and pack/unpack of records, shared by server and clients.
+"""The FedADMP wire protocol: message types, record keys, error codes and mask packing.
 
-A server -> client message (``RecordDict``) holds:
+Neutral ground that the server and the clients both import (neither imports the other). Record
+keys follow Flower's conventions where Flower has one (``arrays``, ``config``, ``metrics``,
+``server-round``, ``num-examples``; message types built on ``MessageType``); state dicts travel
+with Flower's own ``ArrayRecord(state_dict)`` / ``.to_torch_state_dict()``.
 
-- ``weights``  ArrayRecord: the global student's state dict (dense in the mask phase, pruned later);
-- ``masks``    ArrayRecord: ``m.<group>``, ``s.<group>``, ``z.<group>`` (and ``u.<group>`` for the
-  global dual) in the mask phase; ``keep.<group>`` (the binary merge mask) afterwards, from
-  which a client rebuilds the pruned architecture;
-- ``teacher``  ArrayRecord: the teacher's state dict, **only** in the first message a node gets
-  (the server tracks delivery; the client caches it by content hash);
-- ``config``   ConfigRecord: phase, round, rho, hyper-parameters and the scenario (JSON).
+A server -> device message (``RecordDict``) holds:
 
-A client -> server train reply holds ``weights``, ``masks`` (``m.*``, ``s.*`` and ``u.*`` with
-per-client duals) and ``metrics`` (``num-examples``, ``divergence``, ...).
+- ``arrays``   the global student's state dict (dense in the mask phase, pruned later);
+- ``masks``    ``m.<group>``, ``s.<group>``, ``z.<group>`` (and ``u.<group>`` with the global dual)
+  in the mask phase; ``keep.<group>`` (the binary merge mask) afterwards, from which a device
+  rebuilds the pruned architecture;
+- ``teacher``  the teacher's state dict, **only** until the device holds it (the server tracks
+  delivery; the device caches it by content hash);
+- ``config``   ``server-round``, phase, rho, hyper-parameters and the scenario (JSON).
+
+A device -> server train reply holds ``arrays``, ``masks`` (``m.*``, ``s.*``, and ``u.*`` with
+per-client duals) and ``metrics`` (``num-examples``, ``divergence``, ...). A failed handler
+replies with an ``Error``: ``TEACHER_MISSING`` when the device lost the teacher (the server sends
+it again), Flower's ``CLIENT_APP_RAISED_EXCEPTION`` for anything else.
 """
 
 from __future__ import annotations
@@ -21,29 +28,38 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 
 from admp.masks import MaskDict
 
-WEIGHTS, MASKS, TEACHER, CONFIG, METRICS = "weights", "masks", "teacher", "config", "metrics"
-NUM_EXAMPLES = "num-examples"
+ARRAYS, MASKS, TEACHER, CONFIG, METRICS = "arrays", "masks", "teacher", "config", "metrics"
+NUM_EXAMPLES, SERVER_ROUND = "num-examples", "server-round"
 
-# message types (Flower routes "<category>.<action>" to @app.<category>("<action>"))
-TRAIN_ADMP = "train"  # local ADMP mask-phase step
-TRAIN_KD = "train.kd"  # KD adaptation of a plain (dense or pruned) student
-QUERY_BN = "query.bnstats"  # BatchNorm input statistics on local data
-QUERY_ID = "query.identity"  # the device's stable id
-EVALUATE = "evaluate"  # accuracy on the local labeled test split (evaluation only)
+# message types: Flower routes "<category>.<action>" to @app.<category>("<action>")
+TRAIN_ADMP = MessageType.TRAIN  # local ADMP mask-phase step
+TRAIN_KD = f"{MessageType.TRAIN}.kd"  # KD adaptation of a plain (dense or pruned) student
+QUERY_BN = f"{MessageType.QUERY}.bnstats"  # BatchNorm input statistics on local data
+QUERY_ID = f"{MessageType.QUERY}.identity"  # the device's stable id
+EVALUATE = MessageType.EVALUATE  # accuracy on the local labeled test split (evaluation only)
+
+# error codes of a failed reply: Flower's own, plus one of ours above Flower's range
+CLIENT_ERROR = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+TEACHER_MISSING = 1001  # the device holds no (valid) copy of the announced teacher
 
 
-def state_to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
-    """A torch state dict as an ArrayRecord (float and integer buffers kept as they are)."""
-    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in state.items()})
+class TeacherMissing(RuntimeError):
+    """The server believes this device holds the teacher, but the device has no valid copy."""
 
 
-def record_to_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    """An ArrayRecord back to a torch state dict."""
-    return {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
+def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A torch state dict (float and integer buffers as they are) as Flower's ArrayRecord."""
+    return ArrayRecord({k: v.detach() for k, v in state.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """An ArrayRecord back to a torch state dict of writable tensors."""
+    return {k: v.clone() for k, v in record.to_torch_state_dict().items()}
 
 
 def masks_to_record(**named: MaskDict) -> ArrayRecord:
@@ -60,6 +76,11 @@ def record_to_masks(record: ArrayRecord, prefix: str) -> MaskDict:
     head = prefix + "."
     return {k[len(head):]: torch.from_numpy(np.array(v.numpy(), copy=True))
             for k, v in record.items() if k.startswith(head)}
+
+
+def message_masks(content: RecordDict, prefix: str) -> MaskDict:
+    """``record_to_masks`` of the message's ``masks`` record, empty when it has none."""
+    return record_to_masks(content[MASKS], prefix) if MASKS in content else {}
 
 
 def make_config(values: dict[str, Any]) -> ConfigRecord:

@@ -1,7 +1,14 @@
+import json
+
 import pytest
 
-from simulations.cli import main
-from admp.config import ScenarioConfig, ConfigError, load_config, to_yaml
+from admp import choices
+from admp.config import (AdmpHyper, ConfigError, DataSpec, ScenarioConfig, config_from_overrides, load_config,
+                         parse_section, to_yaml)
+from admp.configbase import interval
+from admp.data.tasks import DEFAULT_ARCH
+from admp.models import ARCHITECTURES
+from simulations.cli import DEFAULT_FEDERATED, main
 
 
 def _write(tmp_path, text):
@@ -72,3 +79,67 @@ def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, in
     assert (cfg.admp.teacher_bn, cfg.federation.bn_recalibration) == (teacher_bn, inference_bn)
     explicit = load_config(_write(tmp_path, f"data:\n  {data}admp:\n  teacher_bn: source\n"))
     assert explicit.admp.teacher_bn == "source"  # an explicit mode is kept
+
+
+@pytest.mark.parametrize("text,message", [
+    ("admp:\n  prune_ratio: .nan\n", "admp.prune_ratio: nan is not a finite number"),
+    ("federation:\n  round_timeout: .inf\n", "federation.round_timeout: inf is not a finite number"),
+    ("model:\n  width: 9\n", "model.width: 9.0 is out of range (0, 8]"),
+    ("data:\n  image_size: 4\n", "data.image_size: 4 is out of range [8, 512]"),
+    ("data:\n  hapt_source_subjects: [1, x]\n", "data.hapt_source_subjects[1]: expected an integer, got str 'x'"),
+    ("data:\n  severity_min: 5\n  severity_max: 3\n", "data.severity_min: must not exceed data.severity_max"),
+    ("data:\n  dataset: imagefolder\n  data_dir: /x\n",
+     "data.source_domain: imagefolder needs source_domain and target_domain"),
+    ("federation:\n  min_replies: 6\n  clients_per_round: 5\n",
+     "federation.min_replies: 6 exceeds federation.clients_per_round (5): every round would be discarded"),
+    ("federation:\n  mask_rounds: 1\n  warmup_rounds: 2\n", "federation.warmup_rounds: 2 exceeds federation.mask_rounds "
+                                                          "(1), which include the warm-up: no Z-step would run"),
+    ("schedule:\n  mask_epochs: 2\n  warmup_epochs: 3\n", "schedule.warmup_epochs: 3 exceeds schedule.mask_epochs (2), "
+                                                        "which include the warm-up: no Z-step would run"),
+    ("admp:\n  tau: x\n  prune_ratoi: 1\n", "unknown key 'admp.prune_ratoi' (known keys in admp: prune_ratio, lr, "),
+])
+def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_cross_field_checks_spare_other_strategies_and_empty_sections(tmp_path):
+    cfg = load_config(_write(tmp_path, "admp:\nfederation:\n  strategy: fedkd\n  mask_rounds: 0\n"))
+    assert cfg.admp == AdmpHyper(teacher_bn=cfg.admp.teacher_bn) and cfg.federation.mask_rounds == 0
+
+
+def test_range_messages_come_from_each_fields_constraints():
+    bounds = {name: interval(info.metadata) for name, info in AdmpHyper.model_fields.items() if info.metadata}
+    assert bounds["prune_ratio"] == "[0, 1)" and bounds["tau"] == "(0, inf]" and bounds["rho_gamma"] == "[1, inf]"
+    assert "adversary" not in bounds and "teacher_bn" not in bounds
+
+
+def test_yaml_round_trip_and_json_sections(tmp_path):
+    cfg = load_config(DEFAULT_FEDERATED, overrides=["admp.finetune_lr=0.02"])
+    again = load_config(_write(tmp_path, to_yaml(cfg)))
+    assert again == cfg and again.admp.finetune_lr == 0.02
+    hp = parse_section(AdmpHyper, json.loads(json.dumps(cfg.admp.model_dump())), "admp.")
+    assert hp == cfg.admp
+    spec = parse_section(DataSpec, json.loads(json.dumps(cfg.data.model_dump())), "data.")
+    assert spec == cfg.data and spec.devices_are_domains()
+    with pytest.raises(ConfigError, match=r"^data\.num_devices: 0 is out of range \[1, inf\]$"):
+        parse_section(DataSpec, {"num_devices": 0}, "data.")
+    cfg.run.out_dir = "/elsewhere"  # the CLI edits the loaded config in place
+    assert cfg.run.out_dir == "/elsewhere"
+
+
+def test_config_from_overrides_starts_from_the_defaults():
+    cfg = config_from_overrides(["admp.prune_ratio=0.3", "federation.clients_per_round=2"])
+    assert isinstance(cfg, ScenarioConfig) and cfg.admp.prune_ratio == 0.3
+    assert cfg.admp.teacher_bn == "local"  # auto resolved: the default digits devices carry their own shifts
+    with pytest.raises(ConfigError, match="federation.min_replies: 3 exceeds"):
+        config_from_overrides(["federation.min_replies=3", "federation.clients_per_round=2"])
+
+
+def test_one_choice_list_for_config_and_code():
+    assert set(DEFAULT_ARCH) == set(choices.DATASETS) and set(ARCHITECTURES) == set(choices.ARCHS)
+    assert set(choices.SHIFT_KINDS) == set(choices.IMAGE_SHIFTS) | set(choices.SENSOR_SHIFTS)
+    assert DataSpec.model_fields["dataset"].annotation is choices.Dataset
+    with pytest.raises(ConfigError, match="model.arch: 'vgg' is not one of auto, lenet, resnet, cnn1d"):
+        config_from_overrides(["model.arch=vgg"])

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 import torch
 
+from admp.choices import IMAGE_SHIFTS, SENSOR_SHIFTS
+from admp.config import DataSpec
 from admp.data import partition as part
-from admp.data.shifts import IMAGE_SHIFTS, SENSOR_SHIFTS, ShiftSpec, apply_shift_mix
+from admp.data.shifts import ShiftSpec, apply_shift_mix
 from admp.data.sources import DataError, load_embedded_digits, load_hapt, load_image_folder, load_mnist, load_usps
-from admp.data.tasks import DataSpec, build_task
+from admp.data.tasks import build_task
 
 
 def test_iid_partition_covers_disjointly():

@@ -118,3 +118,18 @@ def test_ablation_table_compares_variants_with_default_on_the_same_seeds():
     assert "| FedADMP (default) | 80.00 ± 0.00 (n=1) | — | 0.3000 | — |" in table
     assert "| no_adv (fedadmp) | 82.50 ± 0.00 (n=1) | +2.50 | 0.2500 | -0.0500 |" in table
     assert "| no_admm (fedadmp) | 79.00 ± 0.00 (n=1) | -1.00 | — | — |" in table
+
+
+@pytest.mark.parametrize("body,message", [
+    ("prune_ratios: [0.6, 1.5]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
+     "prune_ratios[1]: 1.5 is out of range [0, 1)"),
+    ("tasks:\n  - name: a\n", "tasks[0]: name and scenario are required"),
+    ("tasks:\n  - name: a\n    scenario: scenario.yaml\n    overides: []\n",
+     "unknown key 'tasks[0].overides' (known keys in tasks[0]: name, scenario, overrides)"),
+    ("methods: [fedkd, fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
+     "methods: 'fedavg' is not one of fedkd, naive, fedadmp, centralized"),
+])
+def test_study_errors_are_one_line_naming_the_key(tmp_path, body, message):
+    with pytest.raises(ConfigError) as err:
+        study_mod.load_study(_study(tmp_path, body))
+    assert str(err.value) == message

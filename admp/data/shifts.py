@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IMAGE_SHIFTS = ("noise", "blur", "contrast", "rotation", "lowres")
-SENSOR_SHIFTS = ("noise", "gain", "offset")
+from admp.choices import SHIFT_KINDS  # names per modality: admp.choices.IMAGE_SHIFTS / SENSOR_SHIFTS
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,8 @@ class ShiftSpec:
     severity: int = 3
 
     def __post_init__(self) -> None:
-        if self.name not in IMAGE_SHIFTS + SENSOR_SHIFTS:
-            raise ValueError(f"unknown shift {self.name!r}; known: {sorted(set(IMAGE_SHIFTS + SENSOR_SHIFTS))}")
+        if self.name not in SHIFT_KINDS:
+            raise ValueError(f"unknown shift {self.name!r}; known: {', '.join(SHIFT_KINDS)}")
         if not 1 <= int(self.severity) <= 5:
             raise ValueError(f"shift {self.name!r}: severity must be 1..5, got {self.severity}")
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from admp.choices import USPS_LAYOUTS
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -95,8 +97,8 @@ def load_usps(path: Path, split: str = "train", layout: str = "resize") -> Split
     ``layout="resize"`` stretches the digit over the whole frame; ``"box"`` puts it in a centred
     20x20 box, the layout of MNIST (a much smaller domain gap, see README).
     """
-    if layout not in ("resize", "box"):
-        raise DataError(f"usps layout must be 'resize' or 'box', got {layout!r}")
+    if layout not in USPS_LAYOUTS:
+        raise DataError(f"usps layout must be one of {', '.join(USPS_LAYOUTS)}, got {layout!r}")
     return _image_npz(path, split, 16, 20 if layout == "box" else None)
 
 

@@ -8,48 +8,23 @@ index, so nothing per device is held in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from admp.choices import DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
+from admp.config import DataSpec
 from admp.data import partition as part
-from admp.data.shifts import IMAGE_SHIFTS, SENSOR_SHIFTS, ShiftSpec, apply_shift_mix, random_shift_mix
+from admp.data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
 from admp.data.sources import (DataError, Split, load_embedded_digits, load_hapt, load_image_folder,
                                load_mnist, load_usps, standardise)
 from admp.seeding import numpy_rng, torch_generator
 
-DATASETS = ("digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder")
-DEFAULT_ARCH = {"digits": "lenet", "mnist_usps": "lenet", "usps_mnist": "lenet", "hapt": "cnn1d",
-                "imagefolder": "resnet"}
-
-
-@dataclass
-class DataSpec:
-    """What data a run uses and how the target fleet is made (documented defaults)."""
-
-    dataset: str = "digits"  # digits | mnist_usps | usps_mnist | hapt | imagefolder
-    data_dir: str = ""  # folder holding mnist/, usps/, hapt/ npz files, or the image-folder root
-    source_domain: str = ""  # imagefolder: source domain folder name
-    target_domain: str = ""  # imagefolder: target domain folder name
-    image_size: int = 32  # imagefolder: images are resized to image_size x image_size
-    usps_layout: str = "resize"  # resize (16x16 stretched to 28x28) | box (20x20 box in 28x28, like MNIST)
-    num_devices: int = 10  # target devices (hapt with partition=subject: one per target subject)
-    partition: str = "iid"  # iid | dirichlet | subject
-    dirichlet_alpha: float = 0.5  # label-skew concentration for partition=dirichlet
-    shifts: str = "auto"  # auto (digits: yes, real data: no) | always | never
-    shift_kinds: list[str] = field(default_factory=list)  # empty: every shift of the modality
-    max_shifts_per_device: int = 2  # each device composes 1..this many shifts
-    severity_min: int = 2  # severities are drawn uniformly in [severity_min, severity_max]
-    severity_max: int = 4
-    source_val_fraction: float = 0.1  # held-out labeled source, for model selection
-    target_test_fraction: float = 0.3  # per-device labeled test share (evaluation only)
-    max_source: int = 0  # cap on source training samples (0: all)
-    max_target: int = 0  # cap on target training samples (0: all)
-    samples_per_device: int = 0  # >0: each device draws this many pool samples (overlap allowed
-    #   across devices, each with its own shift), so fleets may outnumber the pool; 0: disjoint parts
-    hapt_source_subjects: list[int] = field(default_factory=lambda: list(range(1, 21)))
+DEFAULT_ARCH: dict[Dataset, Arch] = {"digits": "lenet", "mnist_usps": "lenet", "usps_mnist": "lenet",
+                                     "hapt": "cnn1d", "imagefolder": "resnet"}  # model.arch: auto
+assert set(DEFAULT_ARCH) == set(DATASETS), "every dataset needs a default architecture"
 
 
 @dataclass
@@ -124,21 +99,6 @@ class CrossDomainTask:
         return cat([d.train for d in devices]), cat([d.test for d in devices])
 
 
-def shifts_enabled(spec: DataSpec) -> bool:
-    """Whether devices get their own synthetic shift mix (``shifts: auto`` = the embedded digits only)."""
-    return spec.shifts == "always" or (spec.shifts == "auto" and spec.dataset == "digits")
-
-
-def devices_are_domains(spec: DataSpec) -> bool:
-    """True when each device is a domain of its own (a subject, or its own shift mix).
-
-    Otherwise (iid or Dirichlet label skew over one target domain) devices differ only in how much
-    of each class they hold, and per-device BatchNorm statistics would encode that class mix
-    rather than the domain; BN is then adapted on the whole fleet's data instead.
-    """
-    return spec.partition == "subject" or shifts_enabled(spec)
-
-
 def _cap(split: Split, limit: int, rng: np.random.Generator) -> Split:
     if limit <= 0 or limit >= len(split):
         return split
@@ -170,7 +130,7 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split, 
         src, classes = load_image_folder(root, spec.source_domain, spec.image_size)
         tgt, _ = load_image_folder(root, spec.target_domain, spec.image_size, classes)
         return src, tgt, None, None
-    raise DataError(f"unknown dataset {spec.dataset!r}; choose one of {DATASETS}")
+    raise DataError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
 def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
@@ -193,7 +153,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         elif spec.partition == "dirichlet":
             train_parts = part.dirichlet_partition(target.y.numpy(), n, spec.dirichlet_alpha, rng)
         else:
-            raise DataError(f"unknown partition {spec.partition!r}; choose iid, dirichlet or subject")
+            raise DataError(f"unknown partition {spec.partition!r}; choose one of {', '.join(PARTITIONS)}")
     num_devices = spec.num_devices if train_parts is None else len(train_parts)
     test_parts: list[np.ndarray] | None = None
     if train_parts is None:
@@ -207,7 +167,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         target_test = target
     else:  # an official test set: spread it IID over the devices
         test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
-    shifts_on = shifts_enabled(spec)
+    shifts_on = spec.shifts_enabled()
     kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
     return CrossDomainTask(
         name=spec.dataset, num_classes=int(source.y.max()) + 1,

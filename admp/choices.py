@@ -1,0 +1,39 @@
+"""Every choice list of the project, once: a ``Literal`` type for the config and a tuple for runtime.
+
+The config models (``admp.config``) annotate their fields with these types, so a value outside a
+list is rejected with the list in the message; the modules that act on a choice (datasets, model
+builders, shifts, the study runner) take their tuples from here, so adding an option is one edit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Dataset = Literal["digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder"]
+Arch = Literal["lenet", "resnet", "cnn1d"]
+ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp.data.tasks.DEFAULT_ARCH)
+Partition = Literal["iid", "dirichlet", "subject"]
+UspsLayout = Literal["resize", "box"]
+ShiftsMode = Literal["auto", "always", "never"]
+ImageShift = Literal["noise", "blur", "contrast", "rotation", "lowres"]
+SensorShift = Literal["noise", "gain", "offset"]
+ShiftKind = Literal[ImageShift, SensorShift]  # nested Literals flatten; "noise" appears once
+Strategy = Literal["fedkd", "naive", "fedadmp"]
+Method = Literal[Strategy, "centralized"]  # a study's methods: the strategies plus the centralized run
+VariantMethod = Literal["naive", "fedadmp", "centralized"]  # methods that prune (ablation variants)
+Dual = Literal["global", "per_client"]
+BnRecalibration = Literal["auto", "global", "local", "none"]
+TeacherBn = Literal["auto", "local", "fleet", "source"]
+
+DATASETS: tuple[str, ...] = get_args(Dataset)
+ARCHS: tuple[str, ...] = get_args(Arch)
+PARTITIONS: tuple[str, ...] = get_args(Partition)
+USPS_LAYOUTS: tuple[str, ...] = get_args(UspsLayout)
+IMAGE_SHIFTS: tuple[str, ...] = get_args(ImageShift)
+SENSOR_SHIFTS: tuple[str, ...] = get_args(SensorShift)
+SHIFT_KINDS: tuple[str, ...] = get_args(ShiftKind)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+METHODS: tuple[str, ...] = get_args(Method)
+VARIANT_METHODS: tuple[str, ...] = get_args(VariantMethod)
+
+assert set(VARIANT_METHODS) <= set(METHODS), "every variant method must be a study method"

@@ -1,0 +1,199 @@
+"""The phases of a federated run, each a small function over one shared round runner.
+
+discover -> adapt_teacher -> mask_phase (FedADMP) or baseline_start (fedkd, naive) ->
+finetune_phase -> finish (server.finish). A phase returns None when the run pauses after
+``federation.stop_after_round``; the checkpoint written after every round resumes it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.serverapp import Grid
+from torch import nn
+
+from admp.masks import MaskDict, group_sizes, zeros_masks
+from admp.admm import z_step
+from admp.metrics import accuracy
+from admp.models import example_input
+from admp.seeding import torch_generator
+from admp.state import AdmmSettings, AdmpState
+from admp.surgery import l1_filter_scores, prune_model
+from admp.teacher import state_hash
+from admp.trainer import batchnorms, train_supervised
+from server.fleet import discover_devices, recalibrate_from_clients
+from server.rounds import OnRound, RoundRunner, Weights
+from server.setup import RunSetup
+from strategies import protocol as P
+from strategies.base import Delivery, Fleet, RoundPolicy
+from strategies.fedadmp import FedADMP, FedKD
+
+
+@dataclass
+class Session:
+    """A federated run in progress: its set-up, the fleet and the round runner."""
+
+    run: RunSetup
+    fleet: Fleet
+    policy: RoundPolicy
+    runner: RoundRunner
+
+    def kd_strategy(self, weights: Weights, keep: MaskDict | None, local_epochs: int = 1,
+                    lr: float = 0.0) -> FedKD:
+        """A FedKD strategy over this fleet (training, or only evaluation / BN statistics)."""
+        return FedKD(weights=weights, keep=keep, local_epochs=local_epochs, lr=lr, fleet=self.fleet,
+                     policy=self.policy)
+
+    def checkpointer(self, phase: str, extra: Callable[[], dict[str, Any]] = dict) -> OnRound:
+        """The ``on_round`` callback: checkpoint (with the fields ``extra()`` gives at that moment),
+        then False when the run is to pause."""
+        def on_round(rnd: int, weights: Weights) -> bool:
+            self.run.save_checkpoint(phase, rnd, weights, **extra())
+            return not self.run.stop_requested(rnd)
+        return on_round
+
+
+@dataclass
+class Start:
+    """The plain student that the KD phase starts from."""
+
+    weights: Weights
+    keep: MaskDict | None  # None: dense
+    mask_rounds_done: int  # KD round numbers continue after these
+
+
+def _delivery(teacher: nn.Module) -> Delivery:
+    state = teacher.state_dict()
+    return Delivery(P.to_record(state), state_hash(state))
+
+
+def discover(grid: Grid, run: RunSetup) -> Session:
+    """Find the devices and set up what every strategy of the run shares."""
+    cfg, fed = run.cfg, run.cfg.federation
+    devices = discover_devices(grid, run.task.num_devices, fed.round_timeout)
+    scenario = {"seed": cfg.run.seed, "data": cfg.data.model_dump(), "model": cfg.model.model_dump(),
+                "arch": run.arch, "num_classes": run.task.num_classes}
+    base_config = {"scenario": scenario, "hp": cfg.admp.model_dump(),
+                   "teacher_store": str(run.run_dir.file("device_store"))}
+    fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config)
+    policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
+    runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every)
+    run.console.print(f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
+                      f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}")
+    return Session(run, fleet, policy, runner)
+
+
+def adapt_teacher(session: Session) -> None:
+    """The KD teacher's BN statistics (``admp.teacher_bn``) and its accuracy before any training.
+
+    ``fleet``: the BN statistics are replaced by moments pooled over the devices' unlabeled data,
+    one BN layer deeper per query so every layer sees adapted inputs; that teacher is the one
+    delivered. ``local``: each device adapts its own copy; here it is only evaluated that way.
+    """
+    run = session.run
+    if run.checkpoint is not None:
+        return  # resumed: the checkpoint holds the teacher as adapted
+    mode = run.cfg.admp.teacher_bn
+    probe = session.kd_strategy(run.teacher.state_dict(), None)
+    run.teacher_info["target_acc"] = session.runner.evaluate(probe, 0, run.teacher.state_dict())
+    if mode == "fleet":
+        adapted = copy.deepcopy(run.teacher)
+        for _ in batchnorms(adapted):
+            recalibrate_from_clients(session.runner, probe, adapted, 0)
+        run.teacher = adapted.eval()
+        session.fleet.delivery = _delivery(run.teacher)  # nothing was sent yet
+    if mode in ("fleet", "local"):
+        run.teacher_info["target_acc_target_bn"] = session.runner.evaluate(
+            probe, 0, run.teacher.state_dict(), local_bn=mode == "local")
+    adapted_acc = run.teacher_info.get("target_acc_target_bn")
+    run.console.print(f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  federated target test "
+                      f"{run.teacher_info['target_acc']:.2f}%"
+                      + (f" ({mode} BN {adapted_acc:.2f}%)" if adapted_acc is not None else ""))
+
+
+def admm_settings(run: RunSetup) -> AdmmSettings:
+    """The ADMM knobs of the run's hyper-parameters."""
+    hp = run.cfg.admp
+    return AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+
+
+def mask_phase(session: Session) -> Start | None:
+    """Federated ADMP rounds, then the merge: m = Z and physical removal of the pruned channels."""
+    run, fed = session.run, session.run.cfg.federation
+    ckpt = run.checkpoint
+    if ckpt is not None and ckpt.phase != "mask":
+        return Start(ckpt.student, ckpt.keep, ckpt.mask_rounds_done)
+    state = AdmpState.initial(admm_settings(run), group_sizes(run.teacher, run.groups))
+    weights, first = run.teacher.state_dict(), 1
+    if ckpt is not None:
+        state.load_state_dict(ckpt.admp)
+        weights, first = ckpt.student, ckpt.round + 1
+    strategy = FedADMP(weights=weights, state=state, s_min=run.cfg.admp.s_min, warmup_rounds=fed.warmup_rounds,
+                       dual=fed.dual, local_epochs=fed.local_epochs, fleet=session.fleet, policy=session.policy)
+    on_round = session.checkpointer("mask", lambda: {"admp": state.state_dict()})
+    weights, finished = session.runner.run_rounds(strategy, "mask", weights, range(first, fed.mask_rounds + 1),
+                                                  on_round)
+    if not finished:
+        return None
+    keep = state.merge_mask()
+    dense = run.model()
+    dense.load_state_dict(weights)
+    pruned = prune_model(dense, run.groups, keep, example_input(dense))
+    kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
+    run.run_dir.log_metrics({"phase": "merge", "step": fed.mask_rounds, "round": fed.mask_rounds,
+                             "channels_pruned": 1 - kept})
+    run.console.print(f"merged: {1 - kept:.0%} of channels physically removed")
+    return Start(pruned.state_dict(), keep, fed.mask_rounds)
+
+
+def baseline_start(session: Session) -> Start:
+    """fedkd: the dense teacher copy; naive: L1-norm pruning on the cloud + source fine-tuning."""
+    run, cfg = session.run, session.run.cfg
+    if run.checkpoint is not None:
+        return Start(run.checkpoint.student, run.checkpoint.keep or None, 0)
+    if cfg.federation.strategy == "fedkd":
+        return Start(run.teacher.state_dict(), None, 0)
+    example = example_input(run.teacher)
+    scores = l1_filter_scores(run.teacher, run.groups, example)
+    keep = z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), cfg.admp.prune_ratio)
+    pruned = prune_model(run.teacher, run.groups, keep, example)
+    source, val = run.task.source_train, run.task.source_val
+    train_supervised(pruned, source.x, source.y, max(1, cfg.teacher.epochs // 3), cfg.teacher.lr / 5,
+                     cfg.teacher.batch_size, torch_generator(cfg.run.seed, "naive"))
+    run.console.print(f"naive: L1-pruned on the cloud, source val acc {accuracy(pruned, val.x, val.y):.2f}%")
+    return Start(pruned.state_dict(), keep, 0)
+
+
+def finetune_phase(session: Session, start: Start) -> nn.Module | None:
+    """KD rounds on the plain (pruned or dense) student, then BN statistics pooled from the devices.
+
+    The baselines get the mask phase's rounds too, so every method spends the same round budget.
+    """
+    run, cfg, fed = session.run, session.run.cfg, session.run.cfg.federation
+    fedadmp = fed.strategy == "fedadmp"
+    rounds = fed.finetune_rounds if fedadmp else fed.mask_rounds + fed.finetune_rounds
+    lr = cfg.admp.finetune_lr if fedadmp else cfg.admp.lr
+    strategy = session.kd_strategy(start.weights, start.keep, fed.local_epochs, lr)
+    offset, first = start.mask_rounds_done, start.mask_rounds_done + 1
+    if run.checkpoint is not None and run.checkpoint.phase == "kd":
+        first = run.checkpoint.round + 1
+    on_round = session.checkpointer("kd", lambda: {"keep": start.keep or {}, "mask_rounds_done": offset})
+    weights, finished = session.runner.run_rounds(strategy, "finetune", start.weights,
+                                                  range(first, offset + rounds + 1), on_round,
+                                                  evaluate_last=False)  # the final evaluation follows
+    if not finished:
+        return None
+    model = run.model(start.keep)
+    model.load_state_dict(weights)
+    if fed.bn_recalibration in ("global", "local"):
+        recalibrate_from_clients(session.runner, strategy, model, offset + rounds + 1)
+    return model.eval()
+
+
+def final_round(run: RunSetup) -> int:
+    """The round number of the final evaluation (after every training round)."""
+    return run.cfg.federation.mask_rounds + run.cfg.federation.finetune_rounds + 1
+

@@ -1,0 +1,91 @@
+"""One round runner for every phase of a federated run: train, aggregate, evaluate, log, checkpoint."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+from rich.console import Console
+
+from server.report import RunDirectory
+from strategies import protocol as P
+from strategies.base import FleetStrategy
+
+Weights = dict[str, torch.Tensor]
+OnRound = Callable[[int, Weights], bool]  # after each round: checkpoint; False pauses the run
+
+
+def payload_bytes(messages: Iterable[Message]) -> int:
+    """Array bytes carried by the messages that did not fail."""
+    return sum(P.content_bytes(m.content) for m in messages if not m.has_error())
+
+
+@dataclass
+class RoundRunner:
+    """Drives rounds through a Flower ``Grid`` and writes one metrics row per round."""
+
+    grid: Grid
+    run_dir: RunDirectory
+    console: Console
+    timeout: float  # seconds to wait for a round's replies
+    eval_every: int  # federated evaluation every this many rounds (and at a phase's last round)
+    first_round_at: float | None = None  # wall clock of the first round, for start-up time
+
+    def exchange(self, messages: list[Message]) -> list[Message]:
+        """Send and wait for the replies (or the timeout)."""
+        return list(self.grid.send_and_receive(messages, timeout=self.timeout))
+
+    def evaluate(self, strategy: FleetStrategy, rnd: int, weights: Weights, local_bn: bool = False) -> float | None:
+        """Federated accuracy of ``weights`` (example-weighted over the devices that answered).
+
+        ``local_bn``: each device first re-estimates BN statistics on its own unlabeled data.
+        """
+        config = ConfigRecord({"local-bn": local_bn})
+        msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
+        result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
+        return float(result["accuracy"]) if result is not None else None  # type: ignore[arg-type]
+
+    def run_rounds(self, strategy: FleetStrategy, phase: str, weights: Weights, rounds: range,
+                   on_round: OnRound, evaluate_last: bool = True) -> tuple[Weights, bool]:
+        """Play ``rounds``; returns the final weights and False when ``on_round`` paused the run."""
+        for rnd in rounds:
+            evaluate = rnd % self.eval_every == 0 or (evaluate_last and rnd == rounds[-1])
+            weights = self.play_round(strategy, phase, rnd, weights, evaluate)
+            if not on_round(rnd, weights):
+                return weights, False
+        return weights, True
+
+    def play_round(self, strategy: FleetStrategy, phase: str, rnd: int, weights: Weights, evaluate: bool) -> Weights:
+        """Train, aggregate, evaluate and log one round; returns the (possibly unchanged) weights."""
+        start = time.perf_counter()
+        self.first_round_at = self.first_round_at or time.time()
+        delivery = strategy.fleet.delivery
+        sends_before = delivery.total_sends
+        msgs = list(strategy.configure_train(rnd, P.to_record(weights), ConfigRecord(), self.grid))
+        replies = self.exchange(msgs)
+        new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        if new_arrays is not None:
+            weights = P.from_record(new_arrays)
+        sends = delivery.total_sends - sends_before
+        row: dict[str, Any] = {"phase": phase, "step": rnd, "round": rnd, "clients": len(msgs),
+                               "bytes_down": payload_bytes(msgs), "bytes_up": payload_bytes(replies),
+                               "teacher_sends": sends,
+                               "bytes_down_teacher": sends * delivery.teacher.count_bytes()}
+        row |= {k.replace("-", "_"): float(v) for k, v in (metrics or {}).items()}  # type: ignore[arg-type]
+        row["target_acc"] = self.evaluate(strategy, rnd, weights) if evaluate else None
+        row["round_seconds"] = round(time.perf_counter() - start, 3)
+        self.run_dir.log_metrics(row)
+        self._print(row)
+        return weights
+
+    def _print(self, row: dict[str, Any]) -> None:
+        acc = f"{row['target_acc']:.2f}" if row["target_acc"] is not None else "-"
+        self.console.print(
+            f"\\[{row['phase']}] round {row['round']:>3}  acc {acc:>6}  ok {int(row.get('valid_replies', 0))}/"
+            f"{row['clients']}  D {row.get('divergence', float('nan')):.3f}  down {row['bytes_down'] / 1e6:.2f}MB"
+            f"  up {row['bytes_up'] / 1e6:.2f}MB  {row['round_seconds']:.1f}s", soft_wrap=True)

@@ -1,0 +1,122 @@
+"""A run's set-up, shared by the centralized and the federated run: config, seed, run directory,
+task and teacher; plus the checkpoint a federated run writes after every round and resumes from."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from admp.config import ScenarioConfig, to_yaml
+from admp.data.tasks import CrossDomainTask, build_task
+from admp.masks import MaskDict
+from admp.models import GroupSpec, example_input
+from admp.seeding import seed_everything
+from admp.surgery import prune_model
+from admp.teacher import initial_model, prepare_teacher, resolve_arch
+from server.report import RunDirectory
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Checkpoint:
+    """Where a federated run stands after a round: enough to resume it exactly.
+
+    ``phase`` is ``mask`` (ADMP rounds), ``kd`` (KD rounds of the plain student) or ``done``.
+    Sampling derives from the seed and the round, so no RNG state is needed.
+    """
+
+    phase: str
+    round: int
+    student: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor]
+    teacher_info: dict[str, Any]
+    rows: int  # metrics rows that this checkpoint covers
+    keep: MaskDict = field(default_factory=dict)  # the merge mask once the student is pruned
+    admp: dict[str, Any] = field(default_factory=dict)  # AdmpState.state_dict() in the mask phase
+    mask_rounds_done: int = 0  # rounds of the mask phase (round numbers continue after it)
+
+    def save(self, run_dir: RunDirectory) -> None:
+        """Write atomically (a temp file, then a rename): a crash never leaves half a checkpoint."""
+        tmp = run_dir.file(CHECKPOINT + ".tmp")
+        torch.save(self.__dict__, tmp)
+        os.replace(tmp, run_dir.file(CHECKPOINT))
+
+    @classmethod
+    def load(cls, run_path: str | Path) -> Checkpoint:
+        """Read a run directory's checkpoint (tensors and primitives only: ``weights_only=True``)."""
+        path = Path(run_path) / CHECKPOINT
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(**state)
+
+
+@dataclass
+class RunSetup:
+    """Config, task, architecture, teacher and run directory of one run (new or resumed)."""
+
+    cfg: ScenarioConfig
+    task: CrossDomainTask
+    arch: str
+    teacher: nn.Module
+    teacher_info: dict[str, Any]
+    run_dir: RunDirectory
+    console: Console
+    checkpoint: Checkpoint | None = None  # set when resuming
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def open(cls, cfg: ScenarioConfig, resume: str | Path | None = None,
+             console: Console | None = None) -> RunSetup:
+        """Seed everything, build the task, and either start a run directory (config written,
+        teacher trained or loaded and saved) or reopen ``resume`` with its checkpoint's teacher."""
+        seed_everything(cfg.run.seed)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        task = build_task(cfg.data, cfg.run.seed)  # the server reads only the labeled source
+        console = console or Console()
+        if resume:
+            ckpt = Checkpoint.load(resume)
+            teacher = initial_model(cfg, task.num_classes)
+            teacher.load_state_dict(ckpt.teacher)
+            run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)
+            return cls(cfg, task, resolve_arch(cfg), teacher.eval(), dict(ckpt.teacher_info), run_dir,
+                       console, ckpt)
+        run_dir = RunDirectory(cfg.run.out_dir, cfg.run.name)
+        run_dir.write_text("config.yaml", to_yaml(cfg))
+        teacher, info = prepare_teacher(cfg, task)
+        torch.save(teacher.state_dict(), run_dir.file("teacher.pt"))
+        return cls(cfg, task, resolve_arch(cfg), teacher, info, run_dir, console)
+
+    @property
+    def groups(self) -> GroupSpec:
+        """The channel groups of the architecture."""
+        return self.teacher.channel_groups()  # type: ignore[operator, no-any-return]
+
+    def model(self, keep: MaskDict | None = None) -> nn.Module:
+        """A fresh model of the run's architecture: dense, or pruned to ``keep`` (weights to load)."""
+        model = initial_model(self.cfg, self.task.num_classes)
+        if keep:
+            model = prune_model(model, self.groups, keep, example_input(model))
+        return model
+
+    def save_checkpoint(self, phase: str, rnd: int, student: dict[str, torch.Tensor], **extra: Any) -> None:
+        """Checkpoint after round ``rnd`` (see ``Checkpoint``)."""
+        Checkpoint(phase, rnd, student, self.teacher.state_dict(), self.teacher_info, len(self.run_dir.rows),
+                   **extra).save(self.run_dir)
+
+    def stop_requested(self, rnd: int) -> bool:
+        """True after the round of ``federation.stop_after_round`` (the run pauses, resumable)."""
+        return 0 < self.cfg.federation.stop_after_round <= rnd
+
+    def seconds(self) -> float:
+        """Wall-clock seconds since the set-up started."""
+        return round(time.perf_counter() - self.started, 2)
