@@ -1,17 +1,14 @@
-"""ClientApp handlers called directly: failures become error replies, the teacher cache works."""
-
-import dataclasses
+"""The ClientApp through Flower's router and our mod: replies, error codes, teacher cache, duals, BN moments."""
 
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from admp.data.tasks import DataSpec
+from admp.config import AdmpHyper, DataSpec
 from admp.masks import group_sizes, ones_masks, zeros_masks
 from admp.models import build_model
 from admp.teacher import state_hash
-from admp.trainer import AdmpHyper
 from clients import app as client
 from clients import device as client_device
 from strategies import protocol as P
@@ -27,20 +24,22 @@ def _context(device: int) -> Context:
                    state=RecordDict(), run_config={})
 
 
-def _message(store, teacher_state, with_teacher: bool, device: int = 0, weights=None) -> Message:
-    scenario = {"seed": 0, "data": dataclasses.asdict(DataSpec(num_devices=2, samples_per_device=20)),
+def _message(store, teacher_state, with_teacher: bool, device: int = 0, weights=None, dual: str = "global",
+             z_steps: int = 0, rho: float = 0.0, z=None) -> Message:
+    scenario = {"seed": 0, "data": DataSpec(num_devices=2, samples_per_device=20).model_dump(),
                 "model": {"arch": "lenet", "width": 0.25}, "arch": "lenet", "num_classes": 10}
     student = build_model("lenet", 10, 0.25)
     sizes = group_sizes(student, student.channel_groups())
     content = RecordDict({
-        P.WEIGHTS: P.state_to_record(weights if weights is not None else teacher_state),
-        P.MASKS: P.masks_to_record(m=ones_masks(sizes), s=ones_masks(sizes), z=ones_masks(sizes), u=zeros_masks(sizes)),
-        P.CONFIG: P.make_config({"scenario": scenario, "hp": dataclasses.asdict(AdmpHyper(batch_size=8)),
+        P.ARRAYS: P.to_record(weights if weights is not None else teacher_state),
+        P.MASKS: P.masks_to_record(m=ones_masks(sizes), s=ones_masks(sizes), z=z or ones_masks(sizes),
+                                   u=zeros_masks(sizes)),
+        P.CONFIG: P.make_config({"scenario": scenario, "hp": AdmpHyper(batch_size=8).model_dump(),
                                  "teacher_hash": state_hash(teacher_state), "teacher_store": str(store),
-                                 "round": 1, "rho": 0.0, "dual": "global", "z_version": 0, "local_epochs": 1}),
+                                 P.SERVER_ROUND: 1, "rho": rho, "dual": dual, "z-steps": z_steps, "local_epochs": 1}),
     })
     if with_teacher:
-        content[P.TEACHER] = P.state_to_record(teacher_state)
+        content[P.TEACHER] = P.to_record(teacher_state)
     return Message(content, dst_node_id=50 + device, message_type=P.TRAIN_ADMP)
 
 
@@ -52,21 +51,22 @@ def teacher_state():
 
 def test_train_reply_has_the_contracted_records(tmp_path, teacher_state):
     ctx = _context(0)
-    reply = client.train_admp(_message(tmp_path, teacher_state, with_teacher=True), ctx)
+    reply = client.app(_message(tmp_path, teacher_state, with_teacher=True), ctx)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    assert set(reply.content.array_records) == {P.WEIGHTS, P.MASKS}
+    assert set(reply.content.array_records) == {P.ARRAYS, P.MASKS}
     metrics = reply.content[P.METRICS]
     assert int(metrics[P.NUM_EXAMPLES]) == 14  # 20 drawn, 30 % held out for the device's test split
     assert int(metrics["teacher-attached"]) == 1
+    assert float(metrics["seconds"]) > 0  # the mod timed the handler
     assert ctx.state["device"]["teacher_hash"] == state_hash(teacher_state)  # only the hash in state
     assert len(list((tmp_path).glob("teacher-*.pt"))) == 1
 
 
 def test_cached_teacher_is_used_without_resending(tmp_path, teacher_state):
-    client.train_admp(_message(tmp_path, teacher_state, with_teacher=True), _context(0))
+    client.app(_message(tmp_path, teacher_state, with_teacher=True), _context(0))
     client_device._TEACHERS.clear()  # a fresh worker process: only the disk store is left
     client_device._TEACHER_MODELS.clear()
-    reply = client.train_admp(_message(tmp_path, teacher_state, with_teacher=False, device=1), _context(1))
+    reply = client.app(_message(tmp_path, teacher_state, with_teacher=False, device=1), _context(1))
     assert not reply.has_error()
     assert int(reply.content[P.METRICS]["teacher-attached"]) == 0
 
@@ -74,10 +74,46 @@ def test_cached_teacher_is_used_without_resending(tmp_path, teacher_state):
 def test_missing_teacher_and_bad_input_become_error_replies(tmp_path, teacher_state):
     client_device._TEACHERS.clear()
     client_device._TEACHER_MODELS.clear()
-    missing = client.train_admp(_message(tmp_path / "empty", teacher_state, with_teacher=False), _context(0))
-    assert missing.has_error() and "teacher-missing" in missing.error.reason
+    missing = client.app(_message(tmp_path / "empty", teacher_state, with_teacher=False), _context(0))
+    assert missing.has_error() and missing.error.code == P.TEACHER_MISSING  # the server resends on this code
     wrong = {k: v[:1] if v.dim() else v for k, v in teacher_state.items()}
-    broken = client.train_admp(_message(tmp_path, teacher_state, with_teacher=True, weights=wrong), _context(0))
-    assert broken.has_error() and "size mismatch" in broken.error.reason
-    outside = client.train_admp(_message(tmp_path, teacher_state, with_teacher=True, device=7), _context(7))
+    broken = client.app(_message(tmp_path, teacher_state, with_teacher=True, weights=wrong), _context(0))
+    assert broken.has_error() and "size mismatch" in broken.error.reason and broken.error.code == P.CLIENT_ERROR
+    outside = client.app(_message(tmp_path, teacher_state, with_teacher=True, device=7), _context(7))
     assert outside.has_error() and "device 7 out of range" in outside.error.reason
+
+
+def test_per_client_dual_catches_up_with_a_new_z(tmp_path, teacher_state):
+    """U_k <- (U_k + m_k - Z) * last_rho / rho when the server took a Z-step since the last round."""
+    ctx = _context(0)
+    first = client.app(_message(tmp_path, teacher_state, True, dual="per_client", z_steps=0, rho=0.0), ctx)
+    assert not first.has_error()
+    m_k = P.record_to_masks(first.content[P.MASKS], "m")
+    assert all(float(v.abs().sum()) == 0 for v in P.record_to_masks(first.content[P.MASKS], "u").values())
+    z = {g: torch.zeros_like(v) for g, v in m_k.items()}  # a Z of zeros, to check the arithmetic by hand
+    second = client.app(_message(tmp_path, teacher_state, False, dual="per_client", z_steps=1, rho=2.0, z=z), ctx)
+    u = P.record_to_masks(second.content[P.MASKS], "u")
+    for g in u:  # U = 0 + m_k - 0 = m_k; a last rho of 0 means no rescale
+        assert torch.allclose(u[g], m_k[g])
+
+
+def test_bn_moments_weigh_every_sample_equally():
+    """Batches of 3 and 1 samples: the mean is over the 4 samples, not over the 2 batch means."""
+    x = torch.tensor([[0.0], [0.0], [0.0], [4.0]])  # batch_size 3: batches (0, 0, 0) and (4)
+    moments = client_device.bn_moments(torch.nn.Sequential(torch.nn.BatchNorm1d(1)), x, batch_size=3)
+    assert float(moments["mean.0"]) == pytest.approx(1.0)  # 4 / 4; batch means would give (0 + 4) / 2 = 2
+    assert float(moments["sq.0"]) == pytest.approx(4.0)  # 16 / 4
+
+
+def test_bnstats_and_identity_handlers(tmp_path, teacher_state):
+    msg = _message(tmp_path, teacher_state, False)
+    query = Message(RecordDict({P.ARRAYS: msg.content[P.ARRAYS], P.CONFIG: msg.content[P.CONFIG]}),
+                    dst_node_id=50, message_type=P.QUERY_BN)
+    reply = client.app(query, _context(0))
+    stats = P.from_record(reply.content[P.ARRAYS])
+    assert int(reply.content[P.METRICS][P.NUM_EXAMPLES]) == 14
+    assert {k.split(".", 1)[0] for k in stats} == {"mean", "sq"}
+    means = [k for k in stats if k.startswith("mean.")]
+    assert means and all(bool((stats["sq." + k[5:]] >= stats[k] ** 2 - 1e-5).all()) for k in means)  # Var >= 0
+    ident = client.app(Message(RecordDict({}), dst_node_id=57, message_type=P.QUERY_ID), _context(7))
+    assert int(ident.content[P.METRICS]["device"]) == 7

@@ -8,9 +8,9 @@ from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import protocol as P
-from strategies.aggregation import (ReplyError, bn_statistics, check_arrays, check_range,
-                                    consensus_z_step, global_dual_step, weighted_average)
-from strategies.base import Delivery
+from admp.state import AdmmSettings, AdmpState
+from strategies.aggregation import ReplyError, bn_statistics, check_arrays, check_range, weighted_average
+from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
 
 
@@ -42,15 +42,6 @@ def test_checks_reject_bad_arrays():
         check_range({"g": torch.tensor([-0.1, 0.5])}, 0.0, 1.0, "masks.m")
 
 
-def test_global_dual_and_consensus_steps_by_hand():
-    m_avg = {"g": torch.tensor([0.9, 0.2, 0.6, 0.1])}
-    u = {"g": torch.tensor([0.0, 0.5, 0.0, 0.0])}  # m + U = [0.9, 0.7, 0.6, 0.1]
-    z, u_new = global_dual_step(m_avg, u, 0.5)
-    assert z["g"].tolist() == [1.0, 1.0, 0.0, 0.0]
-    assert torch.allclose(u_new["g"], torch.tensor([-0.1, -0.3, 0.6, 0.1]))
-    assert consensus_z_step({"g": torch.tensor([0.1, 0.8, 0.3, 0.9])}, 0.5)["g"].tolist() == [0, 1, 0, 1]
-
-
 def test_bn_statistics_pool_moments_by_hand():
     # client A: values {-1, 1} -> E[x]=0, E[x^2]=1; client B: {1, 3} -> E[x]=2, E[x^2]=5
     mean, var = bn_statistics([({"bn": torch.tensor([0.0])}, {"bn": torch.tensor([1.0])}, 2),
@@ -59,30 +50,32 @@ def test_bn_statistics_pool_moments_by_hand():
     assert float(var["bn"]) == pytest.approx(2.0)  # population variance of {-1, 1, 1, 3}
 
 
-def _strategy(**overrides) -> FedADMP:
-    kwargs = dict(weights={"w": torch.zeros(2)}, sizes={"g": 4}, prune_ratio=0.5, rho=0.1, rho_gamma=2.0,
-                  rho_max=1.0, s_min=0.5, warmup_rounds=1, dual="global", local_epochs=1, seed=7,
-                  clients_per_round=2, delivery=Delivery(P.state_to_record({"t": torch.ones(3)}), "abc"),
-                  base_config={})
-    strategy = FedADMP(**(kwargs | overrides))
-    strategy.devices = {0: 100, 1: 101, 2: 102, 3: 103}
-    return strategy
+DEVICES = {0: 100, 1: 101, 2: 102, 3: 103}
+
+
+def _fleet(seed: int = 7) -> Fleet:
+    return Fleet(dict(DEVICES), seed, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), base_config={})
+
+
+def _strategy(seed: int = 7, prune_ratio: float = 0.5, rho: float = 0.1, prune_ramp: int = 0,
+              dual: str = "global", clients: int = 2, min_replies: int = 1) -> FedADMP:
+    state = AdmpState.initial(AdmmSettings(prune_ratio, rho, 2.0, 1.0, prune_ramp), {"g": 4})
+    return FedADMP(weights={"w": torch.zeros(2)}, state=state, s_min=0.5, warmup_rounds=1, dual=dual,
+                   local_epochs=1, fleet=_fleet(seed), policy=RoundPolicy(clients, min_replies))
 
 
 def _reply(to: Message, w, m, s, n, u=None) -> Message:
     masks = {"m": {"g": torch.tensor(m)}, "s": {"g": torch.tensor(s)}}
     if u is not None:
         masks["u"] = {"g": torch.tensor(u)}
-    return Message(RecordDict({P.WEIGHTS: P.state_to_record({"w": torch.tensor(w)}),
+    return Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.tensor(w)}),
                                P.MASKS: P.masks_to_record(**masks),
                                P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.5})}), reply_to=to)
 
 
-def _messages(strategy, rnd, count=None):
-    if count is not None:
-        strategy.clients_per_round = count
+def _messages(strategy, rnd):
     return {m.metadata.dst_node_id: m for m in strategy.configure_train(
-        rnd, P.state_to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
+        rnd, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
 
 
 def test_sampling_is_seeded_by_root_seed_and_round():
@@ -96,112 +89,112 @@ def test_sampling_is_seeded_by_root_seed_and_round():
 
 
 def test_aggregation_validation_and_admm_round():
-    strategy = _strategy()
-    msgs = _messages(strategy, 2, count=4)
+    strategy = _strategy(clients=4)
+    msgs = _messages(strategy, 2)
     replies = [
         _reply(msgs[100], [1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0] * 4, 1),
         _reply(msgs[101], [3.0, 3.0], [0.6, 0.2, 1.0, 0.2], [1.0, 1.0, 0.5, 1.0], 3),
         _reply(msgs[102], [9.0, 9.0], [1.5, 0.0, 0.0, 0.0], [1.0] * 4, 5),  # m out of range
-        Message(Error(code=2, reason="RuntimeError: sensor offline"), reply_to=msgs[103]),
+        Message(Error(code=P.CLIENT_ERROR, reason="RuntimeError: sensor offline"), reply_to=msgs[103]),
     ]
     arrays, metrics = strategy.aggregate_train(2, replies)
-    assert torch.allclose(P.record_to_state(arrays)["w"], torch.tensor([2.5, 2.5]))
-    assert torch.allclose(strategy.m["g"], torch.tensor([0.7, 0.4, 0.75, 0.15]))
-    assert torch.allclose(strategy.s["g"], torch.tensor([1.0, 1.0, 0.625, 1.0]))
+    assert torch.allclose(P.from_record(arrays)["w"], torch.tensor([2.5, 2.5]))
+    assert torch.allclose(strategy.state.m["g"], torch.tensor([0.7, 0.4, 0.75, 0.15]))
+    assert torch.allclose(strategy.state.s["g"], torch.tensor([1.0, 1.0, 0.625, 1.0]))
     # round 2 > warm-up 1: Z = top-2(m + 0), U = m - Z, rho starts at its initial value
-    assert strategy.z["g"].tolist() == [1.0, 0.0, 1.0, 0.0]
-    assert torch.allclose(strategy.u["g"], torch.tensor([-0.3, 0.4, -0.25, 0.15]))
-    assert strategy.rho == pytest.approx(0.1) and int(metrics["valid-replies"]) == 2
-    reasons = {r.device: r.reason for r in strategy.rejections}
+    assert strategy.state.z["g"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert torch.allclose(strategy.state.u["g"], torch.tensor([-0.3, 0.4, -0.25, 0.15]))
+    assert strategy.state.rho == pytest.approx(0.1) and int(metrics["valid-replies"]) == 2
+    reasons = {r.device: r.reason for r in strategy.fleet.rejections}
     assert set(reasons) == {2, 3}
     assert "masks.m.g: values in [0, 1.5]" in reasons[2] and "sensor offline" in reasons[3]
     strategy.aggregate_train(3, [_reply(msgs[100], [1.0, 1.0], [1.0] * 4, [1.0] * 4, 1)])
-    assert strategy.rho == pytest.approx(0.2)  # rho schedule: x2
+    assert strategy.state.rho == pytest.approx(0.2)  # rho schedule: x2
 
 
 def test_too_few_valid_replies_keep_the_global_state():
-    strategy = _strategy(min_replies=2)
-    msgs = _messages(strategy, 2, count=4)
-    before = strategy.m["g"].clone()
+    strategy = _strategy(clients=4, min_replies=2)
+    msgs = _messages(strategy, 2)
+    before = strategy.state.m["g"].clone()
     arrays, metrics = strategy.aggregate_train(2, [_reply(msgs[100], [1.0, 1.0], [0.0] * 4, [1.0] * 4, 1)])
     assert arrays is None and int(metrics["valid-replies"]) == 1
-    assert torch.equal(strategy.m["g"], before)
+    assert torch.equal(strategy.state.m["g"], before)
 
 
 def test_wrong_shapes_and_counts_are_rejected():
-    strategy = _strategy()
-    msgs = _messages(strategy, 1, count=4)
+    strategy = _strategy(clients=4)
+    msgs = _messages(strategy, 1)
     bad_shape = _reply(msgs[100], [1.0, 1.0, 1.0], [1.0] * 4, [1.0] * 4, 1)
     bad_count = _reply(msgs[101], [1.0, 1.0], [1.0] * 4, [1.0] * 4, 0)
     bad_soft = _reply(msgs[102], [1.0, 1.0], [1.0] * 4, [0.2] * 4, 1)  # below s_min
     arrays, _ = strategy.aggregate_train(1, [bad_shape, bad_count, bad_soft])
     assert arrays is None
-    reasons = sorted(r.reason for r in strategy.rejections)
-    assert any("weights.w: shape (3,)" in r for r in reasons)
+    reasons = sorted(r.reason for r in strategy.fleet.rejections)
+    assert any("arrays.w: shape (3,)" in r for r in reasons)
     assert any("num-examples: 0" in r for r in reasons)
     assert any("masks.s.g" in r for r in reasons)
 
 
 def test_per_client_duals_use_consensus():
-    strategy = _strategy(dual="per_client")
-    msgs = _messages(strategy, 2, count=4)
+    strategy = _strategy(dual="per_client", clients=4)
+    msgs = _messages(strategy, 2)
     replies = [_reply(msgs[100], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0]),
                _reply(msgs[101], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0])]
     strategy.aggregate_train(2, replies)
-    assert strategy.z["g"].tolist() == [1.0, 1.0, 0.0, 0.0]  # top-2 of m + U = [0.7, 0.9, 0.1, 0.5]
+    assert strategy.state.z["g"].tolist() == [1.0, 1.0, 0.0, 0.0]  # top-2 of m + U = [0.7, 0.9, 0.1, 0.5]
     missing_u = _reply(msgs[100], [0.0, 0.0], [0.2] * 4, [1.0] * 4, 1)
     assert strategy.aggregate_train(3, [missing_u])[0] is None
 
 
 def test_teacher_is_sent_once_per_device_and_again_when_missing():
-    strategy = _strategy()
-    first = _messages(strategy, 1, count=4)
+    strategy = _strategy(clients=4)
+    first = _messages(strategy, 1)
     assert all(P.TEACHER in m.content for m in first.values())
-    second = _messages(strategy, 2, count=4)
+    second = _messages(strategy, 2)
     assert not any(P.TEACHER in m.content for m in second.values())
-    assert strategy.delivery.sends == {0: 1, 1: 1, 2: 1, 3: 1}
-    lost = Message(Error(code=2, reason="TeacherMissing: teacher-missing: no cached teacher"), reply_to=second[101])
+    assert strategy.fleet.delivery.sends == {0: 1, 1: 1, 2: 1, 3: 1}
+    lost = Message(Error(code=P.TEACHER_MISSING, reason="TeacherMissing: no cached teacher"), reply_to=second[101])
     strategy.aggregate_train(2, [lost])
-    third = _messages(strategy, 3, count=4)
-    assert [d for d, n in strategy.devices.items() if P.TEACHER in third[n].content] == [1]
-    assert strategy.delivery.sends[1] == 2
+    third = _messages(strategy, 3)
+    assert [d for d, n in strategy.fleet.devices.items() if P.TEACHER in third[n].content] == [1]
+    assert strategy.fleet.delivery.sends[1] == 2
     down_with_teacher = P.content_bytes(third[101].content)
     assert down_with_teacher > P.content_bytes(third[100].content)
 
 
 def test_fedkd_averages_weights_and_sends_keep_masks():
     keep = {"g": torch.tensor([1.0, 0.0, 1.0, 1.0])}
-    strategy = FedKD({"w": torch.zeros(2)}, keep, 1, 0.01, seed=1, clients_per_round=2,
-                     delivery=Delivery(P.state_to_record({"t": torch.ones(1)}), "h"), base_config={})
-    strategy.devices = {0: 10, 1: 11}
-    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.state_to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
+    fleet = Fleet({0: 10, 1: 11}, 1, Delivery(P.to_record({"t": torch.ones(1)}), "h"), base_config={})
+    strategy = FedKD(weights={"w": torch.zeros(2)}, keep=keep, local_epochs=1, lr=0.01, fleet=fleet,
+                     policy=RoundPolicy(2))
+    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
     assert P.record_to_masks(msgs[10].content[P.MASKS], "keep")["g"].tolist() == keep["g"].tolist()
     assert msgs[10].metadata.message_type == P.TRAIN_KD
-    replies = [Message(RecordDict({P.WEIGHTS: P.state_to_record({"w": torch.tensor([2.0, 0.0])}),
+    replies = [Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.tensor([2.0, 0.0])}),
                                    P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 1.0})}), reply_to=msgs[10]),
-               Message(RecordDict({P.WEIGHTS: P.state_to_record({"w": torch.tensor([4.0, 4.0])}),
+               Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.tensor([4.0, 4.0])}),
                                    P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 3.0})}), reply_to=msgs[11])]
     arrays, metrics = strategy.aggregate_train(1, replies)
-    assert P.record_to_state(arrays)["w"].tolist() == [3.0, 2.0]
+    assert P.from_record(arrays)["w"].tolist() == [3.0, 2.0]
     assert float(metrics["divergence"]) == pytest.approx(2.0)
 
 
 def test_rho_zero_is_plain_l1_without_admm_steps():
-    strategy = _strategy(rho=0.0)
-    msgs = _messages(strategy, 2, count=4)
+    strategy = _strategy(rho=0.0, clients=4)
+    msgs = _messages(strategy, 2)
     replies = [_reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1),
                _reply(msgs[101], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]
     strategy.aggregate_train(2, replies)  # past the warm-up, yet no Z/U step and no penalty
-    assert strategy.z["g"].tolist() == [1.0] * 4 and strategy.u["g"].tolist() == [0.0] * 4
-    assert strategy.rho == 0.0
-    assert strategy.merge_mask()["g"].tolist() == [1.0, 0.0, 1.0, 0.0]  # top-2 of m itself
+    assert strategy.state.z["g"].tolist() == [1.0] * 4 and strategy.state.u["g"].tolist() == [0.0] * 4
+    assert strategy.state.rho == 0.0
+    assert strategy.state.merge_mask()["g"].tolist() == [1.0, 0.0, 1.0, 0.0]  # top-2 of m itself
 
 
 def test_prune_ramp_prunes_part_of_the_share_at_the_first_z_step():
-    strategy = _strategy(prune_ramp=2)  # p = 0.5 over 4 channels: 1 pruned at the first Z-step, then 2
-    msgs = _messages(strategy, 2, count=4)
+    strategy = _strategy(prune_ramp=2, clients=4)  # p = 0.5 over 4 channels: 1 pruned at the first Z-step, then 2
+    msgs = _messages(strategy, 2)
     reply = lambda: [_reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]  # noqa: E731
     strategy.aggregate_train(2, reply())
-    assert strategy.z["g"].tolist() == [1.0, 0.0, 1.0, 1.0]  # keep ceil(0.75 * 4) = 3
+    assert strategy.state.z["g"].tolist() == [1.0, 0.0, 1.0, 1.0]  # keep ceil(0.75 * 4) = 3
     strategy.aggregate_train(3, reply())
-    assert strategy.z["g"].sum() == 2 and strategy.merge_mask()["g"].sum() == 2
+    assert strategy.state.z["g"].sum() == 2 and strategy.state.merge_mask()["g"].sum() == 2

@@ -1,0 +1,64 @@
+"""A Flower ``Grid`` that delivers every message to the real ClientApp in this process (no Ray).
+
+Each node keeps its own ``Context`` (partition id = device id), as a SuperNode would, so server
+phases, strategies and client handlers run end to end in milliseconds and deterministically.
+``replies(message, reply)`` lets a test replace a node's reply, or drop it (None), on the way back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from clients.app import app as client_app
+
+NODE_BASE = 100  # node id of device i is NODE_BASE + i
+
+
+class InProcessGrid(Grid):
+    """Nodes ``NODE_BASE + i`` for devices ``i`` in ``range(devices)``; ``claims`` overrides ids."""
+
+    def __init__(self, devices: int, claims: dict[int, int] | None = None,
+                 replies: Callable[[Message, Message], Message | None] | None = None) -> None:
+        self.contexts = {
+            NODE_BASE + i: Context(run_id=1, node_id=NODE_BASE + i, state=RecordDict(), run_config={},
+                                   node_config={"partition-id": (claims or {}).get(i, i)})
+            for i in range(devices)}
+        self.tamper = replies or (lambda _msg, reply: reply)
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Every node of the fleet."""
+        return list(self.contexts)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Run each message through the ClientApp of its node; ``replies`` may alter or drop replies."""
+        out = []
+        for msg in messages:
+            self.sent.append(msg)
+            reply = self.tamper(msg, client_app(msg, self.contexts[msg.metadata.dst_node_id]))
+            if reply is not None:
+                out.append(reply)
+        return out
+
+    def set_run(self, run_id: int) -> None:  # type: ignore[override]
+        """Not needed in process."""
+
+    @property
+    def run(self):  # type: ignore[no-untyped-def, override]
+        """Not needed in process."""
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
+        """Not needed: the server builds ``Message`` objects itself."""
+        raise NotImplementedError
+
+    def push_messages(self, messages):  # type: ignore[no-untyped-def, override]
+        """Not needed: ``send_and_receive`` delivers directly."""
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def, override]
+        """Not needed: ``send_and_receive`` delivers directly."""
+        raise NotImplementedError

@@ -1,0 +1,160 @@
+"""The server's phases end to end through an in-process Grid (real ClientApp, no Ray): every strategy,
+resume, per-client duals, the fleet-BN teacher, discovery failures and a device that errs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Error, Message
+from flwr.supercore.task_identity import TaskIdentity
+from rich.console import Console
+
+from admp.config import config_from_overrides
+from admp.data.tasks import build_task
+from admp.metrics import accuracy
+from admp.models import example_input
+from admp.surgery import prune_model
+from admp.teacher import initial_model
+from admp.trainer import per_device_bn_accuracy
+from server.app import run_federated
+from server.fleet import discover_devices
+from strategies import protocol as P
+from tests.inprocess_grid import NODE_BASE, InProcessGrid
+
+TINY = ["data.num_devices=4", "data.samples_per_device=40", "teacher.epochs=3", "model.width=0.5",
+        "federation.clients_per_round=3", "federation.mask_rounds=3", "federation.warmup_rounds=1",
+        "federation.finetune_rounds=1", "run.threads=2"]
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture(autouse=True)
+def quiet_console(monkeypatch):
+    monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
+
+
+def _run(out: Path, *extra: str, grid: InProcessGrid | None = None, resume: Path | None = None) -> Path:
+    cfg = config_from_overrides([*TINY, f"run.out_dir={out}", *extra])
+    run_federated(grid or InProcessGrid(4), cfg, str(resume) if resume else None)
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def _rows(run: Path) -> list[dict]:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def fedadmp_run(tmp_path_factory) -> Path:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    return _run(tmp_path_factory.mktemp("fedadmp"))
+
+
+def test_fedadmp_phases_rounds_and_pruning(fedadmp_run):
+    rows = _rows(fedadmp_run)
+    assert [r["phase"] for r in rows] == ["mask"] * 3 + ["merge", "finetune", "final"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 3, 4, 5]
+    mask = rows[:3]
+    assert [r["rho"] for r in mask] == pytest.approx([0.0, 1.0, 1.2])  # warm-up, rho0, rho0 * gamma
+    # LeNet at width 0.5: groups of 16 and 32 channels; p = 0.6 keeps ceil(6.4) = 7 and ceil(12.8) = 13
+    assert mask[-1]["hard_sparsity"] == pytest.approx(1 - (7 + 13) / 48)
+    summary = _summary(fedadmp_run)
+    assert summary["student"]["channels"] == {"conv1": 7, "conv2": 13}
+    assert summary["teacher_sends"] == {"0": 1, "1": 1, "2": 1, "3": 1}  # each device got it once
+    assert sum(r.get("teacher_sends", 0) for r in rows) == 4 and not summary["rejections"]
+
+
+def test_final_accuracy_is_the_exported_models_with_per_device_bn(fedadmp_run):
+    """The summary's figure = the saved pruned model, each device re-estimating BN (``local``)."""
+    summary = _summary(fedadmp_run)
+    cfg = config_from_overrides([*TINY])
+    task = build_task(cfg.data, cfg.run.seed)
+    final = torch.load(fedadmp_run / "checkpoint.pt", weights_only=True)
+    assert final["phase"] == "done"
+    dense = initial_model(cfg, task.num_classes)
+    model = prune_model(dense, dense.channel_groups(), final["keep"], example_input(dense))
+    model.load_state_dict(final["student"])
+    devices = [task.device(i) for i in range(4)]
+    expected = per_device_bn_accuracy(model, [(d.train.x, d.test.x, d.test.y) for d in devices])
+    assert summary["student"]["target_acc"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_resume_reaches_the_same_model(fedadmp_run, tmp_path):
+    paused = _run(tmp_path, "federation.stop_after_round=2")
+    assert _rows(paused)[-1]["round"] == 2 and not (paused / "summary.json").exists()
+    cfg_overrides = [*TINY, f"run.out_dir={tmp_path}"]
+    run_federated(InProcessGrid(4), config_from_overrides(cfg_overrides), str(paused))
+    a = torch.load(fedadmp_run / "checkpoint.pt", weights_only=True)
+    b = torch.load(paused / "checkpoint.pt", weights_only=True)
+    assert a["phase"] == b["phase"] == "done"
+    for key, value in a["student"].items():
+        assert torch.allclose(value.float(), b["student"][key].float(), atol=1e-6), key
+    assert [r.get("target_acc") for r in _rows(fedadmp_run)] == [r.get("target_acc") for r in _rows(paused)]
+
+
+def test_fedkd_baseline_trains_the_dense_student_for_the_whole_budget(tmp_path):
+    run = _run(tmp_path, "federation.strategy=fedkd")
+    rows = _rows(run)
+    assert [r["phase"] for r in rows] == ["finetune"] * 4 + ["final"]  # 3 mask + 1 fine-tune rounds of KD
+    summary = _summary(run)
+    assert summary["prune_ratio"] == 0.0 and summary["student"]["params"] == summary["teacher"]["params"]
+
+
+def test_naive_baseline_prunes_on_the_cloud_by_l1_norm(tmp_path):
+    run = _run(tmp_path, "federation.strategy=naive")
+    summary = _summary(run)
+    assert summary["student"]["channels"] == {"conv1": 7, "conv2": 13}
+    assert [r["phase"] for r in _rows(run)] == ["finetune"] * 4 + ["final"]
+    assert summary["student"]["params"] < summary["teacher"]["params"] / 2
+
+
+def test_per_client_duals_and_the_fleet_bn_teacher(tmp_path):
+    run = _run(tmp_path, "federation.dual=per_client", "data.shifts=never")  # one domain: fleet BN
+    summary = _summary(run)
+    assert "teacher_bn: fleet" in (run / "config.yaml").read_text() and not summary["rejections"]
+    source = torch.load(run / "teacher.pt", weights_only=True)
+    (stored,) = (run / "device_store").glob("teacher-*.pt")
+    delivered = torch.load(stored, weights_only=True)
+    bn_means = [k for k in source if k.endswith("running_mean")]
+    assert all(torch.equal(delivered[k], source[k]) for k in source if "running" not in k and "num_batches" not in k)
+    assert not any(torch.equal(delivered[k], source[k]) for k in bn_means)  # BN statistics re-estimated
+    cfg = config_from_overrides([*TINY, "data.shifts=never"])
+    task = build_task(cfg.data, cfg.run.seed)
+    teacher = initial_model(cfg, task.num_classes)
+    teacher.load_state_dict(delivered)
+    _, test = task.pooled()
+    assert summary["teacher"]["target_acc_target_bn"] == pytest.approx(accuracy(teacher.eval(), test.x, test.y), abs=1e-6)
+    assert summary["student"]["channels"] == {"conv1": 7, "conv2": 13}
+
+
+def test_a_failing_device_is_rejected_and_the_rounds_go_on(tmp_path):
+    def fail_device_2(msg: Message, reply: Message) -> Message:
+        if msg.metadata.dst_node_id == NODE_BASE + 2 and msg.metadata.message_type.startswith("train"):
+            return Message(Error(code=P.CLIENT_ERROR, reason="RuntimeError: sensor offline"), reply_to=msg)
+        return reply
+
+    run = _run(tmp_path, grid=InProcessGrid(4, replies=fail_device_2))
+    rejections = _summary(run)["rejections"]
+    assert rejections and {r["device"] for r in rejections} == {2}
+    assert all("sensor offline" in r["reason"] for r in rejections)
+    assert _summary(run)["student"]["channels"] == {"conv1": 7, "conv2": 13}
+
+
+def test_discovery_failures_name_the_problem():
+    with pytest.raises(RuntimeError, match="claim device id 1"):
+        discover_devices(InProcessGrid(3, claims={2: 1}), 3, timeout=1)
+    silent = InProcessGrid(2, replies=lambda msg, _: Message(Error(code=P.CLIENT_ERROR, reason="x"), reply_to=msg))
+    with pytest.raises(RuntimeError, match="no device answered"):
+        discover_devices(silent, 2, timeout=1)
+    with pytest.raises(TimeoutError, match="only 2 of 3 devices connected"):
+        discover_devices(InProcessGrid(2), 3, timeout=0.2)
+    assert discover_devices(InProcessGrid(3, claims={0: 7}), 3, timeout=1) == {7: NODE_BASE, 1: NODE_BASE + 1,
+                                                                               2: NODE_BASE + 2}
