@@ -1,46 +1,56 @@
-"""One small centralized ADMP run on the embedded default, end to end."""
+"""One small centralized ADMP run on the embedded default, with hand-checked expectations."""
 
 import json
-import math
+from pathlib import Path
 
+import onnxruntime as ort
 import pytest
+import torch
 from rich.console import Console
 
+from admp.config import load_config
+from admp.data.tasks import build_task
+from admp.metrics import accuracy
+from admp.teacher import initial_model
 from simulations.centralized import run_centralized
 from simulations.cli import DEFAULT_CENTRALIZED
-from admp.config import load_config
+
+# 3 mask epochs, a Z-step after each (warm-up 1, every epoch), 1 KD epoch; pooled BN statistics
+SMALL = ["schedule.mask_epochs=3", "schedule.warmup_epochs=1", "schedule.admm_every=1", "schedule.finetune_epochs=1",
+         "teacher.epochs=4", "data.samples_per_device=60", "federation.bn_recalibration=global", "run.threads=2"]
 
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    cfg = load_config(DEFAULT_CENTRALIZED, overrides=[f"run.out_dir={out}", "run.threads=2"])
+    cfg = load_config(DEFAULT_CENTRALIZED, overrides=[*SMALL, f"run.out_dir={out}"])
     return run_centralized(cfg, Console(quiet=True))
 
 
-def test_pruned_model_respects_the_ratio_per_group(summary):
-    p = summary["prune_ratio"]
-    for group, width in summary["teacher"]["channels"].items():
-        kept = summary["student"]["channels"][group]
-        assert 1 <= kept <= math.ceil((1 - p) * width)
-    assert summary["student"]["params"] < summary["teacher"]["params"] / 2
-    assert summary["student"]["macs"] < summary["teacher"]["macs"] / 2
+def test_schedule_rho_and_exact_pruning(summary):
+    rows = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    assert [r["phase"] for r in rows] == ["mask"] * 3 + ["merge", "finetune"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["rho"] for r in rows[:3]] == pytest.approx([1.0, 1.2, 1.44])  # rho0, then x1.2 per Z-step
+    # LeNet: 32 + 64 channels; p = 0.6 keeps ceil(12.8) = 13 and ceil(25.6) = 26 -> 57 of 96 pruned
+    assert all(r["hard_sparsity"] == pytest.approx(57 / 96) for r in rows[:3])
+    assert summary["student"]["channels"] == {"conv1": 13, "conv2": 26}
+    assert summary["channels_pruned"] == pytest.approx(57 / 96)
 
 
-def test_pruned_student_is_within_two_points_of_the_teacher(summary):
-    assert summary["student"]["target_acc"] >= summary["teacher"]["target_acc"] - 2.0
-    assert summary["teacher"]["source_val_acc"] > 90.0  # the teacher learned the source
-
-
-def test_run_directory_has_every_artefact(summary):
-    from pathlib import Path
-
+def test_reported_accuracies_are_the_saved_models(summary):
+    """teacher.pt and the exported ONNX model, run here on the pooled target test set, give the
+    figures the summary reports (BN mode ``global``: no device-side step)."""
     run = Path(summary["run_dir"])
-    for name in ("config.yaml", "metrics.csv", "metrics.json", "summary.json", "training.png",
-                 "pruned_model.onnx", "pruned_model.ts", "student_masked.pt", "teacher.pt"):
+    cfg = load_config(run / "config.yaml")
+    task = build_task(cfg.data, cfg.run.seed)
+    _, test = task.pooled()
+    teacher = initial_model(cfg, task.num_classes)
+    teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
+    assert summary["teacher"]["target_acc"] == pytest.approx(accuracy(teacher.eval(), test.x, test.y))
+    session = ort.InferenceSession(str(run / "pruned_model.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: test.x.numpy()})
+    onnx_acc = 100.0 * float((torch.from_numpy(logits).argmax(1) == test.y).float().mean())
+    assert summary["student"]["target_acc"] == pytest.approx(onnx_acc, abs=1e-4)
+    for name in ("config.yaml", "metrics.csv", "summary.json", "training.png", "pruned_model.ts", "student_masked.pt"):
         assert (run / name).is_file(), name
-    rows = json.loads((run / "metrics.json").read_text())
-    phases = [r["phase"] for r in rows]
-    assert phases.count("mask") == 15 and phases.count("merge") == 1 and phases.count("finetune") == 8
-    assert rows[-1]["target_acc"] >= 0 and summary["onnx_max_abs_diff"] < 1e-4
-    assert json.loads((run / "summary.json").read_text())["student"]["params"] == summary["student"]["params"]

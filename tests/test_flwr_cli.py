@@ -87,9 +87,12 @@ def _healthy(port: int) -> bool:
 
 
 def _carries_token(pid: int, token: str) -> bool:
+    """True iff ``pid`` is alive (not a zombie) and its environment holds our token."""
     try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+            return False
         env = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
+    except (OSError, IndexError):
         return False
     return f"{TOKEN_VAR}={token}".encode() in env.split(b"\0")
 
@@ -172,17 +175,18 @@ def _stop_superlink(proc: subprocess.Popen, token: str) -> None:
     signal_group(signal.SIGKILL)  # group members that outlived the leader
 
     # SuperExec (own session, by Flower's design), simulation, Ray: they stop when their parent
-    # goes, but give them a deadline; each is checked again for the token right before a signal.
-    for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, 5.0)):
+    # goes; give them a moment, then signal each by PID, checking the token right before.
+    for sig, grace in ((None, 5.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        if sig is not None:
+            for pid in _token_pids(token):
+                if _carries_token(pid, token):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
         deadline = time.monotonic() + grace
-        while (left := _token_pids(token)) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        for pid in left:
-            if _carries_token(pid, token):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+        while _token_pids(token) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def test_flwr_run_simulation_on_own_superlink(tmp_path):
