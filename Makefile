@@ -8,13 +8,15 @@ SCENARIO ?= simulations/scenarios/federated_digits.yaml
 FLWR_HOME ?= $(CURDIR)/.flwr
 FLWR_RUN_CONFIG ?= out-dir="$(CURDIR)/runs"
 
-.PHONY: install run test bench flwr-run clean
+.PHONY: install run test gate bench flwr-run clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	# The local CPU build of torch first: any other spec pulls several GB of CUDA packages.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	@echo "[install 1/2] torch 2.13.0 (the local CPU build first: any other spec pulls several GB of CUDA packages)"
+	$(PY) -m pip install --progress-bar on torch==2.13.0
+	@echo "[install 2/2] fedadmp and its dependencies (flwr[simulation], ray, torch-pruning, onnxruntime, ...)"
+	$(PY) -m pip install --progress-bar on -e ".[dev]"
+	@echo "[install] done"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,7 +24,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/fedadmp simulate $(SCENARIO)
 
-test: $(STAMP)
+# The gate first (lint, format, types), then the suite.
+gate: $(STAMP)
+	@echo "[gate] ruff check, ruff format --check, mypy (strict on admp/ and strategies/)"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: gate
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

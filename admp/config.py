@@ -14,8 +14,18 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, model_validator
 
-from admp.choices import (ArchChoice, BnRecalibration, Dataset, Dual, Partition, ShiftKind, ShiftsMode, Strategy,
-                          TeacherBn, UspsLayout)
+from admp.choices import (
+    ArchChoice,
+    BnRecalibration,
+    Dataset,
+    Dual,
+    Partition,
+    ShiftKind,
+    ShiftsMode,
+    Strategy,
+    TeacherBn,
+    UspsLayout,
+)
 from admp.configbase import ConfigError, Section, SectionError, parse_section
 
 __all__ = ["AdmpHyper", "ConfigError", "DataSpec", "FederationSpec", "ModelSpec", "RunSpec", "ScenarioConfig",

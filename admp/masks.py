@@ -70,7 +70,7 @@ class ChannelGates:
         g = self.hard[group]
         return g * self.soft[group] if self.soft is not None else g
 
-    def attach(self) -> "ChannelGates":
+    def attach(self) -> ChannelGates:
         """Register the hooks (idempotent)."""
         if self._handles:
             return self

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from admp.config import AdmpHyper
-from admp.metrics import accuracy
 from admp.losses import adversary_step, information_maximisation, kd_divergence, pseudo_label_ce
 from admp.masks import MaskDict, clone_masks, gated
+from admp.metrics import accuracy
 from admp.models import GroupSpec
 from admp.state import AdmpState
 

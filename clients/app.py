@@ -25,8 +25,7 @@ from admp.metrics import accuracy
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, teacher_targets
-from clients.device import (bn_moments, build_student, device_id, get_teacher, load_device, load_dual,
-                            save_dual)
+from clients.device import bn_moments, build_student, device_id, get_teacher, load_device, load_dual, save_dual
 from strategies import protocol as P
 
 

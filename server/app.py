@@ -64,4 +64,4 @@ def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None
 
 app = make_server_app()
 
-__all__ = ["app", "make_server_app", "config_from_run_config"]
+__all__ = ["app", "config_from_run_config", "make_server_app"]

@@ -10,10 +10,10 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
+from server.rounds import RoundRunner
 from strategies import protocol as P
 from strategies.aggregation import bn_statistics, check_arrays, check_examples
 from strategies.base import FleetStrategy
-from server.rounds import RoundRunner
 
 TensorDict = dict[str, torch.Tensor]
 

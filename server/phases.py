@@ -15,8 +15,8 @@ from typing import Any
 from flwr.serverapp import Grid
 from torch import nn
 
-from admp.masks import MaskDict, group_sizes, zeros_masks
 from admp.admm import z_step
+from admp.masks import MaskDict, group_sizes, zeros_masks
 from admp.metrics import accuracy
 from admp.models import example_input
 from admp.seeding import torch_generator

@@ -11,9 +11,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+from rich.console import Console
+from rich.table import Table
 
 
 class RunDirectory:
@@ -33,7 +33,7 @@ class RunDirectory:
         self.rows: list[dict[str, Any]] = []
 
     @classmethod
-    def reopen(cls, path: str | Path, keep_rows: int | None = None) -> "RunDirectory":
+    def reopen(cls, path: str | Path, keep_rows: int | None = None) -> RunDirectory:
         """An existing run directory (to resume it), with its metrics rows reloaded.
 
         ``keep_rows`` truncates the rows to those the checkpoint covers.

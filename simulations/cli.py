@@ -13,8 +13,8 @@ DEFAULT_FEDERATED = Path(__file__).parent / "scenarios" / "federated_digits.yaml
 
 
 def _centralized(args: argparse.Namespace) -> int:
-    from simulations.centralized import run_centralized
     from admp.config import load_config
+    from simulations.centralized import run_centralized
 
     cfg = load_config(args.config, overrides=args.set)
     run_centralized(cfg)

@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 LABELS = {"source_only": "source-only teacher", "source_only_bn": "source-only teacher + target BN statistics (no training)",
           "fedkd": "federated KD, no pruning",

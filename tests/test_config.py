@@ -3,8 +3,16 @@ import json
 import pytest
 
 from admp import choices
-from admp.config import (AdmpHyper, ConfigError, DataSpec, ScenarioConfig, config_from_overrides, load_config,
-                         parse_section, to_yaml)
+from admp.config import (
+    AdmpHyper,
+    ConfigError,
+    DataSpec,
+    ScenarioConfig,
+    config_from_overrides,
+    load_config,
+    parse_section,
+    to_yaml,
+)
 from admp.configbase import interval
 from admp.data.tasks import DEFAULT_ARCH
 from admp.models import ARCHITECTURES

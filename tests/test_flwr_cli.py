@@ -4,15 +4,18 @@ The test starts its own simulation SuperLink rather than letting ``flwr`` start 
 ``:local:`` one (detached, on fixed ports, never stopped, and silently reused when somebody
 else's is already running). Flower 1.41's SuperLink serves the Runtime, Control and Fleet
 APIs on one HTTP port (``--host``/``--port``); the legacy gRPC Control/Fleet servers start
-only under ``FLWR_INTERNAL_GRPC_*=1`` (removed from its environment here), the Fleet API is
-off in simulation mode anyway, and the gRPC health server only starts with
-``--health-server-address`` (not given). So one free port on 127.0.0.1 is all it binds.
+only under ``FLWR_INTERNAL_GRPC_*=1`` (removed from its environment here), there is no Fleet
+server in simulation mode, and the gRPC health server only starts with
+``--health-server-address`` (not given). So one free port on 127.0.0.1 is all it binds, and
+it counts as ready only once *its* PID holds the listening socket on that port.
 
-Clean-up: the SuperLink runs in a new session, so its process group is ours to end
-(SIGTERM, then SIGKILL). Flower's SuperLink starts its SuperExec with
-``start_new_session=True`` (outside that group), and the SuperExec starts the simulation and
-Ray; those all inherit a per-test random token in their environment, and whatever still
-carries the token after the group is gone is ended by PID. Nothing else is ever signalled.
+Clean-up. The SuperLink is started in a new session, so its process group (id = its PID)
+is ours: SIGTERM, then SIGKILL. Flower's SuperLink starts its SuperExec with
+``start_new_session=True``, outside that group, and the SuperExec starts the simulation and
+Ray in its session. So the test notes (every second while ``flwr run`` runs, and again
+before stopping) the sessions of the SuperLink's descendants, drops any it sees empty (a
+session id stays reserved while one process has it), and after the group is gone ends, by
+PID, whatever is still in those sessions. Nothing else is ever signalled.
 """
 
 import json
@@ -26,14 +29,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TOKEN_VAR = "FEDADMP_TEST_SUPERLINK_TOKEN"
 STARTUP_TIMEOUT = 90.0  # two shared cores: importing the SuperLink alone takes seconds
 STOP_TIMEOUT = 20.0
+RUN_TIMEOUT = 400.0
 
 
 def _free_port() -> int:
@@ -50,20 +53,19 @@ def _tail(*paths: Path, chars: int = 3000) -> str:
     return "\n".join(out)
 
 
-def _listening_inodes(port: int) -> set[str]:
-    """Socket inodes LISTENing on 127.0.0.1:``port`` (from /proc/net/tcp)."""
-    local = f"0100007F:{port:04X}"
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[3] == "0A":
-            inodes.add(fields[9])
-    return inodes
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _owns_listener(pid: int, port: int) -> bool:
-    """True iff process ``pid`` holds the socket listening on 127.0.0.1:``port``."""
-    inodes = _listening_inodes(port)
+    """True iff process ``pid`` holds the socket LISTENing on 127.0.0.1:``port``."""
+    local = f"0100007F:{port:04X}"
+    inodes = {f[9] for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+              if f[1] == local and f[3] == "0A"}
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
@@ -78,44 +80,85 @@ def _owns_listener(pid: int, port: int) -> bool:
     return False
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+def _proc_table() -> dict[int, tuple[int, int, str]]:
+    """{pid: (parent pid, session id, state)} of every process, from /proc/<pid>/stat."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(d)] = (int(fields[1]), int(fields[3]), fields[0])
+    return table
 
 
-def _carries_token(pid: int, token: str) -> bool:
-    """True iff ``pid`` is alive (not a zombie) and its environment holds our token."""
-    try:
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return False
-        env = Path(f"/proc/{pid}/environ").read_bytes()
-    except (OSError, IndexError):
-        return False
-    return f"{TOKEN_VAR}={token}".encode() in env.split(b"\0")
+class _SuperLink:
+    """A ``flower-superlink`` this test started, and the sessions of everything it started."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path, out: Path):
+        self.proc, self.port, self.log, self.out = proc, port, log, out
+        self.sessions = {proc.pid}  # start_new_session=True: session id = group id = its PID
+
+    def tail(self) -> str:
+        return _tail(self.log, self.out)
+
+    def record(self) -> None:
+        """Note the sessions of the SuperLink's descendants; forget sessions seen empty."""
+        table = _proc_table()
+        children = defaultdict(list)
+        for pid, (ppid, _, _) in table.items():
+            children[ppid].append(pid)
+        # Walk from the SuperLink only while it is unreaped (its PID cannot be reused), and
+        # from the members of sessions already noted (those ids are held by the members).
+        stack = [pid for pid, (_, sid, _) in table.items() if sid in self.sessions]
+        if self.proc.returncode is None:
+            stack.append(self.proc.pid)
+        seen: set[int] = set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen or pid not in table:
+                continue
+            seen.add(pid)
+            self.sessions.add(table[pid][1])
+            stack.extend(children[pid])
+        self.sessions &= {sid for _, sid, _ in table.values()}
+
+    def members(self) -> list[int]:
+        """Live (non-zombie) processes in the noted sessions."""
+        table = _proc_table()
+        self.sessions &= {sid for _, sid, _ in table.values()}
+        return [pid for pid, (_, sid, state) in table.items()
+                if sid in self.sessions and state not in ("Z", "X") and pid != os.getpid()]
+
+    def stop(self) -> list[int]:
+        """End the group we started, then what is left in the noted sessions; return survivors."""
+        self.record()
+        if self.proc.returncode is None:  # unreaped leader: the group id is still ours
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the SuperLink also stops its SuperExec
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # still unreaped after the timeout
+            self.proc.wait(timeout=STOP_TIMEOUT)
+        # SuperExec, simulation, Ray (whose agents ignore SIGTERM): each by PID, re-checked.
+        for sig, grace in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            for pid in self.members() if sig is not None else ():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + grace
+            while self.members() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return self.members()
 
 
-def _token_pids(token: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``token`` (only ones we started)."""
-    return [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()
-            and _carries_token(int(d), token)]
-
-
-def _pgid_of(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _start_superlink(tmp: Path, env: dict[str, str], token: str) -> tuple[subprocess.Popen, int, Path, Path]:
+def _start_superlink(tmp: Path, env: dict[str, str]) -> _SuperLink:
     """Start ``flower-superlink`` (simulation, insecure, 127.0.0.1:<free port>) and wait for it.
 
-    Retries with a new port if the chosen one was taken between choosing and binding. Returns
-    (process, port, log file, stdout/stderr file); raises with the log tails if it never
-    becomes ready.
+    Retries with a new port if the chosen one was taken between choosing and binding; raises
+    with the log tails if it never becomes ready.
     """
     for attempt in range(3):
         port = _free_port()
@@ -124,107 +167,73 @@ def _start_superlink(tmp: Path, env: dict[str, str], token: str) -> tuple[subpro
                "--host", "127.0.0.1", "--port", str(port), "--database", str(tmp / f"state-{attempt}.db"),
                "--log-file", str(log), "--disable-runtime-dependency-installation"]
         with out.open("wb") as fh:
-            proc = subprocess.Popen(cmd, env=env | {TOKEN_VAR: token}, cwd=tmp, stdin=subprocess.DEVNULL,
-                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            link = _SuperLink(subprocess.Popen(cmd, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=fh,
+                                               stderr=subprocess.STDOUT, start_new_session=True), port, log, out)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         try:
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    break
-                # Ready only when *our* process holds the listener: never talk to someone else's.
-                if _healthy(port) and _owns_listener(proc.pid, port):
-                    return proc, port, log, out
+            while time.monotonic() < deadline and link.proc.poll() is None:
+                # Ready only once *our* process holds the listener: never talk to someone else's.
+                if _healthy(port) and _owns_listener(link.proc.pid, port):
+                    return link
                 time.sleep(0.3)
-        except BaseException:  # e.g. KeyboardInterrupt: the caller never gets ``proc`` to stop
-            _stop_superlink(proc, token)
-            raise
-        if proc.poll() is None:  # timed out while running: a real failure, not a port race
-            _stop_superlink(proc, token)
-            raise AssertionError(f"flower-superlink not ready on 127.0.0.1:{port} after {STARTUP_TIMEOUT:.0f}s\n"
-                                 + _tail(log, out))
-        _stop_superlink(proc, token)
-        if "address already in use" not in _tail(log, out).lower():
-            raise AssertionError(f"flower-superlink exited with code {proc.returncode} before it was ready\n"
-                                 + _tail(log, out))
-    raise AssertionError("flower-superlink: no free port after 3 attempts\n" + _tail(log, out))
-
-
-def _stop_superlink(proc: subprocess.Popen, token: str) -> None:
-    """End the process group we started, then any straggler that carries our token.
-
-    ``proc`` was started with ``start_new_session=True``, so its group id is its PID. The
-    group is signalled only while that id is provably still ours: before the leader is reaped
-    (the PID, alive or zombie, cannot be reused), or while a process carrying our token is
-    still a member of it.
-    """
-    pgid = proc.pid
-
-    def signal_group(sig: int) -> None:
-        if proc.returncode is None or any(_pgid_of(p) == pgid for p in _token_pids(token)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                pass
-
-    signal_group(signal.SIGTERM)  # graceful: the SuperLink also stops the SuperExec it started
-    try:
-        proc.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        signal_group(signal.SIGKILL)
-        proc.wait(timeout=STOP_TIMEOUT)
-    signal_group(signal.SIGKILL)  # group members that outlived the leader
-
-    # SuperExec (own session, by Flower's design), simulation, Ray: they stop when their parent
-    # goes; give them a moment, then signal each by PID, checking the token right before.
-    for sig, grace in ((None, 5.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        if sig is not None:
-            for pid in _token_pids(token):
-                if _carries_token(pid, token):
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-        deadline = time.monotonic() + grace
-        while _token_pids(token) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        finally:
+            if link.proc.returncode is not None or time.monotonic() >= deadline or sys.exc_info()[0]:
+                link.stop()
+        if link.proc.returncode is not None and "address already in use" in link.tail().lower():
+            continue
+        raise AssertionError(f"flower-superlink (exit code {link.proc.returncode}) not ready on "
+                             f"127.0.0.1:{port} within {STARTUP_TIMEOUT:.0f}s\n" + link.tail())
+    raise AssertionError("flower-superlink: no free port after 3 attempts\n" + link.tail())
 
 
 def test_flwr_run_simulation_on_own_superlink(tmp_path):
     home = tmp_path / "flwr-home"
     home.mkdir()
     out = tmp_path / "runs"
-    token = uuid.uuid4().hex
     ray_tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's AF_UNIX socket paths must fit in 107 bytes
     env = {k: v for k, v in os.environ.items()
            if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")}
     env |= {"FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0",
-            "RAY_TMPDIR": ray_tmp,
+            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "RAY_TMPDIR": ray_tmp,
             "PATH": str(BIN) + os.pathsep + os.environ["PATH"]}
     run_config = (f'overrides="data.num_devices=4; data.samples_per_device=40; teacher.epochs=2; '
                   f'federation.clients_per_round=2; federation.mask_rounds=1; federation.warmup_rounds=0; '
                   f'federation.finetune_rounds=1" out-dir="{out}"')
-    proc = None
+    cli_out = tmp_path / "flwr-run.out"
+    link, survivors = None, []
     try:
-        proc, port, log, sl_out = _start_superlink(tmp_path, env, token)
+        link = _start_superlink(tmp_path, env)
         # An explicit address: `flwr` treats the SuperLink as user-managed and starts none itself.
+        # `num-supernodes` goes in --federation-config (`options.` in config.toml is deprecated);
+        # the simulation default is 2, with which the ServerApp would not find its 4 devices.
         (home / "config.toml").write_text(f'[superlink]\ndefault = "mine"\n\n[superlink.mine]\n'
-                                          f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-        cli = subprocess.run([str(BIN / "flwr"), "run", ".", "mine", "--run-config", run_config,
-                              "--federation-config", "num-supernodes=4", "--stream"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-        assert cli.returncode == 0, cli.stdout[-3000:] + cli.stderr[-3000:] + "\n" + _tail(log, sl_out)
-        assert proc.poll() is None, "the SuperLink died during the run\n" + _tail(log, sl_out)
+                                          f'address = "127.0.0.1:{link.port}"\ninsecure = true\n')
+        with cli_out.open("wb") as fh:
+            cli = subprocess.Popen([str(BIN / "flwr"), "run", ".", "mine", "--run-config", run_config,
+                                    "--federation-config", "num-supernodes=4", "--stream"],
+                                   cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        try:
+            while cli.poll() is None and time.monotonic() < deadline:
+                link.record()
+                time.sleep(1.0)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        log = "`flwr run` output:\n" + _tail(cli_out, chars=6000) + "\n" + link.tail()
+        assert cli.returncode == 0, log
+        assert link.proc.poll() is None, "the SuperLink died during the run\n" + log
     finally:
-        if proc is not None:
-            _stop_superlink(proc, token)
+        if link is not None:
+            survivors = link.stop()
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert not _token_pids(token), "processes started by this test survived its clean-up"
-    assert not list(home.glob("local-superlink*")), "flwr started its own local SuperLink"
+    assert not survivors, f"processes started by this test survived its clean-up: {survivors}"
+    assert not (home / "local-superlink").exists(), "flwr started its own local SuperLink"
 
     (run,) = list(out.iterdir())
     # `flwr run --stream` exits 0 even when the ServerApp raised: show its log if the run is incomplete.
-    assert (run / "summary.json").is_file(), "no summary.json; `flwr run` output:\n" + cli.stdout[-6000:] + cli.stderr[-2000:]
+    assert (run / "summary.json").is_file(), "no summary.json\n" + log
     summary = json.loads((run / "summary.json").read_text())
     assert summary["mode"] == "federated" and summary["devices"] == 4  # one device per simulated SuperNode
     assert summary["student"]["params"] < summary["teacher"]["params"]

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from admp.masks import ChannelGates, gated, group_sizes, mask_sparsity, ones_masks
+from admp.masks import gated, group_sizes, mask_sparsity, ones_masks
 from admp.models import LeNet, ResNetSmall
 
 

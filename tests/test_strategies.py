@@ -7,8 +7,8 @@ import torch
 from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies import protocol as P
 from admp.state import AdmmSettings, AdmpState
+from strategies import protocol as P
 from strategies.aggregation import ReplyError, bn_statistics, check_arrays, check_range, weighted_average
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD

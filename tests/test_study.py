@@ -8,7 +8,6 @@ import pytest
 from admp.config import ConfigError
 from simulations import study as study_mod
 from simulations import study_report
-from simulations.study_report import write_report
 
 SCENARIO = "run:\n  name: t\nfederation:\n  mask_rounds: 2\n"
 

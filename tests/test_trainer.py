@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from admp.config import AdmpHyper
+from admp.losses import kd_divergence
 from admp.masks import group_sizes
 from admp.models import build_model
 from admp.state import AdmmSettings, AdmpState
-from admp.losses import kd_divergence
 from admp.trainer import admp_local_train, frozen_bn_stats, kd_finetune, recalibrate_bn
 
 

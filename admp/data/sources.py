@@ -33,7 +33,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, idx: np.ndarray) -> "Split":
+    def subset(self, idx: np.ndarray) -> Split:
         """The samples at ``idx``."""
         index = torch.as_tensor(idx, dtype=torch.long)
         return Split(self.x[index], self.y[index])
@@ -152,7 +152,7 @@ def load_image_folder(root: Path, domain: str, size: int = 32,
                 continue
             try:
                 with Image.open(file) as img:
-                    rgb = img.convert("RGB").resize((size, size), Image.BILINEAR)
+                    rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"{file}: not a readable image ({exc})") from exc
             images.append(np.asarray(rgb, dtype=np.float32) / 255.0)

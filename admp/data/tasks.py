@@ -18,8 +18,16 @@ from admp.choices import DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch
 from admp.config import DataSpec
 from admp.data import partition as part
 from admp.data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
-from admp.data.sources import (DataError, Split, load_embedded_digits, load_hapt, load_image_folder,
-                               load_mnist, load_usps, standardise)
+from admp.data.sources import (
+    DataError,
+    Split,
+    load_embedded_digits,
+    load_hapt,
+    load_image_folder,
+    load_mnist,
+    load_usps,
+    standardise,
+)
 from admp.seeding import numpy_rng, torch_generator
 
 DEFAULT_ARCH: dict[Dataset, Arch] = {"digits": "lenet", "mnist_usps": "lenet", "usps_mnist": "lenet",
@@ -95,8 +103,12 @@ class CrossDomainTask:
         Pass ``devices`` (every device, in order) when they are already built, to not build them twice.
         """
         devices = devices if devices is not None else [self.device(i) for i in range(self.num_devices)]
-        cat = lambda splits: Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))  # noqa: E731
-        return cat([d.train for d in devices]), cat([d.test for d in devices])
+        return _concat([d.train for d in devices]), _concat([d.test for d in devices])
+
+
+def _concat(splits: list[Split]) -> Split:
+    """The splits' samples and labels concatenated in order."""
+    return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
 
 
 def _cap(split: Split, limit: int, rng: np.random.Generator) -> Split:
@@ -105,7 +117,7 @@ def _cap(split: Split, limit: int, rng: np.random.Generator) -> Split:
     return split.subset(np.sort(rng.choice(len(split), limit, replace=False)))
 
 
-def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split, Split | None, np.ndarray | None]:
+def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split | None, np.ndarray | None]:
     """(source, target_train, target_test or None, groups for natural partition or None)."""
     root = Path(spec.data_dir)
     if spec.dataset == "digits":
@@ -113,10 +125,14 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split, 
         src_idx, tgt_idx = part.split_train_test(np.arange(len(digits)), 0.5, numpy_rng(seed, "digits"))
         return digits.subset(src_idx), digits.subset(tgt_idx), None, None
     if spec.dataset in ("mnist_usps", "usps_mnist"):
-        mnist = lambda s: load_mnist(root / "mnist" / "mnist.npz", s)  # noqa: E731
-        usps = lambda s: load_usps(root / "usps" / "usps.npz", s, spec.usps_layout)  # noqa: E731
-        src, tgt = (mnist, usps) if spec.dataset == "mnist_usps" else (usps, mnist)
-        return src("train"), tgt("train"), tgt("test"), None
+        def mnist(split: str) -> Split:
+            return load_mnist(root / "mnist" / "mnist.npz", split)
+
+        def usps(split: str) -> Split:
+            return load_usps(root / "usps" / "usps.npz", split, spec.usps_layout)
+
+        load_src, load_tgt = (mnist, usps) if spec.dataset == "mnist_usps" else (usps, mnist)
+        return load_src("train"), load_tgt("train"), load_tgt("test"), None
     if spec.dataset == "hapt":
         hapt = load_hapt(root / "hapt" / "hapt.npz")
         is_src = np.isin(hapt.subject, spec.hapt_source_subjects)
