@@ -75,8 +75,10 @@ def rescale_dual(u: MaskDict, rho_old: float, rho_new: float) -> MaskDict:
 
 def admm_penalty(m: MaskDict, z: MaskDict, u: MaskDict, rho: float) -> torch.Tensor:
     """(rho / 2) * sum_g ||m_g - Z_g + U_g||^2, differentiable in m."""
-    total = sum(((m[g] - z[g] + u[g]) ** 2).sum() for g in m)
-    return 0.5 * rho * total
+    terms = [((m[g] - z[g] + u[g]) ** 2).sum() for g in m]
+    if not terms:  # no gated groups: no penalty
+        return torch.zeros(())
+    return 0.5 * rho * sum(terms[1:], terms[0])
 
 
 def primal_residual(m: MaskDict, z: MaskDict) -> float:

@@ -103,7 +103,9 @@ def _annotation_at(cls: type[BaseModel], loc: tuple[int | str, ...]) -> tuple[An
 
 def interval(meta: list[Any]) -> str:
     """The interval a field's ``Field(ge/gt/le/lt)`` constraints allow, e.g. ``[0, 1)`` or ``(0, inf]``."""
-    lo, lo_open, hi, hi_open = "-inf", False, "inf", False
+    lo: object = "-inf"  # a bound: any value pydantic's constraint holds, printed as is
+    hi: object = "inf"
+    lo_open, hi_open = False, False
     for m in meta:
         if isinstance(m, (Ge, Gt)):
             lo, lo_open = (m.gt, True) if isinstance(m, Gt) else (m.ge, False)

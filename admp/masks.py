@@ -8,8 +8,9 @@ multiply each gated BatchNorm output by ``m[g] * s[g]`` (broadcast over the chan
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from torch import nn
 from admp.models import GroupSpec
 
 MaskDict = dict[str, torch.Tensor]  # group name -> (C_g,) tensor
+GateHook = Callable[[nn.Module, tuple[Any, ...], torch.Tensor], torch.Tensor]  # a forward hook scaling the output
 
 
 def group_sizes(model: nn.Module, groups: GroupSpec) -> dict[str, int]:
@@ -86,8 +88,8 @@ class ChannelGates:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, group: str):
-        def scale(_module: nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+    def _hook(self, group: str) -> GateHook:
+        def scale(_module: nn.Module, _inputs: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
             g = self.gate(group)
             return out * g.view(1, -1, *([1] * (out.dim() - 2)))  # (N,C,...) * (1,C,1..)
 

@@ -60,7 +60,7 @@ def cpu_latency_ms(model: nn.Module, example: torch.Tensor, threads: int = 1,
     return {"median_ms": times[len(times) // 2], "p90_ms": times[int(0.9 * (len(times) - 1))]}
 
 
-def model_report(model: nn.Module, groups: GroupSpec, example: torch.Tensor) -> dict:
+def model_report(model: nn.Module, groups: GroupSpec, example: torch.Tensor) -> dict[str, int | dict[str, int]]:
     """Parameters, MACs and per-group channel counts in one dict, for summaries."""
     return {
         "params": count_params(model),

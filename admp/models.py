@@ -39,7 +39,8 @@ class LeNet(nn.Module):
         x = self.pool(torch.relu(self.bn1(self.conv1(x))))
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))
         x = torch.flatten(x, 1)  # (N, c2*16)
-        return self.fc2(torch.relu(self.fc1(x)))
+        logits: torch.Tensor = self.fc2(torch.relu(self.fc1(x)))
+        return logits
 
     def channel_groups(self) -> GroupSpec:
         """Prunable groups: each conv's output channels."""
@@ -85,7 +86,8 @@ class ResNetSmall(nn.Module):
         x = torch.relu(self.stem_bn(self.stem(x)))
         x = self.stage3(self.stage2(self.stage1(x)))
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (N, c2)
-        return self.fc(x)
+        logits: torch.Tensor = self.fc(x)
+        return logits
 
     def channel_groups(self) -> GroupSpec:
         """Residual streams are one group each; each block's inner conv is its own group."""
@@ -120,7 +122,8 @@ class SensorCNN1D(nn.Module):
         x = self.pool(torch.relu(self.bn1(self.conv1(x))))
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))
         x = torch.relu(self.bn3(self.conv3(x)))
-        return self.fc(x.mean(dim=2))  # global average pool: (N, c2)
+        logits: torch.Tensor = self.fc(x.mean(dim=2))  # global average pool: (N, c2)
+        return logits
 
     def channel_groups(self) -> GroupSpec:
         """Prunable groups: each conv's output channels."""
@@ -144,4 +147,7 @@ def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     """A zero input of the model's declared shape, for tracing, export and MAC counting."""
-    return torch.zeros(batch, *model.input_shape)
+    shape: object = model.input_shape  # a class attribute of the families above
+    if not isinstance(shape, tuple):
+        raise TypeError(f"{type(model).__name__}.input_shape must be a tuple, got {type(shape).__name__}")
+    return torch.zeros(batch, *shape)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import overload
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,12 @@ from admp.models import GroupSpec
 from admp.state import AdmpState
 
 
+@overload
+def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
+            y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+@overload
+def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
+            y: None = None) -> Iterator[tuple[torch.Tensor, None]]: ...
 def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
             y: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Shuffled mini-batches of an in-memory tensor (and labels if given); last partial batch kept."""
@@ -104,7 +111,7 @@ def _soft_grads(student: nn.Module, groups: GroupSpec, m: MaskDict, s: MaskDict,
     with gated(student, groups, detached_m, leaf), frozen_bn_stats(student):
         div = kd_divergence(t_logits, student(xb), tau)
     grads = torch.autograd.grad(div, list(leaf.values()))
-    return dict(zip(leaf, grads))
+    return dict(zip(leaf, grads, strict=True))
 
 
 @torch.no_grad()

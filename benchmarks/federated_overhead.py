@@ -40,45 +40,46 @@ def simulate(rounds: int, out: Path, extra: list[str]) -> tuple[Path, float]:
 
 
 def plain_loop(run: Path, rounds: int) -> list[float]:
-    """The same mask-phase rounds without Flower or Ray; seconds per round."""
+    """The same mask-phase rounds without Flower or Ray (same AdmpState steps); seconds per round."""
     from admp.config import load_config
     from admp.data.tasks import build_task
-    from admp.masks import group_sizes, ones_masks, zeros_masks
+    from admp.masks import clone_masks, group_sizes
     from admp.seeding import numpy_rng, torch_generator
+    from admp.state import AdmmSettings, AdmpState
     from admp.teacher import initial_model
-    from admp.trainer import admp_local_train
-    from strategies.aggregation import global_dual_step, weighted_average
+    from admp.trainer import admp_local_train, teacher_targets
+    from strategies.aggregation import weighted_average
 
     cfg = load_config(run / "config.yaml")
+    hp, fed = cfg.admp, cfg.federation
     torch.set_num_threads(2)
     task = build_task(cfg.data, cfg.run.seed)
     teacher = initial_model(cfg, task.num_classes)
     teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
     teacher.eval()
     groups = teacher.channel_groups()
-    sizes = group_sizes(teacher, groups)
+    settings = AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+    state = AdmpState.initial(settings, group_sizes(teacher, groups))
     weights = teacher.state_dict()
-    m, s, z, u, rho = ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes), 0.0
     times = []
     for rnd in range(1, rounds + 1):
         start = time.perf_counter()
         rng = numpy_rng(cfg.run.seed, "sample", "train", rnd)
-        devices = sorted(int(i) for i in rng.choice(task.num_devices, cfg.federation.clients_per_round, replace=False))
+        devices = sorted(int(i) for i in rng.choice(task.num_devices, fed.clients_per_round, replace=False))
         results = []
         for dev in devices:
             data = task.device(dev).train.x
             student = copy.deepcopy(teacher)
             student.load_state_dict(weights)
-            mk, sk = {g: v.clone() for g, v in m.items()}, {g: v.clone() for g, v in s.items()}
-            admp_local_train(student, teacher, groups, mk, sk, z, u, rho, data, cfg.federation.local_epochs,
-                             cfg.admp, torch_generator(cfg.run.seed, "client", dev, rnd))
-            results.append((student.state_dict(), mk, sk, len(data)))
+            local = AdmpState(settings, clone_masks(state.m), clone_masks(state.s), state.z, state.u, state.rho)
+            admp_local_train(student, groups, local, data, teacher_targets(teacher, data, hp.teacher_bn),
+                             fed.local_epochs, hp, torch_generator(cfg.run.seed, "client", dev, rnd))
+            results.append((student.state_dict(), local.m, local.s, len(data)))
         weights = weighted_average([(w, n) for w, _, _, n in results])
-        m = weighted_average([(mk, n) for _, mk, _, n in results])
-        s = weighted_average([(sk, n) for _, _, sk, n in results])
-        if rnd > cfg.federation.warmup_rounds:
-            z, u = global_dual_step(m, u, cfg.admp.prune_ratio)
-            rho = cfg.admp.rho if rho == 0 else min(rho * cfg.admp.rho_gamma, cfg.admp.rho_max)
+        state.m = weighted_average([(mk, n) for _, mk, _, n in results])
+        state.s = weighted_average([(sk, n) for _, _, sk, n in results])
+        if rnd > fed.warmup_rounds:
+            state.admm_step()
         times.append(time.perf_counter() - start)
     return times
 
@@ -93,7 +94,7 @@ def context_costs(run: Path) -> dict:
     out = {}
     for name, state in (("hash_only", RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64})})),
                         ("teacher_in_state", RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64}),
-                                                         "teacher": P.state_to_record(teacher)}))):
+                                                         "teacher": P.to_record(teacher)}))):
         ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=state, run_config={})
         start = time.perf_counter()
         for _ in range(50):

@@ -163,8 +163,7 @@ class FleetStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted accuracy over the devices that answered."""
         def parse(content: RecordDict) -> tuple[float, int]:
-            metrics = content[P.METRICS]
-            return float(metrics["accuracy"]), check_examples(float(metrics[P.NUM_EXAMPLES]))
+            return P.metric(content, "accuracy"), check_examples(P.metric(content, P.NUM_EXAMPLES))
 
         results = self.validated(server_round, replies, parse)
         total = sum(n for _, n in results)

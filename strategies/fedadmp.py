@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.serverapp import Grid
 
 from admp.masks import MaskDict
@@ -99,18 +99,18 @@ class FedADMP(FleetStrategy):
 
     def parse_train_reply(self, content: RecordDict) -> AdmpReply:
         """Validate one reply: keys, shapes, finite values, mask ranges, example count."""
-        weights = P.from_record(content[P.ARRAYS])
+        weights = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(weights, self.weight_shapes, "arrays")
-        m, s, u = (P.record_to_masks(content[P.MASKS], k) for k in ("m", "s", "u"))
+        masks = P.array_record(content, P.MASKS)
+        m, s, u = (P.record_to_masks(masks, k) for k in ("m", "s", "u"))
         check_arrays(m, self.mask_shapes, "masks.m")
         check_arrays(s, self.mask_shapes, "masks.s")
         check_range(m, 0.0, 1.0, "masks.m")
         check_range(s, self.s_min, 1.0, "masks.s")
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
-        metrics = content[P.METRICS]
-        return AdmpReply(weights, m, s, u, check_examples(float(metrics[P.NUM_EXAMPLES])),
-                         float(metrics["divergence"]))
+        return AdmpReply(weights, m, s, u, check_examples(P.metric(content, P.NUM_EXAMPLES)),
+                         P.metric(content, "divergence"))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -126,8 +126,9 @@ class FedADMP(FleetStrategy):
             if self.dual == "per_client":
                 consensus = weighted_average([({g: r.m[g] + r.u[g] for g in r.m}, r.n) for r in parsed])
             self.state.admm_step(consensus)
-        metrics = {"valid-replies": len(parsed), P.NUM_EXAMPLES: sum(r.n for r in parsed),
-                   "divergence": weighted_mean((r.divergence, r.n) for r in parsed)} | self.state.metrics()
+        metrics: dict[str, MetricRecordValues] = {
+            "valid-replies": len(parsed), P.NUM_EXAMPLES: sum(r.n for r in parsed),
+            "divergence": weighted_mean((r.divergence, r.n) for r in parsed), **self.state.metrics()}
         return P.to_record(weights), MetricRecord(metrics)
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
@@ -169,10 +170,9 @@ class FedKD(FleetStrategy):
 
     def parse_train_reply(self, content: RecordDict) -> KdReply:
         """Validate one reply: weights' keys, shapes, finite values, and the example count."""
-        weights = P.from_record(content[P.ARRAYS])
+        weights = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(weights, self.weight_shapes, "arrays")
-        metrics = content[P.METRICS]
-        return KdReply(weights, check_examples(float(metrics[P.NUM_EXAMPLES])), float(metrics["divergence"]))
+        return KdReply(weights, check_examples(P.metric(content, P.NUM_EXAMPLES)), P.metric(content, "divergence"))
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

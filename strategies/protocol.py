@@ -52,6 +52,34 @@ class TeacherMissing(RuntimeError):
     """The server believes this device holds the teacher, but the device has no valid copy."""
 
 
+class RecordTypeError(TypeError):
+    """A message holds a record, or a metric, of another type than the protocol puts under its key."""
+
+
+def array_record(content: RecordDict, key: str) -> ArrayRecord:
+    """The ArrayRecord under ``key``: KeyError when absent, RecordTypeError when of another record type."""
+    record = content[key]
+    if not isinstance(record, ArrayRecord):
+        raise RecordTypeError(f"{key}: expected an ArrayRecord, got a {type(record).__name__}")
+    return record
+
+
+def metric_record(content: RecordDict, key: str = METRICS) -> MetricRecord:
+    """The MetricRecord under ``key``: KeyError when absent, RecordTypeError when of another record type."""
+    record = content[key]
+    if not isinstance(record, MetricRecord):
+        raise RecordTypeError(f"{key}: expected a MetricRecord, got a {type(record).__name__}")
+    return record
+
+
+def metric(content: RecordDict, name: str) -> float:
+    """The number ``name`` of the message's ``metrics`` record: KeyError when absent, RecordTypeError if no number."""
+    value = metric_record(content)[name]
+    if not isinstance(value, (int, float)):
+        raise RecordTypeError(f"{METRICS}.{name}: expected a number, got a {type(value).__name__}")
+    return float(value)
+
+
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """A torch state dict (float and integer buffers as they are) as Flower's ArrayRecord."""
     return ArrayRecord({k: v.detach() for k, v in state.items()})
@@ -80,7 +108,7 @@ def record_to_masks(record: ArrayRecord, prefix: str) -> MaskDict:
 
 def message_masks(content: RecordDict, prefix: str) -> MaskDict:
     """``record_to_masks`` of the message's ``masks`` record, empty when it has none."""
-    return record_to_masks(content[MASKS], prefix) if MASKS in content else {}
+    return record_to_masks(array_record(content, MASKS), prefix) if MASKS in content else {}
 
 
 def make_config(values: dict[str, Any]) -> ConfigRecord:

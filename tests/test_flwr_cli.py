@@ -1,189 +1,17 @@
-"""``flwr run .`` (Flower's own CLI) runs the same ServerApp/ClientApp on a SuperLink.
+"""``flwr run .`` (Flower's own CLI) runs the same ServerApp/ClientApp on a SuperLink the test owns.
 
-The test starts its own simulation SuperLink rather than letting ``flwr`` start the shared
-``:local:`` one (detached, on fixed ports, never stopped, and silently reused when somebody
-else's is already running). Flower 1.41's SuperLink serves the Runtime, Control and Fleet
-APIs on one HTTP port (``--host``/``--port``); the legacy gRPC Control/Fleet servers start
-only under ``FLWR_INTERNAL_GRPC_*=1`` (removed from its environment here), there is no Fleet
-server in simulation mode, and the gRPC health server only starts with
-``--health-server-address`` (not given). So one free port on 127.0.0.1 is all it binds, and
-it counts as ready only once *its* PID holds the listening socket on that port.
-
-Clean-up. The SuperLink is started in a new session, so its process group (id = its PID)
-is ours: SIGTERM, then SIGKILL. Flower's SuperLink starts its SuperExec with
-``start_new_session=True``, outside that group, and the SuperExec starts the simulation and
-Ray in its session. So the test notes (every second while ``flwr run`` runs, and again
-before stopping) the sessions of the SuperLink's descendants, drops any it sees empty (a
-session id stays reserved while one process has it), and after the group is gone ends, by
-PID, whatever is still in those sessions. Nothing else is ever signalled.
+See tests/own_superlink.py for how the SuperLink is started on a free port and how exactly the
+processes this test started, and no others, are ended.
 """
 
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-STARTUP_TIMEOUT = 90.0  # two shared cores: importing the SuperLink alone takes seconds
-STOP_TIMEOUT = 20.0
-RUN_TIMEOUT = 400.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(*paths: Path, chars: int = 3000) -> str:
-    out = []
-    for p in paths:
-        text = p.read_text(errors="replace") if p.exists() else "(missing)"
-        out.append(f"--- {p.name} ---\n{text[-chars:]}")
-    return "\n".join(out)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _owns_listener(pid: int, port: int) -> bool:
-    """True iff process ``pid`` holds the socket LISTENing on 127.0.0.1:``port``."""
-    local = f"0100007F:{port:04X}"
-    inodes = {f[9] for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
-              if f[1] == local and f[3] == "0A"}
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:[") and link[8:-1] in inodes:
-            return True
-    return False
-
-
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """{pid: (parent pid, session id, state)} of every process, from /proc/<pid>/stat."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            table[int(d)] = (int(fields[1]), int(fields[3]), fields[0])
-    return table
-
-
-class _SuperLink:
-    """A ``flower-superlink`` this test started, and the sessions of everything it started."""
-
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path, out: Path):
-        self.proc, self.port, self.log, self.out = proc, port, log, out
-        self.sessions = {proc.pid}  # start_new_session=True: session id = group id = its PID
-
-    def tail(self) -> str:
-        return _tail(self.log, self.out)
-
-    def record(self) -> None:
-        """Note the sessions of the SuperLink's descendants; forget sessions seen empty."""
-        table = _proc_table()
-        children = defaultdict(list)
-        for pid, (ppid, _, _) in table.items():
-            children[ppid].append(pid)
-        # Walk from the SuperLink only while it is unreaped (its PID cannot be reused), and
-        # from the members of sessions already noted (those ids are held by the members).
-        stack = [pid for pid, (_, sid, _) in table.items() if sid in self.sessions]
-        if self.proc.returncode is None:
-            stack.append(self.proc.pid)
-        seen: set[int] = set()
-        while stack:
-            pid = stack.pop()
-            if pid in seen or pid not in table:
-                continue
-            seen.add(pid)
-            self.sessions.add(table[pid][1])
-            stack.extend(children[pid])
-        self.sessions &= {sid for _, sid, _ in table.values()}
-
-    def members(self) -> list[int]:
-        """Live (non-zombie) processes in the noted sessions."""
-        table = _proc_table()
-        self.sessions &= {sid for _, sid, _ in table.values()}
-        return [pid for pid, (_, sid, state) in table.items()
-                if sid in self.sessions and state not in ("Z", "X") and pid != os.getpid()]
-
-    def stop(self) -> list[int]:
-        """End the group we started, then what is left in the noted sessions; return survivors."""
-        self.record()
-        if self.proc.returncode is None:  # unreaped leader: the group id is still ours
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the SuperLink also stops its SuperExec
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # still unreaped after the timeout
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        # SuperExec, simulation, Ray (whose agents ignore SIGTERM): each by PID, re-checked.
-        for sig, grace in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            for pid in self.members() if sig is not None else ():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + grace
-            while self.members() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return self.members()
-
-
-def _start_superlink(tmp: Path, env: dict[str, str]) -> _SuperLink:
-    """Start ``flower-superlink`` (simulation, insecure, 127.0.0.1:<free port>) and wait for it.
-
-    Retries with a new port if the chosen one was taken between choosing and binding; raises
-    with the log tails if it never becomes ready.
-    """
-    for attempt in range(3):
-        port = _free_port()
-        log, out = tmp / f"superlink-{attempt}.log", tmp / f"superlink-{attempt}.out"
-        cmd = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-               "--host", "127.0.0.1", "--port", str(port), "--database", str(tmp / f"state-{attempt}.db"),
-               "--log-file", str(log), "--disable-runtime-dependency-installation"]
-        with out.open("wb") as fh:
-            link = _SuperLink(subprocess.Popen(cmd, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=fh,
-                                               stderr=subprocess.STDOUT, start_new_session=True), port, log, out)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        try:
-            while time.monotonic() < deadline and link.proc.poll() is None:
-                # Ready only once *our* process holds the listener: never talk to someone else's.
-                if _healthy(port) and _owns_listener(link.proc.pid, port):
-                    return link
-                time.sleep(0.3)
-        finally:
-            if link.proc.returncode is not None or time.monotonic() >= deadline or sys.exc_info()[0]:
-                link.stop()
-        if link.proc.returncode is not None and "address already in use" in link.tail().lower():
-            continue
-        raise AssertionError(f"flower-superlink (exit code {link.proc.returncode}) not ready on "
-                             f"127.0.0.1:{port} within {STARTUP_TIMEOUT:.0f}s\n" + link.tail())
-    raise AssertionError("flower-superlink: no free port after 3 attempts\n" + link.tail())
+from tests.own_superlink import BIN, ROOT, RUN_TIMEOUT, start_superlink, tail
 
 
 def test_flwr_run_simulation_on_own_superlink(tmp_path):
@@ -191,27 +19,53 @@ def test_flwr_run_simulation_on_own_superlink(tmp_path):
     home.mkdir()
     out = tmp_path / "runs"
     ray_tmp = tempfile.mkdtemp(prefix="ray-")  # short: Ray's AF_UNIX socket paths must fit in 107 bytes
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")}
-    env |= {"FLWR_HOME": str(home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_TELEMETRY_ENABLED": "0", "RAY_TMPDIR": ray_tmp,
-            "PATH": str(BIN) + os.pathsep + os.environ["PATH"]}
-    run_config = (f'overrides="data.num_devices=4; data.samples_per_device=40; teacher.epochs=2; '
-                  f'federation.clients_per_round=2; federation.mask_rounds=1; federation.warmup_rounds=0; '
-                  f'federation.finetune_rounds=1" out-dir="{out}"')
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
+    }
+    env |= {
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_TMPDIR": ray_tmp,
+        "PATH": str(BIN) + os.pathsep + os.environ["PATH"],
+    }
+    run_config = (
+        f'overrides="data.num_devices=4; data.samples_per_device=40; teacher.epochs=2; '
+        f"federation.clients_per_round=2; federation.mask_rounds=1; federation.warmup_rounds=0; "
+        f'federation.finetune_rounds=1" out-dir="{out}"'
+    )
     cli_out = tmp_path / "flwr-run.out"
     link, survivors = None, []
     try:
-        link = _start_superlink(tmp_path, env)
+        link = start_superlink(tmp_path, env)
         # An explicit address: `flwr` treats the SuperLink as user-managed and starts none itself.
         # `num-supernodes` goes in --federation-config (`options.` in config.toml is deprecated);
         # the simulation default is 2, with which the ServerApp would not find its 4 devices.
-        (home / "config.toml").write_text(f'[superlink]\ndefault = "mine"\n\n[superlink.mine]\n'
-                                          f'address = "127.0.0.1:{link.port}"\ninsecure = true\n')
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "mine"\n\n[superlink.mine]\naddress = "127.0.0.1:{link.port}"\ninsecure = true\n'
+        )
         with cli_out.open("wb") as fh:
-            cli = subprocess.Popen([str(BIN / "flwr"), "run", ".", "mine", "--run-config", run_config,
-                                    "--federation-config", "num-supernodes=4", "--stream"],
-                                   cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+            cli = subprocess.Popen(
+                [
+                    str(BIN / "flwr"),
+                    "run",
+                    ".",
+                    "mine",
+                    "--run-config",
+                    run_config,
+                    "--federation-config",
+                    "num-supernodes=4",
+                    "--stream",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + RUN_TIMEOUT
         try:
             while cli.poll() is None and time.monotonic() < deadline:
@@ -221,7 +75,7 @@ def test_flwr_run_simulation_on_own_superlink(tmp_path):
             if cli.poll() is None:
                 cli.kill()
                 cli.wait()
-        log = "`flwr run` output:\n" + _tail(cli_out, chars=6000) + "\n" + link.tail()
+        log = "`flwr run` output:\n" + tail(cli_out, chars=6000) + "\n" + link.tail()
         assert cli.returncode == 0, log
         assert link.proc.poll() is None, "the SuperLink died during the run\n" + log
     finally:
