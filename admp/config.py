@@ -55,7 +55,7 @@ class DataSpec(Section):
     partition: Partition = "iid"
     dirichlet_alpha: Annotated[float, Field(gt=0)] = 0.5  # label-skew concentration for partition=dirichlet
     shifts: ShiftsMode = "auto"  # auto (digits: yes, real data: no) | always | never
-    shift_kinds: list[ShiftKind] = []  # empty: every shift of the modality
+    shift_kinds: list[ShiftKind] = Field(default_factory=list)  # empty: every shift of the modality
     max_shifts_per_device: Annotated[int, Field(ge=1, le=5)] = 2  # each device composes 1..this many shifts
     severity_min: Annotated[int, Field(ge=1, le=5)] = 2  # severities are drawn uniformly in [min, max]
     severity_max: Annotated[int, Field(ge=1, le=5)] = 4
@@ -255,15 +255,23 @@ def config_from_overrides(overrides: list[str]) -> ScenarioConfig:
     return parse_section(ScenarioConfig, apply_overrides({}, overrides))
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ScenarioConfig:
-    """Read a YAML file (plus ``key=value`` overrides) into a validated scenario; errors are ConfigError."""
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The parsed YAML of ``path`` (None for an empty file); a missing, non-UTF-8 or malformed file
+    is one ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ScenarioConfig:
+    """Read a YAML file (plus ``key=value`` overrides) into a validated scenario; errors are ConfigError."""
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -36,7 +36,7 @@ def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
             continue
-        device = int(reply.content[P.METRICS]["device"])  # type: ignore[arg-type]
+        device = int(P.metric(reply.content, "device"))
         if device in devices:
             raise RuntimeError(f"two nodes ({devices[device]}, {reply.metadata.src_node_id}) claim device id {device}")
         devices[device] = reply.metadata.src_node_id
@@ -51,9 +51,9 @@ Moments = tuple[TensorDict, TensorDict, int]
 def _parse_moments(expected: dict[str, tuple[int, ...]]) -> Callable[[RecordDict], Moments]:
     """A reply parser for per-layer moments: (E[x] per layer, E[x^2] per layer, n)."""
     def parse(content: RecordDict) -> Moments:
-        stats = P.from_record(content[P.ARRAYS])
+        stats = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(stats, expected, "bnstats")
-        n = check_examples(float(content[P.METRICS][P.NUM_EXAMPLES]))  # type: ignore[arg-type]
+        n = check_examples(P.metric(content, P.NUM_EXAMPLES))
         return ({k[len("mean."):]: v for k, v in stats.items() if k.startswith("mean.")},
                 {k[len("sq."):]: v for k, v in stats.items() if k.startswith("sq.")}, n)
     return parse

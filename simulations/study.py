@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from admp.choices import METHODS, Method, VariantMethod
-from admp.config import ConfigError, load_config, parse_section
+from admp.config import ConfigError, load_config, parse_section, read_yaml
 from admp.configbase import Section, SectionError
 
 COLUMNS = ["run_id", "task", "method", "variant", "prune_ratio", "seed", "teacher_acc", "teacher_acc_target_bn",
@@ -82,16 +82,8 @@ def load_study(path: str | Path) -> tuple[StudySpec, Path]:
 
     Returns the spec and the folder it lives in.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    spec = parse_section(StudySpec, data)
+    spec = parse_section(StudySpec, read_yaml(path, "study"))
     data_dir = [f"data.data_dir={(path.parent / spec.data_dir).resolve()}"] if spec.data_dir else []
     for task in spec.tasks:
         load_config(path.parent / task.scenario, overrides=[*data_dir, *task.overrides])  # fail early, with the key

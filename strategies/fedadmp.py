@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,24 +19,28 @@ TensorDict = dict[str, torch.Tensor]
 
 
 @dataclass
-class AdmpReply:
-    """One validated mask-phase reply."""
+class KdReply:
+    """One validated training reply: the device's weights, its example count and divergence."""
 
     weights: TensorDict
-    m: MaskDict
-    s: MaskDict
-    u: MaskDict  # per-client dual U_k; empty with the global dual
     n: int  # num-examples
     divergence: float
 
 
 @dataclass
-class KdReply:
-    """One validated KD reply."""
+class AdmpReply(KdReply):
+    """One validated mask-phase reply: a KD reply plus the device's masks."""
 
-    weights: TensorDict
-    n: int
-    divergence: float
+    m: MaskDict
+    s: MaskDict
+    u: MaskDict  # per-client dual U_k; empty with the global dual
+
+
+def fedavg(replies: Sequence[KdReply]) -> tuple[TensorDict, dict[str, MetricRecordValues]]:
+    """FedAvg of the replies' weights, and the round's metrics: valid replies, examples, mean divergence."""
+    weights = weighted_average([(r.weights, r.n) for r in replies])
+    return weights, {"valid-replies": len(replies), P.NUM_EXAMPLES: sum(r.n for r in replies),
+                     "divergence": weighted_mean((r.divergence, r.n) for r in replies)}
 
 
 def shapes(state: TensorDict) -> dict[str, tuple[int, ...]]:
@@ -109,8 +113,8 @@ class FedADMP(FleetStrategy):
         check_range(s, self.s_min, 1.0, "masks.s")
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
-        return AdmpReply(weights, m, s, u, check_examples(P.metric(content, P.NUM_EXAMPLES)),
-                         P.metric(content, "divergence"))
+        n = check_examples(P.metric(content, P.NUM_EXAMPLES))
+        return AdmpReply(weights, n, P.metric(content, "divergence"), m, s, u)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -118,7 +122,7 @@ class FedADMP(FleetStrategy):
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
-        weights = weighted_average([(r.weights, r.n) for r in parsed])
+        weights, metrics = fedavg(parsed)
         self.state.m = weighted_average([(r.m, r.n) for r in parsed])
         self.state.s = weighted_average([(r.s, r.n) for r in parsed])
         if server_round > self.warmup_rounds:
@@ -126,10 +130,7 @@ class FedADMP(FleetStrategy):
             if self.dual == "per_client":
                 consensus = weighted_average([({g: r.m[g] + r.u[g] for g in r.m}, r.n) for r in parsed])
             self.state.admm_step(consensus)
-        metrics: dict[str, MetricRecordValues] = {
-            "valid-replies": len(parsed), P.NUM_EXAMPLES: sum(r.n for r in parsed),
-            "divergence": weighted_mean((r.divergence, r.n) for r in parsed), **self.state.metrics()}
-        return P.to_record(weights), MetricRecord(metrics)
+        return P.to_record(weights), MetricRecord(metrics | self.state.metrics())
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
         """Evaluating devices gate the dense student with the global m (s = 1)."""
@@ -180,7 +181,5 @@ class FedKD(FleetStrategy):
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
-        weights = weighted_average([(r.weights, r.n) for r in parsed])
-        return P.to_record(weights), MetricRecord({
-            "valid-replies": len(parsed), P.NUM_EXAMPLES: sum(r.n for r in parsed),
-            "divergence": weighted_mean((r.divergence, r.n) for r in parsed)})
+        weights, metrics = fedavg(parsed)
+        return P.to_record(weights), MetricRecord(metrics)

@@ -56,7 +56,7 @@ def test_overrides_apply_and_are_validated(tmp_path):
     path = _write(tmp_path, "run:\n  seed: 1\n")
     cfg = load_config(path, overrides=["run.seed=5", "admp.adversary=false"])
     assert cfg.run.seed == 5 and cfg.admp.adversary is False
-    with pytest.raises(ConfigError, match="admp.rho_gamma: 0.5 is out of range"):
+    with pytest.raises(ConfigError, match=r"admp\.rho_gamma: 0\.5 is out of range"):
         load_config(path, overrides=["admp.rho_gamma=0.5"])
 
 
@@ -141,7 +141,7 @@ def test_config_from_overrides_starts_from_the_defaults():
     cfg = config_from_overrides(["admp.prune_ratio=0.3", "federation.clients_per_round=2"])
     assert isinstance(cfg, ScenarioConfig) and cfg.admp.prune_ratio == 0.3
     assert cfg.admp.teacher_bn == "local"  # auto resolved: the default digits devices carry their own shifts
-    with pytest.raises(ConfigError, match="federation.min_replies: 3 exceeds"):
+    with pytest.raises(ConfigError, match=r"federation\.min_replies: 3 exceeds"):
         config_from_overrides(["federation.min_replies=3", "federation.clients_per_round=2"])
 
 
@@ -149,5 +149,5 @@ def test_one_choice_list_for_config_and_code():
     assert set(DEFAULT_ARCH) == set(choices.DATASETS) and set(ARCHITECTURES) == set(choices.ARCHS)
     assert set(choices.SHIFT_KINDS) == set(choices.IMAGE_SHIFTS) | set(choices.SENSOR_SHIFTS)
     assert DataSpec.model_fields["dataset"].annotation is choices.Dataset
-    with pytest.raises(ConfigError, match="model.arch: 'vgg' is not one of auto, lenet, resnet, cnn1d"):
+    with pytest.raises(ConfigError, match=r"model\.arch: 'vgg' is not one of auto, lenet, resnet, cnn1d"):
         config_from_overrides(["model.arch=vgg"])

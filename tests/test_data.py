@@ -132,7 +132,7 @@ def test_image_folder_loader(tmp_path):
     from PIL import Image
 
     for domain, colours in (("amazon", ("red", "blue")), ("webcam", ("red", "blue"))):
-        for cls, colour in zip(("bike", "cup"), colours):
+        for cls, colour in zip(("bike", "cup"), colours, strict=True):
             (tmp_path / domain / cls).mkdir(parents=True)
             for i in range(2):
                 Image.new("RGB", (40, 30), colour).save(tmp_path / domain / cls / f"{i}.png")
@@ -141,7 +141,7 @@ def test_image_folder_loader(tmp_path):
     assert split.y.tolist() == [0, 0, 1, 1]
     assert float(split.x[0, 0].mean()) == pytest.approx(1.0) and float(split.x[2, 2].mean()) == pytest.approx(1.0)
     (tmp_path / "webcam" / "cup" / "broken.jpg").write_text("nope")
-    with pytest.raises(DataError, match="broken.jpg: not a readable image"):
+    with pytest.raises(DataError, match=r"broken\.jpg: not a readable image"):
         load_image_folder(tmp_path, "webcam", classes=classes)
     with pytest.raises(DataError, match="domain folder not found"):
         load_image_folder(tmp_path, "dslr")

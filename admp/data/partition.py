@@ -44,7 +44,7 @@ def dirichlet_partition(labels: np.ndarray, num_parts: int, alpha: float,
             idx = rng.permutation(np.flatnonzero(labels == cls))
             props = rng.dirichlet(np.full(num_parts, alpha))
             cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
-            for part, chunk in zip(parts, np.split(idx, cuts)):
+            for part, chunk in zip(parts, np.split(idx, cuts), strict=True):
                 part.extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
@@ -62,5 +62,5 @@ def split_train_test(indices: np.ndarray, test_fraction: float,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Per-device held-out split: (train indices, test indices), both sorted."""
     order = rng.permutation(indices)
-    n_test = int(round(test_fraction * len(order)))
+    n_test = round(test_fraction * len(order))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
