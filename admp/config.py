@@ -28,9 +28,23 @@ from admp.choices import (
 )
 from admp.configbase import ConfigError, Section, SectionError, parse_section
 
-__all__ = ["AdmpHyper", "ConfigError", "DataSpec", "FederationSpec", "ModelSpec", "RunSpec", "ScenarioConfig",
-           "ScheduleSpec", "TeacherSpec", "apply_overrides", "config_from_overrides", "load_config",
-           "parse_section", "resolve_bn_modes", "to_yaml"]
+__all__ = [
+    "AdmpHyper",
+    "ConfigError",
+    "DataSpec",
+    "FederationSpec",
+    "ModelSpec",
+    "RunSpec",
+    "ScenarioConfig",
+    "ScheduleSpec",
+    "TeacherSpec",
+    "apply_overrides",
+    "config_from_overrides",
+    "load_config",
+    "parse_section",
+    "resolve_bn_modes",
+    "to_yaml",
+]
 
 
 class RunSpec(Section):
@@ -153,8 +167,11 @@ class ScheduleSpec(Section):
     def _consistent(self) -> ScheduleSpec:
         """The warm-up is part of the mask phase; longer, no Z-step would ever run."""
         if self.warmup_epochs > self.mask_epochs:
-            raise SectionError("warmup_epochs", f"{self.warmup_epochs} exceeds {{p}}mask_epochs ({self.mask_epochs}), "
-                                                "which include the warm-up: no Z-step would run")
+            raise SectionError(
+                "warmup_epochs",
+                f"{self.warmup_epochs} exceeds {{p}}mask_epochs ({self.mask_epochs}), "
+                "which include the warm-up: no Z-step would run",
+            )
         return self
 
 
@@ -189,11 +206,17 @@ class FederationSpec(Section):
     def _consistent(self) -> FederationSpec:
         """Settings under which rounds would run but could never do their job."""
         if self.min_replies > self.clients_per_round:
-            raise SectionError("min_replies", f"{self.min_replies} exceeds {{p}}clients_per_round "
-                                              f"({self.clients_per_round}): every round would be discarded")
+            raise SectionError(
+                "min_replies",
+                f"{self.min_replies} exceeds {{p}}clients_per_round "
+                f"({self.clients_per_round}): every round would be discarded",
+            )
         if self.strategy == "fedadmp" and self.warmup_rounds > self.mask_rounds:
-            raise SectionError("warmup_rounds", f"{self.warmup_rounds} exceeds {{p}}mask_rounds ({self.mask_rounds}), "
-                                                "which include the warm-up: no Z-step would run")
+            raise SectionError(
+                "warmup_rounds",
+                f"{self.warmup_rounds} exceeds {{p}}mask_rounds ({self.mask_rounds}), "
+                "which include the warm-up: no Z-step would run",
+            )
         return self
 
 

@@ -18,8 +18,14 @@ from pydantic_core import ErrorDetails
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
-TYPE_WORDS = {"float_type": "a number", "int_type": "an integer", "int_from_float": "an integer",
-              "bool_type": "true/false", "string_type": "a string", "list_type": "a list"}
+TYPE_WORDS = {
+    "float_type": "a number",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true/false",
+    "string_type": "a string",
+    "list_type": "a list",
+}
 MAPPING_TYPES = ("model_type", "model_attributes_type", "dict_type")
 RANGE_TYPES = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from admp.masks import MaskDict
 
 
-def kd_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                  tau: float) -> torch.Tensor:
+def kd_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """D = tau^2 * KL(softmax(T/tau) || softmax(S/tau)), averaged over the batch.
 
     The teacher-student output difference is ADMP's measure of domain divergence; it is exactly 0
@@ -30,8 +29,7 @@ def pseudo_labels(teacher_logits: torch.Tensor, threshold: float) -> tuple[torch
     return labels, confidence >= threshold
 
 
-def pseudo_label_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                    threshold: float) -> torch.Tensor:
+def pseudo_label_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor, threshold: float) -> torch.Tensor:
     """Cross-entropy of the student on the teacher's confident pseudo labels (0 if none)."""
     labels, keep = pseudo_labels(teacher_logits, threshold)
     if not bool(keep.any()):
@@ -71,8 +69,9 @@ def project_budget(s: torch.Tensor, s_min: float, eps: float, iters: int = 60) -
 
 
 @torch.no_grad()
-def adversary_step(soft: MaskDict, grads: MaskDict, lr: float, s_min: float, eps: float,
-                   normalize: bool = True) -> MaskDict:
+def adversary_step(
+    soft: MaskDict, grads: MaskDict, lr: float, s_min: float, eps: float, normalize: bool = True
+) -> MaskDict:
     """One ascent step of the soft mask on the divergence, projected onto its budget per group.
 
     s_g <- Proj(s_g + lr * grad_g), where grad_g = dD/ds_g. With ``normalize`` the gradient is

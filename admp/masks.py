@@ -62,8 +62,7 @@ class ChannelGates:
     adversary) take effect immediately. ``soft=None`` means s = 1.
     """
 
-    def __init__(self, model: nn.Module, groups: GroupSpec, hard: MaskDict,
-                 soft: MaskDict | None = None) -> None:
+    def __init__(self, model: nn.Module, groups: GroupSpec, hard: MaskDict, soft: MaskDict | None = None) -> None:
         self.model, self.groups, self.hard, self.soft = model, groups, hard, soft
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
@@ -97,8 +96,7 @@ class ChannelGates:
 
 
 @contextmanager
-def gated(model: nn.Module, groups: GroupSpec, hard: MaskDict,
-          soft: MaskDict | None = None) -> Iterator[ChannelGates]:
+def gated(model: nn.Module, groups: GroupSpec, hard: MaskDict, soft: MaskDict | None = None) -> Iterator[ChannelGates]:
     """Context manager: the model runs with channel gates inside the block only."""
     gates = ChannelGates(model, groups, hard, soft).attach()
     try:

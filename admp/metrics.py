@@ -34,14 +34,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     correct = 0
     for start in range(0, len(x), batch_size):
-        logits = model(x[start:start + batch_size])
-        correct += int((logits.argmax(dim=1) == y[start:start + batch_size]).sum())
+        logits = model(x[start : start + batch_size])
+        correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
     return 100.0 * correct / max(len(x), 1)
 
 
 @torch.no_grad()
-def cpu_latency_ms(model: nn.Module, example: torch.Tensor, threads: int = 1,
-                   warmup: int = 20, repeats: int = 100) -> dict[str, float]:
+def cpu_latency_ms(
+    model: nn.Module, example: torch.Tensor, threads: int = 1, warmup: int = 20, repeats: int = 100
+) -> dict[str, float]:
     """Median and p90 wall time in ms of one forward on ``example`` with ``threads`` CPU threads."""
     model.eval()
     previous = torch.get_num_threads()

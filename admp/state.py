@@ -79,8 +79,9 @@ class AdmpState:
         else:
             self.z = admm.z_step(consensus, zeros_masks({g: v.numel() for g, v in consensus.items()}), ratio)
         first = self.rho == 0
-        new_rho = self.settings.rho0 if first else admm.rho_next(self.rho, self.settings.rho_gamma,
-                                                                 self.settings.rho_max)
+        new_rho = (
+            self.settings.rho0 if first else admm.rho_next(self.rho, self.settings.rho_gamma, self.settings.rho_max)
+        )
         self.u = admm.rescale_dual(self.u, self.rho, new_rho)
         self.rho = new_rho
 
@@ -97,13 +98,19 @@ class AdmpState:
 
     def metrics(self) -> dict[str, float]:
         """Sparsities, rho and the primal residual ||m - Z||: how close m is to a binary mask."""
-        return {"soft-sparsity": mask_sparsity(self.m), "hard-sparsity": mask_sparsity(self.z),
-                "rho": self.rho, "primal-residual": admm.primal_residual(self.m, self.z)}
+        return {
+            "soft-sparsity": mask_sparsity(self.m),
+            "hard-sparsity": mask_sparsity(self.z),
+            "rho": self.rho,
+            "primal-residual": admm.primal_residual(self.m, self.z),
+        }
 
     def state_dict(self) -> dict[str, object]:
         """Tensors and numbers only (checkpoints load with ``weights_only=True``)."""
         return {name: clone_masks(getattr(self, name)) for name in MASK_NAMES} | {
-            "rho": self.rho, "z_steps": self.z_steps}
+            "rho": self.rho,
+            "z_steps": self.z_steps,
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore from ``state_dict()``; raises ``KeyError`` naming a missing entry."""

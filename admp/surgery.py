@@ -45,9 +45,12 @@ def discover_groups(model: nn.Module, example: torch.Tensor) -> list[set[str]]:
     names = {m: n for n, m in model.named_modules()}
     found: list[set[str]] = []
     for group in dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d)):
-        bns = {names[dep.target.module] for dep, _ in group
-               if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm)
-               and dep.handler == tp.prune_batchnorm_out_channels}
+        bns = {
+            names[dep.target.module]
+            for dep, _ in group
+            if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm)
+            and dep.handler == tp.prune_batchnorm_out_channels
+        }
         if bns:
             found.append(bns)
     return found
@@ -72,8 +75,7 @@ def l1_filter_scores(model: nn.Module, groups: GroupSpec, example: torch.Tensor)
     return scores
 
 
-def prune_model(model: nn.Module, groups: GroupSpec, keep: MaskDict,
-                example: torch.Tensor) -> nn.Module:
+def prune_model(model: nn.Module, groups: GroupSpec, keep: MaskDict, example: torch.Tensor) -> nn.Module:
     """A physically pruned copy of ``model`` that keeps only channels where ``keep[g] == 1``.
 
     ``keep`` is the binary hard mask (m = Z after ADMM). The mask is folded first, so the copy is
@@ -116,8 +118,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
             torch.onnx.export(
-                model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                dynamic_shapes={arg: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
+                model,
+                (example,),
+                str(path),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes={arg: {0: torch.export.Dim("batch")}},
+                dynamo=True,
+                verbose=False,
                 external_data=False,
             )
     finally:

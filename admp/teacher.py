@@ -41,9 +41,15 @@ def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Modu
         info["loaded_from"] = cfg.teacher.checkpoint
     else:
         start = time.perf_counter()
-        losses = train_supervised(teacher, task.source_train.x, task.source_train.y, cfg.teacher.epochs,
-                                  cfg.teacher.lr, cfg.teacher.batch_size,
-                                  torch_generator(cfg.run.seed, "teacher"))
+        losses = train_supervised(
+            teacher,
+            task.source_train.x,
+            task.source_train.y,
+            cfg.teacher.epochs,
+            cfg.teacher.lr,
+            cfg.teacher.batch_size,
+            torch_generator(cfg.run.seed, "teacher"),
+        )
         info["train_seconds"] = round(time.perf_counter() - start, 2)
         info["final_loss"] = losses[-1] if losses else None
     info["source_val_acc"] = accuracy(teacher, task.source_val.x, task.source_val.y)

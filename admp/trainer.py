@@ -26,24 +26,28 @@ from admp.state import AdmpState
 
 
 @overload
-def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
-            y: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+def batches(
+    x: torch.Tensor, batch_size: int, gen: torch.Generator, y: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 @overload
-def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
-            y: None = None) -> Iterator[tuple[torch.Tensor, None]]: ...
-def batches(x: torch.Tensor, batch_size: int, gen: torch.Generator,
-            y: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def batches(
+    x: torch.Tensor, batch_size: int, gen: torch.Generator, y: None = None
+) -> Iterator[tuple[torch.Tensor, None]]: ...
+def batches(
+    x: torch.Tensor, batch_size: int, gen: torch.Generator, y: torch.Tensor | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Shuffled mini-batches of an in-memory tensor (and labels if given); last partial batch kept."""
     order = torch.randperm(len(x), generator=gen)
     for start in range(0, len(x), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         if len(idx) < 2:  # BatchNorm cannot train on a single sample
             continue
         yield x[idx], (y[idx] if y is not None else None)
 
 
-def train_supervised(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float,
-                     batch_size: int, gen: torch.Generator) -> list[float]:
+def train_supervised(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int, gen: torch.Generator
+) -> list[float]:
     """Train with cross-entropy on labeled (source) data; returns the mean loss per epoch."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
@@ -93,8 +97,9 @@ def frozen_bn_stats(model: nn.Module) -> AbstractContextManager[None]:
     return bn_momentum(model, 0.0)
 
 
-def _adaptation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                     hp: AdmpHyper) -> tuple[torch.Tensor, torch.Tensor]:
+def _adaptation_loss(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, hp: AdmpHyper
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(total KD-adaptation loss, divergence D) on one batch."""
     div = kd_divergence(teacher_logits, student_logits, hp.tau)
     loss = div + hp.lambda_pl * pseudo_label_ce(teacher_logits, student_logits, hp.pl_threshold)
@@ -103,8 +108,15 @@ def _adaptation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
     return loss, div
 
 
-def _soft_grads(student: nn.Module, groups: GroupSpec, m: MaskDict, s: MaskDict,
-                xb: torch.Tensor, t_logits: torch.Tensor, tau: float) -> MaskDict:
+def _soft_grads(
+    student: nn.Module,
+    groups: GroupSpec,
+    m: MaskDict,
+    s: MaskDict,
+    xb: torch.Tensor,
+    t_logits: torch.Tensor,
+    tau: float,
+) -> MaskDict:
     """dD/ds for the adversary, with W and m held fixed."""
     leaf = {g: v.detach().clone().requires_grad_(True) for g, v in s.items()}
     detached_m = {g: v.detach() for g, v in m.items()}
@@ -128,11 +140,18 @@ def teacher_targets(teacher: nn.Module, x: torch.Tensor, bn: str = "local", batc
         model = copy.deepcopy(teacher)
         recalibrate_bn(model, x)
     model.eval()
-    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _descent_loss(student: nn.Module, groups: GroupSpec, state: AdmpState, m_params: MaskDict,
-                  xb: torch.Tensor, t_logits: torch.Tensor, hp: AdmpHyper) -> tuple[torch.Tensor, torch.Tensor]:
+def _descent_loss(
+    student: nn.Module,
+    groups: GroupSpec,
+    state: AdmpState,
+    m_params: MaskDict,
+    xb: torch.Tensor,
+    t_logits: torch.Tensor,
+    hp: AdmpHyper,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss on (W, m), divergence D) of one batch under the gates m * s of ``state``."""
     with gated(student, groups, m_params, state.s):
         loss, div = _adaptation_loss(t_logits, student(xb), hp)
@@ -142,9 +161,16 @@ def _descent_loss(student: nn.Module, groups: GroupSpec, state: AdmpState, m_par
     return loss, div
 
 
-def admp_local_train(student: nn.Module, groups: GroupSpec, state: AdmpState, x: torch.Tensor,
-                     targets: torch.Tensor, epochs: int, hp: AdmpHyper,
-                     gen: torch.Generator) -> dict[str, float]:
+def admp_local_train(
+    student: nn.Module,
+    groups: GroupSpec,
+    state: AdmpState,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    epochs: int,
+    hp: AdmpHyper,
+    gen: torch.Generator,
+) -> dict[str, float]:
     """Local ADMP epochs on unlabeled target data ``x``; updates the student, ``state.m`` and ``state.s``.
 
     Per batch: (1) the adversary raises D by moving s within its budget; (2) one SGD step on
@@ -155,10 +181,13 @@ def admp_local_train(student: nn.Module, groups: GroupSpec, state: AdmpState, x:
     """
     student.train()
     m_params = {g: v.detach().clone().requires_grad_(True) for g, v in state.m.items()}
-    opt = torch.optim.SGD([
-        {"params": list(student.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay},
-        {"params": list(m_params.values()), "lr": hp.mask_lr, "weight_decay": 0.0},
-    ], momentum=hp.momentum)
+    opt = torch.optim.SGD(
+        [
+            {"params": list(student.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay},
+            {"params": list(m_params.values()), "lr": hp.mask_lr, "weight_decay": 0.0},
+        ],
+        momentum=hp.momentum,
+    )
     state.s = clone_masks(state.s)
     sums = {"divergence": 0.0, "loss": 0.0}
     seen = 0
@@ -181,8 +210,15 @@ def admp_local_train(student: nn.Module, groups: GroupSpec, state: AdmpState, x:
     return {k: v / max(seen, 1) for k, v in sums.items()} | {"samples": float(seen)}
 
 
-def kd_finetune(student: nn.Module, x: torch.Tensor, targets: torch.Tensor, epochs: int,
-                hp: AdmpHyper, gen: torch.Generator, lr: float) -> dict[str, float]:
+def kd_finetune(
+    student: nn.Module,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    epochs: int,
+    hp: AdmpHyper,
+    gen: torch.Generator,
+    lr: float,
+) -> dict[str, float]:
     """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place.
 
     ``targets`` (N, K) are the teacher's logits on ``x``; returns mean divergence and samples seen.
@@ -201,8 +237,9 @@ def kd_finetune(student: nn.Module, x: torch.Tensor, targets: torch.Tensor, epoc
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
-                   masks: tuple[GroupSpec, MaskDict] | None = None) -> None:
+def recalibrate_bn(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 128, masks: tuple[GroupSpec, MaskDict] | None = None
+) -> None:
     """Re-estimate BatchNorm running statistics on (target) data ``x`` with a cumulative average.
 
     With ``masks`` the statistics are taken under those channel gates.
@@ -214,15 +251,14 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
     try:
         with context, bn_momentum(model, None):  # None: cumulative average over all batches
             for start in range(0, len(x), batch_size):
-                chunk = x[start:start + batch_size]
+                chunk = x[start : start + batch_size]
                 if len(chunk) > 1 or start == 0:
                     model(chunk)
     finally:
         model.eval()
 
 
-def per_device_bn_accuracy(model: nn.Module,
-                           devices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
+def per_device_bn_accuracy(model: nn.Module, devices: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
     """Accuracy in % over devices when each re-estimates BN statistics on its own unlabeled data.
 
     ``devices`` holds (unlabeled train x, test x, test y) per device. This is what a federated run

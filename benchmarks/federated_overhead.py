@@ -30,9 +30,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def simulate(rounds: int, out: Path, extra: list[str]) -> tuple[Path, float]:
     """Run the simulation; returns its run directory and the wall-clock start time."""
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate", *extra, "--set", f"federation.mask_rounds={rounds}",
-           "--set", "federation.finetune_rounds=1", "--set", "federation.eval_every=1000",
-           "--set", f"run.out_dir={out}", "--set", "run.name=overhead"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "simulate",
+        *extra,
+        "--set",
+        f"federation.mask_rounds={rounds}",
+        "--set",
+        "federation.finetune_rounds=1",
+        "--set",
+        "federation.eval_every=1000",
+        "--set",
+        f"run.out_dir={out}",
+        "--set",
+        "run.name=overhead",
+    ]
     start = time.time()
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     (run,) = [p for p in out.iterdir() if p.is_dir()]
@@ -72,8 +86,16 @@ def plain_loop(run: Path, rounds: int) -> list[float]:
             student = copy.deepcopy(teacher)
             student.load_state_dict(weights)
             local = AdmpState(settings, clone_masks(state.m), clone_masks(state.s), state.z, state.u, state.rho)
-            admp_local_train(student, groups, local, data, teacher_targets(teacher, data, hp.teacher_bn),
-                             fed.local_epochs, hp, torch_generator(cfg.run.seed, "client", dev, rnd))
+            admp_local_train(
+                student,
+                groups,
+                local,
+                data,
+                teacher_targets(teacher, data, hp.teacher_bn),
+                fed.local_epochs,
+                hp,
+                torch_generator(cfg.run.seed, "client", dev, rnd),
+            )
             results.append((student.state_dict(), local.m, local.s, len(data)))
         weights = weighted_average([(w, n) for w, _, _, n in results])
         state.m = weighted_average([(mk, n) for _, mk, _, n in results])
@@ -92,17 +114,22 @@ def context_costs(run: Path) -> dict:
 
     teacher = torch.load(run / "teacher.pt", weights_only=True)
     out = {}
-    for name, state in (("hash_only", RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64})})),
-                        ("teacher_in_state", RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64}),
-                                                         "teacher": P.to_record(teacher)}))):
+    for name, state in (
+        ("hash_only", RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64})})),
+        (
+            "teacher_in_state",
+            RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64}), "teacher": P.to_record(teacher)}),
+        ),
+    ):
         ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=state, run_config={})
         start = time.perf_counter()
         for _ in range(50):
             blob = pickle.dumps(ctx)
             pickle.loads(blob)
         out[name] = {"pickled_bytes": len(blob), "roundtrip_ms": (time.perf_counter() - start) / 50 * 1e3}
-    out["extra_bytes_per_message_if_cached_in_state"] = 2 * (out["teacher_in_state"]["pickled_bytes"]
-                                                             - out["hash_only"]["pickled_bytes"])
+    out["extra_bytes_per_message_if_cached_in_state"] = 2 * (
+        out["teacher_in_state"]["pickled_bytes"] - out["hash_only"]["pickled_bytes"]
+    )
     return out
 
 
@@ -110,8 +137,13 @@ def main() -> None:
     """Run the three measurements and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="scenario overrides for both sides, e.g. federation.local_epochs=2")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scenario overrides for both sides, e.g. federation.local_epochs=2",
+    )
     parser.add_argument("--out", default="benchmarks/results/federated_overhead.json")
     args = parser.parse_args()
     extra = [x for item in args.set for x in ("--set", item)]
@@ -122,9 +154,12 @@ def main() -> None:
         sim = [r["round_seconds"] for r in rows if r["phase"] == "mask"][:-1]  # the last one evaluates
         plain = plain_loop(run, args.rounds)[: len(sim)]
         report = {
-            "overrides": args.set, "rounds_compared": len(sim),
-            "simulation_round_seconds": sim, "plain_loop_round_seconds": plain,
-            "simulation_mean_s": sum(sim) / len(sim), "plain_mean_s": sum(plain) / len(plain),
+            "overrides": args.set,
+            "rounds_compared": len(sim),
+            "simulation_round_seconds": sim,
+            "plain_loop_round_seconds": plain,
+            "simulation_mean_s": sum(sim) / len(sim),
+            "plain_mean_s": sum(plain) / len(plain),
             "startup_seconds_to_first_round": round(summary["first_round_at"] - started, 2),
             "teacher_train_seconds": summary["teacher"].get("train_seconds"),
             "bytes_per_client_round": summary["bytes_per_client_round"],

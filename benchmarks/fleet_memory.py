@@ -50,12 +50,32 @@ def pss_kib(pid: int) -> int:
 
 def measure(fleet: int, out_dir: Path) -> dict:
     """Run one simulation and return its peak tree PSS, process count and wall time."""
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate",
-           "--set", f"data.num_devices={fleet}", "--set", "data.samples_per_device=50",
-           "--set", "federation.clients_per_round=10", "--set", "federation.eval_clients=10",
-           "--set", "federation.mask_rounds=2", "--set", "federation.warmup_rounds=1",
-           "--set", "federation.finetune_rounds=1", "--set", "teacher.epochs=3",
-           "--set", f"run.out_dir={out_dir}", "--set", f"run.name=fleet{fleet}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulations.cli",
+        "simulate",
+        "--set",
+        f"data.num_devices={fleet}",
+        "--set",
+        "data.samples_per_device=50",
+        "--set",
+        "federation.clients_per_round=10",
+        "--set",
+        "federation.eval_clients=10",
+        "--set",
+        "federation.mask_rounds=2",
+        "--set",
+        "federation.warmup_rounds=1",
+        "--set",
+        "federation.finetune_rounds=1",
+        "--set",
+        "teacher.epochs=3",
+        "--set",
+        f"run.out_dir={out_dir}",
+        "--set",
+        f"run.name=fleet{fleet}",
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_kib, peak_procs = 0, 0
@@ -69,12 +89,16 @@ def measure(fleet: int, out_dir: Path) -> dict:
         raise RuntimeError(f"fleet {fleet} failed:\n{output[-3000:]}")
     (run_dir,) = [p for p in out_dir.iterdir() if p.name.startswith(f"fleet{fleet}-")]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"virtual_devices": fleet, "peak_pss_mib": round(peak_kib / 1024, 1), "peak_processes": peak_procs,
-            "wall_seconds": round(time.perf_counter() - start, 1),
-            "bytes_per_client_round": summary["bytes_per_client_round"],
-            "bytes_per_client_round_without_teacher": summary["bytes_per_client_round_without_teacher"],
-            "dense_student_bytes": summary["dense_student_bytes"],
-            "student_target_acc": summary["student"]["target_acc"]}
+    return {
+        "virtual_devices": fleet,
+        "peak_pss_mib": round(peak_kib / 1024, 1),
+        "peak_processes": peak_procs,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "bytes_per_client_round": summary["bytes_per_client_round"],
+        "bytes_per_client_round_without_teacher": summary["bytes_per_client_round_without_teacher"],
+        "dense_student_bytes": summary["dense_student_bytes"],
+        "student_target_acc": summary["student"]["target_acc"],
+    }
 
 
 def main() -> None:

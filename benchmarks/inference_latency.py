@@ -50,20 +50,37 @@ def main() -> None:
             keep = admm.z_step(scores, zeros_masks(sizes), p)
             variants.append((f"pruned-{p}", p, prune_model(dense, groups, keep, example_input(dense))))
         for name, p, model in variants:
-            row = {"arch": arch, "variant": name, "prune_ratio": p, "params": count_params(model),
-                   "macs": count_macs(model, example_input(model))}
+            row = {
+                "arch": arch,
+                "variant": name,
+                "prune_ratio": p,
+                "params": count_params(model),
+                "macs": count_macs(model, example_input(model)),
+            }
             for batch in (1, 64):
                 lat = measure(model, batch, args.repeats if batch == 1 else max(20, args.repeats // 10))
                 row[f"b{batch}_median_ms"] = round(lat["median_ms"], 4)
                 row[f"b{batch}_p90_ms"] = round(lat["p90_ms"], 4)
             results.append(row)
-            print(f"{arch:7s} {name:12s} params {row['params']:>8,} MACs {row['macs']:>11,} "
-                  f"b1 {row['b1_median_ms']:8.3f} ms  b64 {row['b64_median_ms']:8.3f} ms")
+            print(
+                f"{arch:7s} {name:12s} params {row['params']:>8,} MACs {row['macs']:>11,} "
+                f"b1 {row['b1_median_ms']:8.3f} ms  b64 {row['b64_median_ms']:8.3f} ms"
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"torch": torch.__version__, "machine": platform.machine(),
-                               "processor": platform.processor(), "threads": 1, "results": results},
-                              indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "processor": platform.processor(),
+                "threads": 1,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

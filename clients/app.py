@@ -88,8 +88,9 @@ def _device_state(job: Job, msg: Message, context: Context, sizes: dict[str, int
     hp, masks = job.hp, msg.content[P.MASKS]
     settings = AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
     m, s, z = (P.record_to_masks(masks, k) for k in ("m", "s", "z"))
-    state = AdmpState(settings, m, s, z, P.record_to_masks(masks, "u"), float(job.config["rho"]),
-                      int(job.config["z-steps"]))
+    state = AdmpState(
+        settings, m, s, z, P.record_to_masks(masks, "u"), float(job.config["rho"]), int(job.config["z-steps"])
+    )
     if str(job.config["dual"]) == "per_client":
         state.u, last_m, seen_steps, last_rho = load_dual(context, sizes)
         if last_m is not None and seen_steps != state.z_steps:  # a new Z since this device last trained
@@ -105,15 +106,30 @@ def train_admp(msg: Message, context: Context) -> Message:
     student = job.student(msg)
     groups = student.channel_groups()
     state = _device_state(job, msg, context, group_sizes(student, groups))
-    stats = admp_local_train(student, groups, state, x, job.targets(msg, context, x),
-                             int(job.config["local_epochs"]), job.hp, job.generator("client"))
+    stats = admp_local_train(
+        student,
+        groups,
+        state,
+        x,
+        job.targets(msg, context, x),
+        int(job.config["local_epochs"]),
+        job.hp,
+        job.generator("client"),
+    )
     reply_masks = {"m": state.m, "s": state.s}
     if str(job.config["dual"]) == "per_client":
         save_dual(context, state.u, state.m, state.z_steps, state.rho)
         reply_masks["u"] = state.u
-    return Message(RecordDict({P.ARRAYS: P.to_record(student.state_dict()),
-                               P.MASKS: P.masks_to_record(**reply_masks),
-                               P.METRICS: _train_metrics(len(x), stats, msg)}), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                P.ARRAYS: P.to_record(student.state_dict()),
+                P.MASKS: P.masks_to_record(**reply_masks),
+                P.METRICS: _train_metrics(len(x), stats, msg),
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 @app.train("kd")
@@ -122,10 +138,19 @@ def train_kd(msg: Message, context: Context) -> Message:
     job = Job.read(msg, context)
     x = load_device(job.scenario, job.device).train.x
     student = job.student(msg)
-    stats = kd_finetune(student, x, job.targets(msg, context, x), int(job.config["local_epochs"]), job.hp,
-                        job.generator("client-kd"), lr=float(job.config["lr"]))
-    return Message(RecordDict({P.ARRAYS: P.to_record(student.state_dict()),
-                               P.METRICS: _train_metrics(len(x), stats, msg)}), reply_to=msg)
+    stats = kd_finetune(
+        student,
+        x,
+        job.targets(msg, context, x),
+        int(job.config["local_epochs"]),
+        job.hp,
+        job.generator("client-kd"),
+        lr=float(job.config["lr"]),
+    )
+    return Message(
+        RecordDict({P.ARRAYS: P.to_record(student.state_dict()), P.METRICS: _train_metrics(len(x), stats, msg)}),
+        reply_to=msg,
+    )
 
 
 @app.query("bnstats")
@@ -134,8 +159,10 @@ def bn_statistics(msg: Message, context: Context) -> Message:
     job = Job.read(msg, context)
     x = load_device(job.scenario, job.device).train.x
     moments = bn_moments(job.student(msg), x)
-    return Message(RecordDict({P.ARRAYS: P.to_record(moments),
-                               P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}), reply_to=msg)
+    return Message(
+        RecordDict({P.ARRAYS: P.to_record(moments), P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}),
+        reply_to=msg,
+    )
 
 
 @app.query("identity")
@@ -155,6 +182,6 @@ def evaluate(msg: Message, context: Context) -> Message:
     m = P.message_masks(msg.content, "m")
     with gated(student, student.channel_groups(), m) if m else nullcontext():
         acc = accuracy(student, local.test.x, local.test.y)
-    return Message(RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: len(local.test)})}),
-                   reply_to=msg)
-
+    return Message(
+        RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: len(local.test)})}), reply_to=msg
+    )

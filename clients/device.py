@@ -101,12 +101,14 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
 def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     """A fresh student skeleton: dense, or pruned to the ``keep`` masks (weights to be loaded)."""
     model_spec = scenario["model"]
-    key = json.dumps([model_spec, scenario["num_classes"],
-                      {g: v.int().tolist() for g, v in sorted((keep or {}).items())}])
+    key = json.dumps(
+        [model_spec, scenario["num_classes"], {g: v.int().tolist() for g, v in sorted((keep or {}).items())}]
+    )
     if key not in _SKELETONS:
         dense = build_model(scenario["arch"], int(scenario["num_classes"]), float(model_spec["width"]))
-        _SKELETONS[key] = dense if keep is None else prune_model(dense, dense.channel_groups(), keep,
-                                                                 example_input(dense))
+        _SKELETONS[key] = (
+            dense if keep is None else prune_model(dense, dense.channel_groups(), keep, example_input(dense))
+        )
     return copy.deepcopy(_SKELETONS[key])
 
 
@@ -117,8 +119,7 @@ def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDi
         return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0
     record = context.state["dual"]
     meta = context.state["dual-meta"]
-    return (P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_steps"]),
-            float(meta["rho"]))
+    return (P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_steps"]), float(meta["rho"]))
 
 
 def save_dual(context: Context, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
@@ -144,17 +145,21 @@ def bn_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict
             prev = sums.get(name)
             sums[name] = [first, second] if prev is None else [prev[0] + first, prev[1] + second]
             counts[name] = counts.get(name, 0) + values.shape[1]
+
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
-               if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    handles = [
+        module.register_forward_hook(hook(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+    ]
     model.eval()
     try:
         for start in range(0, len(x), batch_size):
-            model(x[start:start + batch_size])
+            model(x[start : start + batch_size])
     finally:
         for handle in handles:
             handle.remove()
-    return ({f"mean.{k}": v[0] / counts[k] for k, v in sums.items()}
-            | {f"sq.{k}": v[1] / counts[k] for k, v in sums.items()})
-
+    return {f"mean.{k}": v[0] / counts[k] for k, v in sums.items()} | {
+        f"sq.{k}": v[1] / counts[k] for k, v in sums.items()
+    }

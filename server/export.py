@@ -13,8 +13,9 @@ from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff
 from server.report import RunDirectory
 
 
-def export_and_measure(run: RunDirectory, teacher: nn.Module, student: nn.Module, groups: GroupSpec,
-                       check_inputs: torch.Tensor) -> dict[str, Any]:
+def export_and_measure(
+    run: RunDirectory, teacher: nn.Module, student: nn.Module, groups: GroupSpec, check_inputs: torch.Tensor
+) -> dict[str, Any]:
     """Write TorchScript + ONNX of the student, check ONNX in ONNX Runtime, measure both models.
 
     Returns teacher/student reports (params, MACs, channels per group, CPU latency at batch 1 on
@@ -25,10 +26,10 @@ def export_and_measure(run: RunDirectory, teacher: nn.Module, student: nn.Module
     export_torchscript(student, example, run.file("pruned_model.ts"))
     export_onnx(student, example, run.file("pruned_model.onnx"))
     return {
-        "teacher": model_report(teacher, groups, example) | {
-            "latency_ms": cpu_latency_ms(teacher, example)["median_ms"]},
-        "student": model_report(student, groups, example) | {
-            "latency_ms": cpu_latency_ms(student, example)["median_ms"]},
+        "teacher": model_report(teacher, groups, example)
+        | {"latency_ms": cpu_latency_ms(teacher, example)["median_ms"]},
+        "student": model_report(student, groups, example)
+        | {"latency_ms": cpu_latency_ms(student, example)["median_ms"]},
         "onnx_max_abs_diff": onnx_max_abs_diff(run.file("pruned_model.onnx"), student, check_inputs),
         "exports": ["pruned_model.ts", "pruned_model.onnx"],
     }

@@ -19,15 +19,26 @@ from server.report import print_summary
 from server.setup import RunSetup
 
 
-def write_summary(run: RunSetup, student: nn.Module, fields: dict[str, Any], title: str,
-                  x_key: str = "step", exports: tuple[str, ...] = ()) -> dict[str, Any]:
+def write_summary(
+    run: RunSetup,
+    student: nn.Module,
+    fields: dict[str, Any],
+    title: str,
+    x_key: str = "step",
+    exports: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Export and measure ``student``, merge in ``fields`` (with ``teacher`` / ``student`` sub-dicts
     merged key by key), and write the summary, the plot and the table. ``exports`` lists other
     artefacts of the run directory that the summary names."""
     report = export_and_measure(run.run_dir, run.teacher, student, run.groups, run.task.source_val.x[:32])
     report["exports"] += list(exports)
-    summary: dict[str, Any] = {"run_dir": str(run.run_dir.path), "dataset": run.task.name, "arch": run.arch,
-                               "seed": run.cfg.run.seed, **report}
+    summary: dict[str, Any] = {
+        "run_dir": str(run.run_dir.path),
+        "dataset": run.task.name,
+        "arch": run.arch,
+        "seed": run.cfg.run.seed,
+        **report,
+    }
     for key, value in fields.items():
         summary[key] = summary[key] | value if isinstance(value, dict) and key in ("teacher", "student") else value
     summary["teacher"] |= {k: v for k, v in run.teacher_info.items() if k != "final_loss"}
@@ -45,8 +56,10 @@ def write_summary(run: RunSetup, student: nn.Module, fields: dict[str, Any], tit
 def _bytes_per_client_round(rows: list[dict[str, Any]], with_teacher: bool) -> float:
     """Mean (down + up) bytes per sampled device over the training rounds."""
     rows = [r for r in rows if r.get("bytes_down")]
-    values = [(r["bytes_down"] - (0 if with_teacher else r["bytes_down_teacher"]) + r["bytes_up"])
-              / max(r["clients"], 1) for r in rows]
+    values = [
+        (r["bytes_down"] - (0 if with_teacher else r["bytes_down_teacher"]) + r["bytes_up"]) / max(r["clients"], 1)
+        for r in rows
+    ]
     return sum(values) / max(len(values), 1)
 
 
@@ -59,8 +72,11 @@ def finish(session: Session, model: nn.Module, keep: dict[str, Any] | None) -> d
     run.run_dir.log_metrics({"phase": "final", "step": rnd, "round": rnd, "target_acc": acc})
     delivery = session.fleet.delivery
     fields = {
-        "mode": "federated", "strategy": fed.strategy, "prune_ratio": run.cfg.admp.prune_ratio if keep else 0.0,
-        "devices": len(session.fleet.devices), "student": {"target_acc": acc},
+        "mode": "federated",
+        "strategy": fed.strategy,
+        "prune_ratio": run.cfg.admp.prune_ratio if keep else 0.0,
+        "devices": len(session.fleet.devices),
+        "student": {"target_acc": acc},
         "first_round_at": session.runner.first_round_at,
         "bytes_per_client_round": _bytes_per_client_round(run.run_dir.rows, with_teacher=True),
         "bytes_per_client_round_without_teacher": _bytes_per_client_round(run.run_dir.rows, with_teacher=False),

@@ -30,8 +30,7 @@ def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int
             raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {expected} devices connected")
         time.sleep(0.1)
     nodes = sorted(grid.get_node_ids())
-    msgs = [Message(RecordDict({P.CONFIG: P.make_config({})}), dst_node_id=n, message_type=P.QUERY_ID)
-            for n in nodes]
+    msgs = [Message(RecordDict({P.CONFIG: P.make_config({})}), dst_node_id=n, message_type=P.QUERY_ID) for n in nodes]
     devices: dict[int, int] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
@@ -50,12 +49,17 @@ Moments = tuple[TensorDict, TensorDict, int]
 
 def _parse_moments(expected: dict[str, tuple[int, ...]]) -> Callable[[RecordDict], Moments]:
     """A reply parser for per-layer moments: (E[x] per layer, E[x^2] per layer, n)."""
+
     def parse(content: RecordDict) -> Moments:
         stats = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(stats, expected, "bnstats")
         n = check_examples(P.metric(content, P.NUM_EXAMPLES))
-        return ({k[len("mean."):]: v for k, v in stats.items() if k.startswith("mean.")},
-                {k[len("sq."):]: v for k, v in stats.items() if k.startswith("sq.")}, n)
+        return (
+            {k[len("mean.") :]: v for k, v in stats.items() if k.startswith("mean.")},
+            {k[len("sq.") :]: v for k, v in stats.items() if k.startswith("sq.")},
+            n,
+        )
+
     return parse
 
 

@@ -41,18 +41,18 @@ class Session:
     policy: RoundPolicy
     runner: RoundRunner
 
-    def kd_strategy(self, weights: Weights, keep: MaskDict | None, local_epochs: int = 1,
-                    lr: float = 0.0) -> FedKD:
+    def kd_strategy(self, weights: Weights, keep: MaskDict | None, local_epochs: int = 1, lr: float = 0.0) -> FedKD:
         """A FedKD strategy over this fleet (training, or only evaluation / BN statistics)."""
-        return FedKD(weights=weights, keep=keep, local_epochs=local_epochs, lr=lr, fleet=self.fleet,
-                     policy=self.policy)
+        return FedKD(weights=weights, keep=keep, local_epochs=local_epochs, lr=lr, fleet=self.fleet, policy=self.policy)
 
     def checkpointer(self, phase: str, extra: Callable[[], dict[str, Any]] = dict) -> OnRound:
         """The ``on_round`` callback: checkpoint (with the fields ``extra()`` gives at that moment),
         then False when the run is to pause."""
+
         def on_round(rnd: int, weights: Weights) -> bool:
             self.run.save_checkpoint(phase, rnd, weights, **extra())
             return not self.run.stop_requested(rnd)
+
         return on_round
 
 
@@ -74,15 +74,25 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     """Find the devices and set up what every strategy of the run shares."""
     cfg, fed = run.cfg, run.cfg.federation
     devices = discover_devices(grid, run.task.num_devices, fed.round_timeout)
-    scenario = {"seed": cfg.run.seed, "data": cfg.data.model_dump(), "model": cfg.model.model_dump(),
-                "arch": run.arch, "num_classes": run.task.num_classes}
-    base_config = {"scenario": scenario, "hp": cfg.admp.model_dump(),
-                   "teacher_store": str(run.run_dir.file("device_store"))}
+    scenario = {
+        "seed": cfg.run.seed,
+        "data": cfg.data.model_dump(),
+        "model": cfg.model.model_dump(),
+        "arch": run.arch,
+        "num_classes": run.task.num_classes,
+    }
+    base_config = {
+        "scenario": scenario,
+        "hp": cfg.admp.model_dump(),
+        "teacher_store": str(run.run_dir.file("device_store")),
+    }
     fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every)
-    run.console.print(f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
-                      f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}")
+    run.console.print(
+        f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
+        f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}"
+    )
     return Session(run, fleet, policy, runner)
 
 
@@ -107,11 +117,14 @@ def adapt_teacher(session: Session) -> None:
         session.fleet.delivery = _delivery(run.teacher)  # nothing was sent yet
     if mode in ("fleet", "local"):
         run.teacher_info["target_acc_target_bn"] = session.runner.evaluate(
-            probe, 0, run.teacher.state_dict(), local_bn=mode == "local")
+            probe, 0, run.teacher.state_dict(), local_bn=mode == "local"
+        )
     adapted_acc = run.teacher_info.get("target_acc_target_bn")
-    run.console.print(f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  federated target test "
-                      f"{run.teacher_info['target_acc']:.2f}%"
-                      + (f" ({mode} BN {adapted_acc:.2f}%)" if adapted_acc is not None else ""))
+    run.console.print(
+        f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  federated target test "
+        f"{run.teacher_info['target_acc']:.2f}%"
+        + (f" ({mode} BN {adapted_acc:.2f}%)" if adapted_acc is not None else "")
+    )
 
 
 def admm_settings(run: RunSetup) -> AdmmSettings:
@@ -131,11 +144,20 @@ def mask_phase(session: Session) -> Start | None:
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)
         weights, first = ckpt.student, ckpt.round + 1
-    strategy = FedADMP(weights=weights, state=state, s_min=run.cfg.admp.s_min, warmup_rounds=fed.warmup_rounds,
-                       dual=fed.dual, local_epochs=fed.local_epochs, fleet=session.fleet, policy=session.policy)
+    strategy = FedADMP(
+        weights=weights,
+        state=state,
+        s_min=run.cfg.admp.s_min,
+        warmup_rounds=fed.warmup_rounds,
+        dual=fed.dual,
+        local_epochs=fed.local_epochs,
+        fleet=session.fleet,
+        policy=session.policy,
+    )
     on_round = session.checkpointer("mask", lambda: {"admp": state.state_dict()})
-    weights, finished = session.runner.run_rounds(strategy, "mask", weights, range(first, fed.mask_rounds + 1),
-                                                  on_round)
+    weights, finished = session.runner.run_rounds(
+        strategy, "mask", weights, range(first, fed.mask_rounds + 1), on_round
+    )
     if not finished:
         return None
     keep = state.merge_mask()
@@ -143,8 +165,9 @@ def mask_phase(session: Session) -> Start | None:
     dense.load_state_dict(weights)
     pruned = prune_model(dense, run.groups, keep, example_input(dense))
     kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
-    run.run_dir.log_metrics({"phase": "merge", "step": fed.mask_rounds, "round": fed.mask_rounds,
-                             "channels_pruned": 1 - kept})
+    run.run_dir.log_metrics(
+        {"phase": "merge", "step": fed.mask_rounds, "round": fed.mask_rounds, "channels_pruned": 1 - kept}
+    )
     run.console.print(f"merged: {1 - kept:.0%} of channels physically removed")
     return Start(pruned.state_dict(), keep, fed.mask_rounds)
 
@@ -161,8 +184,15 @@ def baseline_start(session: Session) -> Start:
     keep = z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), cfg.admp.prune_ratio)
     pruned = prune_model(run.teacher, run.groups, keep, example)
     source, val = run.task.source_train, run.task.source_val
-    train_supervised(pruned, source.x, source.y, max(1, cfg.teacher.epochs // 3), cfg.teacher.lr / 5,
-                     cfg.teacher.batch_size, torch_generator(cfg.run.seed, "naive"))
+    train_supervised(
+        pruned,
+        source.x,
+        source.y,
+        max(1, cfg.teacher.epochs // 3),
+        cfg.teacher.lr / 5,
+        cfg.teacher.batch_size,
+        torch_generator(cfg.run.seed, "naive"),
+    )
     run.console.print(f"naive: L1-pruned on the cloud, source val acc {accuracy(pruned, val.x, val.y):.2f}%")
     return Start(pruned.state_dict(), keep, 0)
 
@@ -181,9 +211,9 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     if run.checkpoint is not None and run.checkpoint.phase == "kd":
         first = run.checkpoint.round + 1
     on_round = session.checkpointer("kd", lambda: {"keep": start.keep or {}, "mask_rounds_done": offset})
-    weights, finished = session.runner.run_rounds(strategy, "finetune", start.weights,
-                                                  range(first, offset + rounds + 1), on_round,
-                                                  evaluate_last=False)  # the final evaluation follows
+    weights, finished = session.runner.run_rounds(
+        strategy, "finetune", start.weights, range(first, offset + rounds + 1), on_round, evaluate_last=False
+    )  # the final evaluation follows
     if not finished:
         return None
     model = run.model(start.keep)
@@ -196,4 +226,3 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
 def final_round(run: RunSetup) -> int:
     """The round number of the final evaluation (after every training round)."""
     return run.cfg.federation.mask_rounds + run.cfg.federation.finetune_rounds + 1
-

@@ -83,8 +83,11 @@ class RunDirectory:
             if not rows:
                 continue
             ax_acc.plot([r[x_key] for r in rows], [r["target_acc"] for r in rows], "o-", label=phase)
-        for key, label in (("soft_sparsity", "m < 0.5"), ("hard_sparsity", "Z = 0 (pruned)"),
-                           ("channels_pruned", "channels removed")):
+        for key, label in (
+            ("soft_sparsity", "m < 0.5"),
+            ("hard_sparsity", "Z = 0 (pruned)"),
+            ("channels_pruned", "channels removed"),
+        ):
             rows = [r for r in self.rows if r.get(key) is not None]
             if rows:
                 ax_sp.plot([r[x_key] for r in rows], [r[key] for r in rows], "o-", label=label)
@@ -92,7 +95,8 @@ class RunDirectory:
         ax_sp.set(xlabel=x_key, ylabel="fraction of channels", title="Sparsity", ylim=(-0.02, 1.02))
         for ax in (ax_acc, ax_sp):
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.get_legend_handles_labels()[0]:  # a phase-less run (e.g. only merge rows) has no line
+                ax.legend()
         fig.tight_layout()
         target = self.file(name)
         fig.savefig(target, dpi=110)
@@ -108,8 +112,14 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         table.add_column(col, justify="right")
     for key in ("teacher", "student"):
         m = summary[key]
-        table.add_row(key, f"{m['target_acc']:.2f}", str(sum(m["channels"].values())),
-                      f"{m['params']:,}", f"{m['macs']:,}", f"{m['latency_ms']:.3f}")
+        table.add_row(
+            key,
+            f"{m['target_acc']:.2f}",
+            str(sum(m["channels"].values())),
+            f"{m['params']:,}",
+            f"{m['macs']:,}",
+            f"{m['latency_ms']:.3f}",
+        )
     return table
 
 
@@ -117,7 +127,6 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
     """Print the summary table and the per-group channel counts."""
     console = console or Console()
     console.print(summary_table(summary, title))
-    kept = ", ".join(f"{g}: {summary['student']['channels'][g]}/{c}"
-                     for g, c in summary["teacher"]["channels"].items())
+    kept = ", ".join(f"{g}: {summary['student']['channels'][g]}/{c}" for g, c in summary["teacher"]["channels"].items())
     console.print(f"channels kept per group: {kept}")
     console.print(f"run directory: {summary['run_dir']}")

@@ -50,8 +50,15 @@ class RoundRunner:
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
         return float(result["accuracy"]) if result is not None else None  # type: ignore[arg-type]
 
-    def run_rounds(self, strategy: FleetStrategy, phase: str, weights: Weights, rounds: range,
-                   on_round: OnRound, evaluate_last: bool = True) -> tuple[Weights, bool]:
+    def run_rounds(
+        self,
+        strategy: FleetStrategy,
+        phase: str,
+        weights: Weights,
+        rounds: range,
+        on_round: OnRound,
+        evaluate_last: bool = True,
+    ) -> tuple[Weights, bool]:
         """Play ``rounds``; returns the final weights and False when ``on_round`` paused the run."""
         for rnd in rounds:
             evaluate = rnd % self.eval_every == 0 or (evaluate_last and rnd == rounds[-1])
@@ -72,10 +79,16 @@ class RoundRunner:
         if new_arrays is not None:
             weights = P.from_record(new_arrays)
         sends = delivery.total_sends - sends_before
-        row: dict[str, Any] = {"phase": phase, "step": rnd, "round": rnd, "clients": len(msgs),
-                               "bytes_down": payload_bytes(msgs), "bytes_up": payload_bytes(replies),
-                               "teacher_sends": sends,
-                               "bytes_down_teacher": sends * delivery.teacher.count_bytes()}
+        row: dict[str, Any] = {
+            "phase": phase,
+            "step": rnd,
+            "round": rnd,
+            "clients": len(msgs),
+            "bytes_down": payload_bytes(msgs),
+            "bytes_up": payload_bytes(replies),
+            "teacher_sends": sends,
+            "bytes_down_teacher": sends * delivery.teacher.count_bytes(),
+        }
         row |= {k.replace("-", "_"): float(v) for k, v in (metrics or {}).items()}  # type: ignore[arg-type]
         row["target_acc"] = self.evaluate(strategy, rnd, weights) if evaluate else None
         row["round_seconds"] = round(time.perf_counter() - start, 3)
@@ -88,4 +101,6 @@ class RoundRunner:
         self.console.print(
             f"\\[{row['phase']}] round {row['round']:>3}  acc {acc:>6}  ok {int(row.get('valid_replies', 0))}/"
             f"{row['clients']}  D {row.get('divergence', float('nan')):.3f}  down {row['bytes_down'] / 1e6:.2f}MB"
-            f"  up {row['bytes_up'] / 1e6:.2f}MB  {row['round_seconds']:.1f}s", soft_wrap=True)
+            f"  up {row['bytes_up'] / 1e6:.2f}MB  {row['round_seconds']:.1f}s",
+            soft_wrap=True,
+        )

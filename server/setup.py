@@ -74,8 +74,7 @@ class RunSetup:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def open(cls, cfg: ScenarioConfig, resume: str | Path | None = None,
-             console: Console | None = None) -> RunSetup:
+    def open(cls, cfg: ScenarioConfig, resume: str | Path | None = None, console: Console | None = None) -> RunSetup:
         """Seed everything, build the task, and either start a run directory (config written,
         teacher trained or loaded and saved) or reopen ``resume`` with its checkpoint's teacher."""
         seed_everything(cfg.run.seed)
@@ -88,8 +87,7 @@ class RunSetup:
             teacher = initial_model(cfg, task.num_classes)
             teacher.load_state_dict(ckpt.teacher)
             run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)
-            return cls(cfg, task, resolve_arch(cfg), teacher.eval(), dict(ckpt.teacher_info), run_dir,
-                       console, ckpt)
+            return cls(cfg, task, resolve_arch(cfg), teacher.eval(), dict(ckpt.teacher_info), run_dir, console, ckpt)
         run_dir = RunDirectory(cfg.run.out_dir, cfg.run.name)
         run_dir.write_text("config.yaml", to_yaml(cfg))
         teacher, info = prepare_teacher(cfg, task)
@@ -110,8 +108,9 @@ class RunSetup:
 
     def save_checkpoint(self, phase: str, rnd: int, student: dict[str, torch.Tensor], **extra: Any) -> None:
         """Checkpoint after round ``rnd`` (see ``Checkpoint``)."""
-        Checkpoint(phase, rnd, student, self.teacher.state_dict(), self.teacher_info, len(self.run_dir.rows),
-                   **extra).save(self.run_dir)
+        Checkpoint(
+            phase, rnd, student, self.teacher.state_dict(), self.teacher_info, len(self.run_dir.rows), **extra
+        ).save(self.run_dir)
 
     def stop_requested(self, rnd: int) -> bool:
         """True after the round of ``federation.stop_after_round`` (the run pauses, resumable)."""

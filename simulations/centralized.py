@@ -30,8 +30,9 @@ from server.finish import write_summary
 from server.setup import RunSetup
 
 
-def masked_accuracy(student: nn.Module, groups: GroupSpec, m: MaskDict, x_calib: torch.Tensor,
-                    x: torch.Tensor, y: torch.Tensor) -> float:
+def masked_accuracy(
+    student: nn.Module, groups: GroupSpec, m: MaskDict, x_calib: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> float:
     """Eval accuracy of the student gated by m (s = 1), BN statistics re-estimated on ``x_calib``.
 
     Training runs under the adversary's attenuation s, so the running statistics it leaves do not
@@ -55,7 +56,9 @@ def is_admm_epoch(cfg: ScenarioConfig, epoch: int) -> bool:
     return done >= sched.warmup_epochs and (done - sched.warmup_epochs) % sched.admm_every == 0
 
 
-def kd_teacher_and_targets(run: RunSetup, devices: list[Device], pooled_x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
+def kd_teacher_and_targets(
+    run: RunSetup, devices: list[Device], pooled_x: torch.Tensor
+) -> tuple[nn.Module, torch.Tensor]:
     """The KD teacher and its targets (N, K) on the pooled data, as the devices would get them
     (teacher BN per device, or once on the pooled data): like for like with the federation."""
     mode, kd_teacher = run.cfg.admp.teacher_bn, run.teacher
@@ -65,33 +68,54 @@ def kd_teacher_and_targets(run: RunSetup, devices: list[Device], pooled_x: torch
     return kd_teacher, torch.cat([teacher_targets(kd_teacher, d.train.x, mode) for d in devices])
 
 
-def mask_phase(run: RunSetup, student: nn.Module, train_x: torch.Tensor, targets: torch.Tensor,
-               test: tuple[torch.Tensor, torch.Tensor]) -> AdmpState:
+def mask_phase(
+    run: RunSetup,
+    student: nn.Module,
+    train_x: torch.Tensor,
+    targets: torch.Tensor,
+    test: tuple[torch.Tensor, torch.Tensor],
+) -> AdmpState:
     """ADMP epochs on the pooled data, the state stepped after each epoch as the server does after
     each round; returns the final state (the student is trained in place)."""
     cfg, hp, groups = run.cfg, run.cfg.admp, run.groups
-    state = AdmpState.initial(AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp),
-                              group_sizes(student, groups))
+    state = AdmpState.initial(
+        AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp), group_sizes(student, groups)
+    )
     gen = torch_generator(cfg.run.seed, "admp")
     for epoch in range(cfg.schedule.mask_epochs):
         start = time.perf_counter()
         stats = admp_local_train(student, groups, state, train_x, targets, 1, hp, gen)
         if is_admm_epoch(cfg, epoch):
             state.admm_step()
-        row = {"phase": "mask", "step": epoch + 1, "epoch": epoch + 1,
-               "target_acc": masked_accuracy(student, groups, state.m, train_x, *test),
-               "divergence": stats["divergence"], "loss": stats["loss"]}
+        row = {
+            "phase": "mask",
+            "step": epoch + 1,
+            "epoch": epoch + 1,
+            "target_acc": masked_accuracy(student, groups, state.m, train_x, *test),
+            "divergence": stats["divergence"],
+            "loss": stats["loss"],
+        }
         row |= {k.replace("-", "_"): v for k, v in state.metrics().items()}
-        row |= {"mean_soft_mask": float(torch.cat(list(state.s.values())).mean()),
-                "seconds": round(time.perf_counter() - start, 3)}
+        row |= {
+            "mean_soft_mask": float(torch.cat(list(state.s.values())).mean()),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         run.run_dir.log_metrics(row)
-        run.console.print(f"mask epoch {epoch + 1:>3}/{cfg.schedule.mask_epochs}  acc {row['target_acc']:6.2f}  "
-                          f"D {row['divergence']:.4f}  rho {state.rho:.3g}  m<0.5 {row['soft_sparsity']:.2f}")
+        run.console.print(
+            f"mask epoch {epoch + 1:>3}/{cfg.schedule.mask_epochs}  acc {row['target_acc']:6.2f}  "
+            f"D {row['divergence']:.4f}  rho {state.rho:.3g}  m<0.5 {row['soft_sparsity']:.2f}"
+        )
     return state
 
 
-def finetune_phase(run: RunSetup, pruned: nn.Module, train_x: torch.Tensor, targets: torch.Tensor,
-                   test: tuple[torch.Tensor, torch.Tensor], first_step: int) -> None:
+def finetune_phase(
+    run: RunSetup,
+    pruned: nn.Module,
+    train_x: torch.Tensor,
+    targets: torch.Tensor,
+    test: tuple[torch.Tensor, torch.Tensor],
+    first_step: int,
+) -> None:
     """KD epochs of the physically pruned student with a cosine learning rate, in place."""
     sched, gen = run.cfg.schedule, torch_generator(run.cfg.run.seed, "finetune")
     for epoch in range(sched.finetune_epochs):
@@ -99,25 +123,37 @@ def finetune_phase(run: RunSetup, pruned: nn.Module, train_x: torch.Tensor, targ
         lr = cosine_lr(run.cfg.admp.finetune_lr, epoch, sched.finetune_epochs)
         stats = kd_finetune(pruned, train_x, targets, 1, run.cfg.admp, gen, lr=lr)
         acc = accuracy(pruned, *test)
-        run.run_dir.log_metrics({"phase": "finetune", "step": first_step + epoch, "epoch": epoch + 1,
-                                 "target_acc": acc, "divergence": stats["divergence"],
-                                 "seconds": round(time.perf_counter() - start, 3)})
-        run.console.print(f"finetune epoch {epoch + 1:>3}/{sched.finetune_epochs}  acc {acc:6.2f}  "
-                          f"D {stats['divergence']:.4f}")
+        run.run_dir.log_metrics(
+            {
+                "phase": "finetune",
+                "step": first_step + epoch,
+                "epoch": epoch + 1,
+                "target_acc": acc,
+                "divergence": stats["divergence"],
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+        run.console.print(
+            f"finetune epoch {epoch + 1:>3}/{sched.finetune_epochs}  acc {acc:6.2f}  D {stats['divergence']:.4f}"
+        )
 
 
 def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole centralized pipeline; returns the summary (also written to the run dir)."""
     run = RunSetup.open(cfg, console=console)  # config, seed, run directory, teacher
     task, hp = run.task, cfg.admp
-    run.console.print(f"[bold]FedADMP centralized[/bold] dataset={task.name} arch={run.arch} "
-                      f"devices={task.num_devices} p={hp.prune_ratio} -> {run.run_dir.path}")
+    run.console.print(
+        f"[bold]FedADMP centralized[/bold] dataset={task.name} arch={run.arch} "
+        f"devices={task.num_devices} p={hp.prune_ratio} -> {run.run_dir.path}"
+    )
     devices = [task.device(i) for i in range(task.num_devices)]
     train, test_split = task.pooled(devices)  # train.y is never used for training
     test = (test_split.x, test_split.y)
     teacher_acc = accuracy(run.teacher, *test)
-    run.console.print(f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  target test "
-                      f"{teacher_acc:.2f}%  ({len(train)} unlabeled target samples, {len(test_split)} target test)")
+    run.console.print(
+        f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  target test "
+        f"{teacher_acc:.2f}%  ({len(train)} unlabeled target samples, {len(test_split)} target test)"
+    )
     kd_teacher, targets = kd_teacher_and_targets(run, devices, train.x)
     student = copy.deepcopy(run.teacher)
     state = mask_phase(run, student, train.x, targets, test)
@@ -128,16 +164,24 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     merged_acc = accuracy(pruned, *test)
     kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
     step = cfg.schedule.mask_epochs + 1
-    run.run_dir.log_metrics({"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc,
-                             "channels_pruned": 1 - kept})
+    run.run_dir.log_metrics(
+        {"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc, "channels_pruned": 1 - kept}
+    )
     run.console.print(f"merged: {1 - kept:.0%} of channels removed, target acc {merged_acc:.2f}%")
     finetune_phase(run, pruned, train.x, targets, test, step + 1)
     recalibrate_bn(pruned, train.x)
     return _finish(run, pruned, devices, test_split, kd_teacher, teacher_acc, merged_acc)
 
 
-def _finish(run: RunSetup, pruned: nn.Module, devices: list[Device], test: Split, kd_teacher: nn.Module,
-            teacher_acc: float, merged_acc: float) -> dict[str, Any]:
+def _finish(
+    run: RunSetup,
+    pruned: nn.Module,
+    devices: list[Device],
+    test: Split,
+    kd_teacher: nn.Module,
+    teacher_acc: float,
+    merged_acc: float,
+) -> dict[str, Any]:
     """Evaluate as the federated runs do (per-device BN where they use it), then the shared summary.
 
     ``target_acc`` is the accuracy under the run's BN mode (per-device BN for ``local``), the one a
@@ -154,8 +198,16 @@ def _finish(run: RunSetup, pruned: nn.Module, devices: list[Device], test: Split
         teacher["target_acc_target_bn"] = per_device_bn_accuracy(run.teacher, splits)
     elif cfg.admp.teacher_bn == "fleet":
         teacher["target_acc_target_bn"] = accuracy(kd_teacher, test.x, test.y)
-    fields = {"mode": "centralized", "prune_ratio": cfg.admp.prune_ratio, "teacher": teacher,
-              "student": {"target_acc": final_acc, "target_acc_after_merge": merged_acc,
-                          "target_acc_pooled_bn": pooled_acc}}
-    return write_summary(run, pruned, fields, f"Centralized ADMP on {run.task.name} (p = {cfg.admp.prune_ratio})",
-                         exports=("student_masked.pt",))
+    fields = {
+        "mode": "centralized",
+        "prune_ratio": cfg.admp.prune_ratio,
+        "teacher": teacher,
+        "student": {"target_acc": final_acc, "target_acc_after_merge": merged_acc, "target_acc_pooled_bn": pooled_acc},
+    }
+    return write_summary(
+        run,
+        pruned,
+        fields,
+        f"Centralized ADMP on {run.task.name} (p = {cfg.admp.prune_ratio})",
+        exports=("student_masked.pt",),
+    )

@@ -49,28 +49,50 @@ def build_parser() -> argparse.ArgumentParser:
         description="Unsupervised cross-domain compression (ADMP) for device fleets.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    cen = sub.add_parser("centralized", help="ADMP on pooled unlabeled target data (no federation)",
-                         description="Train the teacher on labeled source data, run ADMP on the pooled "
-                                     "unlabeled target data, prune, fine-tune, evaluate and export.")
-    cen.add_argument("--config", default=str(DEFAULT_CENTRALIZED),
-                     help=f"scenario YAML (default: {DEFAULT_CENTRALIZED.name})")
-    cen.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set admp.prune_ratio=0.5 (repeatable)")
+    cen = sub.add_parser(
+        "centralized",
+        help="ADMP on pooled unlabeled target data (no federation)",
+        description="Train the teacher on labeled source data, run ADMP on the pooled "
+        "unlabeled target data, prune, fine-tune, evaluate and export.",
+    )
+    cen.add_argument(
+        "--config", default=str(DEFAULT_CENTRALIZED), help=f"scenario YAML (default: {DEFAULT_CENTRALIZED.name})"
+    )
+    cen.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set admp.prune_ratio=0.5 (repeatable)",
+    )
     cen.set_defaults(func=_centralized)
-    sim = sub.add_parser("simulate", help="federated ADMP on Flower's Simulation Engine (Ray)",
-                         description="Teacher on the server, one virtual device per target partition; "
-                                     "mask phase, merge, fine-tune, BN recalibration, export.")
-    sim.add_argument("scenario", nargs="?", default=str(DEFAULT_FEDERATED),
-                     help=f"scenario YAML (default: {DEFAULT_FEDERATED.name})")
-    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set federation.mask_rounds=4 (repeatable)")
-    sim.add_argument("--resume", default=None, metavar="RUN_DIR",
-                     help="continue the run in RUN_DIR from its last checkpoint")
+    sim = sub.add_parser(
+        "simulate",
+        help="federated ADMP on Flower's Simulation Engine (Ray)",
+        description="Teacher on the server, one virtual device per target partition; "
+        "mask phase, merge, fine-tune, BN recalibration, export.",
+    )
+    sim.add_argument(
+        "scenario", nargs="?", default=str(DEFAULT_FEDERATED), help=f"scenario YAML (default: {DEFAULT_FEDERATED.name})"
+    )
+    sim.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set federation.mask_rounds=4 (repeatable)",
+    )
+    sim.add_argument(
+        "--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint"
+    )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_simulate)
-    study = sub.add_parser("study", help="every method on the same splits, seeds and budget; tables and plots",
-                           description="Run (or resume: finished runs are skipped) a study of tasks x methods x "
-                                       "pruning ratios x seeds; writes runs.csv, report.md and PNG plots.")
+    study = sub.add_parser(
+        "study",
+        help="every method on the same splits, seeds and budget; tables and plots",
+        description="Run (or resume: finished runs are skipped) a study of tasks x methods x "
+        "pruning ratios x seeds; writes runs.csv, report.md and PNG plots.",
+    )
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
     return parser

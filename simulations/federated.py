@@ -20,8 +20,7 @@ def backend_config(cfg: ScenarioConfig) -> dict:
         init_args["_node_ip_address"] = "127.0.0.1"
         if cfg.federation.ray_num_cpus:
             init_args["num_cpus"] = cfg.federation.ray_num_cpus
-    return {"client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": 0.0},
-            "init_args": init_args}
+    return {"client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": 0.0}, "init_args": init_args}
 
 
 def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, verbose: bool = False) -> None:
@@ -42,5 +41,9 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
-    run_simulation(server_app=make_server_app(cfg, resume), client_app=client_app,
-                   num_supernodes=num_devices, backend_config=backend_config(cfg))
+    run_simulation(
+        server_app=make_server_app(cfg, resume),
+        client_app=client_app,
+        num_supernodes=num_devices,
+        backend_config=backend_config(cfg),
+    )

@@ -18,12 +18,30 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from admp.choices import METHODS, Method, VariantMethod
-from admp.config import ConfigError, load_config, parse_section, read_yaml
+from admp.config import load_config, parse_section, read_yaml
 from admp.configbase import Section, SectionError
 
-COLUMNS = ["run_id", "task", "method", "variant", "prune_ratio", "seed", "teacher_acc", "teacher_acc_target_bn",
-           "student_acc", "final_divergence", "params", "teacher_params", "macs", "teacher_macs", "latency_ms",
-           "teacher_latency_ms", "channels_pruned", "wall_seconds", "run_dir"]
+COLUMNS = [
+    "run_id",
+    "task",
+    "method",
+    "variant",
+    "prune_ratio",
+    "seed",
+    "teacher_acc",
+    "teacher_acc_target_bn",
+    "student_acc",
+    "final_divergence",
+    "params",
+    "teacher_params",
+    "macs",
+    "teacher_macs",
+    "latency_ms",
+    "teacher_latency_ms",
+    "channels_pruned",
+    "wall_seconds",
+    "run_dir",
+]
 
 
 class StudyTask(Section):
@@ -106,13 +124,31 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                 for p in ratios:
                     if p not in (0.0, spec.table_ratio) and spec.sweep_seeds and seed not in spec.sweep_seeds:
                         continue
-                    runs.append({"run_id": f"{task.name}-{method}-p{p:g}-s{seed}", "task": task, "method": method,
-                                 "variant": "", "overrides": [], "prune_ratio": p, "seed": seed,
-                                 "data_dir": spec.data_dir})
+                    runs.append(
+                        {
+                            "run_id": f"{task.name}-{method}-p{p:g}-s{seed}",
+                            "task": task,
+                            "method": method,
+                            "variant": "",
+                            "overrides": [],
+                            "prune_ratio": p,
+                            "seed": seed,
+                            "data_dir": spec.data_dir,
+                        }
+                    )
             for v in spec.variants:
-                runs.append({"run_id": f"{task.name}-{v.name}-p{spec.table_ratio:g}-s{seed}", "task": task,
-                             "method": v.method, "variant": v.name, "overrides": v.overrides,
-                             "prune_ratio": spec.table_ratio, "seed": seed, "data_dir": spec.data_dir})
+                runs.append(
+                    {
+                        "run_id": f"{task.name}-{v.name}-p{spec.table_ratio:g}-s{seed}",
+                        "task": task,
+                        "method": v.method,
+                        "variant": v.name,
+                        "overrides": v.overrides,
+                        "prune_ratio": spec.table_ratio,
+                        "seed": seed,
+                        "data_dir": spec.data_dir,
+                    }
+                )
     return runs
 
 
@@ -145,8 +181,14 @@ def _append(csv_path: Path, row: dict[str, Any]) -> None:
 def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, console: Console) -> dict[str, Any]:
     task: StudyTask = run["task"]
     data_dir = [f"data.data_dir={(base / spec_data_dir).resolve()}"] if (spec_data_dir := run.get("data_dir")) else []
-    overrides = [*data_dir, *task.overrides, *run["overrides"], f"run.seed={run['seed']}", f"run.out_dir={runs_dir}",
-                 f"run.name={run['run_id']}"]
+    overrides = [
+        *data_dir,
+        *task.overrides,
+        *run["overrides"],
+        f"run.seed={run['seed']}",
+        f"run.out_dir={runs_dir}",
+        f"run.name={run['run_id']}",
+    ]
     if run["prune_ratio"] > 0:
         overrides.append(f"admp.prune_ratio={run['prune_ratio']}")
     if (task.name, run["seed"]) in teachers:
@@ -164,16 +206,23 @@ def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, co
         (run_dir,) = sorted(runs_dir.glob(f"{run['run_id']}-*"))[-1:]
         summary = json.loads((run_dir / "summary.json").read_text())
     teachers.setdefault((task.name, run["seed"]), str(Path(summary["run_dir"]) / "teacher.pt"))
-    return {**{k: run[k] for k in ("run_id", "method", "variant", "prune_ratio", "seed")}, "task": task.name,
-            "teacher_acc": summary["teacher"]["target_acc"],
-            "teacher_acc_target_bn": summary["teacher"].get("target_acc_target_bn", ""),
-            "student_acc": summary["student"]["target_acc"],
-            "final_divergence": final_divergence(Path(summary["run_dir"])),
-            "params": summary["student"]["params"], "teacher_params": summary["teacher"]["params"],
-            "macs": summary["student"]["macs"], "teacher_macs": summary["teacher"]["macs"],
-            "latency_ms": summary["student"]["latency_ms"], "teacher_latency_ms": summary["teacher"]["latency_ms"],
-            "channels_pruned": summary.get("channels_pruned", 0.0),
-            "wall_seconds": round(time.perf_counter() - start, 1), "run_dir": summary["run_dir"]}
+    return {
+        **{k: run[k] for k in ("run_id", "method", "variant", "prune_ratio", "seed")},
+        "task": task.name,
+        "teacher_acc": summary["teacher"]["target_acc"],
+        "teacher_acc_target_bn": summary["teacher"].get("target_acc_target_bn", ""),
+        "student_acc": summary["student"]["target_acc"],
+        "final_divergence": final_divergence(Path(summary["run_dir"])),
+        "params": summary["student"]["params"],
+        "teacher_params": summary["teacher"]["params"],
+        "macs": summary["student"]["macs"],
+        "teacher_macs": summary["teacher"]["macs"],
+        "latency_ms": summary["student"]["latency_ms"],
+        "teacher_latency_ms": summary["teacher"]["latency_ms"],
+        "channels_pruned": summary.get("channels_pruned", 0.0),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "run_dir": summary["run_dir"],
+    }
 
 
 def run_study(path: str | Path, console: Console | None = None) -> Path:
@@ -194,8 +243,10 @@ def run_study(path: str | Path, console: Console | None = None) -> Path:
         console.rule(f"{i}/{len(todo)}  {run['run_id']}")
         row = _execute(run, base, runs_dir, teachers, console)
         _append(csv_path, row)
-        console.print(f"{run['run_id']}: teacher {row['teacher_acc']:.2f}%  student {row['student_acc']:.2f}%  "
-                      f"({row['wall_seconds']} s)")
+        console.print(
+            f"{run['run_id']}: teacher {row['teacher_acc']:.2f}%  student {row['student_acc']:.2f}%  "
+            f"({row['wall_seconds']} s)"
+        )
     write_report(out, spec)
     console.print(f"report: {out / 'report.md'}")
     return out

@@ -14,10 +14,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-LABELS = {"source_only": "source-only teacher", "source_only_bn": "source-only teacher + target BN statistics (no training)",
-          "fedkd": "federated KD, no pruning",
-          "naive": "naive: L1 prune on cloud + fed. KD", "fedadmp": "FedADMP (ours)",
-          "centralized": "centralized ADMP (pooled target)"}
+LABELS = {
+    "source_only": "source-only teacher",
+    "source_only_bn": "source-only teacher + target BN statistics (no training)",
+    "fedkd": "federated KD, no pruning",
+    "naive": "naive: L1 prune on cloud + fed. KD",
+    "fedadmp": "FedADMP (ours)",
+    "centralized": "centralized ADMP (pooled target)",
+}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -53,7 +57,8 @@ def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str,
     if teacher_by_seed:
         t = list(teacher_by_seed.values())
         means["source_only"] = _mean_std([r["teacher_acc"] for r in t])[0]
-        cost = f"{t[0]['teacher_params']:,} | {t[0]['teacher_macs']:,} | {statistics.fmean(r['teacher_latency_ms'] for r in t):.3f}"
+        latency = statistics.fmean(r["teacher_latency_ms"] for r in t)
+        cost = f"{t[0]['teacher_params']:,} | {t[0]['teacher_macs']:,} | {latency:.3f}"
         lines.append(f"| {LABELS['source_only']} | {_fmt([r['teacher_acc'] for r in t])} | {cost} |")
         local = [r["teacher_acc_target_bn"] for r in t if r["teacher_acc_target_bn"] is not None]
         if local:
@@ -64,8 +69,10 @@ def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str,
         if not sel:
             continue
         means[method] = _mean_std([r["student_acc"] for r in sel])[0]
-        lines.append(f"| {LABELS[method]} | {_fmt([r['student_acc'] for r in sel])} | {sel[0]['params']:,} | "
-                     f"{sel[0]['macs']:,} | {statistics.fmean(r['latency_ms'] for r in sel):.3f} |")
+        lines.append(
+            f"| {LABELS[method]} | {_fmt([r['student_acc'] for r in sel])} | {sel[0]['params']:,} | "
+            f"{sel[0]['macs']:,} | {statistics.fmean(r['latency_ms'] for r in sel):.3f} |"
+        )
     return "\n".join(lines), means
 
 
@@ -84,21 +91,28 @@ def ablation_table(rows: list[dict[str, Any]], ratio: float) -> str:
     if not variants:
         return ""
     seeds = {r["seed"] for r in rows if r["variant"]}
-    base = [r for r in rows if r["method"] == "fedadmp" and not r["variant"] and r["seed"] in seeds
-            and abs(r["prune_ratio"] - ratio) < 1e-9]
+    base = [
+        r
+        for r in rows
+        if r["method"] == "fedadmp" and not r["variant"] and r["seed"] in seeds and abs(r["prune_ratio"] - ratio) < 1e-9
+    ]
     base_acc = _mean_std([r["student_acc"] for r in base])[0] if base else None
     base_div = _mean_or_none([r["final_divergence"] for r in base])
     lines = ["| variant | target acc % (mean ± std) | Δ acc | final D | Δ D |", "|---|---|---|---|---|"]
     if base:
-        lines.append(f"| FedADMP (default) | {_fmt([r['student_acc'] for r in base])} | — | {_num(base_div, '.4f')} | — |")
+        lines.append(
+            f"| FedADMP (default) | {_fmt([r['student_acc'] for r in base])} | — | {_num(base_div, '.4f')} | — |"
+        )
     for name in variants:
         sel = [r for r in rows if r["variant"] == name]
         acc = _mean_std([r["student_acc"] for r in sel])[0]
         div = _mean_or_none([r["final_divergence"] for r in sel])
         d_acc = None if base_acc is None else acc - base_acc
         d_div = None if div is None or base_div is None else div - base_div
-        lines.append(f"| {name} ({sel[0]['method']}) | {_fmt([r['student_acc'] for r in sel])} | {_num(d_acc, '+.2f')} | "
-                     f"{_num(div, '.4f')} | {_num(d_div, '+.4f')} |")
+        lines.append(
+            f"| {name} ({sel[0]['method']}) | {_fmt([r['student_acc'] for r in sel])} | {_num(d_acc, '+.2f')} | "
+            f"{_num(div, '.4f')} | {_num(d_div, '+.4f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,8 +129,14 @@ def plot_vs_ratio(rows: list[dict[str, Any]], task: str, path: Path) -> None:
         if by_ratio:
             xs = sorted(by_ratio)
             stats = [_mean_std(by_ratio[x]) for x in xs]
-            ax.errorbar([statistics.fmean(pruned[x]) for x in xs], [m for m, _ in stats], yerr=[s for _, s in stats],
-                        marker="o", capsize=3, label=LABELS[method])
+            ax.errorbar(
+                [statistics.fmean(pruned[x]) for x in xs],
+                [m for m, _ in stats],
+                yerr=[s for _, s in stats],
+                marker="o",
+                capsize=3,
+                label=LABELS[method],
+            )
     for method, style in (("fedkd", "--"),):
         sel = [r["student_acc"] for r in rows if r["method"] == method]
         if sel:
@@ -137,8 +157,13 @@ def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Pat
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     seed = min(r["seed"] for r in rows)
     for method in ("fedkd", "naive", "fedadmp"):
-        sel = [r for r in rows if r["method"] == method and r["seed"] == seed
-               and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)]
+        sel = [
+            r
+            for r in rows
+            if r["method"] == method
+            and r["seed"] == seed
+            and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)
+        ]
         if not sel:
             continue
         metrics = json.loads((Path(sel[0]["run_dir"]) / "metrics.json").read_text())
@@ -156,12 +181,16 @@ def overview_table(means_by_task: dict[str, dict[str, float]]) -> str:
     """One row per task: mean accuracy of every method and FedADMP's three distances (points)."""
     cols = ["source_only", "source_only_bn", "fedkd", "naive", "fedadmp", "centralized"]
     short = ["teacher", "teacher + target BN", "fed. KD (dense)", "naive", "FedADMP", "centralized ADMP"]
-    lines = ["| task | " + " | ".join(short) + " | vs fed. KD (≥ −0.5) | vs naive (≥ +4) | vs centralized (±1) |",
-             "|---" * (len(cols) + 4) + "|"]
+    lines = [
+        "| task | " + " | ".join(short) + " | vs fed. KD (≥ −0.5) | vs naive (≥ +4) | vs centralized (±1) |",
+        "|---" * (len(cols) + 4) + "|",
+    ]
     for task, means in means_by_task.items():
         cells = [_num(means.get(c), ".2f") for c in cols]
-        gaps = [_num(means["fedadmp"] - means[o], "+.2f") if "fedadmp" in means and o in means else "—"
-                for o in ("fedkd", "naive", "centralized")]
+        gaps = [
+            _num(means["fedadmp"] - means[o], "+.2f") if "fedadmp" in means and o in means else "—"
+            for o in ("fedkd", "naive", "centralized")
+        ]
         lines.append(f"| {task} | " + " | ".join(cells + gaps) + " |")
     return "\n".join(lines)
 
@@ -171,8 +200,11 @@ def write_report(out: Path, spec: Any) -> Path:
     rows = load_rows(out)
     ratio = spec.table_ratio
     sweep = f" (ratios other than {ratio}: seeds {spec.sweep_seeds})" if spec.sweep_seeds else ""
-    parts = [f"# Study `{spec.name}`\n", f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}{sweep}; tables at "
-             f"p = {ratio}. Target labels are used for evaluation only.\n"]
+    parts = [
+        f"# Study `{spec.name}`\n",
+        f"Seeds {spec.seeds}, pruning ratios {spec.prune_ratios}{sweep}; tables at "
+        f"p = {ratio}. Target labels are used for evaluation only.\n",
+    ]
     means_by_task: dict[str, dict[str, float]] = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         all_rows = [r for r in rows if r["task"] == task]
@@ -181,20 +213,35 @@ def write_report(out: Path, spec: Any) -> Path:
         means_by_task[task] = means
         parts += [f"## {task}\n", table, ""]
         if "fedadmp" in means:
-            for other, goal in (("fedkd", "goal: at most 0.5 lower"), ("naive", "goal: at least 4 higher"),
-                                ("centralized", "goal: within 1")):
+            for other, goal in (
+                ("fedkd", "goal: at most 0.5 lower"),
+                ("naive", "goal: at least 4 higher"),
+                ("centralized", "goal: within 1"),
+            ):
                 if other in means:
                     parts.append(f"- FedADMP − {LABELS[other]}: {means['fedadmp'] - means[other]:+.2f} points ({goal})")
         ablations = ablation_table(all_rows, ratio)
         if ablations:
-            parts += ["", f"Ablations at p = {ratio} (final D: last training KD divergence on the devices' "
-                      "unlabeled data, no labels needed):", "", ablations]
+            parts += [
+                "",
+                f"Ablations at p = {ratio} (final D: last training KD divergence on the devices' "
+                "unlabeled data, no labels needed):",
+                "",
+                ablations,
+            ]
         plot_vs_ratio(task_rows, task, out / f"{task}_acc_vs_pruning.png")
         plot_vs_round(task_rows, task, ratio, out / f"{task}_acc_vs_round.png")
-        parts += ["", f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)",
-                  f"![{task}: accuracy vs round]({task}_acc_vs_round.png)", ""]
-    parts[2:2] = [f"Mean target accuracy % at p = {ratio} and FedADMP's distances in points (goals in brackets):\n",
-                  overview_table(means_by_task), ""]
+        parts += [
+            "",
+            f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)",
+            f"![{task}: accuracy vs round]({task}_acc_vs_round.png)",
+            "",
+        ]
+    parts[2:2] = [
+        f"Mean target accuracy % at p = {ratio} and FedADMP's distances in points (goals in brackets):\n",
+        overview_table(means_by_task),
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path

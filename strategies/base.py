@@ -91,15 +91,25 @@ class FleetStrategy(Strategy):
         rng = numpy_rng(self.fleet.seed, "sample", salt, server_round)
         return sorted(int(i) for i in rng.choice(ids, size=count, replace=False))
 
-    def messages(self, server_round: int, device_ids: list[int], records: dict[str, Any],
-                 config: dict[str, Any], message_type: str, with_teacher: bool) -> list[Message]:
+    def messages(
+        self,
+        server_round: int,
+        device_ids: list[int],
+        records: dict[str, Any],
+        config: dict[str, Any],
+        message_type: str,
+        with_teacher: bool,
+    ) -> list[Message]:
         """One message per device with the records, the merged config and (once) the teacher."""
         delivery = self.fleet.delivery
         out = []
         for device in device_ids:
             content = RecordDict(dict(records))
-            content[P.CONFIG] = P.make_config(self.fleet.base_config | config | {
-                P.SERVER_ROUND: server_round, "device": device, "teacher_hash": delivery.teacher_hash})
+            content[P.CONFIG] = P.make_config(
+                self.fleet.base_config
+                | config
+                | {P.SERVER_ROUND: server_round, "device": device, "teacher_hash": delivery.teacher_hash}
+            )
             if with_teacher and device not in delivery.holders:
                 content[P.TEACHER] = delivery.teacher
                 delivery.sends[device] = delivery.sends.get(device, 0) + 1
@@ -133,8 +143,9 @@ class FleetStrategy(Strategy):
         self.fleet.rejections.append(Rejection(server_round, device, node, reason))
         log.warning("round %s: rejected reply of device %s (node %s): %s", server_round, device, node, reason)
 
-    def validated(self, server_round: int, replies: Iterable[Message],
-                  parse: Callable[[RecordDict], Parsed]) -> list[Parsed]:
+    def validated(
+        self, server_round: int, replies: Iterable[Message], parse: Callable[[RecordDict], Parsed]
+    ) -> list[Parsed]:
         """``parse(content)`` of every good reply, in device order; a failing parse rejects that reply."""
         parsed: list[Parsed] = []
         for device, content in self.triage(server_round, replies):
@@ -145,8 +156,9 @@ class FleetStrategy(Strategy):
         return parsed
 
     # --- evaluation ---------------------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Ask ``eval_clients`` devices (0: all) to evaluate the global model on their test split.
 
         ``config`` may carry ``local-bn`` (each device re-estimates BN statistics on its own
@@ -162,6 +174,7 @@ class FleetStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted accuracy over the devices that answered."""
+
         def parse(content: RecordDict) -> tuple[float, int]:
             return P.metric(content, "accuracy"), check_examples(P.metric(content, P.NUM_EXAMPLES))
 
@@ -169,10 +182,10 @@ class FleetStrategy(Strategy):
         total = sum(n for _, n in results)
         if total == 0:
             return None
-        return MetricRecord({"accuracy": sum(a * n for a, n in results) / total,
-                             "devices": len(results), P.NUM_EXAMPLES: total})
+        return MetricRecord(
+            {"accuracy": sum(a * n for a, n in results) / total, "devices": len(results), P.NUM_EXAMPLES: total}
+        )
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's Strategy interface)."""
         log.info("%s: %s clients/round", type(self).__name__, self.policy.clients_per_round)
-

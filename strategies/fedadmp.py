@@ -39,8 +39,11 @@ class AdmpReply(KdReply):
 def fedavg(replies: Sequence[KdReply]) -> tuple[TensorDict, dict[str, MetricRecordValues]]:
     """FedAvg of the replies' weights, and the round's metrics: valid replies, examples, mean divergence."""
     weights = weighted_average([(r.weights, r.n) for r in replies])
-    return weights, {"valid-replies": len(replies), P.NUM_EXAMPLES: sum(r.n for r in replies),
-                     "divergence": weighted_mean((r.divergence, r.n) for r in replies)}
+    return weights, {
+        "valid-replies": len(replies),
+        P.NUM_EXAMPLES: sum(r.n for r in replies),
+        "divergence": weighted_mean((r.divergence, r.n) for r in replies),
+    }
 
 
 def shapes(state: TensorDict) -> dict[str, tuple[int, ...]]:
@@ -70,8 +73,18 @@ class FedADMP(FleetStrategy):
     from mean_k(m_k + U_k) with per-client duals (consensus ADMM).
     """
 
-    def __init__(self, *, weights: TensorDict, state: AdmpState, s_min: float, warmup_rounds: int,
-                 dual: str, local_epochs: int, fleet: Fleet, policy: RoundPolicy) -> None:
+    def __init__(
+        self,
+        *,
+        weights: TensorDict,
+        state: AdmpState,
+        s_min: float,
+        warmup_rounds: int,
+        dual: str,
+        local_epochs: int,
+        fleet: Fleet,
+        policy: RoundPolicy,
+    ) -> None:
         super().__init__(fleet=fleet, policy=policy)
         self.weight_shapes = shapes(weights)
         self.mask_shapes = {g: tuple(v.shape) for g, v in state.m.items()}
@@ -81,9 +94,16 @@ class FedADMP(FleetStrategy):
     def summary(self) -> None:
         """Log the strategy's settings."""
         st = self.state.settings
-        log.info("FedADMP: p=%s, %s clients/round, dual=%s, warm-up %s rounds, rho %s x%s <= %s",
-                 st.prune_ratio, self.policy.clients_per_round, self.dual, self.warmup_rounds,
-                 st.rho0, st.rho_gamma, st.rho_max)
+        log.info(
+            "FedADMP: p=%s, %s clients/round, dual=%s, warm-up %s rounds, rho %s x%s <= %s",
+            st.prune_ratio,
+            self.policy.clients_per_round,
+            self.dual,
+            self.warmup_rounds,
+            st.rho0,
+            st.rho_gamma,
+            st.rho_max,
+        )
 
     def mask_record(self) -> ArrayRecord:
         """The global masks as sent to devices."""
@@ -92,13 +112,19 @@ class FedADMP(FleetStrategy):
             return P.masks_to_record(m=st.m, s=st.s, z=st.z, u=st.u)
         return P.masks_to_record(m=st.m, s=st.s, z=st.z)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Sample devices and send W, m, s, Z (U), rho; the teacher only to devices without it."""
         devices = self.sample(server_round, self.policy.clients_per_round)
         records = {P.ARRAYS: arrays, P.MASKS: self.mask_record()}
-        extra = dict(config) | {"phase": "mask", "rho": self.state.rho, "dual": self.dual,
-                                "z-steps": self.state.z_steps, "local_epochs": self.local_epochs}
+        extra = dict(config) | {
+            "phase": "mask",
+            "rho": self.state.rho,
+            "dual": self.dual,
+            "z-steps": self.state.z_steps,
+            "local_epochs": self.local_epochs,
+        }
         return self.messages(server_round, devices, records, extra, P.TRAIN_ADMP, with_teacher=True)
 
     def parse_train_reply(self, content: RecordDict) -> AdmpReply:
@@ -116,8 +142,9 @@ class FedADMP(FleetStrategy):
         n = check_examples(P.metric(content, P.NUM_EXAMPLES))
         return AdmpReply(weights, n, P.metric(content, "divergence"), m, s, u)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg of W, m, s; then the ADMM step of the state after the warm-up."""
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
@@ -147,8 +174,16 @@ class FedKD(FleetStrategy):
     and naive baselines, and (with no training) for evaluation and BN statistics.
     """
 
-    def __init__(self, *, weights: TensorDict, keep: MaskDict | None, local_epochs: int = 1,
-                 lr: float = 0.0, fleet: Fleet, policy: RoundPolicy) -> None:
+    def __init__(
+        self,
+        *,
+        weights: TensorDict,
+        keep: MaskDict | None,
+        local_epochs: int = 1,
+        lr: float = 0.0,
+        fleet: Fleet,
+        policy: RoundPolicy,
+    ) -> None:
         super().__init__(fleet=fleet, policy=policy)
         self.weight_shapes = shapes(weights)
         self.keep, self.local_epochs, self.lr = keep, local_epochs, lr
@@ -161,8 +196,9 @@ class FedKD(FleetStrategy):
         """Devices rebuild the pruned architecture from the keep masks."""
         return {P.MASKS: P.masks_to_record(keep=self.keep)} if self.keep is not None else {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Sample devices and send the student (and keep masks); the teacher only once."""
         devices = self.sample(server_round, self.policy.clients_per_round)
         records = {P.ARRAYS: arrays} | self.evaluation_records()
@@ -175,8 +211,9 @@ class FedKD(FleetStrategy):
         check_arrays(weights, self.weight_shapes, "arrays")
         return KdReply(weights, check_examples(P.metric(content, P.NUM_EXAMPLES)), P.metric(content, "divergence"))
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg of the student's weights."""
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:

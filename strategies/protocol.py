@@ -102,8 +102,11 @@ def masks_to_record(**named: MaskDict) -> ArrayRecord:
 def record_to_masks(record: ArrayRecord, prefix: str) -> MaskDict:
     """The mask dict stored under ``prefix`` (empty if there is none)."""
     head = prefix + "."
-    return {k[len(head):]: torch.from_numpy(np.array(v.numpy(), copy=True))
-            for k, v in record.items() if k.startswith(head)}
+    return {
+        k[len(head) :]: torch.from_numpy(np.array(v.numpy(), copy=True))
+        for k, v in record.items()
+        if k.startswith(head)
+    }
 
 
 def message_masks(content: RecordDict, prefix: str) -> MaskDict:

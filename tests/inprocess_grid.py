@@ -20,12 +20,22 @@ NODE_BASE = 100  # node id of device i is NODE_BASE + i
 class InProcessGrid(Grid):
     """Nodes ``NODE_BASE + i`` for devices ``i`` in ``range(devices)``; ``claims`` overrides ids."""
 
-    def __init__(self, devices: int, claims: dict[int, int] | None = None,
-                 replies: Callable[[Message, Message], Message | None] | None = None) -> None:
+    def __init__(
+        self,
+        devices: int,
+        claims: dict[int, int] | None = None,
+        replies: Callable[[Message, Message], Message | None] | None = None,
+    ) -> None:
         self.contexts = {
-            NODE_BASE + i: Context(run_id=1, node_id=NODE_BASE + i, state=RecordDict(), run_config={},
-                                   node_config={"partition-id": (claims or {}).get(i, i)})
-            for i in range(devices)}
+            NODE_BASE + i: Context(
+                run_id=1,
+                node_id=NODE_BASE + i,
+                state=RecordDict(),
+                run_config={},
+                node_config={"partition-id": (claims or {}).get(i, i)},
+            )
+            for i in range(devices)
+        }
         self.tamper = replies or (lambda _msg, reply: reply)
         self.sent: list[Message] = []
 

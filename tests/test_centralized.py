@@ -16,8 +16,16 @@ from simulations.centralized import run_centralized
 from simulations.cli import DEFAULT_CENTRALIZED
 
 # 3 mask epochs, a Z-step after each (warm-up 1, every epoch), 1 KD epoch; pooled BN statistics
-SMALL = ["schedule.mask_epochs=3", "schedule.warmup_epochs=1", "schedule.admm_every=1", "schedule.finetune_epochs=1",
-         "teacher.epochs=4", "data.samples_per_device=60", "federation.bn_recalibration=global", "run.threads=2"]
+SMALL = [
+    "schedule.mask_epochs=3",
+    "schedule.warmup_epochs=1",
+    "schedule.admm_every=1",
+    "schedule.finetune_epochs=1",
+    "teacher.epochs=4",
+    "data.samples_per_device=60",
+    "federation.bn_recalibration=global",
+    "run.threads=2",
+]
 
 
 @pytest.fixture(scope="module")

@@ -20,24 +20,52 @@ def task_identity():
 
 
 def _context(device: int) -> Context:
-    return Context(run_id=1, node_id=50 + device, node_config={"partition-id": device},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1, node_id=50 + device, node_config={"partition-id": device}, state=RecordDict(), run_config={}
+    )
 
 
-def _message(store, teacher_state, with_teacher: bool, device: int = 0, weights=None, dual: str = "global",
-             z_steps: int = 0, rho: float = 0.0, z=None) -> Message:
-    scenario = {"seed": 0, "data": DataSpec(num_devices=2, samples_per_device=20).model_dump(),
-                "model": {"arch": "lenet", "width": 0.25}, "arch": "lenet", "num_classes": 10}
+def _message(
+    store,
+    teacher_state,
+    with_teacher: bool,
+    device: int = 0,
+    weights=None,
+    dual: str = "global",
+    z_steps: int = 0,
+    rho: float = 0.0,
+    z=None,
+) -> Message:
+    scenario = {
+        "seed": 0,
+        "data": DataSpec(num_devices=2, samples_per_device=20).model_dump(),
+        "model": {"arch": "lenet", "width": 0.25},
+        "arch": "lenet",
+        "num_classes": 10,
+    }
     student = build_model("lenet", 10, 0.25)
     sizes = group_sizes(student, student.channel_groups())
-    content = RecordDict({
-        P.ARRAYS: P.to_record(weights if weights is not None else teacher_state),
-        P.MASKS: P.masks_to_record(m=ones_masks(sizes), s=ones_masks(sizes), z=z or ones_masks(sizes),
-                                   u=zeros_masks(sizes)),
-        P.CONFIG: P.make_config({"scenario": scenario, "hp": AdmpHyper(batch_size=8).model_dump(),
-                                 "teacher_hash": state_hash(teacher_state), "teacher_store": str(store),
-                                 P.SERVER_ROUND: 1, "rho": rho, "dual": dual, "z-steps": z_steps, "local_epochs": 1}),
-    })
+    content = RecordDict(
+        {
+            P.ARRAYS: P.to_record(weights if weights is not None else teacher_state),
+            P.MASKS: P.masks_to_record(
+                m=ones_masks(sizes), s=ones_masks(sizes), z=z or ones_masks(sizes), u=zeros_masks(sizes)
+            ),
+            P.CONFIG: P.make_config(
+                {
+                    "scenario": scenario,
+                    "hp": AdmpHyper(batch_size=8).model_dump(),
+                    "teacher_hash": state_hash(teacher_state),
+                    "teacher_store": str(store),
+                    P.SERVER_ROUND: 1,
+                    "rho": rho,
+                    "dual": dual,
+                    "z-steps": z_steps,
+                    "local_epochs": 1,
+                }
+            ),
+        }
+    )
     if with_teacher:
         content[P.TEACHER] = P.to_record(teacher_state)
     return Message(content, dst_node_id=50 + device, message_type=P.TRAIN_ADMP)
@@ -107,8 +135,11 @@ def test_bn_moments_weigh_every_sample_equally():
 
 def test_bnstats_and_identity_handlers(tmp_path, teacher_state):
     msg = _message(tmp_path, teacher_state, False)
-    query = Message(RecordDict({P.ARRAYS: msg.content[P.ARRAYS], P.CONFIG: msg.content[P.CONFIG]}),
-                    dst_node_id=50, message_type=P.QUERY_BN)
+    query = Message(
+        RecordDict({P.ARRAYS: msg.content[P.ARRAYS], P.CONFIG: msg.content[P.CONFIG]}),
+        dst_node_id=50,
+        message_type=P.QUERY_BN,
+    )
     reply = client.app(query, _context(0))
     stats = P.from_record(reply.content[P.ARRAYS])
     assert int(reply.content[P.METRICS][P.NUM_EXAMPLES]) == 14

@@ -32,20 +32,23 @@ def test_defaults_fill_missing_keys(tmp_path):
     assert "prune_ratio: 0.5" in to_yaml(cfg)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("admp:\n  prune_ratoi: 0.5\n", "unknown key 'admp.prune_ratoi'"),
-    ("bogus: 1\n", "unknown key 'bogus'"),
-    ("admp:\n  prune_ratio: high\n", "admp.prune_ratio: expected a number"),
-    ("teacher:\n  epochs: 2.5\n", "teacher.epochs: expected an integer"),
-    ("admp:\n  adversary: 1\n", "admp.adversary: expected true/false"),
-    ("admp:\n  prune_ratio: 1.0\n", "admp.prune_ratio: 1.0 is out of range [0, 1)"),
-    ("admp:\n  tau: 0\n", "admp.tau: 0.0 is out of range (0, inf]"),
-    ("data:\n  dataset: cifar\n", "data.dataset: 'cifar' is not one of"),
-    ("data:\n  shift_kinds: [noise, fog]\n", "data.shift_kinds: 'fog' is not one of"),
-    ("data:\n  dataset: hapt\n", "data.data_dir: required"),
-    ("admp: 3\n", "admp: expected a mapping"),
-    ("admp: [1\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("admp:\n  prune_ratoi: 0.5\n", "unknown key 'admp.prune_ratoi'"),
+        ("bogus: 1\n", "unknown key 'bogus'"),
+        ("admp:\n  prune_ratio: high\n", "admp.prune_ratio: expected a number"),
+        ("teacher:\n  epochs: 2.5\n", "teacher.epochs: expected an integer"),
+        ("admp:\n  adversary: 1\n", "admp.adversary: expected true/false"),
+        ("admp:\n  prune_ratio: 1.0\n", "admp.prune_ratio: 1.0 is out of range [0, 1)"),
+        ("admp:\n  tau: 0\n", "admp.tau: 0.0 is out of range (0, inf]"),
+        ("data:\n  dataset: cifar\n", "data.dataset: 'cifar' is not one of"),
+        ("data:\n  shift_kinds: [noise, fog]\n", "data.shift_kinds: 'fog' is not one of"),
+        ("data:\n  dataset: hapt\n", "data.data_dir: required"),
+        ("admp: 3\n", "admp: expected a mapping"),
+        ("admp: [1\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_names_the_key(tmp_path, text, needle):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, text))
@@ -76,12 +79,15 @@ def test_cli_help_lists_subcommands(capsys):
     assert "centralized" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("data,teacher_bn,inference_bn", [
-    ("dataset: digits\n", "local", "local"),  # shifted devices: each one its own domain
-    ("dataset: digits\n  shifts: never\n", "fleet", "global"),  # one domain over the fleet
-    ("dataset: hapt\n  data_dir: /x\n  partition: subject\n", "local", "local"),  # a subject per device
-    ("dataset: mnist_usps\n  data_dir: /x\n  partition: dirichlet\n", "fleet", "global"),  # label skew only
-])
+@pytest.mark.parametrize(
+    "data,teacher_bn,inference_bn",
+    [
+        ("dataset: digits\n", "local", "local"),  # shifted devices: each one its own domain
+        ("dataset: digits\n  shifts: never\n", "fleet", "global"),  # one domain over the fleet
+        ("dataset: hapt\n  data_dir: /x\n  partition: subject\n", "local", "local"),  # a subject per device
+        ("dataset: mnist_usps\n  data_dir: /x\n  partition: dirichlet\n", "fleet", "global"),  # label skew only
+    ],
+)
 def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, inference_bn):
     cfg = load_config(_write(tmp_path, f"data:\n  {data}"))
     assert (cfg.admp.teacher_bn, cfg.federation.bn_recalibration) == (teacher_bn, inference_bn)
@@ -89,23 +95,39 @@ def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, in
     assert explicit.admp.teacher_bn == "source"  # an explicit mode is kept
 
 
-@pytest.mark.parametrize("text,message", [
-    ("admp:\n  prune_ratio: .nan\n", "admp.prune_ratio: nan is not a finite number"),
-    ("federation:\n  round_timeout: .inf\n", "federation.round_timeout: inf is not a finite number"),
-    ("model:\n  width: 9\n", "model.width: 9.0 is out of range (0, 8]"),
-    ("data:\n  image_size: 4\n", "data.image_size: 4 is out of range [8, 512]"),
-    ("data:\n  hapt_source_subjects: [1, x]\n", "data.hapt_source_subjects[1]: expected an integer, got str 'x'"),
-    ("data:\n  severity_min: 5\n  severity_max: 3\n", "data.severity_min: must not exceed data.severity_max"),
-    ("data:\n  dataset: imagefolder\n  data_dir: /x\n",
-     "data.source_domain: imagefolder needs source_domain and target_domain"),
-    ("federation:\n  min_replies: 6\n  clients_per_round: 5\n",
-     "federation.min_replies: 6 exceeds federation.clients_per_round (5): every round would be discarded"),
-    ("federation:\n  mask_rounds: 1\n  warmup_rounds: 2\n", "federation.warmup_rounds: 2 exceeds federation.mask_rounds "
-                                                          "(1), which include the warm-up: no Z-step would run"),
-    ("schedule:\n  mask_epochs: 2\n  warmup_epochs: 3\n", "schedule.warmup_epochs: 3 exceeds schedule.mask_epochs (2), "
-                                                        "which include the warm-up: no Z-step would run"),
-    ("admp:\n  tau: x\n  prune_ratoi: 1\n", "unknown key 'admp.prune_ratoi' (known keys in admp: prune_ratio, lr, "),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("admp:\n  prune_ratio: .nan\n", "admp.prune_ratio: nan is not a finite number"),
+        ("federation:\n  round_timeout: .inf\n", "federation.round_timeout: inf is not a finite number"),
+        ("model:\n  width: 9\n", "model.width: 9.0 is out of range (0, 8]"),
+        ("data:\n  image_size: 4\n", "data.image_size: 4 is out of range [8, 512]"),
+        ("data:\n  hapt_source_subjects: [1, x]\n", "data.hapt_source_subjects[1]: expected an integer, got str 'x'"),
+        ("data:\n  severity_min: 5\n  severity_max: 3\n", "data.severity_min: must not exceed data.severity_max"),
+        (
+            "data:\n  dataset: imagefolder\n  data_dir: /x\n",
+            "data.source_domain: imagefolder needs source_domain and target_domain",
+        ),
+        (
+            "federation:\n  min_replies: 6\n  clients_per_round: 5\n",
+            "federation.min_replies: 6 exceeds federation.clients_per_round (5): every round would be discarded",
+        ),
+        (
+            "federation:\n  mask_rounds: 1\n  warmup_rounds: 2\n",
+            "federation.warmup_rounds: 2 exceeds federation.mask_rounds "
+            "(1), which include the warm-up: no Z-step would run",
+        ),
+        (
+            "schedule:\n  mask_epochs: 2\n  warmup_epochs: 3\n",
+            "schedule.warmup_epochs: 3 exceeds schedule.mask_epochs (2), "
+            "which include the warm-up: no Z-step would run",
+        ),
+        (
+            "admp:\n  tau: x\n  prune_ratoi: 1\n",
+            "unknown key 'admp.prune_ratoi' (known keys in admp: prune_ratio, lr, ",
+        ),
+    ],
+)
 def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, text))

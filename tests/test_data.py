@@ -84,7 +84,9 @@ def test_drawn_devices_scale_without_materialising_the_fleet():
     assert task.train_parts is None and task.num_devices == 10_000
     last = task.device(9_999)
     assert len(last.train) + len(last.test) == 50 and last.mix
-    assert torch.equal(last.train.x, build_task(DataSpec(num_devices=10_000, samples_per_device=50), 0).device(9_999).train.x)
+    assert torch.equal(
+        last.train.x, build_task(DataSpec(num_devices=10_000, samples_per_device=50), 0).device(9_999).train.x
+    )
 
 
 def test_npz_loaders_on_shared_data(shared_data):
@@ -107,8 +109,14 @@ def test_hapt_task_by_subject(shared_data):
 
 
 def test_mnist_usps_task_dirichlet(shared_data):
-    spec = DataSpec(dataset="mnist_usps", data_dir=str(shared_data), num_devices=20,
-                    partition="dirichlet", dirichlet_alpha=0.5, max_source=2000)
+    spec = DataSpec(
+        dataset="mnist_usps",
+        data_dir=str(shared_data),
+        num_devices=20,
+        partition="dirichlet",
+        dirichlet_alpha=0.5,
+        max_source=2000,
+    )
     task = build_task(spec, seed=0)
     assert len(task.source_train) + len(task.source_val) == 2000
     assert sum(len(p) for p in task.train_parts) == 7291 and sum(len(p) for p in task.test_parts) == 2007

@@ -89,5 +89,6 @@ def test_per_device_bn_accuracy_adapts_each_device_separately():
     assert per_device_bn_accuracy(model, [a, b]) == pytest.approx(100.0)
     # with the source statistics (mean 0) device A is all class 1 and B all class 0: 2/3 and 1/2 right
     from admp.metrics import accuracy
+
     assert accuracy(model, torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]])) == pytest.approx(60.0)
     assert torch.equal(model[0].running_mean, torch.zeros(1))

@@ -19,6 +19,7 @@ def test_gates_scale_bn_outputs():
     def record(name):
         def hook(_module, _inputs, out):
             seen[name] = out.detach().clone()  # returns None: the output is not replaced
+
         return hook
 
     model.bn1.register_forward_hook(record("bn1"))  # registered first: sees the raw BN output

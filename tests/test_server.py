@@ -22,9 +22,17 @@ from server.fleet import discover_devices
 from strategies import protocol as P
 from tests.inprocess_grid import NODE_BASE, InProcessGrid
 
-TINY = ["data.num_devices=4", "data.samples_per_device=40", "teacher.epochs=3", "model.width=0.5",
-        "federation.clients_per_round=3", "federation.mask_rounds=3", "federation.warmup_rounds=1",
-        "federation.finetune_rounds=1", "run.threads=2"]
+TINY = [
+    "data.num_devices=4",
+    "data.samples_per_device=40",
+    "teacher.epochs=3",
+    "model.width=0.5",
+    "federation.clients_per_round=3",
+    "federation.mask_rounds=3",
+    "federation.warmup_rounds=1",
+    "federation.finetune_rounds=1",
+    "run.threads=2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +139,9 @@ def test_per_client_duals_and_the_fleet_bn_teacher(tmp_path):
     teacher = initial_model(cfg, task.num_classes)
     teacher.load_state_dict(delivered)
     _, test = task.pooled()
-    assert summary["teacher"]["target_acc_target_bn"] == pytest.approx(accuracy(teacher.eval(), test.x, test.y), abs=1e-6)
+    assert summary["teacher"]["target_acc_target_bn"] == pytest.approx(
+        accuracy(teacher.eval(), test.x, test.y), abs=1e-6
+    )
     assert summary["student"]["channels"] == {"conv1": 7, "conv2": 13}
 
 
@@ -156,5 +166,8 @@ def test_discovery_failures_name_the_problem():
         discover_devices(silent, 2, timeout=1)
     with pytest.raises(TimeoutError, match="only 2 of 3 devices connected"):
         discover_devices(InProcessGrid(2), 3, timeout=0.2)
-    assert discover_devices(InProcessGrid(3, claims={0: 7}), 3, timeout=1) == {7: NODE_BASE, 1: NODE_BASE + 1,
-                                                                               2: NODE_BASE + 2}
+    assert discover_devices(InProcessGrid(3, claims={0: 7}), 3, timeout=1) == {
+        7: NODE_BASE,
+        1: NODE_BASE + 1,
+        2: NODE_BASE + 2,
+    }

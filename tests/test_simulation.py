@@ -14,9 +14,17 @@ import torch
 
 from simulations.cli import main
 
-TINY = ["data.num_devices=4", "data.samples_per_device=60", "teacher.epochs=4",
-        "federation.clients_per_round=3", "federation.mask_rounds=2", "federation.warmup_rounds=1",
-        "federation.finetune_rounds=1", "federation.ray_num_cpus=2", "run.threads=1"]
+TINY = [
+    "data.num_devices=4",
+    "data.samples_per_device=60",
+    "teacher.epochs=4",
+    "federation.clients_per_round=3",
+    "federation.mask_rounds=2",
+    "federation.warmup_rounds=1",
+    "federation.finetune_rounds=1",
+    "federation.ray_num_cpus=2",
+    "run.threads=1",
+]
 
 
 @pytest.fixture(scope="module")

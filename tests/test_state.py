@@ -85,17 +85,34 @@ def test_centralized_equals_federated_with_one_device(tmp_path):
     """Three rounds of FedADMP (strategy + real ClientApp, one device) equal three centralized epochs."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     hp = AdmpHyper(batch_size=16, teacher_bn="local")
-    scenario = {"seed": 3, "data": DataSpec(num_devices=1, samples_per_device=40).model_dump(),
-                "model": {"arch": "lenet", "width": 0.25}, "arch": "lenet", "num_classes": 10}
+    scenario = {
+        "seed": 3,
+        "data": DataSpec(num_devices=1, samples_per_device=40).model_dump(),
+        "model": {"arch": "lenet", "width": 0.25},
+        "arch": "lenet",
+        "num_classes": 10,
+    }
     torch.manual_seed(0)
     teacher = build_model("lenet", 10, 0.25).eval()
     groups = teacher.channel_groups()
     settings = AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
     sizes = group_sizes(teacher, groups)
-    fleet = Fleet({0: 50}, 3, Delivery(P.to_record(teacher.state_dict()), state_hash(teacher.state_dict())),
-                  {"scenario": scenario, "hp": hp.model_dump(), "teacher_store": str(tmp_path)})
-    strategy = FedADMP(weights=teacher.state_dict(), state=AdmpState.initial(settings, sizes), s_min=hp.s_min,
-                       warmup_rounds=1, dual="global", local_epochs=1, fleet=fleet, policy=RoundPolicy(1))
+    fleet = Fleet(
+        {0: 50},
+        3,
+        Delivery(P.to_record(teacher.state_dict()), state_hash(teacher.state_dict())),
+        {"scenario": scenario, "hp": hp.model_dump(), "teacher_store": str(tmp_path)},
+    )
+    strategy = FedADMP(
+        weights=teacher.state_dict(),
+        state=AdmpState.initial(settings, sizes),
+        s_min=hp.s_min,
+        warmup_rounds=1,
+        dual="global",
+        local_epochs=1,
+        fleet=fleet,
+        policy=RoundPolicy(1),
+    )
     context = Context(run_id=1, node_id=50, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
     weights = teacher.state_dict()
     x = load_device(scenario, 0).train.x

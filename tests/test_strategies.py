@@ -44,8 +44,12 @@ def test_checks_reject_bad_arrays():
 
 def test_bn_statistics_pool_moments_by_hand():
     # client A: values {-1, 1} -> E[x]=0, E[x^2]=1; client B: {1, 3} -> E[x]=2, E[x^2]=5
-    mean, var = bn_statistics([({"bn": torch.tensor([0.0])}, {"bn": torch.tensor([1.0])}, 2),
-                               ({"bn": torch.tensor([2.0])}, {"bn": torch.tensor([5.0])}, 2)])
+    mean, var = bn_statistics(
+        [
+            ({"bn": torch.tensor([0.0])}, {"bn": torch.tensor([1.0])}, 2),
+            ({"bn": torch.tensor([2.0])}, {"bn": torch.tensor([5.0])}, 2),
+        ]
+    )
     assert float(mean["bn"]) == pytest.approx(1.0)  # mean of {-1, 1, 1, 3}
     assert float(var["bn"]) == pytest.approx(2.0)  # population variance of {-1, 1, 1, 3}
 
@@ -57,25 +61,49 @@ def _fleet(seed: int = 7) -> Fleet:
     return Fleet(dict(DEVICES), seed, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), base_config={})
 
 
-def _strategy(seed: int = 7, prune_ratio: float = 0.5, rho: float = 0.1, prune_ramp: int = 0,
-              dual: str = "global", clients: int = 2, min_replies: int = 1) -> FedADMP:
+def _strategy(
+    seed: int = 7,
+    prune_ratio: float = 0.5,
+    rho: float = 0.1,
+    prune_ramp: int = 0,
+    dual: str = "global",
+    clients: int = 2,
+    min_replies: int = 1,
+) -> FedADMP:
     state = AdmpState.initial(AdmmSettings(prune_ratio, rho, 2.0, 1.0, prune_ramp), {"g": 4})
-    return FedADMP(weights={"w": torch.zeros(2)}, state=state, s_min=0.5, warmup_rounds=1, dual=dual,
-                   local_epochs=1, fleet=_fleet(seed), policy=RoundPolicy(clients, min_replies))
+    return FedADMP(
+        weights={"w": torch.zeros(2)},
+        state=state,
+        s_min=0.5,
+        warmup_rounds=1,
+        dual=dual,
+        local_epochs=1,
+        fleet=_fleet(seed),
+        policy=RoundPolicy(clients, min_replies),
+    )
 
 
 def _reply(to: Message, w, m, s, n, u=None) -> Message:
     masks = {"m": {"g": torch.tensor(m)}, "s": {"g": torch.tensor(s)}}
     if u is not None:
         masks["u"] = {"g": torch.tensor(u)}
-    return Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.tensor(w)}),
-                               P.MASKS: P.masks_to_record(**masks),
-                               P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.5})}), reply_to=to)
+    return Message(
+        RecordDict(
+            {
+                P.ARRAYS: P.to_record({"w": torch.tensor(w)}),
+                P.MASKS: P.masks_to_record(**masks),
+                P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.5}),
+            }
+        ),
+        reply_to=to,
+    )
 
 
 def _messages(strategy, rnd):
-    return {m.metadata.dst_node_id: m for m in strategy.configure_train(
-        rnd, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
+    return {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(rnd, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None)
+    }
 
 
 def test_sampling_is_seeded_by_root_seed_and_round():
@@ -138,8 +166,10 @@ def test_wrong_shapes_and_counts_are_rejected():
 def test_per_client_duals_use_consensus():
     strategy = _strategy(dual="per_client", clients=4)
     msgs = _messages(strategy, 2)
-    replies = [_reply(msgs[100], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0]),
-               _reply(msgs[101], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0])]
+    replies = [
+        _reply(msgs[100], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0]),
+        _reply(msgs[101], [0.0, 0.0], [0.2, 0.9, 0.1, 0.5], [1.0] * 4, 1, u=[0.5, 0.0, 0.0, 0.0]),
+    ]
     strategy.aggregate_train(2, replies)
     assert strategy.state.z["g"].tolist() == [1.0, 1.0, 0.0, 0.0]  # top-2 of m + U = [0.7, 0.9, 0.1, 0.5]
     missing_u = _reply(msgs[100], [0.0, 0.0], [0.2] * 4, [1.0] * 4, 1)
@@ -165,15 +195,35 @@ def test_teacher_is_sent_once_per_device_and_again_when_missing():
 def test_fedkd_averages_weights_and_sends_keep_masks():
     keep = {"g": torch.tensor([1.0, 0.0, 1.0, 1.0])}
     fleet = Fleet({0: 10, 1: 11}, 1, Delivery(P.to_record({"t": torch.ones(1)}), "h"), base_config={})
-    strategy = FedKD(weights={"w": torch.zeros(2)}, keep=keep, local_epochs=1, lr=0.01, fleet=fleet,
-                     policy=RoundPolicy(2))
-    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None)}
+    strategy = FedKD(
+        weights={"w": torch.zeros(2)}, keep=keep, local_epochs=1, lr=0.01, fleet=fleet, policy=RoundPolicy(2)
+    )
+    msgs = {
+        m.metadata.dst_node_id: m
+        for m in strategy.configure_train(1, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None)
+    }
     assert P.record_to_masks(msgs[10].content[P.MASKS], "keep")["g"].tolist() == keep["g"].tolist()
     assert msgs[10].metadata.message_type == P.TRAIN_KD
-    replies = [Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.tensor([2.0, 0.0])}),
-                                   P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 1.0})}), reply_to=msgs[10]),
-               Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.tensor([4.0, 4.0])}),
-                                   P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 3.0})}), reply_to=msgs[11])]
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    P.ARRAYS: P.to_record({"w": torch.tensor([2.0, 0.0])}),
+                    P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 1.0}),
+                }
+            ),
+            reply_to=msgs[10],
+        ),
+        Message(
+            RecordDict(
+                {
+                    P.ARRAYS: P.to_record({"w": torch.tensor([4.0, 4.0])}),
+                    P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 1, "divergence": 3.0}),
+                }
+            ),
+            reply_to=msgs[11],
+        ),
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert P.from_record(arrays)["w"].tolist() == [3.0, 2.0]
     assert float(metrics["divergence"]) == pytest.approx(2.0)
@@ -182,8 +232,10 @@ def test_fedkd_averages_weights_and_sends_keep_masks():
 def test_rho_zero_is_plain_l1_without_admm_steps():
     strategy = _strategy(rho=0.0, clients=4)
     msgs = _messages(strategy, 2)
-    replies = [_reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1),
-               _reply(msgs[101], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]
+    replies = [
+        _reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1),
+        _reply(msgs[101], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1),
+    ]
     strategy.aggregate_train(2, replies)  # past the warm-up, yet no Z/U step and no penalty
     assert strategy.state.z["g"].tolist() == [1.0] * 4 and strategy.state.u["g"].tolist() == [0.0] * 4
     assert strategy.state.rho == 0.0

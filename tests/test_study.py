@@ -20,19 +20,26 @@ def _study(tmp_path, body: str):
 
 
 def test_plan_covers_the_grid_and_fedkd_once(tmp_path):
-    spec, _ = study_mod.load_study(_study(tmp_path, "name: s\nprune_ratios: [0.5, 0.6]\nseeds: [0, 1]\n"
-                                                    "tasks:\n  - name: a\n    scenario: scenario.yaml\n"))
+    spec, _ = study_mod.load_study(
+        _study(
+            tmp_path,
+            "name: s\nprune_ratios: [0.5, 0.6]\nseeds: [0, 1]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
+        )
+    )
     ids = [r["run_id"] for r in study_mod.plan(spec)]
     assert len(ids) == 2 * (1 + 2 + 2 + 2)  # per seed: fedkd once, naive/fedadmp/centralized per ratio
     assert "a-fedkd-p0-s1" in ids and "a-fedadmp-p0.6-s0" in ids and len(set(ids)) == len(ids)
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("methods: [fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n", "methods: 'fedavg' is not one of"),
-    ("tasks: []\n", "at least one task"),
-    ("tasks:\n  - name: a\n    scenario: scenario.yaml\n    overrides: ['admp.tau=-1']\n", "admp.tau"),
-    ("seedz: [1]\n", "unknown key 'seedz'"),
-])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("methods: [fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n", "methods: 'fedavg' is not one of"),
+        ("tasks: []\n", "at least one task"),
+        ("tasks:\n  - name: a\n    scenario: scenario.yaml\n    overrides: ['admp.tau=-1']\n", "admp.tau"),
+        ("seedz: [1]\n", "unknown key 'seedz'"),
+    ],
+)
 def test_bad_study_files_name_the_problem(tmp_path, body, needle):
     with pytest.raises(ConfigError, match=needle):
         study_mod.load_study(_study(tmp_path, body))
@@ -40,13 +47,21 @@ def test_bad_study_files_name_the_problem(tmp_path, body, needle):
 
 def _fake_summary(run_dir, acc):
     run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps([{"round": 1, "target_acc": acc}, {"round": 2, "target_acc": acc + 1}]))
-    return {"run_dir": str(run_dir), "teacher": {"target_acc": 70.0, "params": 100, "macs": 1000, "latency_ms": 1.0},
-            "student": {"target_acc": acc, "params": 40, "macs": 300, "latency_ms": 0.5}, "channels_pruned": 0.6}
+    (run_dir / "metrics.json").write_text(
+        json.dumps([{"round": 1, "target_acc": acc}, {"round": 2, "target_acc": acc + 1}])
+    )
+    return {
+        "run_dir": str(run_dir),
+        "teacher": {"target_acc": 70.0, "params": 100, "macs": 1000, "latency_ms": 1.0},
+        "student": {"target_acc": acc, "params": 40, "macs": 300, "latency_ms": 0.5},
+        "channels_pruned": 0.6,
+    }
 
 
 def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
-    path = _study(tmp_path, "name: s\nprune_ratios: [0.6]\nseeds: [0, 1]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n")
+    path = _study(
+        tmp_path, "name: s\nprune_ratios: [0.6]\nseeds: [0, 1]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n"
+    )
     calls = []
     accs = {"fedkd": 90.0, "naive": 80.0, "fedadmp": 88.0, "centralized": 89.0}
 
@@ -56,10 +71,21 @@ def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
             fake_execute.crashed = True
             raise KeyboardInterrupt  # the study is interrupted mid-way
         summary = _fake_summary(runs_dir / run["run_id"], accs[run["method"]] + run["seed"])
-        return {**{k: run[k] for k in ("run_id", "method", "prune_ratio", "seed")}, "task": run["task"].name,
-                "teacher_acc": 70.0, "student_acc": summary["student"]["target_acc"], "params": 40, "teacher_params": 100,
-                "macs": 300, "teacher_macs": 1000, "latency_ms": 0.5, "teacher_latency_ms": 1.0,
-                "channels_pruned": 0.6, "wall_seconds": 1.0, "run_dir": summary["run_dir"]}
+        return {
+            **{k: run[k] for k in ("run_id", "method", "prune_ratio", "seed")},
+            "task": run["task"].name,
+            "teacher_acc": 70.0,
+            "student_acc": summary["student"]["target_acc"],
+            "params": 40,
+            "teacher_params": 100,
+            "macs": 300,
+            "teacher_macs": 1000,
+            "latency_ms": 0.5,
+            "teacher_latency_ms": 1.0,
+            "channels_pruned": 0.6,
+            "wall_seconds": 1.0,
+            "run_dir": summary["run_dir"],
+        }
 
     monkeypatch.setattr(study_mod, "_execute", fake_execute)
     with pytest.raises(KeyboardInterrupt):
@@ -78,25 +104,37 @@ def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
 
 
 def test_sweep_seeds_and_variants_extend_the_plan(tmp_path):
-    body = ("name: s\nmethods: [fedkd, naive]\nprune_ratios: [0.3, 0.6]\ntable_ratio: 0.6\nseeds: [0, 1]\n"
-            "sweep_seeds: [0]\nvariants:\n  - name: no_adv\n    overrides: ['admp.adversary=false']\n"
-            "tasks:\n  - name: a\n    scenario: scenario.yaml\n")
+    body = (
+        "name: s\nmethods: [fedkd, naive]\nprune_ratios: [0.3, 0.6]\ntable_ratio: 0.6\nseeds: [0, 1]\n"
+        "sweep_seeds: [0]\nvariants:\n  - name: no_adv\n    overrides: ['admp.adversary=false']\n"
+        "tasks:\n  - name: a\n    scenario: scenario.yaml\n"
+    )
     spec, _ = study_mod.load_study(_study(tmp_path, body))
     runs = study_mod.plan(spec)
     ids = [r["run_id"] for r in runs]
     # seed 0: fedkd + naive at 0.3 and 0.6 + the variant; seed 1: fedkd + naive at 0.6 only + the variant
-    assert ids == ["a-fedkd-p0-s0", "a-naive-p0.3-s0", "a-naive-p0.6-s0", "a-no_adv-p0.6-s0",
-                   "a-fedkd-p0-s1", "a-naive-p0.6-s1", "a-no_adv-p0.6-s1"]
+    assert ids == [
+        "a-fedkd-p0-s0",
+        "a-naive-p0.3-s0",
+        "a-naive-p0.6-s0",
+        "a-no_adv-p0.6-s0",
+        "a-fedkd-p0-s1",
+        "a-naive-p0.6-s1",
+        "a-no_adv-p0.6-s1",
+    ]
     variant = runs[3]
     assert variant["method"] == "fedadmp" and variant["overrides"] == ["admp.adversary=false"]
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ("prune_ratios: [0.5]\ntable_ratio: 0.6\n", "table_ratio: 0.6 is not one of"),
-    ("variants:\n  - name: fedkd\n", "must be set, unique and not a method name"),
-    ("variants:\n  - name: v\n    method: fedkd\n", "variants\\[0\\].method: 'fedkd'"),
-    ("variants:\n  - name: v\n    overrides: ['admp.rho=-1']\n", "admp.rho"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ("prune_ratios: [0.5]\ntable_ratio: 0.6\n", "table_ratio: 0.6 is not one of"),
+        ("variants:\n  - name: fedkd\n", "must be set, unique and not a method name"),
+        ("variants:\n  - name: v\n    method: fedkd\n", "variants\\[0\\].method: 'fedkd'"),
+        ("variants:\n  - name: v\n    overrides: ['admp.rho=-1']\n", "admp.rho"),
+    ],
+)
 def test_bad_variants_name_the_problem(tmp_path, extra, needle):
     with pytest.raises(ConfigError, match=needle):
         study_mod.load_study(_study(tmp_path, extra + "tasks:\n  - name: a\n    scenario: scenario.yaml\n"))
@@ -109,25 +147,45 @@ def test_final_divergence_is_the_last_logged_one(tmp_path):
 
 def test_ablation_table_compares_variants_with_default_on_the_same_seeds():
     def row(variant, method, acc, div, seed=0):
-        return {"variant": variant, "method": method, "student_acc": acc, "final_divergence": div, "seed": seed,
-                "prune_ratio": 0.6}
-    rows = [row("", "fedadmp", 80.0, 0.30), row("", "fedadmp", 70.0, 0.10, seed=1),  # seed 1 has no variant
-            row("no_adv", "fedadmp", 82.5, 0.25), row("no_admm", "fedadmp", 79.0, None)]
+        return {
+            "variant": variant,
+            "method": method,
+            "student_acc": acc,
+            "final_divergence": div,
+            "seed": seed,
+            "prune_ratio": 0.6,
+        }
+
+    rows = [
+        row("", "fedadmp", 80.0, 0.30),
+        row("", "fedadmp", 70.0, 0.10, seed=1),  # seed 1 has no variant
+        row("no_adv", "fedadmp", 82.5, 0.25),
+        row("no_admm", "fedadmp", 79.0, None),
+    ]
     table = study_report.ablation_table(rows, 0.6)
     assert "| FedADMP (default) | 80.00 ± 0.00 (n=1) | — | 0.3000 | — |" in table
     assert "| no_adv (fedadmp) | 82.50 ± 0.00 (n=1) | +2.50 | 0.2500 | -0.0500 |" in table
     assert "| no_admm (fedadmp) | 79.00 ± 0.00 (n=1) | -1.00 | — | — |" in table
 
 
-@pytest.mark.parametrize("body,message", [
-    ("prune_ratios: [0.6, 1.5]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
-     "prune_ratios[1]: 1.5 is out of range [0, 1)"),
-    ("tasks:\n  - name: a\n", "tasks[0]: name and scenario are required"),
-    ("tasks:\n  - name: a\n    scenario: scenario.yaml\n    overides: []\n",
-     "unknown key 'tasks[0].overides' (known keys in tasks[0]: name, scenario, overrides)"),
-    ("methods: [fedkd, fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
-     "methods: 'fedavg' is not one of fedkd, naive, fedadmp, centralized"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (
+            "prune_ratios: [0.6, 1.5]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
+            "prune_ratios[1]: 1.5 is out of range [0, 1)",
+        ),
+        ("tasks:\n  - name: a\n", "tasks[0]: name and scenario are required"),
+        (
+            "tasks:\n  - name: a\n    scenario: scenario.yaml\n    overides: []\n",
+            "unknown key 'tasks[0].overides' (known keys in tasks[0]: name, scenario, overrides)",
+        ),
+        (
+            "methods: [fedkd, fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
+            "methods: 'fedavg' is not one of fedkd, naive, fedadmp, centralized",
+        ),
+    ],
+)
 def test_study_errors_are_one_line_naming_the_key(tmp_path, body, message):
     with pytest.raises(ConfigError) as err:
         study_mod.load_study(_study(tmp_path, body))

@@ -55,32 +55,40 @@ def test_one_admp_step_moves_m_by_the_admm_gradient_only():
     -mask_lr * rho * (m - Z + U) = -0.1 on the channels whose Z is 0, and 0 elsewhere."""
     student = _lenet()
     x = torch.rand(8, 1, 28, 28)
-    hp = AdmpHyper(mask_lr=0.1, momentum=0.0, weight_decay=0.0, batch_size=8, lambda_pl=0.0, l1_m=0.0,
-                   adversary=False).model_copy(update={"lr": 0.0})  # W frozen (a config needs lr > 0)
+    hp = AdmpHyper(
+        mask_lr=0.1, momentum=0.0, weight_decay=0.0, batch_size=8, lambda_pl=0.0, l1_m=0.0, adversary=False
+    ).model_copy(update={"lr": 0.0})  # W frozen (a config needs lr > 0)
     state = _state(student, {"conv1": [0, 3]}, rho=1.0)
     before = copy.deepcopy(student.state_dict())
-    stats = admp_local_train(student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp,
-                             torch.Generator().manual_seed(0))
+    stats = admp_local_train(
+        student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp, torch.Generator().manual_seed(0)
+    )
     expected = torch.ones(8)
     expected[[0, 3]] = 0.9
     assert torch.allclose(state.m["conv1"], expected) and torch.allclose(state.m["conv2"], torch.ones(16))
     assert stats["samples"] == 8 and stats["divergence"] == pytest.approx(0.0, abs=1e-6)
-    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items() if "running" not in k
-               and "num_batches" not in k)  # lr = 0: the weights stay
+    assert all(
+        torch.equal(before[k], v)
+        for k, v in student.state_dict().items()
+        if "running" not in k and "num_batches" not in k
+    )  # lr = 0: the weights stay
 
 
 def test_l1_push_and_clipping_of_m():
     student = _lenet()
     x = torch.rand(8, 1, 28, 28)
-    hp = AdmpHyper(mask_lr=0.1, momentum=0.0, batch_size=8, lambda_pl=0.0, l1_m=0.5,
-                   adversary=False).model_copy(update={"lr": 0.0})
+    hp = AdmpHyper(mask_lr=0.1, momentum=0.0, batch_size=8, lambda_pl=0.0, l1_m=0.5, adversary=False).model_copy(
+        update={"lr": 0.0}
+    )
     state = _state(student, {}, rho=0.0)  # no penalty: only the L1 push, 0.1 * 0.5 per step
-    admp_local_train(student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp,
-                     torch.Generator().manual_seed(0))
+    admp_local_train(
+        student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp, torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(state.m["conv1"], torch.full((8,), 0.95))
     state.m = {g: torch.full_like(v, 0.01) for g, v in state.m.items()}  # one more step would cross 0
-    admp_local_train(student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp,
-                     torch.Generator().manual_seed(0))
+    admp_local_train(
+        student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp, torch.Generator().manual_seed(0)
+    )
     assert all(float(v.min()) == 0.0 for v in state.m.values())  # clipped to [0, 1]
 
 

@@ -25,9 +25,9 @@ def sample_device(num_samples: int, count: int, rng: np.random.Generator) -> np.
     return np.sort(rng.choice(num_samples, count, replace=False)).astype(np.int64)
 
 
-def dirichlet_partition(labels: np.ndarray, num_parts: int, alpha: float,
-                        rng: np.random.Generator, min_size: int = 2,
-                        max_tries: int = 100) -> list[np.ndarray]:
+def dirichlet_partition(
+    labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.Generator, min_size: int = 2, max_tries: int = 100
+) -> list[np.ndarray]:
     """Label skew: each class is spread over devices with proportions ~ Dirichlet(alpha).
 
     Small alpha gives each device few classes. Redraws (at most ``max_tries``) until every device
@@ -48,8 +48,10 @@ def dirichlet_partition(labels: np.ndarray, num_parts: int, alpha: float,
                 part.extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    raise ValueError(f"dirichlet(alpha={alpha}) left a device with < {min_size} samples "
-                     f"after {max_tries} draws; raise alpha or lower the number of devices")
+    raise ValueError(
+        f"dirichlet(alpha={alpha}) left a device with < {min_size} samples "
+        f"after {max_tries} draws; raise alpha or lower the number of devices"
+    )
 
 
 def group_partition(groups: np.ndarray) -> dict[int, np.ndarray]:
@@ -58,8 +60,9 @@ def group_partition(groups: np.ndarray) -> dict[int, np.ndarray]:
     return {int(g): np.flatnonzero(groups == g).astype(np.int64) for g in np.unique(groups)}
 
 
-def split_train_test(indices: np.ndarray, test_fraction: float,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def split_train_test(
+    indices: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-device held-out split: (train indices, test indices), both sorted."""
     order = rng.permutation(indices)
     n_test = round(test_fraction * len(order))

@@ -68,8 +68,7 @@ def shift_images(x: torch.Tensor, spec: ShiftSpec, gen: torch.Generator) -> torc
     elif spec.name == "lowres":  # a cheaper sensor: downsample then upsample
         h, w = x.shape[-2:]
         size = (max(4, round(h / (1 + 0.4 * s))), max(4, round(w / (1 + 0.4 * s))))
-        x = F.interpolate(F.interpolate(x, size=size, mode="area"), size=(h, w), mode="bilinear",
-                          align_corners=False)
+        x = F.interpolate(F.interpolate(x, size=size, mode="area"), size=(h, w), mode="bilinear", align_corners=False)
     else:
         raise ValueError(f"shift {spec.name!r} does not apply to images")
     return x.clamp(0.0, 1.0)
@@ -96,8 +95,9 @@ def apply_shift_mix(x: torch.Tensor, mix: list[ShiftSpec], gen: torch.Generator)
     return x
 
 
-def random_shift_mix(gen: torch.Generator, kinds: tuple[str, ...], max_shifts: int = 2,
-                     severity_range: tuple[int, int] = (2, 4)) -> list[ShiftSpec]:
+def random_shift_mix(
+    gen: torch.Generator, kinds: tuple[str, ...], max_shifts: int = 2, severity_range: tuple[int, int] = (2, 4)
+) -> list[ShiftSpec]:
     """A device's own mix: 1..max_shifts distinct shifts with random severities."""
     n = 1 + int(torch.randint(max_shifts, (1,), generator=gen))
     order = torch.randperm(len(kinds), generator=gen)[:n].tolist()

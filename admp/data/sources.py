@@ -80,8 +80,9 @@ def _image_npz(path: Path, split: str, hw: int, digit: int | None = None) -> Spl
     arrays = _open_npz(path, (f"x_{split}", f"y_{split}"))
     x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
     if x.ndim != 3 or x.shape[1:] != (hw, hw) or len(x) != len(y):
-        raise DataError(f"{path}: x_{split} has shape {x.shape}, expected (N, {hw}, {hw}) "
-                        f"with N = len(y_{split}) = {len(y)}")
+        raise DataError(
+            f"{path}: x_{split} has shape {x.shape}, expected (N, {hw}, {hw}) with N = len(y_{split}) = {len(y)}"
+        )
     images = torch.as_tensor(x.astype(np.float32) / 255.0)
     return Split(_to_digit_frame(images, 28, digit), torch.as_tensor(y.astype(np.int64)))
 
@@ -118,8 +119,7 @@ def load_hapt(path: Path) -> SensorData:
     if x.ndim != 3 or x.shape[2] != 6 or not len(x) == len(arrays["y"]) == len(arrays["subject"]):
         raise DataError(f"{path}: X has shape {x.shape}, expected (N, T, 6) matching y and subject")
     xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 2, 1)), dtype=torch.float32)
-    return SensorData(xt, torch.as_tensor(arrays["y"].astype(np.int64)),
-                      arrays["subject"].astype(np.int64))
+    return SensorData(xt, torch.as_tensor(arrays["y"].astype(np.int64)), arrays["subject"].astype(np.int64))
 
 
 def standardise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -129,8 +129,9 @@ def standardise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def load_image_folder(root: Path, domain: str, size: int = 32,
-                      classes: list[str] | None = None) -> tuple[Split, list[str]]:
+def load_image_folder(
+    root: Path, domain: str, size: int = 32, classes: list[str] | None = None
+) -> tuple[Split, list[str]]:
     """Office-31 / ImageCLEF layout ``root/domain/class/image`` -> RGB (N, 3, size, size).
 
     ``classes`` fixes the label order (pass the source's so that target labels line up); by

@@ -30,8 +30,13 @@ from admp.data.sources import (
 )
 from admp.seeding import numpy_rng, torch_generator
 
-DEFAULT_ARCH: dict[Dataset, Arch] = {"digits": "lenet", "mnist_usps": "lenet", "usps_mnist": "lenet",
-                                     "hapt": "cnn1d", "imagefolder": "resnet"}  # model.arch: auto
+DEFAULT_ARCH: dict[Dataset, Arch] = {
+    "digits": "lenet",
+    "mnist_usps": "lenet",
+    "usps_mnist": "lenet",
+    "hapt": "cnn1d",
+    "imagefolder": "resnet",
+}  # model.arch: auto
 assert set(DEFAULT_ARCH) == set(DATASETS), "every dataset needs a default architecture"
 
 
@@ -69,8 +74,9 @@ class CrossDomainTask:
         """Device i's shift mix: a pure function of the seed and i."""
         if not self.shift_kinds:
             return []
-        return random_shift_mix(torch_generator(self.seed, "mix", i), self.shift_kinds,
-                                self.max_shifts, self.severity_range)
+        return random_shift_mix(
+            torch_generator(self.seed, "mix", i), self.shift_kinds, self.max_shifts, self.severity_range
+        )
 
     def device_indices(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(train indices into target_train, test indices into target_test) of device i."""
@@ -94,7 +100,7 @@ class CrossDomainTask:
         if mix:
             gen = torch_generator(self.seed, "shift", i)
             both = apply_shift_mix(torch.cat([train.x, test.x]), mix, gen)
-            train, test = Split(both[:len(train)], train.y), Split(both[len(train):], test.y)
+            train, test = Split(both[: len(train)], train.y), Split(both[len(train) :], test.y)
         return Device(i, mix, train, test)
 
     def pooled(self, devices: list[Device] | None = None) -> tuple[Split, Split]:
@@ -125,6 +131,7 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split |
         src_idx, tgt_idx = part.split_train_test(np.arange(len(digits)), 0.5, numpy_rng(seed, "digits"))
         return digits.subset(src_idx), digits.subset(tgt_idx), None, None
     if spec.dataset in ("mnist_usps", "usps_mnist"):
+
         def mnist(split: str) -> Split:
             return load_mnist(root / "mnist" / "mnist.npz", split)
 
@@ -174,8 +181,10 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
     test_parts: list[np.ndarray] | None = None
     if train_parts is None:
         if target_test is not None:
-            raise DataError(f"data.samples_per_device: not supported for {spec.dataset!r} (it has an official "
-                            "test split); use partition iid/dirichlet without it")
+            raise DataError(
+                f"data.samples_per_device: not supported for {spec.dataset!r} (it has an official "
+                "test split); use partition iid/dirichlet without it"
+            )
         target_test = target
     elif target_test is None:  # held-out share of each device
         splits = [part.split_train_test(p, spec.target_test_fraction, rng) for p in train_parts]
@@ -186,11 +195,19 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
     shifts_on = spec.shifts_enabled()
     kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
     return CrossDomainTask(
-        name=spec.dataset, num_classes=int(source.y.max()) + 1,
-        source_train=source.subset(src_train), source_val=source.subset(src_val),
-        target_train=target, target_test=target_test, train_parts=train_parts,
-        test_parts=test_parts, seed=seed, num_devices=num_devices,
-        shift_kinds=kinds if shifts_on else (), max_shifts=spec.max_shifts_per_device,
-        severity_range=(spec.severity_min, spec.severity_max), draw=spec.samples_per_device,
+        name=spec.dataset,
+        num_classes=int(source.y.max()) + 1,
+        source_train=source.subset(src_train),
+        source_val=source.subset(src_val),
+        target_train=target,
+        target_test=target_test,
+        train_parts=train_parts,
+        test_parts=test_parts,
+        seed=seed,
+        num_devices=num_devices,
+        shift_kinds=kinds if shifts_on else (),
+        max_shifts=spec.max_shifts_per_device,
+        severity_range=(spec.severity_min, spec.severity_max),
+        draw=spec.samples_per_device,
         test_fraction=spec.target_test_fraction,
     )
