@@ -158,7 +158,7 @@ class AdmpHyper(Section):
 class ScheduleSpec(Section):
     """Centralized ADMP phases, counted in epochs over the pooled target data."""
 
-    warmup_epochs: Annotated[int, Field(ge=0)] = 3  # mask epochs before the first Z-step (rho = 0, L1 ranks channels)
+    warmup_epochs: Annotated[int, Field(ge=0)] = 3  # the first Z-step ends epoch warmup_epochs (rho = 0 before it)
     mask_epochs: Annotated[int, Field(ge=1)] = 15  # total epochs of the mask phase (warm-up included)
     admm_every: Annotated[int, Field(ge=1)] = 2  # epochs between Z/U steps after the warm-up
     finetune_epochs: Annotated[int, Field(ge=0)] = 8  # KD epochs of the physically pruned model
@@ -185,7 +185,7 @@ class FederationSpec(Section):
     strategy: Strategy = "fedadmp"  # fedadmp | fedkd (no pruning) | naive (L1 prune on cloud, then fedkd)
     clients_per_round: Annotated[int, Field(ge=1)] = 5
     mask_rounds: Annotated[int, Field(ge=0)] = 10  # rounds of the mask phase (warm-up included)
-    warmup_rounds: Annotated[int, Field(ge=0)] = 2  # rounds before the first Z-step (rho = 0)
+    warmup_rounds: Annotated[int, Field(ge=0)] = 2  # rounds without a Z-step; the first ends round warmup_rounds + 1
     finetune_rounds: Annotated[int, Field(ge=0)] = 3  # KD rounds of the physically pruned global model
     local_epochs: Annotated[int, Field(ge=1)] = 1  # local epochs per round on each client
     dual: Dual = "global"  # global: server U from averaged m | per_client: U_k kept on each device
@@ -211,11 +211,11 @@ class FederationSpec(Section):
                 f"{self.min_replies} exceeds {{p}}clients_per_round "
                 f"({self.clients_per_round}): every round would be discarded",
             )
-        if self.strategy == "fedadmp" and self.warmup_rounds > self.mask_rounds:
+        if self.strategy == "fedadmp" and self.mask_rounds > 0 and self.warmup_rounds >= self.mask_rounds:
             raise SectionError(
                 "warmup_rounds",
-                f"{self.warmup_rounds} exceeds {{p}}mask_rounds ({self.mask_rounds}), "
-                "which include the warm-up: no Z-step would run",
+                f"{self.warmup_rounds} is not below {{p}}mask_rounds ({self.mask_rounds}): the first Z-step "
+                "ends round warmup_rounds + 1, so none would run",
             )
         return self
 

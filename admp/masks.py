@@ -48,6 +48,11 @@ def clone_masks(masks: MaskDict) -> MaskDict:
     return {name: t.detach().clone() for name, t in masks.items()}
 
 
+def pruned_fraction(keep: MaskDict) -> float:
+    """Share of all channels that a binary keep mask removes."""
+    return 1.0 - sum(int(k.sum()) for k in keep.values()) / max(sum(k.numel() for k in keep.values()), 1)
+
+
 def mask_sparsity(masks: MaskDict, threshold: float = 0.5) -> float:
     """Fraction of all channels whose mask value is below ``threshold``."""
     total = sum(t.numel() for t in masks.values())

@@ -2,8 +2,9 @@
 
 One object for every path: the centralized run steps it after each epoch, the FedADMP strategy
 after each round (from the fleet's averaged m, or from mean_k(m_k + U_k) with per-client duals),
-and a device builds one from the message it receives and trains against it. Because the steps
-live here only, "centralized equals federated with one device" is a property of this class.
+and a device builds one from the message it receives and trains against it. The steps live here
+only; tests/test_state.py checks that rounds through the strategy and the real ClientApp with one
+device equal the same local training and steps applied to one state directly.
 
     Z = top-k_g(m + U)         U <- U + m - Z         rho <- min(gamma * rho, rho_max)
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from admp import admm
+from admp.config import AdmpHyper
 from admp.masks import MaskDict, clone_masks, mask_sparsity, ones_masks, zeros_masks
 
 MASK_NAMES = ("m", "s", "z", "u")
@@ -32,6 +34,11 @@ class AdmmSettings:
     rho_gamma: float  # rho <- min(rho_gamma * rho, rho_max) after every later Z-step
     rho_max: float
     prune_ramp: int = 0  # Z-steps over which the pruned share grows linearly to p
+
+    @classmethod
+    def from_hyper(cls, hp: AdmpHyper) -> AdmmSettings:
+        """The ADMM knobs of a run's ``admp`` section."""
+        return cls(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 ``admp_local_train`` is the unit of local work shared by the centralized run and by every
 federated client: it trains the student's weights W and relaxed hard mask m on unlabeled target
-data against a frozen teacher, with the soft-mask adversary, while the ADMM auxiliary Z, dual U
-and penalty rho stay fixed (the caller takes the Z/U steps).
+data towards a frozen teacher's logits (``teacher_targets``), with the soft-mask adversary, while
+the ADMM auxiliary Z, dual U and penalty rho of its ``AdmpState`` stay fixed (the caller steps it).
 """
 
 from __future__ import annotations
@@ -66,9 +66,14 @@ def train_supervised(
     return history
 
 
+def named_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
+    """Every BatchNorm layer of ``model`` (1-D and 2-D alike) by module name."""
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)}
+
+
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """Every BatchNorm layer of ``model`` (1-D and 2-D alike)."""
-    return [mod for mod in model.modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)]
+    """Every BatchNorm layer of ``model``."""
+    return list(named_batchnorms(model).values())
 
 
 @contextmanager

@@ -72,7 +72,7 @@ def plain_loop(run: Path, rounds: int) -> list[float]:
     teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
     teacher.eval()
     groups = teacher.channel_groups()
-    settings = AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+    settings = AdmmSettings.from_hyper(hp)
     state = AdmpState.initial(settings, group_sizes(teacher, groups))
     weights = teacher.state_dict()
     times = []

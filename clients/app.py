@@ -25,7 +25,19 @@ from admp.metrics import accuracy
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, teacher_targets
-from clients.device import bn_moments, build_student, device_id, get_teacher, load_device, load_dual, save_dual
+from clients.device import (
+    bn_moments,
+    build_student,
+    config_float,
+    config_int,
+    config_record,
+    device_id,
+    get_teacher,
+    groups_of,
+    load_device,
+    load_dual,
+    save_dual,
+)
 from strategies import protocol as P
 
 
@@ -38,8 +50,9 @@ def error_reply_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return Message(Error(code=P.TEACHER_MISSING, reason=f"TeacherMissing: {exc}"), reply_to=msg)
     except Exception as exc:  # any failure of a device becomes its error reply, never a crash
         return Message(Error(code=P.CLIENT_ERROR, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
-    if not reply.has_error() and P.METRICS in reply.content:
-        reply.content[P.METRICS]["seconds"] = time.perf_counter() - start
+    metrics = reply.content.get(P.METRICS) if not reply.has_error() else None
+    if isinstance(metrics, MetricRecord):
+        metrics["seconds"] = time.perf_counter() - start
     return reply
 
 
@@ -58,23 +71,24 @@ class Job:
     @classmethod
     def read(cls, msg: Message, context: Context) -> Job:
         """Decode the message's config (the hyper-parameters are validated like a config file)."""
-        config = msg.content[P.CONFIG]
+        config = config_record(msg.content)
         hp = parse_section(AdmpHyper, P.config_json(config, "hp"), "admp.")
         return cls(config, P.config_json(config, "scenario"), device_id(context), hp)
 
     def generator(self, stream: str) -> torch.Generator:
         """This device's RNG for this round, derived from the root seed."""
-        return torch_generator(int(self.scenario["seed"]), stream, self.device, int(self.config[P.SERVER_ROUND]))
+        return torch_generator(int(self.scenario["seed"]), stream, self.device, config_int(self.config, P.SERVER_ROUND))
 
     def student(self, msg: Message) -> torch.nn.Module:
         """The global student of the message (pruned to its keep masks, if any)."""
         student = build_student(self.scenario, P.message_masks(msg.content, "keep") or None)
-        student.load_state_dict(P.from_record(msg.content[P.ARRAYS]))
+        student.load_state_dict(P.from_record(P.array_record(msg.content, P.ARRAYS)))
         return student
 
-    def targets(self, msg: Message, context: Context, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits (N, K) on the local unlabeled data ``x``: the KD targets."""
-        return teacher_targets(get_teacher(msg.content, context, self.scenario), x, self.hp.teacher_bn)
+    def teacher(self, msg: Message, context: Context) -> torch.nn.Module:
+        """The frozen teacher, cached first thing: the server counts this device as holding it as
+        soon as it was attached, so nothing that can fail may run before it is stored."""
+        return get_teacher(msg.content, context, self.scenario)
 
 
 def _train_metrics(n: int, stats: dict[str, float], msg: Message) -> MetricRecord:
@@ -85,11 +99,17 @@ def _train_metrics(n: int, stats: dict[str, float], msg: Message) -> MetricRecor
 
 def _device_state(job: Job, msg: Message, context: Context, sizes: dict[str, int]) -> AdmpState:
     """The ADMP state this device trains against: the global one, with its own dual if per-client."""
-    hp, masks = job.hp, msg.content[P.MASKS]
-    settings = AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+    hp, masks = job.hp, P.array_record(msg.content, P.MASKS)
+    settings = AdmmSettings.from_hyper(hp)
     m, s, z = (P.record_to_masks(masks, k) for k in ("m", "s", "z"))
     state = AdmpState(
-        settings, m, s, z, P.record_to_masks(masks, "u"), float(job.config["rho"]), int(job.config["z-steps"])
+        settings,
+        m,
+        s,
+        z,
+        P.record_to_masks(masks, "u"),
+        config_float(job.config, "rho"),
+        config_int(job.config, "z-steps"),
     )
     if str(job.config["dual"]) == "per_client":
         state.u, last_m, seen_steps, last_rho = load_dual(context, sizes)
@@ -102,17 +122,18 @@ def _device_state(job: Job, msg: Message, context: Context, sizes: dict[str, int
 def train_admp(msg: Message, context: Context) -> Message:
     """Local ADMP mask-phase step: adversary + (W, m) descent with the ADMM penalty."""
     job = Job.read(msg, context)
+    teacher = job.teacher(msg, context)
     x = load_device(job.scenario, job.device).train.x  # unlabeled: the labels are not touched
     student = job.student(msg)
-    groups = student.channel_groups()
+    groups = groups_of(student)
     state = _device_state(job, msg, context, group_sizes(student, groups))
     stats = admp_local_train(
         student,
         groups,
         state,
         x,
-        job.targets(msg, context, x),
-        int(job.config["local_epochs"]),
+        teacher_targets(teacher, x, job.hp.teacher_bn),
+        config_int(job.config, "local_epochs"),
         job.hp,
         job.generator("client"),
     )
@@ -136,16 +157,17 @@ def train_admp(msg: Message, context: Context) -> Message:
 def train_kd(msg: Message, context: Context) -> Message:
     """KD adaptation of a plain student (dense, or pruned to the sent keep masks)."""
     job = Job.read(msg, context)
+    teacher = job.teacher(msg, context)
     x = load_device(job.scenario, job.device).train.x
     student = job.student(msg)
     stats = kd_finetune(
         student,
         x,
-        job.targets(msg, context, x),
-        int(job.config["local_epochs"]),
+        teacher_targets(teacher, x, job.hp.teacher_bn),
+        config_int(job.config, "local_epochs"),
         job.hp,
         job.generator("client-kd"),
-        lr=float(job.config["lr"]),
+        lr=config_float(job.config, "lr"),
     )
     return Message(
         RecordDict({P.ARRAYS: P.to_record(student.state_dict()), P.METRICS: _train_metrics(len(x), stats, msg)}),
@@ -180,7 +202,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if "local-bn" in job.config and bool(job.config["local-bn"]):  # personalised BN: unlabeled data only
         recalibrate_bn(student, local.train.x)
     m = P.message_masks(msg.content, "m")
-    with gated(student, student.channel_groups(), m) if m else nullcontext():
+    with gated(student, groups_of(student), m) if m else nullcontext():
         acc = accuracy(student, local.test.x, local.test.y)
     return Message(
         RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: len(local.test)})}), reply_to=msg

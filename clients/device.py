@@ -11,25 +11,61 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, ConfigScalar, Context, RecordDict
 from torch import nn
 
 from admp.config import DataSpec, parse_section
-from admp.data.tasks import Device, build_task
+from admp.data.tasks import CrossDomainTask, Device, build_task
 from admp.masks import MaskDict
-from admp.models import build_model, example_input
+from admp.models import GroupSpec, build_model, example_input
 from admp.surgery import prune_model
 from admp.teacher import state_hash
+from admp.trainer import named_batchnorms
 from strategies import protocol as P
 
 _TEACHERS: dict[str, dict[str, torch.Tensor]] = {}  # content hash -> state dict
 _TEACHER_MODELS: dict[str, nn.Module] = {}  # content hash -> frozen module built from it
 _SKELETONS: dict[str, nn.Module] = {}  # architecture key -> module to deep-copy
+
+
+def config_record(content: RecordDict, key: str = P.CONFIG) -> ConfigRecord:
+    """The ConfigRecord under ``key``: KeyError when absent, RecordTypeError when of another record type."""
+    record = content[key]
+    if not isinstance(record, ConfigRecord):
+        raise P.RecordTypeError(f"{key}: expected a ConfigRecord, got a {type(record).__name__}")
+    return record
+
+
+def _config_scalar(config: ConfigRecord, key: str) -> ConfigScalar:
+    value = config[key]
+    if isinstance(value, list):
+        raise P.RecordTypeError(f"{key}: expected a single value, got a list")
+    return value
+
+
+def config_int(config: ConfigRecord, key: str) -> int:
+    """``int`` of the config value ``key``: KeyError when absent, RecordTypeError when a list."""
+    return int(_config_scalar(config, key))
+
+
+def config_float(config: ConfigRecord, key: str) -> float:
+    """``float`` of the config value ``key``: KeyError when absent, RecordTypeError when a list."""
+    return float(_config_scalar(config, key))
+
+
+def groups_of(model: nn.Module) -> GroupSpec:
+    """The channel groups a model of ``admp.models`` declares: TypeError for any other module."""
+    channel_groups = getattr(type(model), "channel_groups", None)
+    if not callable(channel_groups):
+        raise TypeError(f"{type(model).__name__} declares no channel_groups()")
+    groups: GroupSpec = channel_groups(model)
+    return groups
 
 
 def device_id(context: Context) -> int:
@@ -41,7 +77,7 @@ def device_id(context: Context) -> int:
 
 
 @lru_cache(maxsize=2)
-def _task(data_json: str, seed: int):
+def _task(data_json: str, seed: int) -> CrossDomainTask:
     return build_task(parse_section(DataSpec, json.loads(data_json), "data."), seed)
 
 
@@ -70,11 +106,11 @@ def teacher_store(context: Context, config: ConfigRecord) -> Path:
 
 def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any]) -> nn.Module:
     """The frozen teacher: from this message if attached (then cached), else from the caches."""
-    config = content[P.CONFIG]
+    config = config_record(content)
     expected = str(config["teacher_hash"])
     store = teacher_store(context, config) / f"teacher-{expected}.pt"
     if P.TEACHER in content:
-        state = P.from_record(content[P.TEACHER])
+        state = P.from_record(P.array_record(content, P.TEACHER))
         if state_hash(state) != expected:
             raise ValueError("teacher arrays do not match the announced hash")
         _TEACHERS[expected] = state
@@ -106,9 +142,7 @@ def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     )
     if key not in _SKELETONS:
         dense = build_model(scenario["arch"], int(scenario["num_classes"]), float(model_spec["width"]))
-        _SKELETONS[key] = (
-            dense if keep is None else prune_model(dense, dense.channel_groups(), keep, example_input(dense))
-        )
+        _SKELETONS[key] = dense if keep is None else prune_model(dense, groups_of(dense), keep, example_input(dense))
     return copy.deepcopy(_SKELETONS[key])
 
 
@@ -117,9 +151,10 @@ def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDi
     count and rho when it was trained."""
     if "dual" not in context.state:
         return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0
-    record = context.state["dual"]
-    meta = context.state["dual-meta"]
-    return (P.record_to_masks(record, "u"), P.record_to_masks(record, "m"), int(meta["z_steps"]), float(meta["rho"]))
+    record = P.array_record(context.state, "dual")
+    meta = config_record(context.state, "dual-meta")
+    u, m = P.record_to_masks(record, "u"), P.record_to_masks(record, "m")
+    return u, m, config_int(meta, "z_steps"), config_float(meta, "rho")
 
 
 def save_dual(context: Context, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
@@ -138,7 +173,7 @@ def bn_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict
     sums: dict[str, list[torch.Tensor]] = {}
     counts: dict[str, int] = {}
 
-    def hook(name: str):  # type: ignore[no-untyped-def]
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def record(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
             values = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)  # (C, N * positions)
             first, second = values.sum(dim=1), (values * values).sum(dim=1)
@@ -148,11 +183,7 @@ def bn_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict
 
         return record
 
-    handles = [
-        module.register_forward_hook(hook(name))
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm)
-    ]
+    handles = [module.register_forward_hook(hook(name)) for name, module in named_batchnorms(model).items()]
     model.eval()
     try:
         for start in range(0, len(x), batch_size):

@@ -9,6 +9,7 @@ app around an already-loaded config, which is what ``fedadmp simulate`` uses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import Context
@@ -20,7 +21,7 @@ from server.phases import adapt_teacher, baseline_start, discover, finetune_phas
 from server.setup import RunSetup
 
 
-def config_from_run_config(run_config: dict) -> ScenarioConfig:
+def config_from_run_config(run_config: Mapping[str, object]) -> ScenarioConfig:
     """Scenario from Flower's run config (see module docstring)."""
     overrides = [item.strip() for item in str(run_config.get("overrides", "")).split(";") if item.strip()]
     scenario = str(run_config.get("scenario", "")).strip()
@@ -43,10 +44,10 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None) ->
     adapt_teacher(session)  # target BN statistics of the KD teacher, its zero-training accuracy
     start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
     student = finetune_phase(session, start) if start is not None else None
-    if student is None:
+    if start is None or student is None:
         run.console.print(f"paused; continue with: fedadmp simulate --resume {run.run_dir.path}")
         return
-    finish(session, student, start.keep if start is not None else None)  # evaluation, export, summary
+    finish(session, student, start.keep)  # evaluation, export, summary
 
 
 def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None) -> ServerApp:

@@ -10,6 +10,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
+from admp.trainer import named_batchnorms
 from server.rounds import RoundRunner
 from strategies import protocol as P
 from strategies.aggregation import bn_statistics, check_arrays, check_examples
@@ -70,17 +71,21 @@ def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model
     input under the current model, pools them by example count (``bn_statistics``), and
     returns how many devices counted.
     """
-    bns = {name: bn for name, bn in model.named_modules() if isinstance(bn, nn.modules.batchnorm._BatchNorm)}
+    bns = named_batchnorms(model)
     devices = strategy.sample(rnd, strategy.policy.eval_clients, salt="bnstats")
     records = {P.ARRAYS: P.to_record(model.state_dict())} | strategy.evaluation_records()
     msgs = strategy.messages(rnd, devices, records, {}, P.QUERY_BN, with_teacher=False)
-    expected = {f"{kind}.{name}": (bn.num_features,) for name, bn in bns.items() for kind in ("mean", "sq")}
+    expected: dict[str, tuple[int, ...]] = {
+        f"{kind}.{name}": (bn.num_features,) for name, bn in bns.items() for kind in ("mean", "sq")
+    }
     items = strategy.validated(rnd, runner.exchange(msgs), _parse_moments(expected))
     if not items:
         return 0
     means, variances = bn_statistics(items)
     with torch.no_grad():
         for name, bn in bns.items():
-            bn.running_mean.copy_(means[name])  # type: ignore[union-attr]
-            bn.running_var.copy_(variances[name])  # type: ignore[union-attr]
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError(f"BatchNorm {name} keeps no running statistics to recalibrate")
+            bn.running_mean.copy_(means[name])
+            bn.running_var.copy_(variances[name])
     return len(items)

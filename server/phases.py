@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from admp.admm import z_step
-from admp.masks import MaskDict, group_sizes, zeros_masks
+from admp.masks import MaskDict, group_sizes, pruned_fraction, zeros_masks
 from admp.metrics import accuracy
 from admp.models import example_input
 from admp.seeding import torch_generator
@@ -129,8 +129,7 @@ def adapt_teacher(session: Session) -> None:
 
 def admm_settings(run: RunSetup) -> AdmmSettings:
     """The ADMM knobs of the run's hyper-parameters."""
-    hp = run.cfg.admp
-    return AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+    return AdmmSettings.from_hyper(run.cfg.admp)
 
 
 def mask_phase(session: Session) -> Start | None:
@@ -138,7 +137,7 @@ def mask_phase(session: Session) -> Start | None:
     run, fed = session.run, session.run.cfg.federation
     ckpt = run.checkpoint
     if ckpt is not None and ckpt.phase != "mask":
-        return Start(ckpt.student, ckpt.keep, ckpt.mask_rounds_done)
+        return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     state = AdmpState.initial(admm_settings(run), group_sizes(run.teacher, run.groups))
     weights, first = run.teacher.state_dict(), 1
     if ckpt is not None:
@@ -164,11 +163,11 @@ def mask_phase(session: Session) -> Start | None:
     dense = run.model()
     dense.load_state_dict(weights)
     pruned = prune_model(dense, run.groups, keep, example_input(dense))
-    kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
+    pruned_share = pruned_fraction(keep)
     run.run_dir.log_metrics(
-        {"phase": "merge", "step": fed.mask_rounds, "round": fed.mask_rounds, "channels_pruned": 1 - kept}
+        {"phase": "merge", "step": fed.mask_rounds, "round": fed.mask_rounds, "channels_pruned": pruned_share}
     )
-    run.console.print(f"merged: {1 - kept:.0%} of channels physically removed")
+    run.console.print(f"merged: {pruned_share:.0%} of channels physically removed")
     return Start(pruned.state_dict(), keep, fed.mask_rounds)
 
 

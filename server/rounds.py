@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, MetricRecordValues
 from flwr.serverapp import Grid
 from rich.console import Console
 
@@ -18,6 +18,13 @@ from strategies.base import FleetStrategy
 
 Weights = dict[str, torch.Tensor]
 OnRound = Callable[[int, Weights], bool]  # after each round: checkpoint; False pauses the run
+
+
+def _number(value: MetricRecordValues, name: str) -> float:
+    """A metric of an aggregated record as a float: RecordTypeError when it is a list."""
+    if not isinstance(value, (int, float)):
+        raise P.RecordTypeError(f"{P.METRICS}.{name}: expected a number, got a {type(value).__name__}")
+    return float(value)
 
 
 def payload_bytes(messages: Iterable[Message]) -> int:
@@ -48,7 +55,7 @@ class RoundRunner:
         config = ConfigRecord({"local-bn": local_bn})
         msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
-        return float(result["accuracy"]) if result is not None else None  # type: ignore[arg-type]
+        return _number(result["accuracy"], "accuracy") if result is not None else None
 
     def run_rounds(
         self,
@@ -89,7 +96,7 @@ class RoundRunner:
             "teacher_sends": sends,
             "bytes_down_teacher": sends * delivery.teacher.count_bytes(),
         }
-        row |= {k.replace("-", "_"): float(v) for k, v in (metrics or {}).items()}  # type: ignore[arg-type]
+        row |= {k.replace("-", "_"): _number(v, k) for k, v in (metrics or {}).items()}
         row["target_acc"] = self.evaluate(strategy, rnd, weights) if evaluate else None
         row["round_seconds"] = round(time.perf_counter() - start, 3)
         self.run_dir.log_metrics(row)

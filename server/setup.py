@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from admp.config import ScenarioConfig, to_yaml
+from admp.config import ConfigError, ScenarioConfig, to_yaml
 from admp.data.tasks import CrossDomainTask, build_task
 from admp.masks import MaskDict
 from admp.models import GroupSpec, example_input
@@ -30,7 +30,9 @@ class Checkpoint:
     """Where a federated run stands after a round: enough to resume it exactly.
 
     ``phase`` is ``mask`` (ADMP rounds), ``kd`` (KD rounds of the plain student) or ``done``.
-    Sampling derives from the seed and the round, so no RNG state is needed.
+    Sampling derives from the seed and the round, so no RNG state is needed. Not held: the
+    per-client duals (in each device's node state, so a resumed ``dual: per_client`` run restarts
+    them) and which devices hold the teacher (a resumed run sends it once more per device).
     """
 
     phase: str
@@ -54,9 +56,14 @@ class Checkpoint:
         """Read a run directory's checkpoint (tensors and primitives only: ``weights_only=True``)."""
         path = Path(run_path) / CHECKPOINT
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(**state)
+            raise ConfigError(f"{path}: no checkpoint to resume from")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(**state)
+        except Exception as exc:  # unreadable, truncated, foreign or from an older version
+            raise ConfigError(
+                f"{path}: not a checkpoint this version can resume ({type(exc).__name__}: {exc})"
+            ) from exc
 
 
 @dataclass
@@ -97,7 +104,11 @@ class RunSetup:
     @property
     def groups(self) -> GroupSpec:
         """The channel groups of the architecture."""
-        return self.teacher.channel_groups()  # type: ignore[operator, no-any-return]
+        channel_groups = getattr(type(self.teacher), "channel_groups", None)
+        if not callable(channel_groups):
+            raise TypeError(f"{type(self.teacher).__name__} declares no channel_groups()")
+        groups: GroupSpec = channel_groups(self.teacher)
+        return groups
 
     def model(self, keep: MaskDict | None = None) -> nn.Module:
         """A fresh model of the run's architecture: dense, or pruned to ``keep`` (weights to load)."""

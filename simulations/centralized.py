@@ -19,15 +19,15 @@ from torch import nn
 from admp.config import ScenarioConfig
 from admp.data.sources import Split
 from admp.data.tasks import Device
-from admp.masks import MaskDict, gated, group_sizes
+from admp.masks import MaskDict, gated, group_sizes, pruned_fraction
 from admp.metrics import accuracy
 from admp.models import GroupSpec, example_input
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
-from server.finish import write_summary
 from server.setup import RunSetup
+from server.summary import write_summary
 
 
 def masked_accuracy(
@@ -78,9 +78,7 @@ def mask_phase(
     """ADMP epochs on the pooled data, the state stepped after each epoch as the server does after
     each round; returns the final state (the student is trained in place)."""
     cfg, hp, groups = run.cfg, run.cfg.admp, run.groups
-    state = AdmpState.initial(
-        AdmmSettings(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp), group_sizes(student, groups)
-    )
+    state = AdmpState.initial(AdmmSettings.from_hyper(hp), group_sizes(student, groups))
     gen = torch_generator(cfg.run.seed, "admp")
     for epoch in range(cfg.schedule.mask_epochs):
         start = time.perf_counter()
@@ -115,6 +113,7 @@ def finetune_phase(
     targets: torch.Tensor,
     test: tuple[torch.Tensor, torch.Tensor],
     first_step: int,
+    pruned_share: float,
 ) -> None:
     """KD epochs of the physically pruned student with a cosine learning rate, in place."""
     sched, gen = run.cfg.schedule, torch_generator(run.cfg.run.seed, "finetune")
@@ -130,6 +129,7 @@ def finetune_phase(
                 "epoch": epoch + 1,
                 "target_acc": acc,
                 "divergence": stats["divergence"],
+                "channels_pruned": pruned_share,
                 "seconds": round(time.perf_counter() - start, 3),
             }
         )
@@ -162,13 +162,13 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     pruned = prune_model(student, run.groups, keep, example_input(student))
     recalibrate_bn(pruned, train.x)
     merged_acc = accuracy(pruned, *test)
-    kept = sum(int(k.sum()) for k in keep.values()) / sum(k.numel() for k in keep.values())
+    pruned_share = pruned_fraction(keep)
     step = cfg.schedule.mask_epochs + 1
     run.run_dir.log_metrics(
-        {"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc, "channels_pruned": 1 - kept}
+        {"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc, "channels_pruned": pruned_share}
     )
-    run.console.print(f"merged: {1 - kept:.0%} of channels removed, target acc {merged_acc:.2f}%")
-    finetune_phase(run, pruned, train.x, targets, test, step + 1)
+    run.console.print(f"merged: {pruned_share:.0%} of channels removed, target acc {merged_acc:.2f}%")
+    finetune_phase(run, pruned, train.x, targets, test, step + 1, pruned_share)
     recalibrate_bn(pruned, train.x)
     return _finish(run, pruned, devices, test_split, kd_teacher, teacher_acc, merged_acc)
 

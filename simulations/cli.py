@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from admp.data.sources import DataError
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     from admp.config import ConfigError
 
     try:
-        return args.func(args)
+        command: Callable[[argparse.Namespace], int] = args.func
+        return command(args)
     except (ConfigError, DataError) as exc:
         print(f"fedadmp: error: {exc}", file=sys.stderr)
         return 2

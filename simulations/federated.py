@@ -6,14 +6,19 @@ import logging
 import os
 import tempfile
 import warnings
+from typing import Any
 
 from admp.config import ScenarioConfig
 from admp.data.tasks import build_task
 
 
-def backend_config(cfg: ScenarioConfig) -> dict:
+def backend_config(cfg: ScenarioConfig) -> dict[str, dict[str, Any]]:
     """Ray backend settings: per-client resources, CPU count, loopback-only node address."""
-    init_args: dict = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": True}
+    init_args: dict[str, bool | int | str] = {
+        "include_dashboard": False,
+        "logging_level": logging.ERROR,
+        "log_to_driver": True,
+    }
     if cfg.federation.ray_address:
         init_args["address"] = cfg.federation.ray_address
     else:

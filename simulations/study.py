@@ -12,7 +12,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import Field, model_validator
 from rich.console import Console
@@ -73,7 +73,7 @@ class StudySpec(Section):
     name: str = "study"
     out_dir: str = "results"  # relative to the study file
     data_dir: str = ""  # folder with mnist/, usps/, hapt/ npz files, relative to the study file
-    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    methods: list[Method] = Field(default_factory=lambda: list(get_args(Method)))
     prune_ratios: list[Annotated[float, Field(ge=0, lt=1)]] = [0.3, 0.5, 0.6, 0.7]
     seeds: list[int] = [0, 1, 2]
     table_ratio: float = 0.6  # the ratio of the tables (and of the variants)
@@ -178,7 +178,9 @@ def _append(csv_path: Path, row: dict[str, Any]) -> None:
         writer.writerow({k: row.get(k, "") for k in COLUMNS})
 
 
-def _execute(run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict, console: Console) -> dict[str, Any]:
+def _execute(
+    run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict[tuple[str, int], str], console: Console
+) -> dict[str, Any]:
     task: StudyTask = run["task"]
     data_dir = [f"data.data_dir={(base / spec_data_dir).resolve()}"] if (spec_data_dir := run.get("data_dir")) else []
     overrides = [

@@ -61,10 +61,11 @@ def check_range(masks: MaskDict, low: float, high: float, what: str, tol: float 
             raise ReplyError(f"{what}.{group}: values in [{lo:.4g}, {hi:.4g}], allowed [{low}, {high}]")
 
 
-def check_examples(n: float) -> int:
-    """The reply's example count as a positive int, or ReplyError."""
-    if not math.isfinite(n) or n < 1 or n != int(n):
-        raise ReplyError(f"num-examples: {n} is not a positive integer")
+def check_examples(n: float, minimum: int = 1) -> int:
+    """The reply's example count as an int >= ``minimum``, or ReplyError."""
+    if not math.isfinite(n) or n < minimum or n != int(n):
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ReplyError(f"num-examples: {n} is not {kind}")
     return int(n)
 
 

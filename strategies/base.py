@@ -130,7 +130,8 @@ class FleetStrategy(Strategy):
             node = reply.metadata.src_node_id
             device = by_node.get(node, -1)
             if reply.has_error():
-                reason = str(reply.error.reason or "error").strip().splitlines()[-1][:300]
+                lines = str(reply.error.reason or "").strip().splitlines()
+                reason = (lines or ["error"])[-1][:300]
                 if reply.error.code == P.TEACHER_MISSING:
                     self.fleet.delivery.holders.discard(device)
                 self.reject(server_round, device, node, f"client error: {reason}")
@@ -176,7 +177,8 @@ class FleetStrategy(Strategy):
         """Example-weighted accuracy over the devices that answered."""
 
         def parse(content: RecordDict) -> tuple[float, int]:
-            return P.metric(content, "accuracy"), check_examples(P.metric(content, P.NUM_EXAMPLES))
+            # a device without a test split counts with weight 0 (not a rejection)
+            return P.metric(content, "accuracy"), check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
 
         results = self.validated(server_round, replies, parse)
         total = sum(n for _, n in results)

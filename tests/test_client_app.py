@@ -123,6 +123,14 @@ def test_per_client_dual_catches_up_with_a_new_z(tmp_path, teacher_state):
     u = P.record_to_masks(second.content[P.MASKS], "u")
     for g in u:  # U = 0 + m_k - 0 = m_k; a last rho of 0 means no rescale
         assert torch.allclose(u[g], m_k[g])
+    m_2 = P.record_to_masks(second.content[P.MASKS], "m")
+    third = client.app(_message(tmp_path, teacher_state, False, dual="per_client", z_steps=2, rho=4.0, z=z), ctx)
+    u_3 = P.record_to_masks(third.content[P.MASKS], "u")
+    for g in u_3:  # (U + m_2 - Z) * last_rho / rho = (m_k + m_2 - 0) * 2 / 4
+        assert torch.allclose(u_3[g], (m_k[g] + m_2[g]) * 0.5, atol=1e-6)
+    again = client.app(_message(tmp_path, teacher_state, False, dual="per_client", z_steps=2, rho=4.0, z=z), ctx)
+    for g, v in P.record_to_masks(again.content[P.MASKS], "u").items():  # same Z-step count: no new U-step
+        assert torch.equal(v, u_3[g])
 
 
 def test_bn_moments_weigh_every_sample_equally():

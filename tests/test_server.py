@@ -10,7 +10,7 @@ from flwr.app import Error, Message
 from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
-from admp.config import config_from_overrides
+from admp.config import config_from_overrides, to_yaml
 from admp.data.tasks import build_task
 from admp.metrics import accuracy
 from admp.models import example_input
@@ -106,6 +106,38 @@ def test_resume_reaches_the_same_model(fedadmp_run, tmp_path):
     for key, value in a["student"].items():
         assert torch.allclose(value.float(), b["student"][key].float(), atol=1e-6), key
     assert [r.get("target_acc") for r in _rows(fedadmp_run)] == [r.get("target_acc") for r in _rows(paused)]
+
+
+def test_resume_in_the_kd_phase_and_of_a_baseline(fedadmp_run, tmp_path):
+    """Pause after round 4 (the first KD round after 3 mask rounds), resume: same model, same rows."""
+    paused = _run(tmp_path / "a", "federation.stop_after_round=4")
+    assert torch.load(paused / "checkpoint.pt", weights_only=True)["phase"] == "kd"
+    run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'a'}"]), str(paused))
+    final = torch.load(paused / "checkpoint.pt", weights_only=True)
+    reference = torch.load(fedadmp_run / "checkpoint.pt", weights_only=True)
+    assert all(
+        torch.allclose(v.float(), final["student"][k].float(), atol=1e-6) for k, v in reference["student"].items()
+    )
+    assert [r["phase"] for r in _rows(paused)] == [r["phase"] for r in _rows(fedadmp_run)]
+    naive = _run(tmp_path / "b", "federation.strategy=naive", "federation.stop_after_round=2")
+    run_federated(
+        InProcessGrid(4),
+        config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}", "federation.strategy=naive"]),
+        str(naive),
+    )
+    assert [r["round"] for r in _rows(naive)] == [1, 2, 3, 4, 5]  # no round lost or repeated
+
+
+def test_cli_resume_reloads_the_run_config_without_the_pause(tmp_path, monkeypatch):
+    from simulations import cli, federated
+
+    calls = []
+    monkeypatch.setattr(federated, "run_federated_simulation", lambda cfg, resume, verbose: calls.append((cfg, resume)))
+    cfg = config_from_overrides([*TINY, "federation.stop_after_round=2", "admp.prune_ratio=0.5"])
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    assert cli.main(["simulate", "--resume", str(tmp_path)]) == 0
+    ((resumed, where),) = calls
+    assert where == str(tmp_path) and resumed.federation.stop_after_round == 0 and resumed.admp.prune_ratio == 0.5
 
 
 def test_fedkd_baseline_trains_the_dense_student_for_the_whole_budget(tmp_path):

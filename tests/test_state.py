@@ -1,4 +1,4 @@
-"""AdmpState: the ADMM steps by hand, checkpoint round trip, and centralized = federated with one device."""
+"""AdmpState: the ADMM steps by hand, checkpoint round trip, and federated rounds = the centralized loop."""
 
 import copy
 
@@ -81,8 +81,13 @@ def test_penalty_by_hand_and_state_dict_round_trip():
         copy_.load_state_dict({"m": {}})
 
 
-def test_centralized_equals_federated_with_one_device(tmp_path):
-    """Three rounds of FedADMP (strategy + real ClientApp, one device) equal three centralized epochs."""
+def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
+    """Three FedADMP rounds (strategy + the real ClientApp, one device) equal the centralized run's loop
+    (``admp_local_train`` then ``AdmpState.admm_step``) on the same data, batches and schedule.
+
+    What the two runs still differ in is outside the state: the centralized run draws its batches
+    from one generator for all epochs, and its first Z-step ends epoch ``warmup_epochs`` where the
+    federated one ends round ``warmup_rounds + 1``."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     hp = AdmpHyper(batch_size=16, teacher_bn="local")
     scenario = {

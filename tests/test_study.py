@@ -9,7 +9,7 @@ from admp.config import ConfigError
 from simulations import study as study_mod
 from simulations import study_report
 
-SCENARIO = "run:\n  name: t\nfederation:\n  mask_rounds: 2\n"
+SCENARIO = "run:\n  name: t\nfederation:\n  mask_rounds: 3\n"
 
 
 def _study(tmp_path, body: str):
