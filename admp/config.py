@@ -116,10 +116,14 @@ class ModelSpec(Section):
 class TeacherSpec(Section):
     """Supervised training of the teacher on labeled source data."""
 
-    epochs: Annotated[int, Field(ge=0)] = 15
+    epochs: Annotated[int, Field(ge=0)] = 15  # the most epochs; the kept one is chosen on the source val split
     lr: Annotated[float, Field(gt=0)] = 0.05
     batch_size: Annotated[int, Field(ge=2)] = 64
     checkpoint: str = ""  # path of a saved teacher state_dict to load instead of training
+    normalise: bool = True  # per-channel input normalisation from source statistics, inside the model
+    augment: bool = True  # images: rotation +-10 deg, shift +-4/28; sensors: time shift, scaling, jitter
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1  # SHOT's source recipe (epsilon 0.1)
+    select_on_val: bool = True  # keep the epoch with the best source-validation accuracy (else the last)
 
 
 class AdmpHyper(Section):
@@ -187,7 +191,10 @@ class FederationSpec(Section):
     mask_rounds: Annotated[int, Field(ge=0)] = 10  # rounds of the mask phase (warm-up included)
     warmup_rounds: Annotated[int, Field(ge=0)] = 2  # rounds without a Z-step; the first ends round warmup_rounds + 1
     finetune_rounds: Annotated[int, Field(ge=0)] = 3  # KD rounds of the physically pruned global model
-    local_epochs: Annotated[int, Field(ge=1)] = 1  # local epochs per round on each client
+    local_epochs: Annotated[int, Field(ge=1)] = 1  # local epochs per round on each client (at least; see below)
+    min_local_steps: Annotated[int, Field(ge=0)] = 20  # rule fixed before any run: every sampled device takes
+    #   >= 20 SGD steps per training round (more epochs on small devices), since HAPT devices with ~4 steps per
+    #   round could not recover the divergence D that a Z-step adds (label-free, results/ablations); 0: off
     dual: Dual = "global"  # global: server U from averaged m | per_client: U_k kept on each device
     eval_every: Annotated[int, Field(ge=1)] = 1  # federated evaluation every this many rounds (and always at the end)
     eval_clients: Annotated[int, Field(ge=0)] = 0  # clients asked to evaluate (0: every client)

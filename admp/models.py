@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from admp.augment import InputNorm
 from admp.choices import ARCHS
 
 GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules it gates
@@ -27,6 +28,7 @@ class LeNet(nn.Module):
     def __init__(self, num_classes: int = 10, width: float = 1.0, hidden: int = 128) -> None:
         super().__init__()
         c1, c2 = max(2, round(32 * width)), max(2, round(64 * width))
+        self.norm = InputNorm(1)  # source statistics, set with the teacher (raw inputs in, also on devices)
         self.conv1 = nn.Conv2d(1, c1, 5)  # (N,1,28,28) -> (N,c1,24,24)
         self.bn1 = nn.BatchNorm2d(c1)
         self.conv2 = nn.Conv2d(c1, c2, 5)  # (N,c1,12,12) -> (N,c2,8,8)
@@ -36,7 +38,7 @@ class LeNet(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.pool(torch.relu(self.bn1(self.conv1(self.norm(x)))))
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))
         x = torch.flatten(x, 1)  # (N, c2*16)
         logits: torch.Tensor = self.fc2(torch.relu(self.fc1(x)))
@@ -73,6 +75,7 @@ class ResNetSmall(nn.Module):
     def __init__(self, num_classes: int = 10, width: float = 1.0) -> None:
         super().__init__()
         c = [max(2, round(w * width)) for w in (16, 32, 64)]
+        self.norm = InputNorm(3)
         self.stem = nn.Conv2d(3, c[0], 3, 1, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(c[0])
         self.stage1 = BasicBlock(c[0], c[0], 1)  # (N,c0,32,32)
@@ -81,7 +84,7 @@ class ResNetSmall(nn.Module):
         self.fc = nn.Linear(c[2], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.stem_bn(self.stem(x)))
+        x = torch.relu(self.stem_bn(self.stem(self.norm(x))))
         x = self.stage3(self.stage2(self.stage1(x)))
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # (N, c2)
         logits: torch.Tensor = self.fc(x)
@@ -107,6 +110,7 @@ class SensorCNN1D(nn.Module):
     def __init__(self, num_classes: int = 6, width: float = 1.0) -> None:
         super().__init__()
         c = [max(2, round(w * width)) for w in (32, 64, 64)]
+        self.norm = InputNorm(6)
         self.conv1 = nn.Conv1d(6, c[0], 5, padding=2)  # (N,6,128) -> (N,c0,128)
         self.bn1 = nn.BatchNorm1d(c[0])
         self.conv2 = nn.Conv1d(c[0], c[1], 5, padding=2)  # (N,c0,64) -> (N,c1,64)
@@ -117,7 +121,7 @@ class SensorCNN1D(nn.Module):
         self.fc = nn.Linear(c[2], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.pool(torch.relu(self.bn1(self.conv1(self.norm(x)))))
         x = self.pool(torch.relu(self.bn2(self.conv2(x))))
         x = torch.relu(self.bn3(self.conv3(x)))
         logits: torch.Tensor = self.fc(x.mean(dim=2))  # global average pool: (N, c2)
@@ -134,6 +138,15 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {  # keys: admp.choices.Arch
     "cnn1d": SensorCNN1D,
 }
 assert set(ARCHITECTURES) == set(ARCHS), "admp.choices.Arch and the model builders must name the same families"
+
+
+def groups_of(model: nn.Module) -> GroupSpec:
+    """The channel groups a model of this module declares: TypeError for any other module."""
+    channel_groups = getattr(type(model), "channel_groups", None)
+    if not callable(channel_groups):
+        raise TypeError(f"{type(model).__name__} declares no channel_groups()")
+    groups: GroupSpec = channel_groups(model)
+    return groups
 
 
 def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:

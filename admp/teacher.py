@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from admp.augment import set_input_normalisation
 from admp.config import ConfigError, ScenarioConfig
 from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask
 from admp.metrics import accuracy
@@ -41,17 +42,15 @@ def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Modu
         info["loaded_from"] = cfg.teacher.checkpoint
     else:
         start = time.perf_counter()
-        losses = train_supervised(
-            teacher,
-            task.source_train.x,
-            task.source_train.y,
-            cfg.teacher.epochs,
-            cfg.teacher.lr,
-            cfg.teacher.batch_size,
-            torch_generator(cfg.run.seed, "teacher"),
+        if cfg.teacher.normalise:
+            set_input_normalisation(teacher, task.source_train.x)
+        source, val = task.source_train, task.source_val
+        history = train_supervised(
+            teacher, source.x, source.y, cfg.teacher, torch_generator(cfg.run.seed, "teacher"), val=(val.x, val.y)
         )
         info["train_seconds"] = round(time.perf_counter() - start, 2)
-        info["final_loss"] = losses[-1] if losses else None
+        info["final_loss"] = history["losses"][-1] if history["losses"] else None
+        info["kept_epoch"] = history["kept_epoch"]  # chosen on the source validation split
     info["source_val_acc"] = accuracy(teacher, task.source_val.x, task.source_val.y)
     return teacher.eval(), info
 

@@ -9,15 +9,17 @@ the ADMM auxiliary Z, dual U and penalty rho of its ``AdmpState`` stay fixed (th
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import overload
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admp.config import AdmpHyper
+from admp.augment import augment
+from admp.config import AdmpHyper, TeacherSpec
 from admp.losses import adversary_step, information_maximisation, kd_divergence, pseudo_label_ce
 from admp.masks import MaskDict, clone_masks, gated
 from admp.metrics import accuracy
@@ -45,25 +47,73 @@ def batches(
         yield x[idx], (y[idx] if y is not None else None)
 
 
+def steps_per_epoch(samples: int, batch_size: int) -> int:
+    """SGD steps one epoch of ``batches`` takes (a last batch of one sample is skipped)."""
+    return samples // batch_size + (1 if samples % batch_size >= 2 else 0)
+
+
+def local_epochs_for(samples: int, batch_size: int, epochs: int, min_steps: int) -> int:
+    """Local epochs so that a device takes at least ``min_steps`` SGD steps in a round (never fewer
+    than ``epochs``): a device with little data still moves its weights and masks between Z-steps."""
+    per_epoch = steps_per_epoch(samples, batch_size)
+    if per_epoch == 0 or min_steps <= 0:
+        return epochs
+    return max(epochs, math.ceil(min_steps / per_epoch))
+
+
+def _supervised_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: TeacherSpec,
+    gen: torch.Generator,
+) -> float:
+    """One epoch of label-smoothed cross-entropy (on augmented batches if the recipe says so); mean loss."""
+    model.train()
+    total, count = 0.0, 0
+    for xb, yb in batches(x, recipe.batch_size, gen, y):
+        inputs = augment(xb, gen) if recipe.augment else xb
+        loss = F.cross_entropy(model(inputs), yb, label_smoothing=recipe.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total, count = total + loss.item() * len(xb), count + len(xb)
+    return total / max(count, 1)
+
+
 def train_supervised(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch_size: int, gen: torch.Generator
-) -> list[float]:
-    """Train with cross-entropy on labeled (source) data; returns the mean loss per epoch."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: TeacherSpec,
+    gen: torch.Generator,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> dict[str, Any]:
+    """Train on labeled (source) data with the source recipe (SGD + cosine schedule, label smoothing,
+    augmentation; ``epochs``/``lr`` override the recipe's). With ``val`` = (x, y) and
+    ``recipe.select_on_val``, the weights of the epoch with the best validation accuracy are kept
+    (ties: the later epoch). Returns the losses and validation accuracies per epoch and the kept epoch.
+    """
+    epochs = recipe.epochs if epochs is None else epochs
+    opt = torch.optim.SGD(model.parameters(), lr=lr or recipe.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
-    history = []
-    for _ in range(epochs):
-        model.train()
-        total, count = 0.0, 0
-        for xb, yb in batches(x, batch_size, gen, y):
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total, count = total + loss.item() * len(xb), count + len(xb)
+    losses: list[float] = []
+    val_accs: list[float] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    for epoch in range(1, epochs + 1):
+        losses.append(_supervised_epoch(model, opt, x, y, recipe, gen))
         sched.step()
-        history.append(total / max(count, 1))
-    return history
+        if val is not None and recipe.select_on_val:
+            val_accs.append(accuracy(model, *val))
+            if best is None or val_accs[-1] >= best[0]:
+                best = (val_accs[-1], epoch, copy.deepcopy(model.state_dict()))
+    if best is not None:
+        model.load_state_dict(best[2])
+    model.eval()
+    return {"losses": losses, "val_acc": val_accs, "kept_epoch": best[1] if best is not None else epochs}
 
 
 def named_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

@@ -20,11 +20,13 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from admp.config import AdmpHyper, parse_section
+from admp.deploy import adapt_bn
 from admp.masks import gated, group_sizes
 from admp.metrics import accuracy
+from admp.models import groups_of
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
-from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, teacher_targets
+from admp.trainer import admp_local_train, kd_finetune, local_epochs_for, teacher_targets
 from clients.device import (
     bn_moments,
     build_student,
@@ -33,7 +35,6 @@ from clients.device import (
     config_record,
     device_id,
     get_teacher,
-    groups_of,
     load_device,
     load_dual,
     save_dual,
@@ -85,6 +86,11 @@ class Job:
         student.load_state_dict(P.from_record(P.array_record(msg.content, P.ARRAYS)))
         return student
 
+    def local_epochs(self, samples: int) -> int:
+        """This round's local epochs: ``local_epochs``, more if needed for ``min_local_steps`` SGD steps."""
+        min_steps = config_int(self.config, "min_local_steps") if "min_local_steps" in self.config else 0
+        return local_epochs_for(samples, self.hp.batch_size, config_int(self.config, "local_epochs"), min_steps)
+
     def teacher(self, msg: Message, context: Context) -> torch.nn.Module:
         """The frozen teacher, cached first thing: the server counts this device as holding it as
         soon as it was attached, so nothing that can fail may run before it is stored."""
@@ -127,13 +133,14 @@ def train_admp(msg: Message, context: Context) -> Message:
     student = job.student(msg)
     groups = groups_of(student)
     state = _device_state(job, msg, context, group_sizes(student, groups))
+    epochs = job.local_epochs(len(x))  # local_epochs, or more for min_local_steps
     stats = admp_local_train(
         student,
         groups,
         state,
         x,
         teacher_targets(teacher, x, job.hp.teacher_bn),
-        config_int(job.config, "local_epochs"),
+        epochs,
         job.hp,
         job.generator("client"),
     )
@@ -146,7 +153,7 @@ def train_admp(msg: Message, context: Context) -> Message:
             {
                 P.ARRAYS: P.to_record(student.state_dict()),
                 P.MASKS: P.masks_to_record(**reply_masks),
-                P.METRICS: _train_metrics(len(x), stats, msg),
+                P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
             }
         ),
         reply_to=msg,
@@ -160,17 +167,23 @@ def train_kd(msg: Message, context: Context) -> Message:
     teacher = job.teacher(msg, context)
     x = load_device(job.scenario, job.device).train.x
     student = job.student(msg)
+    epochs = job.local_epochs(len(x))
     stats = kd_finetune(
         student,
         x,
         teacher_targets(teacher, x, job.hp.teacher_bn),
-        config_int(job.config, "local_epochs"),
+        epochs,
         job.hp,
         job.generator("client-kd"),
         lr=config_float(job.config, "lr"),
     )
     return Message(
-        RecordDict({P.ARRAYS: P.to_record(student.state_dict()), P.METRICS: _train_metrics(len(x), stats, msg)}),
+        RecordDict(
+            {
+                P.ARRAYS: P.to_record(student.state_dict()),
+                P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
+            }
+        ),
         reply_to=msg,
     )
 
@@ -199,11 +212,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     job = Job.read(msg, context)
     local = load_device(job.scenario, job.device)
     student = job.student(msg)
-    if "local-bn" in job.config and bool(job.config["local-bn"]):  # personalised BN: unlabeled data only
-        recalibrate_bn(student, local.train.x)
     m = P.message_masks(msg.content, "m")
     with gated(student, groups_of(student), m) if m else nullcontext():
         acc = accuracy(student, local.test.x, local.test.y)
-    return Message(
-        RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: len(local.test)})}), reply_to=msg
-    )
+    values: dict[str, float | int] = {"accuracy": acc, P.NUM_EXAMPLES: len(local.test)}
+    if "local-bn" in job.config and bool(job.config["local-bn"]):  # the device step of fedadmp adapt-bn
+        adapted = adapt_bn(student, local.train.x)  # unlabeled data only
+        values |= {"accuracy": accuracy(adapted, local.test.x, local.test.y), "accuracy-as-exported": acc}
+    return Message(RecordDict({P.METRICS: P.metrics_record(values)}), reply_to=msg)

@@ -23,7 +23,7 @@ from torch import nn
 from admp.config import DataSpec, parse_section
 from admp.data.tasks import CrossDomainTask, Device, build_task
 from admp.masks import MaskDict
-from admp.models import GroupSpec, build_model, example_input
+from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
 from admp.teacher import state_hash
 from admp.trainer import named_batchnorms
@@ -57,15 +57,6 @@ def config_int(config: ConfigRecord, key: str) -> int:
 def config_float(config: ConfigRecord, key: str) -> float:
     """``float`` of the config value ``key``: KeyError when absent, RecordTypeError when a list."""
     return float(_config_scalar(config, key))
-
-
-def groups_of(model: nn.Module) -> GroupSpec:
-    """The channel groups a model of ``admp.models`` declares: TypeError for any other module."""
-    channel_groups = getattr(type(model), "channel_groups", None)
-    if not callable(channel_groups):
-        raise TypeError(f"{type(model).__name__} declares no channel_groups()")
-    groups: GroupSpec = channel_groups(model)
-    return groups
 
 
 def device_id(context: Context) -> int:

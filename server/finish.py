@@ -10,7 +10,7 @@ from torch import nn
 
 from admp.masks import MaskDict
 from server.phases import Session, final_round
-from server.summary import write_summary
+from server.summary import INFERENCE, write_summary
 
 
 def _bytes_per_client_round(rows: list[dict[str, Any]], with_teacher: bool) -> float:
@@ -28,7 +28,10 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
     run, fed = session.run, session.run.cfg.federation
     rnd = final_round(run)
     probe = session.kd_strategy(model.state_dict(), keep)
-    acc = session.runner.evaluate(probe, rnd, model.state_dict(), local_bn=fed.bn_recalibration == "local")
+    local = fed.bn_recalibration == "local"
+    accs = session.runner.evaluate_all(probe, rnd, model.state_dict(), local_bn=local)
+    acc = accs.get("accuracy")
+    as_exported = accs.get("accuracy-as-exported") if local else acc
     run.run_dir.log_metrics({"phase": "final", "step": rnd, "round": rnd, "target_acc": acc})
     delivery = session.fleet.delivery
     fields = {
@@ -36,7 +39,11 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "strategy": fed.strategy,
         "prune_ratio": run.cfg.admp.prune_ratio if keep else 0.0,
         "devices": len(session.fleet.devices),
-        "student": {"target_acc": acc},
+        "student": {
+            "target_acc": acc,
+            "inference": INFERENCE[fed.bn_recalibration],
+            "target_acc_as_exported": as_exported,
+        },
         "first_round_at": session.runner.first_round_at,
         "bytes_per_client_round": _bytes_per_client_round(run.run_dir.rows, with_teacher=True),
         "bytes_per_client_round_without_teacher": _bytes_per_client_round(run.run_dir.rows, with_teacher=False),
@@ -44,6 +51,6 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "teacher_sends": {str(k): v for k, v in sorted(delivery.sends.items())},
         "rejections": [dataclasses.asdict(r) for r in session.fleet.rejections],
     }
-    summary = write_summary(run, model, fields, f"Federated {fed.strategy} on {run.task.name}", x_key="round")
+    summary = write_summary(run, model, keep, fields, f"Federated {fed.strategy} on {run.task.name}", x_key="round")
     run.save_checkpoint("done", rnd, model.state_dict(), keep=keep or {})
     return summary

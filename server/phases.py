@@ -85,6 +85,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "scenario": scenario,
         "hp": cfg.admp.model_dump(),
         "teacher_store": str(run.run_dir.file("device_store")),
+        "min_local_steps": fed.min_local_steps,  # every training round of every method
     }
     fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
@@ -183,15 +184,9 @@ def baseline_start(session: Session) -> Start:
     keep = z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), cfg.admp.prune_ratio)
     pruned = prune_model(run.teacher, run.groups, keep, example)
     source, val = run.task.source_train, run.task.source_val
-    train_supervised(
-        pruned,
-        source.x,
-        source.y,
-        max(1, cfg.teacher.epochs // 3),
-        cfg.teacher.lr / 5,
-        cfg.teacher.batch_size,
-        torch_generator(cfg.run.seed, "naive"),
-    )
+    recipe = cfg.teacher  # the teacher's source recipe, a third of its epochs at a fifth of its rate
+    gen = torch_generator(cfg.run.seed, "naive")
+    train_supervised(pruned, source.x, source.y, recipe, gen, (val.x, val.y), max(1, recipe.epochs // 3), recipe.lr / 5)
     run.console.print(f"naive: L1-pruned on the cloud, source val acc {accuracy(pruned, val.x, val.y):.2f}%")
     return Start(pruned.state_dict(), keep, 0)
 

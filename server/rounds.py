@@ -52,10 +52,19 @@ class RoundRunner:
 
         ``local_bn``: each device first re-estimates BN statistics on its own unlabeled data.
         """
+        return self.evaluate_all(strategy, rnd, weights, local_bn).get("accuracy")
+
+    def evaluate_all(
+        self, strategy: FleetStrategy, rnd: int, weights: Weights, local_bn: bool = False
+    ) -> dict[str, float]:
+        """Every accuracy the devices report: ``accuracy`` and, with ``local_bn``, also
+        ``accuracy-as-exported`` (the model as received, before the device's BN step); {} if none."""
         config = ConfigRecord({"local-bn": local_bn})
         msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
-        return _number(result["accuracy"], "accuracy") if result is not None else None
+        if result is None:
+            return {}
+        return {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy")}
 
     def run_rounds(
         self,

@@ -16,7 +16,7 @@ from torch import nn
 from admp.config import ConfigError, ScenarioConfig, to_yaml
 from admp.data.tasks import CrossDomainTask, build_task
 from admp.masks import MaskDict
-from admp.models import GroupSpec, example_input
+from admp.models import GroupSpec, example_input, groups_of
 from admp.seeding import seed_everything
 from admp.surgery import prune_model
 from admp.teacher import initial_model, prepare_teacher, resolve_arch
@@ -104,11 +104,7 @@ class RunSetup:
     @property
     def groups(self) -> GroupSpec:
         """The channel groups of the architecture."""
-        channel_groups = getattr(type(self.teacher), "channel_groups", None)
-        if not callable(channel_groups):
-            raise TypeError(f"{type(self.teacher).__name__} declares no channel_groups()")
-        groups: GroupSpec = channel_groups(self.teacher)
-        return groups
+        return groups_of(self.teacher)
 
     def model(self, keep: MaskDict | None = None) -> nn.Module:
         """A fresh model of the run's architecture: dense, or pruned to ``keep`` (weights to load)."""

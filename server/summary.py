@@ -11,24 +11,35 @@ from typing import Any
 
 from torch import nn
 
+from admp.deploy import save_bundle
+from admp.masks import MaskDict
 from server.export import export_and_measure
 from server.report import print_summary
 from server.setup import RunSetup
+
+INFERENCE = {  # how a device runs the exported model, per federation.bn_recalibration
+    "local": "per-device BN re-estimation on local unlabeled data (fedadmp adapt-bn), then pruned_model.onnx",
+    "global": "pruned_model.onnx as exported (BN statistics pooled over the fleet)",
+    "none": "pruned_model.onnx as exported (FedAvg'd BN statistics)",
+}
 
 
 def write_summary(
     run: RunSetup,
     student: nn.Module,
+    keep: MaskDict | None,
     fields: dict[str, Any],
     title: str,
     x_key: str = "step",
     exports: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Export and measure ``student``, merge in ``fields`` (with ``teacher`` / ``student`` sub-dicts
-    merged key by key), and write the summary, the plot and the table. ``exports`` lists other
-    artefacts of the run directory that the summary names."""
+    """Export (TorchScript, ONNX and the ``pruned_model.pt`` bundle that ``fedadmp adapt-bn`` reads)
+    and measure ``student`` (pruned to ``keep``; None: dense), merge in ``fields`` (``teacher`` /
+    ``student`` sub-dicts key by key), and write the summary, the plot and the table. ``exports``
+    lists other artefacts of the run directory that the summary names."""
     report = export_and_measure(run.run_dir, run.teacher, student, run.groups, run.task.source_val.x[:32])
-    report["exports"] += list(exports)
+    save_bundle(run.run_dir.file("pruned_model.pt"), run.arch, run.task.num_classes, run.cfg.model.width, keep, student)
+    report["exports"] += ["pruned_model.pt", *exports]
     summary: dict[str, Any] = {
         "run_dir": str(run.run_dir.path),
         "dataset": run.task.name,

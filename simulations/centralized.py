@@ -27,7 +27,7 @@ from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
 from server.setup import RunSetup
-from server.summary import write_summary
+from server.summary import INFERENCE, write_summary
 
 
 def masked_accuracy(
@@ -170,24 +170,26 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     run.console.print(f"merged: {pruned_share:.0%} of channels removed, target acc {merged_acc:.2f}%")
     finetune_phase(run, pruned, train.x, targets, test, step + 1, pruned_share)
     recalibrate_bn(pruned, train.x)
-    return _finish(run, pruned, devices, test_split, kd_teacher, teacher_acc, merged_acc)
+    return _finish(run, pruned, keep, devices, test_split, kd_teacher, (teacher_acc, merged_acc))
 
 
 def _finish(
     run: RunSetup,
     pruned: nn.Module,
+    keep: MaskDict,
     devices: list[Device],
     test: Split,
     kd_teacher: nn.Module,
-    teacher_acc: float,
-    merged_acc: float,
+    accuracies: tuple[float, float],
 ) -> dict[str, Any]:
     """Evaluate as the federated runs do (per-device BN where they use it), then the shared summary.
 
-    ``target_acc`` is the accuracy under the run's BN mode (per-device BN for ``local``), the one a
-    federated run reports; ``target_acc_pooled_bn`` keeps the pooled-statistics figure.
+    ``target_acc`` is the deployed accuracy under the run's BN mode (each device adapting BN with
+    ``fedadmp adapt-bn`` for ``local``), the one a federated run reports; ``target_acc_as_exported``
+    is ``pruned_model.onnx`` as written (BN statistics of the pooled target data).
     """
     cfg, console = run.cfg, run.console
+    teacher_acc, merged_acc = accuracies
     pooled_acc = final_acc = accuracy(pruned, test.x, test.y)
     splits = [(d.train.x, d.test.x, d.test.y) for d in devices]
     if cfg.federation.bn_recalibration == "local":
@@ -202,11 +204,17 @@ def _finish(
         "mode": "centralized",
         "prune_ratio": cfg.admp.prune_ratio,
         "teacher": teacher,
-        "student": {"target_acc": final_acc, "target_acc_after_merge": merged_acc, "target_acc_pooled_bn": pooled_acc},
+        "student": {
+            "target_acc": final_acc,
+            "inference": INFERENCE[cfg.federation.bn_recalibration],
+            "target_acc_as_exported": pooled_acc,
+            "target_acc_after_merge": merged_acc,
+        },
     }
     return write_summary(
         run,
         pruned,
+        keep,
         fields,
         f"Centralized ADMP on {run.task.name} (p = {cfg.admp.prune_ratio})",
         exports=("student_masked.pt",),

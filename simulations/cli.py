@@ -43,6 +43,25 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt_bn(args: argparse.Namespace) -> int:
+    from admp.deploy import adapt_bn, load_bundle, read_local_inputs
+    from admp.models import example_input
+    from admp.surgery import export_onnx
+
+    model = load_bundle(args.bundle)
+    x = read_local_inputs(args.data, args.key)
+    expected = tuple(example_input(model).shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        from admp.data.sources import DataError
+
+        raise DataError(
+            f"{args.data}: {args.key} has samples of shape {tuple(x.shape[1:])}, the model takes {expected}"
+        )
+    out = export_onnx(adapt_bn(model, x), example_input(model), Path(args.out))
+    print(f"adapted BatchNorm statistics on {len(x)} local samples -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser with one subcommand per run type."""
     parser = argparse.ArgumentParser(
@@ -96,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
+    adapt = sub.add_parser(
+        "adapt-bn",
+        help="device-side step: re-estimate BN statistics on local unlabeled data, write the device's ONNX",
+        description="Load a run's pruned_model.pt, re-estimate its BatchNorm statistics on this device's "
+        "unlabeled inputs (an npz array of raw samples, as the model takes them) and export the adapted "
+        "model to ONNX. Runs with federation.bn_recalibration: local report this model's accuracy.",
+    )
+    adapt.add_argument("bundle", help="pruned_model.pt of a run directory")
+    adapt.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
+    adapt.add_argument("--key", default="x", help="array name in the npz (default: x)")
+    adapt.add_argument("--out", default="adapted_model.onnx", help="where to write the adapted ONNX model")
+    adapt.set_defaults(func=_adapt_bn)
     return parser
 
 

@@ -31,6 +31,7 @@ COLUMNS = [
     "teacher_acc",
     "teacher_acc_target_bn",
     "student_acc",
+    "student_acc_as_exported",
     "final_divergence",
     "params",
     "teacher_params",
@@ -170,12 +171,17 @@ def _finished(csv_path: Path) -> dict[str, dict[str, str]]:
 
 
 def _append(csv_path: Path, row: dict[str, Any]) -> None:
+    """Append one finished run; a study started by an older version keeps its own columns."""
+    columns = COLUMNS
+    if csv_path.is_file():
+        with csv_path.open(newline="") as handle:
+            columns = next(csv.reader(handle), COLUMNS)
     new = not csv_path.is_file()
     with csv_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         if new:
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+        writer.writerow({k: row.get(k, "") for k in columns})
 
 
 def _execute(
@@ -214,6 +220,7 @@ def _execute(
         "teacher_acc": summary["teacher"]["target_acc"],
         "teacher_acc_target_bn": summary["teacher"].get("target_acc_target_bn", ""),
         "student_acc": summary["student"]["target_acc"],
+        "student_acc_as_exported": summary["student"].get("target_acc_as_exported", ""),
         "final_divergence": final_divergence(Path(summary["run_dir"])),
         "params": summary["student"]["params"],
         "teacher_params": summary["teacher"]["params"],

@@ -61,6 +61,13 @@ def check_range(masks: MaskDict, low: float, high: float, what: str, tol: float 
             raise ReplyError(f"{what}.{group}: values in [{lo:.4g}, {hi:.4g}], allowed [{low}, {high}]")
 
 
+def check_percent(value: float, what: str) -> float:
+    """An accuracy in percent, or ReplyError (NaN, infinite or outside [0, 100])."""
+    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
+        raise ReplyError(f"{what}: {value} is not a percentage")
+    return value
+
+
 def check_examples(n: float, minimum: int = 1) -> int:
     """The reply's example count as an int >= ``minimum``, or ReplyError."""
     if not math.isfinite(n) or n < minimum or n != int(n):

@@ -8,13 +8,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from admp.seeding import numpy_rng
 from strategies import protocol as P
-from strategies.aggregation import ReplyError, check_examples
+from strategies.aggregation import ReplyError, check_examples, check_percent
 
 log = logging.getLogger("fedadmp.strategy")
 Parsed = TypeVar("Parsed")
@@ -176,17 +176,21 @@ class FleetStrategy(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Example-weighted accuracy over the devices that answered."""
 
-        def parse(content: RecordDict) -> tuple[float, int]:
+        def parse(content: RecordDict) -> tuple[dict[str, float], int]:
             # a device without a test split counts with weight 0 (not a rejection)
-            return P.metric(content, "accuracy"), check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
+            n = check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
+            keys = [k for k in ("accuracy", "accuracy-as-exported") if k in P.metric_record(content)]
+            return {k: check_percent(P.metric(content, k), k) for k in keys}, n
 
         results = self.validated(server_round, replies, parse)
         total = sum(n for _, n in results)
         if total == 0:
             return None
-        return MetricRecord(
-            {"accuracy": sum(a * n for a, n in results) / total, "devices": len(results), P.NUM_EXAMPLES: total}
-        )
+        metrics: dict[str, MetricRecordValues] = {"devices": len(results), P.NUM_EXAMPLES: total}
+        shared = set.intersection(*(set(acc) for acc, _ in results))  # figures every device reported
+        for key in sorted(shared):
+            metrics[key] = sum(acc[key] * n for acc, n in results) / total
+        return MetricRecord(metrics)
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's Strategy interface)."""

@@ -10,7 +10,14 @@ from admp.losses import kd_divergence
 from admp.masks import group_sizes
 from admp.models import build_model
 from admp.state import AdmmSettings, AdmpState
-from admp.trainer import admp_local_train, frozen_bn_stats, kd_finetune, recalibrate_bn
+from admp.trainer import (
+    admp_local_train,
+    frozen_bn_stats,
+    kd_finetune,
+    local_epochs_for,
+    recalibrate_bn,
+    steps_per_epoch,
+)
 
 
 def _lenet() -> torch.nn.Module:
@@ -121,3 +128,12 @@ def test_kd_finetune_brings_the_student_to_its_teacher():
     student.eval()
     with torch.no_grad():
         assert float(kd_divergence(targets, student(x), hp.tau)) < first["divergence"]
+
+
+def test_local_epochs_give_every_device_its_minimum_of_sgd_steps():
+    assert steps_per_epoch(210, 64) == 4  # 3 full batches + 18 samples
+    assert steps_per_epoch(65, 64) == 1  # the single leftover sample is skipped (BatchNorm)
+    assert local_epochs_for(210, 64, epochs=1, min_steps=20) == 5  # ceil(20 / 4)
+    assert local_epochs_for(65, 64, epochs=2, min_steps=20) == 20
+    assert local_epochs_for(6400, 64, epochs=2, min_steps=20) == 2  # 100 steps per epoch: local_epochs stands
+    assert local_epochs_for(1, 64, epochs=3, min_steps=20) == 3 and local_epochs_for(210, 64, 1, 0) == 1

@@ -1,0 +1,75 @@
+"""The source recipe's input handling: per-channel normalisation inside the model, and augmentation.
+
+``InputNorm`` is the first layer of every model family. Its per-channel mean and standard deviation
+are buffers set from the labeled source data (``set_input_normalisation``), so they travel with
+the weights, are exported with the model (a device feeds raw inputs), and are never trained.
+
+``augment`` draws, per sample and from a seeded generator, a small random affine transform of an
+image (rotation within +-``degrees``, shift within +-``shift`` of the side; zero fill), or a time
+shift, an amplitude scaling and Gaussian jitter of a sensor window (SHOT's digit recipe for images:
+random crop with padding 4 of 28 and rotation of 10 degrees; Um et al. 2017 for wearable sensors).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InputNorm(nn.Module):
+    """x -> (x - mean_c) / std_c per input channel; identity until the statistics are set."""
+
+    mean: torch.Tensor  # (C,) buffer
+    std: torch.Tensor  # (C,) buffer
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("std", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *([1] * (x.dim() - 2)))  # (1, C, 1[, 1]) for (N, C, ...) inputs
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+
+def set_input_normalisation(model: nn.Module, x: torch.Tensor, floor: float = 1e-3) -> None:
+    """Set every ``InputNorm`` of ``model`` to the per-channel mean and std of ``x`` (N, C, ...)."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean, std = x.mean(dim=dims), x.std(dim=dims).clamp_min(floor)  # (C,), (C,)
+    for module in model.modules():
+        if isinstance(module, InputNorm):
+            module.mean.copy_(mean)
+            module.std.copy_(std)
+
+
+def _image_affine(x: torch.Tensor, gen: torch.Generator, degrees: float, shift: float) -> torch.Tensor:
+    n = len(x)
+    angle = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(degrees)  # (N,)
+    moves = (torch.rand(n, 2, generator=gen) * 2 - 1) * 2 * shift  # (N, 2), grid units span 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, moves[:, 0]], 1), torch.stack([sin, cos, moves[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (N, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _sensor_jitter(x: torch.Tensor, gen: torch.Generator, shift: float, scale: float, noise: float) -> torch.Tensor:
+    n, steps = len(x), x.shape[-1]
+    max_shift = max(1, round(shift * steps))
+    offsets = torch.randint(-max_shift, max_shift + 1, (n,), generator=gen)
+    index = (torch.arange(steps).view(1, -1) - offsets.view(-1, 1)) % steps  # (N, T): circular shift
+    shifted = torch.gather(x, 2, index.unsqueeze(1).expand(-1, x.shape[1], -1))
+    gains = 1 + (torch.rand(n, 1, 1, generator=gen) * 2 - 1) * scale  # (N, 1, 1)
+    std = x.std(dim=(0, 2), keepdim=True)  # (1, C, 1)
+    return shifted * gains + torch.randn(x.shape, generator=gen) * noise * std
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A randomly perturbed copy of a batch: images (N, C, H, W) or sensor windows (N, C, T)."""
+    if x.dim() == 4:
+        return _image_affine(x, gen, degrees=10.0, shift=4 / 28)
+    if x.dim() == 3:
+        return _sensor_jitter(x, gen, shift=0.1, scale=0.1, noise=0.05)
+    return x

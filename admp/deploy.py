@@ -1,0 +1,85 @@
+"""What a device runs: the exported bundle of the pruned model, and the device-side BN step.
+
+A run writes ``pruned_model.pt``: the architecture (family, classes, width), the keep masks that
+shape the pruned model, and its weights (input normalisation included), loadable with
+``weights_only=True``. A device whose run infers with per-device BatchNorm statistics
+(``federation.bn_recalibration: local``) applies ``adapt_bn`` to its own unlabeled data once, then
+exports its adapted ONNX model (``fedadmp adapt-bn``); the run's reported accuracy is that
+model's. ``pruned_model.onnx`` is the model as exported, before any device step.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from admp.data.sources import DataError
+from admp.masks import MaskDict
+from admp.models import build_model, example_input, groups_of
+from admp.surgery import prune_model
+from admp.trainer import recalibrate_bn
+
+BUNDLE_KEYS = ("arch", "num_classes", "width", "keep", "state")
+
+
+def save_bundle(path: Path, arch: str, num_classes: int, width: float, keep: MaskDict | None, model: nn.Module) -> Path:
+    """Write the pruned model as a weights-only bundle (see module docstring)."""
+    bundle = {
+        "arch": arch,
+        "num_classes": num_classes,
+        "width": width,
+        "keep": dict(keep or {}),
+        "state": model.state_dict(),
+    }
+    torch.save(bundle, path)
+    return path
+
+
+def load_bundle(path: str | Path) -> nn.Module:
+    """The model of a bundle, in eval mode; a missing or foreign file is a ``DataError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model bundle not found")
+    try:
+        bundle: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [k for k in BUNDLE_KEYS if k not in bundle]
+        if missing:
+            raise KeyError(f"missing {missing}")
+        model = build_model(str(bundle["arch"]), int(bundle["num_classes"]), float(bundle["width"]))
+        if bundle["keep"]:
+            model = prune_model(model, groups_of(model), bundle["keep"], example_input(model))
+        model.load_state_dict(bundle["state"])
+    except Exception as exc:  # unreadable, truncated or not a bundle
+        raise DataError(f"{path}: not a FedADMP model bundle ({type(exc).__name__}: {exc})") from exc
+    return model.eval()
+
+
+def adapt_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm statistics are re-estimated on the device's unlabeled ``x``."""
+    adapted = copy.deepcopy(model)
+    recalibrate_bn(adapted, x)
+    return adapted.eval()
+
+
+def read_local_inputs(path: str | Path, key: str = "x") -> torch.Tensor:
+    """A device's unlabeled inputs from an npz file (array ``key``, raw values as the model takes them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if key not in data:
+                raise DataError(f"{path}: no array {key!r} (arrays: {', '.join(data.files)})")
+            x = torch.as_tensor(np.asarray(data[key], dtype=np.float32))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc})") from exc
+    if len(x) < 2 or not bool(torch.isfinite(x).all()):
+        raise DataError(f"{path}: {key} needs at least 2 finite samples, got shape {tuple(x.shape)}")
+    return x

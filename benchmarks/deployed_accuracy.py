@@ -1,0 +1,84 @@
+"""The accuracy the shipped artefacts give on the devices, against what a run's summary reports.
+
+For every device of a finished run (rebuilt from its ``config.yaml``, as the devices build their
+data): with ``bn_recalibration: local``, the device-side tool itself (``fedadmp adapt-bn`` on the
+device's unlabeled data, written to npz) makes the device's ONNX model; otherwise the device runs
+``pruned_model.onnx``. ONNX Runtime then scores the device's labeled test split. The
+example-weighted mean is compared with ``student.target_acc`` (and the exported model without the
+device step with ``student.target_acc_as_exported``). Writes ``deployed_accuracy.json`` into the run.
+
+    python benchmarks/deployed_accuracy.py runs/federated-digits-YYYYmmdd-HHMMSS
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from admp.config import load_config
+from admp.data.tasks import build_task
+from simulations.cli import main as fedadmp
+
+
+def onnx_correct(path: Path, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Correct predictions of an ONNX model on (x, y), in ONNX Runtime."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return int((torch.from_numpy(np.asarray(logits)).argmax(1) == y).sum())
+
+
+def measure(run: Path) -> dict[str, object]:
+    """Deployed and as-exported accuracy over the run's devices, beside the summary's figures."""
+    cfg = load_config(run / "config.yaml")
+    task = build_task(cfg.data, cfg.run.seed)
+    local = cfg.federation.bn_recalibration == "local"
+    correct = {"deployed": 0, "as_exported": 0}
+    total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(task.num_devices):
+            device = task.device(i)
+            model = run / "pruned_model.onnx"
+            correct["as_exported"] += onnx_correct(model, device.test.x, device.test.y)
+            if local:  # the device-side step, through the shipped command
+                np.savez(Path(tmp) / "local.npz", x=device.train.x.numpy())
+                model = Path(tmp) / f"device{i}.onnx"
+                assert (
+                    fedadmp(
+                        ["adapt-bn", str(run / "pruned_model.pt"), "--data", f"{tmp}/local.npz", "--out", str(model)]
+                    )
+                    == 0
+                )
+            correct["deployed"] += onnx_correct(model, device.test.x, device.test.y)
+            total += len(device.test)
+    summary = json.loads((run / "summary.json").read_text())["student"]
+    return {
+        "run": str(run),
+        "devices": task.num_devices,
+        "test_samples": total,
+        "device_step": "adapt-bn" if local else None,
+        "deployed_acc": 100.0 * correct["deployed"] / total,
+        "summary_target_acc": summary["target_acc"],
+        "as_exported_acc": 100.0 * correct["as_exported"] / total,
+        "summary_target_acc_as_exported": summary.get("target_acc_as_exported"),
+    }
+
+
+def main() -> None:
+    """Measure one run directory and write its JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a finished run directory")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    result = measure(args.run)
+    (args.run / "deployed_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
