@@ -129,4 +129,10 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
     console.print(summary_table(summary, title))
     kept = ", ".join(f"{g}: {summary['student']['channels'][g]}/{c}" for g, c in summary["teacher"]["channels"].items())
     console.print(f"channels kept per group: {kept}")
+    student = summary["student"]
+    if student.get("inference"):
+        console.print(f"deployed accuracy {student['target_acc']:.2f}%: {student['inference']}")
+        exported = student.get("target_acc_as_exported")
+        if exported is not None and exported != student["target_acc"]:
+            console.print(f"pruned_model.onnx as exported, without the device step: {exported:.2f}%")
     console.print(f"run directory: {summary['run_dir']}")

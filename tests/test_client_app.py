@@ -86,6 +86,7 @@ def test_train_reply_has_the_contracted_records(tmp_path, teacher_state):
     assert int(metrics[P.NUM_EXAMPLES]) == 14  # 20 drawn, 30 % held out for the device's test split
     assert int(metrics["teacher-attached"]) == 1
     assert float(metrics["seconds"]) > 0  # the mod timed the handler
+    assert int(metrics["epochs"]) == 1  # no min_local_steps in this config: local_epochs stands
     assert ctx.state["device"]["teacher_hash"] == state_hash(teacher_state)  # only the hash in state
     assert len(list((tmp_path).glob("teacher-*.pt"))) == 1
 
@@ -156,3 +157,11 @@ def test_bnstats_and_identity_handlers(tmp_path, teacher_state):
     assert means and all(bool((stats["sq." + k[5:]] >= stats[k] ** 2 - 1e-5).all()) for k in means)  # Var >= 0
     ident = client.app(Message(RecordDict({}), dst_node_id=57, message_type=P.QUERY_ID), _context(7))
     assert int(ident.content[P.METRICS]["device"]) == 7
+
+
+def test_small_devices_run_more_epochs_for_min_local_steps(tmp_path, teacher_state):
+    """14 samples in batches of 8: 2 SGD steps per epoch, so min_local_steps = 5 needs ceil(5 / 2) = 3 epochs."""
+    msg = _message(tmp_path, teacher_state, with_teacher=True)
+    msg.content[P.CONFIG]["min_local_steps"] = 5
+    reply = client.app(msg, _context(0))
+    assert int(reply.content[P.METRICS]["epochs"]) == 3

@@ -30,6 +30,7 @@ TINY = [
     "federation.mask_rounds=3",
     "federation.warmup_rounds=1",
     "federation.finetune_rounds=1",
+    "federation.min_local_steps=2",  # 28 samples per device, 1 step per epoch: 2 local epochs
     "run.threads=2",
 ]
 
