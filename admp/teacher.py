@@ -15,7 +15,7 @@ from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask
 from admp.metrics import accuracy
 from admp.models import build_model
 from admp.seeding import derive_seed, torch_generator
-from admp.trainer import train_supervised
+from admp.source import train_supervised
 
 
 def resolve_arch(cfg: ScenarioConfig) -> str:

@@ -10,8 +10,8 @@ from admp.augment import InputNorm, augment, set_input_normalisation
 from admp.config import TeacherSpec
 from admp.metrics import accuracy
 from admp.models import build_model, example_input
+from admp.source import train_supervised
 from admp.surgery import export_onnx, prune_model
-from admp.trainer import train_supervised
 
 
 def test_input_norm_uses_the_source_statistics_per_channel():
