@@ -62,6 +62,22 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_adapt_bn(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The device-side ``adapt-bn`` subcommand."""
+    adapt = sub.add_parser(
+        "adapt-bn",
+        help="device-side step: re-estimate BN statistics on local unlabeled data, write the device's ONNX",
+        description="Load a run's pruned_model.pt, re-estimate its BatchNorm statistics on this device's "
+        "unlabeled inputs (an npz array of raw samples, as the model takes them) and export the adapted "
+        "model to ONNX. Runs with federation.bn_recalibration: local report this model's accuracy.",
+    )
+    adapt.add_argument("bundle", help="pruned_model.pt of a run directory")
+    adapt.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
+    adapt.add_argument("--key", default="x", help="array name in the npz (default: x)")
+    adapt.add_argument("--out", default="adapted_model.onnx", help="where to write the adapted ONNX model")
+    adapt.set_defaults(func=_adapt_bn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser with one subcommand per run type."""
     parser = argparse.ArgumentParser(
@@ -115,18 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
-    adapt = sub.add_parser(
-        "adapt-bn",
-        help="device-side step: re-estimate BN statistics on local unlabeled data, write the device's ONNX",
-        description="Load a run's pruned_model.pt, re-estimate its BatchNorm statistics on this device's "
-        "unlabeled inputs (an npz array of raw samples, as the model takes them) and export the adapted "
-        "model to ONNX. Runs with federation.bn_recalibration: local report this model's accuracy.",
-    )
-    adapt.add_argument("bundle", help="pruned_model.pt of a run directory")
-    adapt.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
-    adapt.add_argument("--key", default="x", help="array name in the npz (default: x)")
-    adapt.add_argument("--out", default="adapted_model.onnx", help="where to write the adapted ONNX model")
-    adapt.set_defaults(func=_adapt_bn)
+    _add_adapt_bn(sub)
     return parser
 
 
