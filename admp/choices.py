@@ -24,6 +24,7 @@ VariantMethod = Literal["naive", "fedadmp", "centralized"]  # methods that prune
 Dual = Literal["global", "per_client"]
 BnRecalibration = Literal["auto", "global", "local", "none"]
 TeacherBn = Literal["auto", "local", "fleet", "source"]
+ImMarginal = Literal["fleet", "device"]
 
 DATASETS: tuple[str, ...] = get_args(Dataset)
 ARCHS: tuple[str, ...] = get_args(Arch)

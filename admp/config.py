@@ -19,6 +19,7 @@ from admp.choices import (
     BnRecalibration,
     Dataset,
     Dual,
+    ImMarginal,
     Partition,
     ShiftKind,
     ShiftsMode,
@@ -141,6 +142,8 @@ class AdmpHyper(Section):
     lambda_pl: Annotated[float, Field(ge=0)] = 0.3  # weight of the confident pseudo-label cross-entropy
     pl_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # teacher confidence needed for a pseudo label
     lambda_im: Annotated[float, Field(ge=0)] = 0.0  # weight of the information-maximisation term (0: off)
+    im_marginal: ImMarginal = "fleet"  # IM's diversity term: the fleet's mean prediction (aggregated on the
+    #   server, the device's batch weighted by its share) | device: the device's own batch (SHOT as published)
     l1_m: Annotated[float, Field(ge=0)] = 0.02  # L1 push on m, which ranks channels before the first Z-step
     rho: Annotated[float, Field(ge=0)] = 1.0  # initial ADMM penalty; 0: no ADMM (ablation): plain L1 on m, top-k
     #   of m at the merge

@@ -37,14 +37,22 @@ def pseudo_label_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     return F.cross_entropy(student_logits[keep], labels[keep])
 
 
-def information_maximisation(student_logits: torch.Tensor) -> torch.Tensor:
+def information_maximisation(
+    student_logits: torch.Tensor, fleet_marginal: torch.Tensor | None = None, own_share: float = 1.0
+) -> torch.Tensor:
     """Mean per-sample entropy minus the entropy of the mean prediction (SHOT-style IM loss).
 
-    Minimising it makes each prediction confident while keeping the classes diverse.
+    Minimising it makes each prediction confident while keeping the classes diverse. With
+    ``fleet_marginal`` (K,) the diversity is that of the fleet's mean prediction, in which this
+    batch counts with ``own_share`` (the device's share of the fleet's samples): a label-skewed
+    device is not pushed to a uniform class mix of its own, only the fleet is.
     """
     probs = F.softmax(student_logits, dim=1)  # (N, K)
     sample_entropy = -(probs * torch.log(probs + 1e-8)).sum(dim=1).mean()
     mean_probs = probs.mean(dim=0)  # (K,)
+    if fleet_marginal is not None:
+        share = min(max(own_share, 0.0), 1.0)
+        mean_probs = share * mean_probs + (1.0 - share) * fleet_marginal.detach()
     diversity = -(mean_probs * torch.log(mean_probs + 1e-8)).sum()
     return sample_entropy - diversity
 

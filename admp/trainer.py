@@ -12,9 +12,11 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import overload
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from admp.config import AdmpHyper
@@ -95,15 +97,32 @@ def frozen_bn_stats(model: nn.Module) -> AbstractContextManager[None]:
     return bn_momentum(model, 0.0)
 
 
+@dataclass(frozen=True)
+class FleetPrior:
+    """The fleet's mean prediction (K,) from the last round, and this device's share of its samples."""
+
+    marginal: torch.Tensor
+    own_share: float
+
+
 def _adaptation_loss(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, hp: AdmpHyper
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, hp: AdmpHyper, prior: FleetPrior | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total KD-adaptation loss, divergence D) on one batch."""
+    """(total KD-adaptation loss, divergence D) on one batch; IM uses the fleet's marginal if given."""
     div = kd_divergence(teacher_logits, student_logits, hp.tau)
     loss = div + hp.lambda_pl * pseudo_label_ce(teacher_logits, student_logits, hp.pl_threshold)
     if hp.lambda_im > 0:
-        loss = loss + hp.lambda_im * information_maximisation(student_logits)
+        marginal, share = (prior.marginal, prior.own_share) if prior is not None else (None, 1.0)
+        loss = loss + hp.lambda_im * information_maximisation(student_logits, marginal, share)
     return loss, div
+
+
+@torch.no_grad()
+def mean_prediction(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The model's mean softmax (K,) over ``x`` in eval mode: what a device reports for the fleet's marginal."""
+    model.eval()
+    probs = torch.cat([F.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
+    return probs.mean(dim=0)
 
 
 def _soft_grads(
@@ -149,10 +168,11 @@ def _descent_loss(
     xb: torch.Tensor,
     t_logits: torch.Tensor,
     hp: AdmpHyper,
+    prior: FleetPrior | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss on (W, m), divergence D) of one batch under the gates m * s of ``state``."""
     with gated(student, groups, m_params, state.s):
-        loss, div = _adaptation_loss(t_logits, student(xb), hp)
+        loss, div = _adaptation_loss(t_logits, student(xb), hp, prior)
     loss = loss + state.penalty(m_params)
     if hp.l1_m > 0:
         loss = loss + hp.l1_m * sum(v.abs().sum() for v in m_params.values())
@@ -168,14 +188,15 @@ def admp_local_train(
     epochs: int,
     hp: AdmpHyper,
     gen: torch.Generator,
+    prior: FleetPrior | None = None,
 ) -> dict[str, float]:
     """Local ADMP epochs on unlabeled target data ``x``; updates the student, ``state.m`` and ``state.s``.
 
     Per batch: (1) the adversary raises D by moving s within its budget; (2) one SGD step on
     (W, m) for D + lambda_pl*CE_pl (+ lambda_im*IM) + state.penalty(m) + l1_m*|m|_1, with m then
     clipped to [0, 1]. Z, U and rho stay fixed (the caller steps the state). ``targets`` (N, K)
-    are the teacher's logits on ``x`` (``teacher_targets``). Returns mean divergence, loss and
-    samples seen.
+    are the teacher's logits on ``x`` (``teacher_targets``); ``prior`` makes IM's diversity the
+    fleet's (``FleetPrior``). Returns mean divergence, loss and samples seen.
     """
     student.train()
     m_params = {g: v.detach().clone().requires_grad_(True) for g, v in state.m.items()}
@@ -194,7 +215,7 @@ def admp_local_train(
             if hp.adversary:
                 grads = _soft_grads(student, groups, m_params, state.s, xb, t_logits, hp.tau)
                 state.s = adversary_step(state.s, grads, hp.adv_lr, hp.s_min, hp.adv_eps)
-            loss, div = _descent_loss(student, groups, state, m_params, xb, t_logits, hp)
+            loss, div = _descent_loss(student, groups, state, m_params, xb, t_logits, hp, prior)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -216,17 +237,19 @@ def kd_finetune(
     hp: AdmpHyper,
     gen: torch.Generator,
     lr: float,
+    prior: FleetPrior | None = None,
 ) -> dict[str, float]:
     """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place.
 
-    ``targets`` (N, K) are the teacher's logits on ``x``; returns mean divergence and samples seen.
+    ``targets`` (N, K) are the teacher's logits on ``x``; ``prior`` as in ``admp_local_train``.
+    Returns mean divergence and samples seen.
     """
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     total_div, seen = 0.0, 0
     for _ in range(epochs):
         for xb, t_logits in batches(x, hp.batch_size, gen, targets):
-            loss, div = _adaptation_loss(t_logits, student(xb), hp)
+            loss, div = _adaptation_loss(t_logits, student(xb), hp, prior)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -15,18 +15,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from admp.config import AdmpHyper, parse_section
 from admp.deploy import adapt_bn
-from admp.masks import gated, group_sizes
+from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
 from admp.models import groups_of
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
-from admp.trainer import admp_local_train, kd_finetune, local_epochs_for, teacher_targets
+from admp.trainer import (
+    FleetPrior,
+    admp_local_train,
+    kd_finetune,
+    local_epochs_for,
+    mean_prediction,
+    teacher_targets,
+)
 from clients.device import (
     bn_moments,
     build_student,
@@ -58,6 +65,7 @@ def error_reply_mod(msg: Message, context: Context, call_next: ClientAppCallable
 
 
 app = ClientApp(mods=[error_reply_mod])
+Records = dict[str, ArrayRecord | MetricRecord | ConfigRecord]  # the contents of a reply
 
 
 @dataclass
@@ -90,6 +98,28 @@ class Job:
         """This round's local epochs: ``local_epochs``, more if needed for ``min_local_steps`` SGD steps."""
         min_steps = config_int(self.config, "min_local_steps") if "min_local_steps" in self.config else 0
         return local_epochs_for(samples, self.hp.batch_size, config_int(self.config, "local_epochs"), min_steps)
+
+    @property
+    def shares_marginal(self) -> bool:
+        """IM's diversity uses the fleet's marginal: the device reports its mean prediction."""
+        return self.hp.lambda_im > 0 and self.hp.im_marginal == "fleet"
+
+    def prior(self, msg: Message, samples: int) -> FleetPrior | None:
+        """The fleet's marginal of the last round (if sent) and this device's share of its samples."""
+        if not self.shares_marginal or P.FLEET not in msg.content:
+            return None
+        marginal = P.from_record(P.array_record(msg.content, P.FLEET))["marginal"].float()  # (K,)
+        total = max(config_int(self.config, "fleet-examples"), 1)
+        return FleetPrior(marginal, min(1.0, samples / total))
+
+    def stats(self, student: torch.nn.Module, x: torch.Tensor, m: MaskDict | None = None) -> dict[str, ArrayRecord]:
+        """The ``stats`` record of a training reply: the mean prediction (K,) after training, under the
+        gates ``m`` in the mask phase; empty unless the fleet's marginal is shared."""
+        if not self.shares_marginal:
+            return {}
+        with gated(student, groups_of(student), m) if m else nullcontext():
+            mean = mean_prediction(student, x)
+        return {P.STATS: P.to_record({"mean-prediction": mean})}
 
     def teacher(self, msg: Message, context: Context) -> torch.nn.Module:
         """The frozen teacher, cached first thing: the server counts this device as holding it as
@@ -143,21 +173,18 @@ def train_admp(msg: Message, context: Context) -> Message:
         epochs,
         job.hp,
         job.generator("client"),
+        job.prior(msg, len(x)),
     )
     reply_masks = {"m": state.m, "s": state.s}
     if str(job.config["dual"]) == "per_client":
         save_dual(context, state.u, state.m, state.z_steps, state.rho)
         reply_masks["u"] = state.u
-    return Message(
-        RecordDict(
-            {
-                P.ARRAYS: P.to_record(student.state_dict()),
-                P.MASKS: P.masks_to_record(**reply_masks),
-                P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
-            }
-        ),
-        reply_to=msg,
-    )
+    reply: Records = {
+        P.ARRAYS: P.to_record(student.state_dict()),
+        P.MASKS: P.masks_to_record(**reply_masks),
+        P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
+    }
+    return Message(RecordDict(reply | job.stats(student, x, state.m)), reply_to=msg)
 
 
 @app.train("kd")
@@ -176,16 +203,13 @@ def train_kd(msg: Message, context: Context) -> Message:
         job.hp,
         job.generator("client-kd"),
         lr=config_float(job.config, "lr"),
+        prior=job.prior(msg, len(x)),
     )
-    return Message(
-        RecordDict(
-            {
-                P.ARRAYS: P.to_record(student.state_dict()),
-                P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
-            }
-        ),
-        reply_to=msg,
-    )
+    reply: Records = {
+        P.ARRAYS: P.to_record(student.state_dict()),
+        P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
+    }
+    return Message(RecordDict(reply | job.stats(student, x)), reply_to=msg)
 
 
 @app.query("bnstats")

@@ -51,7 +51,9 @@ class Session:
         then False when the run is to pause."""
 
         def on_round(rnd: int, weights: Weights) -> bool:
-            self.run.save_checkpoint(phase, rnd, weights, **extra())
+            marginal = self.fleet.marginal
+            shared = {"marginal": marginal, "examples": self.fleet.marginal_examples} if marginal is not None else {}
+            self.run.save_checkpoint(phase, rnd, weights, fleet_marginal=shared, **extra())
             return not self.run.stop_requested(rnd)
 
         return on_round
@@ -88,7 +90,12 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "teacher_store": str(run.run_dir.file("device_store")),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
     }
+    shares_marginal = cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet"
     fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config)
+    fleet.num_classes = run.task.num_classes if shares_marginal else 0  # the fleet's marginal for IM
+    if run.checkpoint is not None and run.checkpoint.fleet_marginal:
+        fleet.marginal = run.checkpoint.fleet_marginal["marginal"]
+        fleet.marginal_examples = int(run.checkpoint.fleet_marginal["examples"])
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every)
     run.console.print(

@@ -25,6 +25,7 @@ class KdReply:
     weights: TensorDict
     n: int  # num-examples
     divergence: float
+    mean_prediction: torch.Tensor | None  # (K,) when the fleet's marginal is shared
 
 
 @dataclass
@@ -140,7 +141,8 @@ class FedADMP(FleetStrategy):
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
         n = check_examples(P.metric(content, P.NUM_EXAMPLES))
-        return AdmpReply(weights, n, P.metric(content, "divergence"), m, s, u)
+        mean_prediction = self.fleet.parse_mean_prediction(content)
+        return AdmpReply(weights, n, P.metric(content, "divergence"), mean_prediction, m, s, u)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -150,6 +152,7 @@ class FedADMP(FleetStrategy):
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
         weights, metrics = fedavg(parsed)
+        metrics |= self.share_marginal([(r.mean_prediction, r.n) for r in parsed])
         self.state.m = weighted_average([(r.m, r.n) for r in parsed])
         self.state.s = weighted_average([(r.s, r.n) for r in parsed])
         if server_round > self.warmup_rounds:
@@ -209,7 +212,8 @@ class FedKD(FleetStrategy):
         """Validate one reply: weights' keys, shapes, finite values, and the example count."""
         weights = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(weights, self.weight_shapes, "arrays")
-        return KdReply(weights, check_examples(P.metric(content, P.NUM_EXAMPLES)), P.metric(content, "divergence"))
+        n = check_examples(P.metric(content, P.NUM_EXAMPLES))
+        return KdReply(weights, n, P.metric(content, "divergence"), self.fleet.parse_mean_prediction(content))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -219,4 +223,5 @@ class FedKD(FleetStrategy):
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
         weights, metrics = fedavg(parsed)
+        metrics |= self.share_marginal([(r.mean_prediction, r.n) for r in parsed])
         return P.to_record(weights), MetricRecord(metrics)

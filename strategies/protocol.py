@@ -34,6 +34,8 @@ from flwr.common.constant import ErrorCode
 from admp.masks import MaskDict
 
 ARRAYS, MASKS, TEACHER, CONFIG, METRICS = "arrays", "masks", "teacher", "config", "metrics"
+FLEET = "fleet"  # server -> device: {"marginal": (K,)} the fleet's mean prediction (with lambda_im, im_marginal fleet)
+STATS = "stats"  # device -> server: {"mean-prediction": (K,)} its mean softmax after training (same condition)
 NUM_EXAMPLES, SERVER_ROUND = "num-examples", "server-round"
 
 # message types: Flower routes "<category>.<action>" to @app.<category>("<action>")

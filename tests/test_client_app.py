@@ -1,5 +1,7 @@
 """The ClientApp through Flower's router and our mod: replies, error codes, teacher cache, duals, BN moments."""
 
+import json
+
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
@@ -165,3 +167,20 @@ def test_small_devices_run_more_epochs_for_min_local_steps(tmp_path, teacher_sta
     msg.content[P.CONFIG]["min_local_steps"] = 5
     reply = client.app(msg, _context(0))
     assert int(reply.content[P.METRICS]["epochs"]) == 3
+
+
+def test_devices_report_their_mean_prediction_and_use_the_fleets(tmp_path, teacher_state):
+    msg = _message(tmp_path, teacher_state, with_teacher=True)
+    hp = AdmpHyper(batch_size=8, lambda_im=1.0).model_dump()
+    msg.content[P.CONFIG]["hp"] = json.dumps(hp)
+    first = client.app(msg, _context(0))
+    mean = P.from_record(first.content[P.STATS])["mean-prediction"]
+    assert mean.shape == (10,) and float(mean.sum()) == pytest.approx(1.0, abs=1e-5) and float(mean.min()) >= 0
+    with_prior = _message(tmp_path, teacher_state, with_teacher=False)
+    with_prior.content[P.CONFIG]["hp"] = json.dumps(hp)
+    with_prior.content[P.CONFIG]["fleet-examples"] = 28  # this device's 14 samples are half the fleet's
+    with_prior.content[P.FLEET] = P.to_record({"marginal": torch.full((10,), 0.1)})
+    second = client.app(with_prior, _context(0))
+    assert not second.has_error() and P.STATS in second.content
+    plain = client.app(_message(tmp_path, teacher_state, with_teacher=False), _context(0))
+    assert P.STATS not in plain.content  # lambda_im = 0: nothing more leaves the device

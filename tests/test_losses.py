@@ -92,3 +92,17 @@ def test_per_device_bn_accuracy_adapts_each_device_separately():
 
     assert accuracy(model, torch.cat([a[1], b[1]]), torch.cat([a[2], b[2]])) == pytest.approx(60.0)
     assert torch.equal(model[0].running_mean, torch.zeros(1))
+
+
+def test_information_maximisation_with_the_fleets_marginal_by_hand():
+    from admp.losses import information_maximisation
+
+    logits = torch.tensor([[50.0, -50.0], [50.0, -50.0]])  # confident, both class 0: entropy per sample ~0
+    # own batch only: mean prediction (1, 0) has entropy 0 -> IM = 0 - 0
+    assert float(information_maximisation(logits)) == pytest.approx(0.0, abs=1e-6)
+    # fleet (0, 1), own share 1/2: the fleet's mean is (1/2, 1/2), entropy ln 2 -> IM = 0 - ln 2
+    fleet = torch.tensor([0.0, 1.0])
+    assert float(information_maximisation(logits, fleet, 0.5)) == pytest.approx(-math.log(2), abs=1e-5)
+    # a label-skewed device whose fleet is balanced is not pushed: share 0 -> diversity of the fleet only
+    balanced = torch.tensor([0.5, 0.5])
+    assert float(information_maximisation(logits, balanced, 0.0)) == pytest.approx(-math.log(2), abs=1e-5)

@@ -2,6 +2,7 @@
 resume, per-client duals, the fleet-BN teacher, discovery failures and a device that errs."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,22 @@ def test_cli_resume_reloads_the_run_config_without_the_pause(tmp_path, monkeypat
     assert cli.main(["simulate", "--resume", str(tmp_path)]) == 0
     ((resumed, where),) = calls
     assert where == str(tmp_path) and resumed.federation.stop_after_round == 0 and resumed.admp.prune_ratio == 0.5
+
+
+def test_fleet_marginal_with_im_is_logged_checkpointed_and_resumed(tmp_path):
+    """With IM on, every training round logs the fleet marginal's entropy, the checkpoint holds the
+    marginal, and a run paused after round 2 resumes to the same model."""
+    full = _run(tmp_path / "a", "admp.lambda_im=1")
+    rows = [r for r in _rows(full) if r["phase"] in ("mask", "finetune")]
+    assert all(0 < r["marginal_entropy"] <= math.log(10) + 1e-6 for r in rows)
+    paused = _run(tmp_path / "b", "admp.lambda_im=1", "federation.stop_after_round=2")
+    marginal = torch.load(paused / "checkpoint.pt", weights_only=True)["fleet_marginal"]
+    assert marginal["marginal"].shape == (10,) and marginal["examples"] > 0
+    run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}",
+                                                          "admp.lambda_im=1"]), str(paused))  # fmt: skip
+    a = torch.load(full / "checkpoint.pt", weights_only=True)["student"]
+    b = torch.load(paused / "checkpoint.pt", weights_only=True)["student"]
+    assert all(torch.allclose(v.float(), b[k].float(), atol=1e-6) for k, v in a.items())
 
 
 def test_fedkd_baseline_trains_the_dense_student_for_the_whole_budget(tmp_path):

@@ -250,3 +250,28 @@ def test_prune_ramp_prunes_part_of_the_share_at_the_first_z_step():
     assert strategy.state.z["g"].tolist() == [1.0, 0.0, 1.0, 1.0]  # keep ceil(0.75 * 4) = 3
     strategy.aggregate_train(3, reply())
     assert strategy.state.z["g"].sum() == 2 and strategy.state.merge_mask()["g"].sum() == 2
+
+
+def test_fleet_marginal_is_aggregated_validated_and_sent_with_the_next_round():
+    fleet = Fleet({0: 100, 1: 101, 2: 102}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {}, num_classes=2)
+    strategy = FedKD(weights={"w": torch.zeros(2)}, keep=None, fleet=fleet, policy=RoundPolicy(3))
+    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.to_record({"w": torch.zeros(2)}),
+                                                                        P.make_config({}), None)}  # fmt: skip
+    assert not any(P.FLEET in m.content for m in msgs.values())  # no marginal before the first round
+
+    def reply(node, p, n):
+        return Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.zeros(2)}),
+                                   P.STATS: P.to_record({"mean-prediction": torch.tensor(p)}),
+                                   P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.1})}),
+                       reply_to=msgs[node])  # fmt: skip
+
+    _, metrics = strategy.aggregate_train(
+        1, [reply(100, [0.8, 0.2], 1), reply(101, [0.4, 0.6], 3), reply(102, [0.9, 0.3], 5)]
+    )
+    # device 2's prediction sums to 1.2: rejected; (1 * 0.8 + 3 * 0.4) / 4 = 0.5 -> a balanced fleet, entropy ln 2
+    assert fleet.marginal.tolist() == pytest.approx([0.5, 0.5]) and fleet.marginal_examples == 4
+    assert float(metrics["marginal-entropy"]) == pytest.approx(math.log(2), abs=1e-6)
+    assert [r.device for r in fleet.rejections] == [2] and "sums to 1.2" in fleet.rejections[0].reason
+    nxt = list(strategy.configure_train(2, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None))
+    sent = P.from_record(P.array_record(nxt[0].content, P.FLEET))["marginal"]
+    assert sent.tolist() == pytest.approx([0.5, 0.5]) and int(nxt[0].content[P.CONFIG]["fleet-examples"]) == 4
