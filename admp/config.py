@@ -141,7 +141,8 @@ class AdmpHyper(Section):
     tau: Annotated[float, Field(gt=0)] = 4.0  # distillation temperature
     lambda_pl: Annotated[float, Field(ge=0)] = 0.3  # weight of the confident pseudo-label cross-entropy
     pl_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # teacher confidence needed for a pseudo label
-    lambda_im: Annotated[float, Field(ge=0)] = 0.0  # weight of the information-maximisation term (0: off)
+    lambda_im: Annotated[float, Field(ge=0)] = 1.0  # weight of the information-maximisation term: SHOT's
+    #   published value (Liang et al. 2020), not tuned here; 0 turns self-training off (pure KD, as before stop 7)
     im_marginal: ImMarginal = "fleet"  # IM's diversity term: the fleet's mean prediction (aggregated on the
     #   server, the device's batch weighted by its share) | device: the device's own batch (SHOT as published)
     l1_m: Annotated[float, Field(ge=0)] = 0.02  # L1 push on m, which ranks channels before the first Z-step

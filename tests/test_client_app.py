@@ -83,7 +83,7 @@ def test_train_reply_has_the_contracted_records(tmp_path, teacher_state):
     ctx = _context(0)
     reply = client.app(_message(tmp_path, teacher_state, with_teacher=True), ctx)
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    assert set(reply.content.array_records) == {P.ARRAYS, P.MASKS}
+    assert set(reply.content.array_records) == {P.ARRAYS, P.MASKS, P.STATS}  # stats: IM is on by default
     metrics = reply.content[P.METRICS]
     assert int(metrics[P.NUM_EXAMPLES]) == 14  # 20 drawn, 30 % held out for the device's test split
     assert int(metrics["teacher-attached"]) == 1
@@ -182,5 +182,6 @@ def test_devices_report_their_mean_prediction_and_use_the_fleets(tmp_path, teach
     with_prior.content[P.FLEET] = P.to_record({"marginal": torch.full((10,), 0.1)})
     second = client.app(with_prior, _context(0))
     assert not second.has_error() and P.STATS in second.content
-    plain = client.app(_message(tmp_path, teacher_state, with_teacher=False), _context(0))
-    assert P.STATS not in plain.content  # lambda_im = 0: nothing more leaves the device
+    plain = _message(tmp_path, teacher_state, with_teacher=False)
+    plain.content[P.CONFIG]["hp"] = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0).model_dump())
+    assert P.STATS not in client.app(plain, _context(0)).content  # lambda_im = 0: nothing more leaves the device

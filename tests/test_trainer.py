@@ -63,7 +63,14 @@ def test_one_admp_step_moves_m_by_the_admm_gradient_only():
     student = _lenet()
     x = torch.rand(8, 1, 28, 28)
     hp = AdmpHyper(
-        mask_lr=0.1, momentum=0.0, weight_decay=0.0, batch_size=8, lambda_pl=0.0, l1_m=0.0, adversary=False
+        mask_lr=0.1,
+        momentum=0.0,
+        weight_decay=0.0,
+        batch_size=8,
+        lambda_pl=0.0,
+        lambda_im=0.0,
+        l1_m=0.0,
+        adversary=False,
     ).model_copy(update={"lr": 0.0})  # W frozen (a config needs lr > 0)
     state = _state(student, {"conv1": [0, 3]}, rho=1.0)
     before = copy.deepcopy(student.state_dict())
@@ -84,9 +91,9 @@ def test_one_admp_step_moves_m_by_the_admm_gradient_only():
 def test_l1_push_and_clipping_of_m():
     student = _lenet()
     x = torch.rand(8, 1, 28, 28)
-    hp = AdmpHyper(mask_lr=0.1, momentum=0.0, batch_size=8, lambda_pl=0.0, l1_m=0.5, adversary=False).model_copy(
-        update={"lr": 0.0}
-    )
+    hp = AdmpHyper(
+        mask_lr=0.1, momentum=0.0, batch_size=8, lambda_pl=0.0, lambda_im=0.0, l1_m=0.5, adversary=False
+    ).model_copy(update={"lr": 0.0})
     state = _state(student, {}, rho=0.0)  # no penalty: only the L1 push, 0.1 * 0.5 per step
     admp_local_train(
         student, student.channel_groups(), state, x, _own_targets(student, x), 1, hp, torch.Generator().manual_seed(0)
