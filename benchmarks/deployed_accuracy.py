@@ -48,12 +48,9 @@ def measure(run: Path) -> dict[str, object]:
             if local:  # the device-side step, through the shipped command
                 np.savez(Path(tmp) / "local.npz", x=device.train.x.numpy())
                 model = Path(tmp) / f"device{i}.onnx"
-                assert (
-                    fedadmp(
-                        ["adapt-bn", str(run / "pruned_model.pt"), "--data", f"{tmp}/local.npz", "--out", str(model)]
-                    )
-                    == 0
-                )
+                command = ["adapt-bn", str(run / "pruned_model.pt"), "--data", f"{tmp}/local.npz", "--out", str(model)]
+                if fedadmp(command) != 0:
+                    raise RuntimeError(f"fedadmp adapt-bn failed on device {i}")
             correct["deployed"] += onnx_correct(model, device.test.x, device.test.y)
             total += len(device.test)
     summary = json.loads((run / "summary.json").read_text())["student"]

@@ -77,13 +77,9 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     """Find the devices and set up what every strategy of the run shares."""
     cfg, fed = run.cfg, run.cfg.federation
     devices = discover_devices(grid, run.task.num_devices, fed.round_timeout)
-    scenario = {
-        "seed": cfg.run.seed,
-        "data": cfg.data.model_dump(),
-        "model": cfg.model.model_dump(),
-        "arch": run.arch,
-        "num_classes": run.task.num_classes,
-    }
+    scenario = P.device_scenario(
+        cfg.run.seed, cfg.data.model_dump(), cfg.model.model_dump(), run.arch, run.task.num_classes
+    )
     base_config = {
         "scenario": scenario,
         "hp": cfg.admp.model_dump(),
@@ -136,18 +132,13 @@ def adapt_teacher(session: Session) -> None:
     )
 
 
-def admm_settings(run: RunSetup) -> AdmmSettings:
-    """The ADMM knobs of the run's hyper-parameters."""
-    return AdmmSettings.from_hyper(run.cfg.admp)
-
-
 def mask_phase(session: Session) -> Start | None:
     """Federated ADMP rounds, then the merge: m = Z and physical removal of the pruned channels."""
     run, fed = session.run, session.run.cfg.federation
     ckpt = run.checkpoint
     if ckpt is not None and ckpt.phase != "mask":
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
-    state = AdmpState.initial(admm_settings(run), group_sizes(run.teacher, run.groups))
+    state = AdmpState.initial(AdmmSettings.from_hyper(run.cfg.admp), group_sizes(run.teacher, run.groups))
     weights, first = run.teacher.state_dict(), 1
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)

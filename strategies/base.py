@@ -89,7 +89,8 @@ class Fleet:
         return p
 
     def prior_records(self) -> dict[str, Any]:
-        """What a training message carries for IM's diversity: the marginal and the samples behind it."""
+        """The ``fleet`` record a training message carries for IM's diversity (empty before the first
+        marginal); the samples behind it travel as ``fleet-examples`` in the config."""
         if self.marginal is None:
             return {}
         return {P.FLEET: P.to_record({"marginal": self.marginal})}

@@ -82,6 +82,14 @@ def metric(content: RecordDict, name: str) -> float:
     return float(value)
 
 
+def device_scenario(
+    seed: int, data: dict[str, Any], model: dict[str, Any], arch: str, num_classes: int
+) -> dict[str, Any]:
+    """The ``scenario`` a device rebuilds its data and model from (sent as JSON in every config):
+    the root seed, the ``data`` and ``model`` sections, the resolved architecture and the class count."""
+    return {"seed": seed, "data": data, "model": model, "arch": arch, "num_classes": num_classes}
+
+
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """A torch state dict (float and integer buffers as they are) as Flower's ArrayRecord."""
     return ArrayRecord({k: v.detach() for k, v in state.items()})

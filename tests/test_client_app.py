@@ -38,13 +38,8 @@ def _message(
     rho: float = 0.0,
     z=None,
 ) -> Message:
-    scenario = {
-        "seed": 0,
-        "data": DataSpec(num_devices=2, samples_per_device=20).model_dump(),
-        "model": {"arch": "lenet", "width": 0.25},
-        "arch": "lenet",
-        "num_classes": 10,
-    }
+    data = DataSpec(num_devices=2, samples_per_device=20).model_dump()
+    scenario = P.device_scenario(0, data, {"arch": "lenet", "width": 0.25}, "lenet", 10)
     student = build_model("lenet", 10, 0.25)
     sizes = group_sizes(student, student.channel_groups())
     content = RecordDict(
@@ -155,8 +150,14 @@ def test_bnstats_and_identity_handlers(tmp_path, teacher_state):
     stats = P.from_record(reply.content[P.ARRAYS])
     assert int(reply.content[P.METRICS][P.NUM_EXAMPLES]) == 14
     assert {k.split(".", 1)[0] for k in stats} == {"mean", "sq"}
-    means = [k for k in stats if k.startswith("mean.")]
-    assert means and all(bool((stats["sq." + k[5:]] >= stats[k] ** 2 - 1e-5).all()) for k in means)  # Var >= 0
+    assert set(stats) == {"mean.bn1", "sq.bn1", "mean.bn2", "sq.bn2"}  # every BatchNorm of LeNet, by name
+    student = build_model("lenet", 10, 0.25)
+    student.load_state_dict(teacher_state)
+    x = client_device.load_device(P.config_json(msg.content[P.CONFIG], "scenario"), 0).train.x
+    with torch.no_grad():
+        first = student.conv1(student.norm(x))  # the first BatchNorm's input, (14, 8, 24, 24)
+    assert torch.allclose(stats["mean.bn1"], first.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(stats["sq.bn1"], (first**2).mean(dim=(0, 2, 3)), atol=1e-5)
     ident = client.app(Message(RecordDict({}), dst_node_id=57, message_type=P.QUERY_ID), _context(7))
     assert int(ident.content[P.METRICS]["device"]) == 7
 

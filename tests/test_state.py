@@ -90,13 +90,8 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
     federated one ends round ``warmup_rounds + 1``."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     hp = AdmpHyper(batch_size=16, teacher_bn="local")
-    scenario = {
-        "seed": 3,
-        "data": DataSpec(num_devices=1, samples_per_device=40).model_dump(),
-        "model": {"arch": "lenet", "width": 0.25},
-        "arch": "lenet",
-        "num_classes": 10,
-    }
+    data = DataSpec(num_devices=1, samples_per_device=40).model_dump()
+    scenario = P.device_scenario(3, data, {"arch": "lenet", "width": 0.25}, "lenet", 10)
     torch.manual_seed(0)
     teacher = build_model("lenet", 10, 0.25).eval()
     groups = teacher.channel_groups()
