@@ -25,6 +25,7 @@ Dual = Literal["global", "per_client"]
 BnRecalibration = Literal["auto", "global", "local", "none"]
 TeacherBn = Literal["auto", "local", "fleet", "source"]
 ImMarginal = Literal["fleet", "device"]
+PseudoLabels = Literal["centroid", "teacher"]
 
 DATASETS: tuple[str, ...] = get_args(Dataset)
 ARCHS: tuple[str, ...] = get_args(Arch)

@@ -21,6 +21,7 @@ from admp.choices import (
     Dual,
     ImMarginal,
     Partition,
+    PseudoLabels,
     ShiftKind,
     ShiftsMode,
     Strategy,
@@ -139,8 +140,12 @@ class AdmpHyper(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     batch_size: Annotated[int, Field(ge=2)] = 64
     tau: Annotated[float, Field(gt=0)] = 4.0  # distillation temperature
-    lambda_pl: Annotated[float, Field(ge=0)] = 0.3  # weight of the confident pseudo-label cross-entropy
-    pl_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # teacher confidence needed for a pseudo label
+    lambda_pl: Annotated[float, Field(ge=0)] = 0.3  # weight of the pseudo-label cross-entropy: SHOT's
+    #   published value (beta = 0.3), not tuned here
+    pseudo_labels: PseudoLabels = "centroid"  # centroid: nearest class centroid of the student's features,
+    #   the centroids aggregated over the fleet each round (SHOT's self-labelling, federated) |
+    #   teacher: the teacher's argmax where its confidence >= pl_threshold (before issue 9)
+    pl_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # teacher confidence for a pseudo label (teacher)
     lambda_im: Annotated[float, Field(ge=0)] = 1.0  # weight of the information-maximisation term: SHOT's
     #   published value (Liang et al. 2020), not tuned here; 0 turns self-training off (pure KD, as before stop 7)
     im_marginal: ImMarginal = "fleet"  # IM's diversity term: the fleet's mean prediction (aggregated on the

@@ -39,12 +39,18 @@ def batches(
     x: torch.Tensor, batch_size: int, gen: torch.Generator, y: torch.Tensor | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """Shuffled mini-batches of an in-memory tensor (and labels if given); last partial batch kept."""
-    order = torch.randperm(len(x), generator=gen)
-    for start in range(0, len(x), batch_size):
-        idx = order[start : start + batch_size]
-        if len(idx) < 2:  # BatchNorm cannot train on a single sample
-            continue
+    for idx in index_batches(len(x), batch_size, gen):
         yield x[idx], (y[idx] if y is not None else None)
+
+
+def index_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled index batches over n samples (a last batch of one sample is skipped: BatchNorm
+    cannot train on it)."""
+    order = torch.randperm(n, generator=gen)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if len(idx) >= 2:
+            yield idx
 
 
 def steps_per_epoch(samples: int, batch_size: int) -> int:
@@ -97,6 +103,11 @@ def frozen_bn_stats(model: nn.Module) -> AbstractContextManager[None]:
     return bn_momentum(model, 0.0)
 
 
+def uses_centroids(hp: AdmpHyper) -> bool:
+    """Whether the pseudo-label term trains on centroid labels (the fleet shares feature sums)."""
+    return hp.lambda_pl > 0 and hp.pseudo_labels == "centroid"
+
+
 @dataclass(frozen=True)
 class FleetPrior:
     """The fleet's mean prediction (K,) from the last round, and this device's share of its samples."""
@@ -105,12 +116,31 @@ class FleetPrior:
     own_share: float
 
 
+def _pseudo_label_loss(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, hp: AdmpHyper, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """The pseudo-label cross-entropy of one batch: on the centroid labels (``labels``, (B,)) or,
+    with ``pseudo_labels: teacher``, on the teacher's confident argmax."""
+    if hp.pseudo_labels == "teacher":
+        return pseudo_label_ce(teacher_logits, student_logits, hp.pl_threshold)
+    if labels is None:
+        return student_logits.sum() * 0.0
+    return F.cross_entropy(student_logits, labels)
+
+
 def _adaptation_loss(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, hp: AdmpHyper, prior: FleetPrior | None = None
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    hp: AdmpHyper,
+    prior: FleetPrior | None = None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total KD-adaptation loss, divergence D) on one batch; IM uses the fleet's marginal if given."""
+    """(total KD-adaptation loss, divergence D) on one batch; IM uses the fleet's marginal if given,
+    the pseudo-label term the batch's centroid ``labels`` (B,) if given."""
     div = kd_divergence(teacher_logits, student_logits, hp.tau)
-    loss = div + hp.lambda_pl * pseudo_label_ce(teacher_logits, student_logits, hp.pl_threshold)
+    loss = div
+    if hp.lambda_pl > 0:
+        loss = loss + hp.lambda_pl * _pseudo_label_loss(teacher_logits, student_logits, hp, labels)
     if hp.lambda_im > 0:
         marginal, share = (prior.marginal, prior.own_share) if prior is not None else (None, 1.0)
         loss = loss + hp.lambda_im * information_maximisation(student_logits, marginal, share)
@@ -165,14 +195,15 @@ def _descent_loss(
     groups: GroupSpec,
     state: AdmpState,
     m_params: MaskDict,
-    xb: torch.Tensor,
-    t_logits: torch.Tensor,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
     hp: AdmpHyper,
     prior: FleetPrior | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss on (W, m), divergence D) of one batch under the gates m * s of ``state``."""
+    """(loss on (W, m), divergence D) of one batch (inputs, teacher logits, pseudo labels or None)
+    under the gates m * s of ``state``."""
+    xb, t_logits, labels = batch
     with gated(student, groups, m_params, state.s):
-        loss, div = _adaptation_loss(t_logits, student(xb), hp, prior)
+        loss, div = _adaptation_loss(t_logits, student(xb), hp, prior, labels)
     loss = loss + state.penalty(m_params)
     if hp.l1_m > 0:
         loss = loss + hp.l1_m * sum(v.abs().sum() for v in m_params.values())
@@ -189,6 +220,7 @@ def admp_local_train(
     hp: AdmpHyper,
     gen: torch.Generator,
     prior: FleetPrior | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Local ADMP epochs on unlabeled target data ``x``; updates the student, ``state.m`` and ``state.s``.
 
@@ -196,7 +228,8 @@ def admp_local_train(
     (W, m) for D + lambda_pl*CE_pl (+ lambda_im*IM) + state.penalty(m) + l1_m*|m|_1, with m then
     clipped to [0, 1]. Z, U and rho stay fixed (the caller steps the state). ``targets`` (N, K)
     are the teacher's logits on ``x`` (``teacher_targets``); ``prior`` makes IM's diversity the
-    fleet's (``FleetPrior``). Returns mean divergence, loss and samples seen.
+    fleet's (``FleetPrior``); ``labels`` (N,) are the centroid pseudo labels of ``x``
+    (``admp.centroids.centroid_labels``). Returns mean divergence, loss and samples seen.
     """
     student.train()
     m_params = {g: v.detach().clone().requires_grad_(True) for g, v in state.m.items()}
@@ -211,11 +244,13 @@ def admp_local_train(
     sums = {"divergence": 0.0, "loss": 0.0}
     seen = 0
     for _ in range(epochs):
-        for xb, t_logits in batches(x, hp.batch_size, gen, targets):  # xb: (B, ...), t_logits: (B, K)
+        for idx in index_batches(len(x), hp.batch_size, gen):
+            xb, t_logits = x[idx], targets[idx]  # (B, ...), (B, K)
             if hp.adversary:
                 grads = _soft_grads(student, groups, m_params, state.s, xb, t_logits, hp.tau)
                 state.s = adversary_step(state.s, grads, hp.adv_lr, hp.s_min, hp.adv_eps)
-            loss, div = _descent_loss(student, groups, state, m_params, xb, t_logits, hp, prior)
+            yb = labels[idx] if labels is not None else None
+            loss, div = _descent_loss(student, groups, state, m_params, (xb, t_logits, yb), hp, prior)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -238,18 +273,22 @@ def kd_finetune(
     gen: torch.Generator,
     lr: float,
     prior: FleetPrior | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place.
 
-    ``targets`` (N, K) are the teacher's logits on ``x``; ``prior`` as in ``admp_local_train``.
+    ``targets`` (N, K) are the teacher's logits on ``x``; ``prior`` and ``labels`` as in
+    ``admp_local_train``.
     Returns mean divergence and samples seen.
     """
     student.train()
     opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     total_div, seen = 0.0, 0
     for _ in range(epochs):
-        for xb, t_logits in batches(x, hp.batch_size, gen, targets):
-            loss, div = _adaptation_loss(t_logits, student(xb), hp, prior)
+        for idx in index_batches(len(x), hp.batch_size, gen):
+            xb, t_logits = x[idx], targets[idx]
+            yb = labels[idx] if labels is not None else None
+            loss, div = _adaptation_loss(t_logits, student(xb), hp, prior, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
+from admp.centroids import FeatureSums, centroid_labels
 from admp.config import AdmpHyper, parse_section
 from admp.deploy import adapt_bn
 from admp.masks import MaskDict, gated, group_sizes
@@ -33,6 +34,7 @@ from admp.trainer import (
     local_epochs_for,
     mean_prediction,
     teacher_targets,
+    uses_centroids,
 )
 from clients.device import (
     bn_moments,
@@ -106,20 +108,41 @@ class Job:
 
     def prior(self, msg: Message, samples: int) -> FleetPrior | None:
         """The fleet's marginal of the last round (if sent) and this device's share of its samples."""
-        if not self.shares_marginal or P.FLEET not in msg.content:
+        fleet = self.fleet(msg)
+        if not self.shares_marginal or "marginal" not in fleet:
             return None
-        marginal = P.from_record(P.array_record(msg.content, P.FLEET))["marginal"].float()  # (K,)
         total = max(config_int(self.config, "fleet-examples"), 1)
-        return FleetPrior(marginal, min(1.0, samples / total))
+        return FleetPrior(fleet["marginal"].float(), min(1.0, samples / total))  # (K,)
 
-    def stats(self, student: torch.nn.Module, x: torch.Tensor, m: MaskDict | None = None) -> dict[str, ArrayRecord]:
-        """The ``stats`` record of a training reply: the mean prediction (K,) after training, under the
-        gates ``m`` in the mask phase; empty unless the fleet's marginal is shared."""
-        if not self.shares_marginal:
-            return {}
+    @staticmethod
+    def fleet(msg: Message) -> dict[str, torch.Tensor]:
+        """The message's ``fleet`` record (the fleet's marginal and centroids), empty if not sent."""
+        return P.from_record(P.array_record(msg.content, P.FLEET)) if P.FLEET in msg.content else {}
+
+    def pseudo_labels(
+        self, msg: Message, student: torch.nn.Module, x: torch.Tensor, m: MaskDict | None = None
+    ) -> tuple[torch.Tensor | None, FeatureSums | None]:
+        """Centroid pseudo labels (N,) of ``x`` by the received global student (gated by ``m`` in the
+        mask phase) and the fleet's centroids (this data's own in the first round), with this data's
+        feature sums for the reply; (None, None) unless ``pseudo_labels: centroid``."""
+        if not uses_centroids(self.hp):
+            return None, None
+        centroids = self.fleet(msg).get("centroids")
         with gated(student, groups_of(student), m) if m else nullcontext():
-            mean = mean_prediction(student, x)
-        return {P.STATS: P.to_record({"mean-prediction": mean})}
+            return centroid_labels(student, x, centroids.float() if centroids is not None else None)
+
+    def stats(
+        self, student: torch.nn.Module, x: torch.Tensor, sums: FeatureSums | None, m: MaskDict | None = None
+    ) -> dict[str, ArrayRecord]:
+        """The ``stats`` record of a training reply: the mean prediction (K,) after training (under the
+        gates ``m`` in the mask phase) where the marginal is shared, and the feature ``sums``."""
+        arrays: dict[str, torch.Tensor] = {}
+        if self.shares_marginal:
+            with gated(student, groups_of(student), m) if m else nullcontext():
+                arrays["mean-prediction"] = mean_prediction(student, x)
+        if sums is not None:
+            arrays |= {"feature-sums": sums.sums, "feature-mass": sums.mass}
+        return {P.STATS: P.to_record(arrays)} if arrays else {}
 
     def teacher(self, msg: Message, context: Context) -> torch.nn.Module:
         """The frozen teacher, cached first thing: the server counts this device as holding it as
@@ -164,6 +187,7 @@ def train_admp(msg: Message, context: Context) -> Message:
     groups = groups_of(student)
     state = _device_state(job, msg, context, group_sizes(student, groups))
     epochs = job.local_epochs(len(x))  # local_epochs, or more for min_local_steps
+    labels, sums = job.pseudo_labels(msg, student, x, state.m)
     stats = admp_local_train(
         student,
         groups,
@@ -174,6 +198,7 @@ def train_admp(msg: Message, context: Context) -> Message:
         job.hp,
         job.generator("client"),
         job.prior(msg, len(x)),
+        labels,
     )
     reply_masks = {"m": state.m, "s": state.s}
     if str(job.config["dual"]) == "per_client":
@@ -184,7 +209,7 @@ def train_admp(msg: Message, context: Context) -> Message:
         P.MASKS: P.masks_to_record(**reply_masks),
         P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
     }
-    return Message(RecordDict(reply | job.stats(student, x, state.m)), reply_to=msg)
+    return Message(RecordDict(reply | job.stats(student, x, sums, state.m)), reply_to=msg)
 
 
 @app.train("kd")
@@ -195,6 +220,7 @@ def train_kd(msg: Message, context: Context) -> Message:
     x = load_device(job.scenario, job.device).train.x
     student = job.student(msg)
     epochs = job.local_epochs(len(x))
+    labels, sums = job.pseudo_labels(msg, student, x)
     stats = kd_finetune(
         student,
         x,
@@ -204,12 +230,13 @@ def train_kd(msg: Message, context: Context) -> Message:
         job.generator("client-kd"),
         lr=config_float(job.config, "lr"),
         prior=job.prior(msg, len(x)),
+        labels=labels,
     )
     reply: Records = {
         P.ARRAYS: P.to_record(student.state_dict()),
         P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
     }
-    return Message(RecordDict(reply | job.stats(student, x)), reply_to=msg)
+    return Message(RecordDict(reply | job.stats(student, x, sums)), reply_to=msg)
 
 
 @app.query("bnstats")

@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from admp.admm import z_step
+from admp.centroids import feature_dim
 from admp.masks import MaskDict, group_sizes, pruned_fraction, zeros_masks
 from admp.metrics import accuracy
 from admp.models import example_input
@@ -24,13 +25,14 @@ from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
-from admp.trainer import batchnorms
+from admp.trainer import batchnorms, uses_centroids
 from server.fleet import discover_devices, recalibrate_from_clients
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.selftraining import SharedStats
 
 
 @dataclass
@@ -51,9 +53,8 @@ class Session:
         then False when the run is to pause."""
 
         def on_round(rnd: int, weights: Weights) -> bool:
-            marginal = self.fleet.marginal
-            shared = {"marginal": marginal, "examples": self.fleet.marginal_examples} if marginal is not None else {}
-            self.run.save_checkpoint(phase, rnd, weights, fleet_marginal=shared, **extra())
+            stats = self.fleet.shared.state_dict()
+            self.run.save_checkpoint(phase, rnd, weights, fleet_stats=stats, **extra())
             return not self.run.stop_requested(rnd)
 
         return on_round
@@ -86,12 +87,14 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "teacher_store": str(run.run_dir.file("device_store")),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
     }
-    shares_marginal = cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet"
-    fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config)
-    fleet.num_classes = run.task.num_classes if shares_marginal else 0  # the fleet's marginal for IM
-    if run.checkpoint is not None and run.checkpoint.fleet_marginal:
-        fleet.marginal = run.checkpoint.fleet_marginal["marginal"]
-        fleet.marginal_examples = int(run.checkpoint.fleet_marginal["examples"])
+    shared = SharedStats(
+        run.task.num_classes,
+        marginal_on=cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet",
+        centroids_on=uses_centroids(cfg.admp),
+    )
+    if run.checkpoint is not None:
+        shared.load_state_dict(run.checkpoint.fleet_stats)
+    fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config, shared=shared)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every)
     run.console.print(
@@ -139,6 +142,7 @@ def mask_phase(session: Session) -> Start | None:
     if ckpt is not None and ckpt.phase != "mask":
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     state = AdmpState.initial(AdmmSettings.from_hyper(run.cfg.admp), group_sizes(run.teacher, run.groups))
+    session.fleet.shared.start_phase(feature_dim(run.teacher))
     weights, first = run.teacher.state_dict(), 1
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)
@@ -200,6 +204,7 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     rounds = fed.finetune_rounds if fedadmp else fed.mask_rounds + fed.finetune_rounds
     lr = cfg.admp.finetune_lr if fedadmp else cfg.admp.lr
     strategy = session.kd_strategy(start.weights, start.keep, fed.local_epochs, lr)
+    session.fleet.shared.start_phase(feature_dim(run.model(start.keep)))
     offset, first = start.mask_rounds_done, start.mask_rounds_done + 1
     if run.checkpoint is not None and run.checkpoint.phase == "kd":
         first = run.checkpoint.round + 1

@@ -10,13 +10,15 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from admp.config import ScenarioConfig
+from admp.centroids import centroid_labels
+from admp.config import AdmpHyper, ScenarioConfig
 from admp.data.sources import Split
 from admp.data.tasks import Device
 from admp.masks import MaskDict, gated, group_sizes, pruned_fraction
@@ -25,7 +27,14 @@ from admp.models import GroupSpec, example_input
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
-from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
+from admp.trainer import (
+    admp_local_train,
+    kd_finetune,
+    per_device_bn_accuracy,
+    recalibrate_bn,
+    teacher_targets,
+    uses_centroids,
+)
 from server.setup import RunSetup
 from server.summary import INFERENCE, write_summary
 
@@ -68,6 +77,18 @@ def kd_teacher_and_targets(
     return kd_teacher, torch.cat([teacher_targets(kd_teacher, d.train.x, mode) for d in devices])
 
 
+def pooled_labels(
+    student: nn.Module, x: torch.Tensor, hp: AdmpHyper, masks: tuple[GroupSpec, MaskDict] | None = None
+) -> torch.Tensor | None:
+    """Centroid pseudo labels (N,) of the pooled data for one epoch, under the gates ``masks``
+    (the centroids of the whole data: what a fleet's aggregated sums give); None when unused."""
+    if not uses_centroids(hp):
+        return None
+    with gated(student, *masks) if masks is not None else nullcontext():
+        labels, _ = centroid_labels(student, x)
+    return labels
+
+
 def mask_phase(
     run: RunSetup,
     student: nn.Module,
@@ -82,7 +103,8 @@ def mask_phase(
     gen = torch_generator(cfg.run.seed, "admp")
     for epoch in range(cfg.schedule.mask_epochs):
         start = time.perf_counter()
-        stats = admp_local_train(student, groups, state, train_x, targets, 1, hp, gen)
+        labels = pooled_labels(student, train_x, hp, (groups, state.m))
+        stats = admp_local_train(student, groups, state, train_x, targets, 1, hp, gen, labels=labels)
         if is_admm_epoch(cfg, epoch):
             state.admm_step()
         row = {
@@ -120,7 +142,8 @@ def finetune_phase(
     for epoch in range(sched.finetune_epochs):
         start = time.perf_counter()
         lr = cosine_lr(run.cfg.admp.finetune_lr, epoch, sched.finetune_epochs)
-        stats = kd_finetune(pruned, train_x, targets, 1, run.cfg.admp, gen, lr=lr)
+        labels = pooled_labels(pruned, train_x, run.cfg.admp)
+        stats = kd_finetune(pruned, train_x, targets, 1, run.cfg.admp, gen, lr=lr, labels=labels)
         acc = accuracy(pruned, *test)
         run.run_dir.log_metrics(
             {

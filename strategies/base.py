@@ -8,21 +8,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from admp.seeding import numpy_rng
 from strategies import protocol as P
-from strategies.aggregation import (
-    ReplyError,
-    check_arrays,
-    check_examples,
-    check_percent,
-    check_range,
-    weighted_average,
-)
+from strategies.aggregation import ReplyError, check_examples, check_percent
+from strategies.selftraining import DeviceStats, SharedStats
 
 log = logging.getLogger("fedadmp.strategy")
 Parsed = TypeVar("Parsed")
@@ -66,34 +59,7 @@ class Fleet:
     delivery: Delivery
     base_config: dict[str, Any]  # sent with every message (scenario, hyper-parameters)
     rejections: list[Rejection] = field(default_factory=list)
-    num_classes: int = 0  # K: the shape of the fleet's marginal; 0 = the marginal is not shared
-    marginal: torch.Tensor | None = None  # (K,) the fleet's mean prediction, from the last training round
-    marginal_examples: int = 0  # the samples that marginal averages over
-
-    def update_marginal(self, items: list[tuple[torch.Tensor, int]]) -> None:
-        """The example-weighted mean of the devices' mean predictions becomes the fleet's marginal."""
-        if self.num_classes and items:
-            self.marginal = weighted_average([({"p": p}, n) for p, n in items])["p"]
-            self.marginal_examples = sum(n for _, n in items)
-
-    def parse_mean_prediction(self, content: RecordDict) -> torch.Tensor | None:
-        """A reply's mean prediction (K,), validated: finite, in [0, 1], summing to 1; None when not shared."""
-        if not self.num_classes:
-            return None
-        stats = P.from_record(P.array_record(content, P.STATS))
-        check_arrays(stats, {"mean-prediction": (self.num_classes,)}, "stats")
-        p = stats["mean-prediction"].float()
-        check_range({"mean-prediction": p}, 0.0, 1.0, "stats")
-        if abs(float(p.sum()) - 1.0) > 1e-3:
-            raise ReplyError(f"stats.mean-prediction: sums to {float(p.sum()):.4g}, not 1")
-        return p
-
-    def prior_records(self) -> dict[str, Any]:
-        """The ``fleet`` record a training message carries for IM's diversity (empty before the first
-        marginal); the samples behind it travel as ``fleet-examples`` in the config."""
-        if self.marginal is None:
-            return {}
-        return {P.FLEET: P.to_record({"marginal": self.marginal})}
+    shared: SharedStats = field(default_factory=SharedStats)  # the fleet's self-training aggregates
 
 
 @dataclass(frozen=True)
@@ -138,9 +104,9 @@ class FleetStrategy(Strategy):
     ) -> list[Message]:
         """One message per device with the records, the merged config and (once) the teacher."""
         delivery = self.fleet.delivery
-        prior = self.fleet.prior_records() if with_teacher else {}  # training messages carry the marginal
+        prior = self.fleet.shared.records() if with_teacher else {}  # training messages carry the aggregates
         if prior:
-            config = config | {"fleet-examples": self.fleet.marginal_examples}
+            config = config | self.fleet.shared.config()
         out = []
         for device in device_ids:
             content = RecordDict(dict(records) | prior)
@@ -231,14 +197,10 @@ class FleetStrategy(Strategy):
             metrics[key] = sum(acc[key] * n for acc, n in results) / total
         return MetricRecord(metrics)
 
-    def share_marginal(self, items: Sequence[tuple[torch.Tensor | None, int]]) -> dict[str, MetricRecordValues]:
-        """Make the replies' (mean prediction, n) the fleet's marginal; its entropy (nats) is a
-        label-free class-balance signal, logged per round."""
-        self.fleet.update_marginal([(p, n) for p, n in items if p is not None])
-        if self.fleet.marginal is None:
-            return {}
-        p = self.fleet.marginal
-        return {"marginal-entropy": float(-(p * torch.log(p + 1e-8)).sum())}
+    def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
+        """Make the replies' (stats, n) the fleet's aggregates for the next round; returns the
+        label-free signals logged per round (``SharedStats.update``)."""
+        return self.fleet.shared.update(list(items))
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's Strategy interface)."""

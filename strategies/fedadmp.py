@@ -14,6 +14,7 @@ from admp.state import AdmpState
 from strategies import protocol as P
 from strategies.aggregation import check_arrays, check_examples, check_range, weighted_average
 from strategies.base import Fleet, FleetStrategy, RoundPolicy, log
+from strategies.selftraining import DeviceStats
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -25,7 +26,7 @@ class KdReply:
     weights: TensorDict
     n: int  # num-examples
     divergence: float
-    mean_prediction: torch.Tensor | None  # (K,) when the fleet's marginal is shared
+    stats: DeviceStats  # the mean prediction and feature sums, where the fleet shares them
 
 
 @dataclass
@@ -141,8 +142,8 @@ class FedADMP(FleetStrategy):
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
         n = check_examples(P.metric(content, P.NUM_EXAMPLES))
-        mean_prediction = self.fleet.parse_mean_prediction(content)
-        return AdmpReply(weights, n, P.metric(content, "divergence"), mean_prediction, m, s, u)
+        stats = self.fleet.shared.parse(content, n)
+        return AdmpReply(weights, n, P.metric(content, "divergence"), stats, m, s, u)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -152,7 +153,7 @@ class FedADMP(FleetStrategy):
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
         weights, metrics = fedavg(parsed)
-        metrics |= self.share_marginal([(r.mean_prediction, r.n) for r in parsed])
+        metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
         self.state.m = weighted_average([(r.m, r.n) for r in parsed])
         self.state.s = weighted_average([(r.s, r.n) for r in parsed])
         if server_round > self.warmup_rounds:
@@ -213,7 +214,7 @@ class FedKD(FleetStrategy):
         weights = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(weights, self.weight_shapes, "arrays")
         n = check_examples(P.metric(content, P.NUM_EXAMPLES))
-        return KdReply(weights, n, P.metric(content, "divergence"), self.fleet.parse_mean_prediction(content))
+        return KdReply(weights, n, P.metric(content, "divergence"), self.fleet.shared.parse(content, n))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -223,5 +224,5 @@ class FedKD(FleetStrategy):
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed)})
         weights, metrics = fedavg(parsed)
-        metrics |= self.share_marginal([(r.mean_prediction, r.n) for r in parsed])
+        metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
         return P.to_record(weights), MetricRecord(metrics)

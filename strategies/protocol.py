@@ -34,8 +34,10 @@ from flwr.common.constant import ErrorCode
 from admp.masks import MaskDict
 
 ARRAYS, MASKS, TEACHER, CONFIG, METRICS = "arrays", "masks", "teacher", "config", "metrics"
-FLEET = "fleet"  # server -> device: {"marginal": (K,)} the fleet's mean prediction (with lambda_im, im_marginal fleet)
-STATS = "stats"  # device -> server: {"mean-prediction": (K,)} its mean softmax after training (same condition)
+# self-training aggregates (strategies.selftraining): the fleet's mean prediction with lambda_im and
+# im_marginal fleet; class centroids of the student's features with pseudo_labels centroid
+FLEET = "fleet"  # server -> device: {"marginal": (K,), "centroids": (K, D+1)}, each once it exists
+STATS = "stats"  # device -> server: {"mean-prediction": (K,), "feature-sums": (K, D+1), "feature-mass": (K,)}
 NUM_EXAMPLES, SERVER_ROUND = "num-examples", "server-round"
 
 # message types: Flower routes "<category>.<action>" to @app.<category>("<action>")

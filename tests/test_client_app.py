@@ -184,5 +184,23 @@ def test_devices_report_their_mean_prediction_and_use_the_fleets(tmp_path, teach
     second = client.app(with_prior, _context(0))
     assert not second.has_error() and P.STATS in second.content
     plain = _message(tmp_path, teacher_state, with_teacher=False)
-    plain.content[P.CONFIG]["hp"] = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0).model_dump())
-    assert P.STATS not in client.app(plain, _context(0)).content  # lambda_im = 0: nothing more leaves the device
+    plain.content[P.CONFIG]["hp"] = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0, lambda_pl=0.0).model_dump())
+    assert P.STATS not in client.app(plain, _context(0)).content  # no IM, no pseudo labels: nothing more leaves
+
+
+def test_devices_report_feature_sums_and_label_by_the_fleets_centroids(tmp_path, teacher_state):
+    """With centroid pseudo labels a reply carries per-class feature sums (K, 128 + 1) whose masses add
+    up to the device's 14 samples; fleet centroids of the wrong feature length fail the reply."""
+    msg = _message(tmp_path, teacher_state, with_teacher=True)
+    hp = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0, pseudo_labels="centroid").model_dump())
+    msg.content[P.CONFIG]["hp"] = hp
+    stats = P.from_record(client.app(msg, _context(0)).content[P.STATS])
+    assert set(stats) == {"feature-sums", "feature-mass"} and stats["feature-sums"].shape == (10, 129)
+    assert float(stats["feature-mass"].sum()) == pytest.approx(14.0, abs=1e-4)
+    assert bool((stats["feature-sums"].norm(dim=1) <= stats["feature-mass"] + 1e-5).all())
+    for width, ok in ((129, True), (65, False)):
+        nxt = _message(tmp_path, teacher_state, with_teacher=False)
+        nxt.content[P.CONFIG]["hp"] = hp
+        nxt.content[P.FLEET] = P.to_record({"centroids": torch.eye(10, width)})
+        reply = client.app(nxt, _context(0))
+        assert reply.has_error() != ok and (ok or "65 feature dims, the model 129" in reply.error.reason)

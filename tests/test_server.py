@@ -142,15 +142,20 @@ def test_cli_resume_reloads_the_run_config_without_the_pause(tmp_path, monkeypat
     assert where == str(tmp_path) and resumed.federation.stop_after_round == 0 and resumed.admp.prune_ratio == 0.5
 
 
-def test_fleet_marginal_with_im_is_logged_checkpointed_and_resumed(tmp_path):
-    """With IM on, every training round logs the fleet marginal's entropy, the checkpoint holds the
-    marginal, and a run paused after round 2 resumes to the same model."""
+def test_fleet_aggregates_are_logged_checkpointed_and_resumed(tmp_path):
+    """With IM and centroid pseudo labels on, every training round logs the fleet marginal's entropy
+    and how many classes have a centroid, the checkpoint holds the marginal and the feature sums
+    (LeNet's 128 hidden units + 1), and a run paused after round 2 resumes to the same model."""
     full = _run(tmp_path / "a", "admp.lambda_im=1")
     rows = [r for r in _rows(full) if r["phase"] in ("mask", "finetune")]
     assert all(0 < r["marginal_entropy"] <= math.log(10) + 1e-6 for r in rows)
+    assert all(1 <= r["centroid_classes"] <= 10 for r in rows)
     paused = _run(tmp_path / "b", "admp.lambda_im=1", "federation.stop_after_round=2")
-    marginal = torch.load(paused / "checkpoint.pt", weights_only=True)["fleet_marginal"]
-    assert marginal["marginal"].shape == (10,) and marginal["examples"] > 0
+    shared = torch.load(paused / "checkpoint.pt", weights_only=True)["fleet_stats"]
+    assert shared["marginal"].shape == (10,) and shared["examples"] > 0
+    assert shared["feature-sums"].shape == (10, 129) and float(shared["feature-mass"].sum()) == pytest.approx(
+        shared["examples"], rel=1e-4
+    )
     run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}",
                                                           "admp.lambda_im=1"]), str(paused))  # fmt: skip
     a = torch.load(full / "checkpoint.pt", weights_only=True)["student"]

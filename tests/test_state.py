@@ -7,8 +7,9 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from admp.centroids import centroid_labels, feature_dim
 from admp.config import AdmpHyper, DataSpec
-from admp.masks import group_sizes
+from admp.masks import gated, group_sizes
 from admp.models import build_model
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
@@ -19,6 +20,7 @@ from clients.device import load_device
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP
+from strategies.selftraining import SharedStats
 
 
 def _state(p: float = 0.5, rho0: float = 0.1, ramp: int = 0) -> AdmpState:
@@ -83,13 +85,14 @@ def test_penalty_by_hand_and_state_dict_round_trip():
 
 def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
     """Three FedADMP rounds (strategy + the real ClientApp, one device) equal the centralized run's loop
-    (``admp_local_train`` then ``AdmpState.admm_step``) on the same data, batches and schedule.
+    (``admp_local_train`` then ``AdmpState.admm_step``) on the same data, batches and schedule, with
+    centroid pseudo labels: the fleet's aggregated centroids of one device are that device's own.
 
     What the two runs still differ in is outside the state: the centralized run draws its batches
     from one generator for all epochs, and its first Z-step ends epoch ``warmup_epochs`` where the
     federated one ends round ``warmup_rounds + 1``."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    hp = AdmpHyper(batch_size=16, teacher_bn="local")
+    hp = AdmpHyper(batch_size=16, teacher_bn="local", lambda_im=0.0)  # centroid pseudo labels, no marginal
     data = DataSpec(num_devices=1, samples_per_device=40).model_dump()
     scenario = P.device_scenario(3, data, {"arch": "lenet", "width": 0.25}, "lenet", 10)
     torch.manual_seed(0)
@@ -102,6 +105,7 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
         3,
         Delivery(P.to_record(teacher.state_dict()), state_hash(teacher.state_dict())),
         {"scenario": scenario, "hp": hp.model_dump(), "teacher_store": str(tmp_path)},
+        shared=SharedStats(10, centroids_on=True, feature_dim=feature_dim(teacher)),
     )
     strategy = FedADMP(
         weights=teacher.state_dict(),
@@ -118,14 +122,20 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
     x = load_device(scenario, 0).train.x
     targets = teacher_targets(teacher, x, "local")
     student, central = copy.deepcopy(teacher), AdmpState.initial(settings, sizes)
+    centroids = None  # the centroid pseudo labels: the device's own in round 1, then the last round's
     for rnd in (1, 2, 3):
         (msg,) = strategy.configure_train(rnd, P.to_record(weights), ConfigRecord(), None)
         arrays, _ = strategy.aggregate_train(rnd, [client.app(msg, context)])
         weights = P.from_record(arrays)
-        admp_local_train(student, groups, central, x, targets, 1, hp, torch_generator(3, "client", 0, rnd))
+        with gated(student, groups, central.m):
+            labels, sums = centroid_labels(student, x, centroids)
+        centroids = sums.centroids()
+        gen = torch_generator(3, "client", 0, rnd)
+        admp_local_train(student, groups, central, x, targets, 1, hp, gen, labels=labels)
         if rnd > 1:  # after the warm-up round
             central.admm_step()
     fed = strategy.state
+    assert torch.allclose(fleet.shared.sums.centroids(), centroids, atol=1e-6)
     assert fed.z_steps == central.z_steps == 2 and fed.rho == central.rho
     for name in ("m", "s", "z", "u"):
         for g in sizes:

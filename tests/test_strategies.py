@@ -12,6 +12,7 @@ from strategies import protocol as P
 from strategies.aggregation import ReplyError, bn_statistics, check_arrays, check_range, weighted_average
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.selftraining import SharedStats
 
 
 @pytest.fixture(autouse=True)
@@ -253,7 +254,8 @@ def test_prune_ramp_prunes_part_of_the_share_at_the_first_z_step():
 
 
 def test_fleet_marginal_is_aggregated_validated_and_sent_with_the_next_round():
-    fleet = Fleet({0: 100, 1: 101, 2: 102}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {}, num_classes=2)
+    fleet = Fleet({0: 100, 1: 101, 2: 102}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {},
+                  shared=SharedStats(2, marginal_on=True))  # fmt: skip
     strategy = FedKD(weights={"w": torch.zeros(2)}, keep=None, fleet=fleet, policy=RoundPolicy(3))
     msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.to_record({"w": torch.zeros(2)}),
                                                                         P.make_config({}), None)}  # fmt: skip
@@ -269,9 +271,50 @@ def test_fleet_marginal_is_aggregated_validated_and_sent_with_the_next_round():
         1, [reply(100, [0.8, 0.2], 1), reply(101, [0.4, 0.6], 3), reply(102, [0.9, 0.3], 5)]
     )
     # device 2's prediction sums to 1.2: rejected; (1 * 0.8 + 3 * 0.4) / 4 = 0.5 -> a balanced fleet, entropy ln 2
-    assert fleet.marginal.tolist() == pytest.approx([0.5, 0.5]) and fleet.marginal_examples == 4
+    assert fleet.shared.marginal.tolist() == pytest.approx([0.5, 0.5]) and fleet.shared.marginal_examples == 4
     assert float(metrics["marginal-entropy"]) == pytest.approx(math.log(2), abs=1e-6)
     assert [r.device for r in fleet.rejections] == [2] and "sums to 1.2" in fleet.rejections[0].reason
     nxt = list(strategy.configure_train(2, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None))
     sent = P.from_record(P.array_record(nxt[0].content, P.FLEET))["marginal"]
     assert sent.tolist() == pytest.approx([0.5, 0.5]) and int(nxt[0].content[P.CONFIG]["fleet-examples"]) == 4
+
+
+def test_fleet_centroids_are_the_pooled_centroids_validated_and_sent_with_the_next_round():
+    """Two devices' feature sums add up to the fleet's centroids, row by row over the summed masses;
+    a class sum longer than its mass, or masses that do not add up to num-examples, are rejected."""
+    fleet = Fleet({0: 100, 1: 101, 2: 102, 3: 103}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {},
+                  shared=SharedStats(2, centroids_on=True, feature_dim=2))  # fmt: skip
+    strategy = FedKD(weights={"w": torch.zeros(2)}, keep=None, fleet=fleet, policy=RoundPolicy(4))
+    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, P.to_record({"w": torch.zeros(2)}),
+                                                                        P.make_config({}), None)}  # fmt: skip
+    assert not any(P.FLEET in m.content for m in msgs.values())  # no centroids before the first round
+
+    def reply(node, sums, mass, n):
+        stats = {"feature-sums": torch.tensor(sums), "feature-mass": torch.tensor(mass)}
+        return Message(RecordDict({P.ARRAYS: P.to_record({"w": torch.zeros(2)}), P.STATS: P.to_record(stats),
+                                   P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.1})}),
+                       reply_to=msgs[node])  # fmt: skip
+
+    _, metrics = strategy.aggregate_train(
+        1,
+        [
+            reply(100, [[0.6, 0.0], [0.0, 0.0]], [1.0, 0.0], 1),  # class 0 only
+            reply(101, [[0.2, 0.0], [0.0, 1.6]], [1.0, 2.0], 3),
+            reply(102, [[3.0, 0.0], [0.0, 0.0]], [1.0, 0.0], 1),  # |S_0| = 3 > M_0 = 1: rejected
+            reply(103, [[0.5, 0.0], [0.0, 0.5]], [1.0, 1.0], 5),  # masses add up to 2, not 5: rejected
+        ],
+    )
+    # class 0: (0.6 + 0.2) / (1 + 1) = 0.4; class 1: 1.6 / 2 = 0.8
+    assert torch.allclose(fleet.shared.sums.centroids(), torch.tensor([[0.4, 0.0], [0.0, 0.8]]), atol=1e-6)
+    assert int(metrics["centroid-classes"]) == 2
+    assert [r.device for r in fleet.rejections] == [2, 3]
+    assert "longer than its mass" in fleet.rejections[0].reason and "not num-examples 5" in fleet.rejections[1].reason
+    nxt = list(strategy.configure_train(2, P.to_record({"w": torch.zeros(2)}), P.make_config({}), None))
+    sent = P.from_record(P.array_record(nxt[0].content, P.FLEET))
+    assert set(sent) == {"centroids"} and torch.allclose(
+        sent["centroids"], torch.tensor([[0.4, 0.0], [0.0, 0.8]]), atol=1e-6
+    )
+    fleet.shared.start_phase(2)  # same feature length (LeNet's pruned student): the centroids stay
+    assert fleet.shared.sums is not None
+    fleet.shared.start_phase(5)  # a pruned student with other features: they go, devices use their own
+    assert fleet.shared.sums is None and fleet.shared.records() == {}

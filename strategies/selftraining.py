@@ -1,0 +1,146 @@
+"""What the fleet aggregates for federated self-training: the mean prediction and the class centroids.
+
+Each training reply may carry a ``stats`` record: the device's mean softmax (K,) after training,
+for IM's diversity term (``admp.lambda_im`` with ``im_marginal: fleet``), and the per-class soft
+sums of its normalised features (K, D+1) with their masses (K,), for the centroid pseudo labels
+(``admp.pseudo_labels: centroid``). The server validates them like any reply, adds them up and
+sends the fleet's marginal and centroids back with the next training round (the ``fleet``
+record). Both are aggregates over a device's whole data: no sample, feature or label leaves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, MetricRecordValues, RecordDict
+
+from admp.centroids import FeatureSums, add_sums
+from strategies import protocol as P
+from strategies.aggregation import ReplyError, check_arrays, check_range, weighted_average
+
+
+@dataclass
+class DeviceStats:
+    """One reply's validated ``stats``: the mean prediction (K,) and the feature sums, where shared."""
+
+    mean_prediction: torch.Tensor | None = None
+    sums: FeatureSums | None = None
+
+
+def _check_mass(mass: torch.Tensor, n: int) -> None:
+    """Soft masses are >= 0 and add up to the device's example count (each softmax sums to 1)."""
+    if float(mass.min()) < -1e-6:
+        raise ReplyError("stats.feature-mass: negative values")
+    if abs(float(mass.sum()) - n) > 1e-3 * max(n, 1):
+        raise ReplyError(f"stats.feature-mass: sums to {float(mass.sum()):.6g}, not num-examples {n}")
+
+
+def _check_sums(sums: torch.Tensor, mass: torch.Tensor) -> None:
+    """|S_k| <= M_k: a soft sum of unit-length features is no longer than its mass."""
+    excess = sums.norm(dim=1) - mass * (1 + 1e-4) - 1e-5
+    if float(excess.max()) > 0:
+        raise ReplyError("stats.feature-sums: a class sum is longer than its mass (features are unit length)")
+
+
+@dataclass
+class SharedStats:
+    """The fleet's self-training aggregates, what a reply must carry for them, and their checkpoint.
+
+    ``marginal_on`` / ``centroids_on`` say what the run shares; ``feature_dim`` is D+1 of the
+    current phase's student (it changes when the pruned student replaces the dense one).
+    """
+
+    num_classes: int = 0
+    marginal_on: bool = False
+    centroids_on: bool = False
+    feature_dim: int = 0
+    marginal: torch.Tensor | None = None  # (K,) the fleet's mean prediction of the last round
+    marginal_examples: int = 0  # the samples that marginal averages over
+    sums: FeatureSums | None = None  # the fleet's feature sums and masses of the last round
+
+    @property
+    def active(self) -> bool:
+        """Whether training replies carry a ``stats`` record."""
+        return self.marginal_on or self.centroids_on
+
+    def start_phase(self, feature_dim: int) -> None:
+        """A phase's student has features of length ``feature_dim``; centroids of another length go."""
+        if self.sums is not None and self.sums.sums.shape[1] != feature_dim:
+            self.sums = None
+        self.feature_dim = feature_dim
+
+    def parse(self, content: RecordDict, n: int) -> DeviceStats:
+        """A reply's ``stats``, validated (shapes, finite, probabilities, masses); empty when not shared."""
+        if not self.active:
+            return DeviceStats()
+        stats = P.from_record(P.array_record(content, P.STATS))
+        k, d = self.num_classes, self.feature_dim
+        expected: dict[str, tuple[int, ...]] = {}
+        if self.marginal_on:
+            expected["mean-prediction"] = (k,)
+        if self.centroids_on:
+            expected |= {"feature-sums": (k, d), "feature-mass": (k,)}
+        check_arrays(stats, expected, "stats")
+        out = DeviceStats()
+        if self.marginal_on:
+            p = stats["mean-prediction"].float()
+            check_range({"mean-prediction": p}, 0.0, 1.0, "stats")
+            if abs(float(p.sum()) - 1.0) > 1e-3:
+                raise ReplyError(f"stats.mean-prediction: sums to {float(p.sum()):.4g}, not 1")
+            out.mean_prediction = p
+        if self.centroids_on:
+            sums, mass = stats["feature-sums"].float(), stats["feature-mass"].float()
+            _check_mass(mass, n)
+            _check_sums(sums, mass)
+            out.sums = FeatureSums(sums, mass)
+        return out
+
+    def update(self, items: list[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
+        """The round's replies (stats, n) become the fleet's aggregates; returns label-free signals:
+        the marginal's entropy (nats, class balance) and how many classes have a centroid."""
+        marginals = [(s.mean_prediction, n) for s, n in items if s.mean_prediction is not None]
+        if marginals:
+            self.marginal = weighted_average([({"p": p}, n) for p, n in marginals])["p"]
+            self.marginal_examples = sum(n for _, n in marginals)
+        parts = [s.sums for s, _ in items if s.sums is not None]
+        if parts:
+            self.sums = add_sums(parts)
+        metrics: dict[str, MetricRecordValues] = {}
+        if self.marginal is not None:
+            p = self.marginal
+            metrics["marginal-entropy"] = float(-(p * torch.log(p + 1e-8)).sum())
+        if self.sums is not None:
+            metrics["centroid-classes"] = int((self.sums.centroids().abs().sum(dim=1) > 0).sum())
+        return metrics
+
+    def records(self) -> dict[str, ArrayRecord]:
+        """The ``fleet`` record of a training message: {"marginal": (K,), "centroids": (K, D+1)},
+        each once it exists."""
+        arrays: dict[str, torch.Tensor] = {}
+        if self.marginal_on and self.marginal is not None:
+            arrays["marginal"] = self.marginal
+        if self.centroids_on and self.sums is not None:
+            arrays["centroids"] = self.sums.centroids()
+        return {P.FLEET: P.to_record(arrays)} if arrays else {}
+
+    def config(self) -> dict[str, int]:
+        """The config entry that goes with the marginal: the samples behind it."""
+        return {"fleet-examples": self.marginal_examples} if self.marginal is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The aggregates, for the run's checkpoint."""
+        state: dict[str, Any] = {}
+        if self.marginal is not None:
+            state |= {"marginal": self.marginal, "examples": self.marginal_examples}
+        if self.sums is not None:
+            state |= {"feature-sums": self.sums.sums, "feature-mass": self.sums.mass}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the aggregates of a checkpoint (``state_dict``'s keys, each optional)."""
+        if "marginal" in state:
+            self.marginal, self.marginal_examples = state["marginal"], int(state["examples"])
+        if "feature-sums" in state:
+            self.sums = FeatureSums(state["feature-sums"], state["feature-mass"])
