@@ -26,6 +26,7 @@ BnRecalibration = Literal["auto", "global", "local", "none"]
 TeacherBn = Literal["auto", "local", "fleet", "source"]
 ImMarginal = Literal["fleet", "device"]
 PseudoLabels = Literal["centroid", "teacher"]
+ScheduleBudget = Literal["epochs", "federation"]
 
 DATASETS: tuple[str, ...] = get_args(Dataset)
 ARCHS: tuple[str, ...] = get_args(Arch)

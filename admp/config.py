@@ -22,6 +22,7 @@ from admp.choices import (
     ImMarginal,
     Partition,
     PseudoLabels,
+    ScheduleBudget,
     ShiftKind,
     ShiftsMode,
     Strategy,
@@ -171,6 +172,9 @@ class AdmpHyper(Section):
 class ScheduleSpec(Section):
     """Centralized ADMP phases, counted in epochs over the pooled target data."""
 
+    budget: ScheduleBudget = "epochs"  # epochs: the counts below | federation: derived from the federation
+    #   section, so that the centralized run trains on as many samples as a federated run does (the
+    #   sampled share of the fleet times each device's local epochs, min_local_steps included, per round)
     warmup_epochs: Annotated[int, Field(ge=0)] = 3  # the first Z-step ends epoch warmup_epochs (rho = 0 before it)
     mask_epochs: Annotated[int, Field(ge=1)] = 15  # total epochs of the mask phase (warm-up included)
     admm_every: Annotated[int, Field(ge=1)] = 2  # epochs between Z/U steps after the warm-up

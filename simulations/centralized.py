@@ -18,7 +18,7 @@ from rich.console import Console
 from torch import nn
 
 from admp.centroids import centroid_labels
-from admp.config import AdmpHyper, ScenarioConfig
+from admp.config import AdmpHyper, ScenarioConfig, to_yaml
 from admp.data.sources import Split
 from admp.data.tasks import Device
 from admp.masks import MaskDict, gated, group_sizes, pruned_fraction
@@ -37,6 +37,7 @@ from admp.trainer import (
 )
 from server.setup import RunSetup
 from server.summary import INFERENCE, write_summary
+from simulations.budget import matched_schedule
 
 
 def masked_accuracy(
@@ -170,6 +171,14 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
         f"devices={task.num_devices} p={hp.prune_ratio} -> {run.run_dir.path}"
     )
     devices = [task.device(i) for i in range(task.num_devices)]
+    if cfg.schedule.budget == "federation":  # the resolved schedule goes into the run's config
+        cfg.schedule = matched_schedule(cfg, [len(d.train) for d in devices])
+        run.run_dir.write_text("config.yaml", to_yaml(cfg))
+        s = cfg.schedule
+        run.console.print(
+            f"schedule of the federation's budget: {s.mask_epochs} mask epochs (warm-up {s.warmup_epochs}, "
+            f"Z-step every {s.admm_every}), {s.finetune_epochs} fine-tune epochs"
+        )
     train, test_split = task.pooled(devices)  # train.y is never used for training
     test = (test_split.x, test_split.y)
     teacher_acc = accuracy(run.teacher, *test)

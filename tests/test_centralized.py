@@ -8,10 +8,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from admp.config import load_config
+from admp.config import config_from_overrides, load_config
 from admp.data.tasks import build_task
 from admp.metrics import accuracy
 from admp.teacher import initial_model
+from simulations.budget import epochs_per_round, matched_schedule
 from simulations.centralized import run_centralized
 from simulations.cli import DEFAULT_CENTRALIZED
 
@@ -62,3 +63,24 @@ def test_reported_accuracies_are_the_saved_models(summary):
     assert summary["student"]["target_acc"] == pytest.approx(onnx_acc, abs=1e-4)
     for name in ("config.yaml", "metrics.csv", "summary.json", "training.png", "pruned_model.ts", "student_masked.pt"):
         assert (run / name).is_file(), name
+
+
+def test_the_federations_budget_gives_the_centralized_schedule():
+    """Devices of 100 and 300 samples in batches of 64 take 2 and 5 steps an epoch, so
+    min_local_steps = 20 makes them train 10 and 4 epochs: 100*10 + 300*4 = 2,200 samples, 5.5
+    passes over the 400 pooled ones; one device of two per round gives E = 2.75 epochs per round."""
+    cfg = config_from_overrides(
+        [
+            "admp.batch_size=64",
+            "federation.clients_per_round=1",
+            "federation.local_epochs=1",
+            "federation.min_local_steps=20",
+            "federation.mask_rounds=8",
+            "federation.warmup_rounds=3",
+            "federation.finetune_rounds=4",
+        ]
+    )
+    assert epochs_per_round(cfg, [100, 300]) == pytest.approx(2.75)
+    sched = matched_schedule(cfg, [100, 300])
+    # 8 * 2.75 = 22 mask epochs, 3 * 2.75 = 8.25 -> 8 warm-up, a Z-step every round(2.75) = 3, 4 * 2.75 = 11
+    assert (sched.mask_epochs, sched.warmup_epochs, sched.admm_every, sched.finetune_epochs) == (22, 8, 3, 11)
