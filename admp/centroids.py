@@ -12,11 +12,16 @@ nearest centroid by cosine distance; classes without mass take no label.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from admp.masks import MaskDict, gated
+from admp.models import GroupSpec
+from admp.trainer import recalibrate_bn
 
 MIN_MASS = 1e-6  # a class whose soft mass is below this has no centroid
 
@@ -99,3 +104,21 @@ def centroid_labels(
     if centroids.shape[1] != features.shape[1]:
         raise ValueError(f"centroids have {centroids.shape[1]} feature dims, the model {features.shape[1]}")
     return nearest_centroid(features, centroids), sums
+
+
+def student_pseudo_labels(
+    student: nn.Module,
+    x: torch.Tensor,
+    fleet_centroids: torch.Tensor | None = None,
+    masks: tuple[GroupSpec, MaskDict] | None = None,
+) -> tuple[torch.Tensor, FeatureSums]:
+    """``centroid_labels`` of a student; in the mask phase (``masks``: groups and hard mask m) those of
+    a copy gated by m whose BatchNorm statistics are re-estimated on ``x`` under the gates: the
+    running statistics that training left were taken under the adversary's attenuation s, and do
+    not match the s = 1 network whose features are labelled."""
+    if masks is None:
+        return centroid_labels(student, x, fleet_centroids)
+    probe = copy.deepcopy(student)
+    recalibrate_bn(probe, x, masks=masks)
+    with gated(probe, *masks):
+        return centroid_labels(probe, x, fleet_centroids)

@@ -141,6 +141,8 @@ class AdmpHyper(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     batch_size: Annotated[int, Field(ge=2)] = 64
     tau: Annotated[float, Field(gt=0)] = 4.0  # distillation temperature
+    lambda_kd: Annotated[float, Field(ge=0)] = 1.0  # weight of the KD divergence in the training loss (the
+    #   adversary always ascends the divergence itself); 0: self-training only (the teacher's own adaptation)
     lambda_pl: Annotated[float, Field(ge=0)] = 0.3  # weight of the pseudo-label cross-entropy: SHOT's
     #   published value (beta = 0.3), not tuned here
     pseudo_labels: PseudoLabels = "centroid"  # centroid: nearest class centroid of the student's features,
@@ -175,6 +177,8 @@ class ScheduleSpec(Section):
     budget: ScheduleBudget = "epochs"  # epochs: the counts below | federation: derived from the federation
     #   section, so that the centralized run trains on as many samples as a federated run does (the
     #   sampled share of the fleet times each device's local epochs, min_local_steps included, per round)
+    teacher_epochs: Annotated[int, Field(ge=0)] = 0  # self-training epochs of the dense teacher first (IM +
+    #   centroid pseudo labels, no KD), as federation.teacher_rounds does in a federated run
     warmup_epochs: Annotated[int, Field(ge=0)] = 3  # the first Z-step ends epoch warmup_epochs (rho = 0 before it)
     mask_epochs: Annotated[int, Field(ge=1)] = 15  # total epochs of the mask phase (warm-up included)
     admm_every: Annotated[int, Field(ge=1)] = 2  # epochs between Z/U steps after the warm-up
@@ -201,6 +205,9 @@ class FederationSpec(Section):
 
     strategy: Strategy = "fedadmp"  # fedadmp | fedkd (no pruning) | naive (L1 prune on cloud, then fedkd)
     clients_per_round: Annotated[int, Field(ge=1)] = 5
+    teacher_rounds: Annotated[int, Field(ge=0)] = 3  # rounds of the dense teacher's own federated
+    #   self-training (IM + centroid pseudo labels, no KD) before any method starts from it; 3 = the
+    #   fine-tune phase's default length, fixed before any run; 0: the teacher as trained on the source
     mask_rounds: Annotated[int, Field(ge=0)] = 10  # rounds of the mask phase (warm-up included)
     warmup_rounds: Annotated[int, Field(ge=0)] = 2  # rounds without a Z-step; the first ends round warmup_rounds + 1
     finetune_rounds: Annotated[int, Field(ge=0)] = 3  # KD rounds of the physically pruned global model

@@ -138,7 +138,7 @@ def _adaptation_loss(
     """(total KD-adaptation loss, divergence D) on one batch; IM uses the fleet's marginal if given,
     the pseudo-label term the batch's centroid ``labels`` (B,) if given."""
     div = kd_divergence(teacher_logits, student_logits, hp.tau)
-    loss = div
+    loss = hp.lambda_kd * div
     if hp.lambda_pl > 0:
         loss = loss + hp.lambda_pl * _pseudo_label_loss(teacher_logits, student_logits, hp, labels)
     if hp.lambda_im > 0:

@@ -9,6 +9,7 @@ metrics get the handler's wall time. Target labels are read only by ``evaluate``
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp.centroids import FeatureSums, centroid_labels
+from admp.centroids import FeatureSums, student_pseudo_labels
 from admp.config import AdmpHyper, parse_section
 from admp.deploy import adapt_bn
 from admp.masks import MaskDict, gated, group_sizes
@@ -33,6 +34,7 @@ from admp.trainer import (
     kd_finetune,
     local_epochs_for,
     mean_prediction,
+    recalibrate_bn,
     teacher_targets,
     uses_centroids,
 )
@@ -128,8 +130,8 @@ class Job:
         if not uses_centroids(self.hp):
             return None, None
         centroids = self.fleet(msg).get("centroids")
-        with gated(student, groups_of(student), m) if m else nullcontext():
-            return centroid_labels(student, x, centroids.float() if centroids is not None else None)
+        masks = (groups_of(student), m) if m else None
+        return student_pseudo_labels(student, x, centroids.float() if centroids is not None else None, masks)
 
     def stats(
         self, student: torch.nn.Module, x: torch.Tensor, sums: FeatureSums | None, m: MaskDict | None = None
@@ -264,10 +266,21 @@ def evaluate(msg: Message, context: Context) -> Message:
     local = load_device(job.scenario, job.device)
     student = job.student(msg)
     m = P.message_masks(msg.content, "m")
-    with gated(student, groups_of(student), m) if m else nullcontext():
-        acc = accuracy(student, local.test.x, local.test.y)
-    values: dict[str, float | int] = {"accuracy": acc, P.NUM_EXAMPLES: len(local.test)}
+    if m:  # mask phase: the dense student gated by m, BN statistics of this device's data under the gates
+        probe = copy.deepcopy(student)  # (training left statistics taken under the adversary's s)
+        recalibrate_bn(probe, local.train.x, masks=(groups_of(student), m))
+        with gated(probe, groups_of(student), m):
+            return _accuracy_reply(msg, accuracy(probe, local.test.x, local.test.y), len(local.test))
+    acc = accuracy(student, local.test.x, local.test.y)
     if "local-bn" in job.config and bool(job.config["local-bn"]):  # the device step of fedadmp adapt-bn
         adapted = adapt_bn(student, local.train.x)  # unlabeled data only
-        values |= {"accuracy": accuracy(adapted, local.test.x, local.test.y), "accuracy-as-exported": acc}
+        return _accuracy_reply(msg, accuracy(adapted, local.test.x, local.test.y), len(local.test), acc)
+    return _accuracy_reply(msg, acc, len(local.test))
+
+
+def _accuracy_reply(msg: Message, acc: float, n: int, as_exported: float | None = None) -> Message:
+    """An evaluate reply: accuracy, test examples, and the accuracy as exported where it differs."""
+    values: dict[str, float | int] = {"accuracy": acc, P.NUM_EXAMPLES: n}
+    if as_exported is not None:
+        values["accuracy-as-exported"] = as_exported
     return Message(RecordDict({P.METRICS: P.metrics_record(values)}), reply_to=msg)

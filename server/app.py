@@ -17,7 +17,15 @@ from flwr.serverapp import Grid, ServerApp
 
 from admp.config import ScenarioConfig, config_from_overrides, load_config
 from server.finish import finish
-from server.phases import adapt_teacher, baseline_start, discover, finetune_phase, mask_phase
+from server.phases import (
+    Start,
+    adapt_teacher,
+    baseline_start,
+    discover,
+    finetune_phase,
+    mask_phase,
+    self_train_teacher,
+)
 from server.setup import RunSetup
 
 
@@ -42,7 +50,9 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None) ->
         return
     session = discover(grid, run)  # device ids, the teacher's delivery, the round runner
     adapt_teacher(session)  # target BN statistics of the KD teacher, its zero-training accuracy
-    start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
+    start: Start | None = None
+    if self_train_teacher(session):  # the dense teacher adapts itself first (federation.teacher_rounds)
+        start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
     student = finetune_phase(session, start) if start is not None else None
     if start is None or student is None:
         run.console.print(f"paused; continue with: fedadmp simulate --resume {run.run_dir.path}")

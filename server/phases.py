@@ -1,7 +1,7 @@
 """The phases of a federated run, each a small function over one shared round runner.
 
-discover -> adapt_teacher -> mask_phase (FedADMP) or baseline_start (fedkd, naive) ->
-finetune_phase -> finish (server.finish). A phase returns None when the run pauses after
+discover -> adapt_teacher -> self_train_teacher -> mask_phase (FedADMP) or baseline_start
+(fedkd, naive) -> finetune_phase -> finish (server.finish). A phase returns None when the run pauses after
 ``federation.stop_after_round``; the checkpoint written after every round resumes it.
 """
 
@@ -135,6 +135,44 @@ def adapt_teacher(session: Session) -> None:
     )
 
 
+def self_train_teacher(session: Session) -> bool:
+    """The dense teacher's own federated self-training (``federation.teacher_rounds``, rounds
+    1..T): IM with the fleet's marginal and the fleet's centroid pseudo labels, no KD. Every
+    method then starts from, and distils from, the adapted teacher, so comparisons isolate the
+    pruning. Returns False when the run paused inside the phase."""
+    run, fed = session.run, session.run.cfg.federation
+    ckpt = run.checkpoint
+    if fed.teacher_rounds == 0 or (ckpt is not None and ckpt.phase != "teacher"):
+        return True  # none, or resumed after it: the checkpoint's teacher is the adapted one
+    weights, first = run.teacher.state_dict(), 1
+    if ckpt is not None:
+        weights, first = ckpt.student, ckpt.round + 1
+    hp = run.cfg.admp.model_copy(update={"lambda_kd": 0.0}).model_dump()
+    strategy = FedKD(
+        weights=weights,
+        keep=None,
+        local_epochs=fed.local_epochs,
+        lr=run.cfg.admp.lr,
+        fleet=session.fleet,
+        policy=session.policy,
+        config={"hp": hp},
+    )
+    session.fleet.shared.start_phase(feature_dim(run.teacher))
+    weights, finished = session.runner.run_rounds(
+        strategy, "teacher", weights, range(first, fed.teacher_rounds + 1), session.checkpointer("teacher")
+    )
+    if not finished:
+        return False
+    run.teacher.load_state_dict(weights)
+    run.teacher.eval()
+    run.checkpoint = None  # a checkpoint inside this phase is used up: the next phases start afresh
+    sent = session.fleet.delivery.sends  # copies sent so far still count
+    session.fleet.delivery = _delivery(run.teacher)  # devices fetch the adapted teacher by its new hash
+    session.fleet.delivery.sends = dict(sent)
+    run.teacher_info["target_acc_self_trained"] = session.runner.evaluate(strategy, fed.teacher_rounds, weights)
+    return True
+
+
 def mask_phase(session: Session) -> Start | None:
     """Federated ADMP rounds, then the merge: m = Z and physical removal of the pruned channels."""
     run, fed = session.run, session.run.cfg.federation
@@ -143,7 +181,8 @@ def mask_phase(session: Session) -> Start | None:
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     state = AdmpState.initial(AdmmSettings.from_hyper(run.cfg.admp), group_sizes(run.teacher, run.groups))
     session.fleet.shared.start_phase(feature_dim(run.teacher))
-    weights, first = run.teacher.state_dict(), 1
+    offset = fed.teacher_rounds  # round numbers continue after the teacher's self-training
+    weights, first = run.teacher.state_dict(), offset + 1
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)
         weights, first = ckpt.student, ckpt.round + 1
@@ -151,16 +190,15 @@ def mask_phase(session: Session) -> Start | None:
         weights=weights,
         state=state,
         s_min=run.cfg.admp.s_min,
-        warmup_rounds=fed.warmup_rounds,
+        warmup_rounds=offset + fed.warmup_rounds,
         dual=fed.dual,
         local_epochs=fed.local_epochs,
         fleet=session.fleet,
         policy=session.policy,
     )
     on_round = session.checkpointer("mask", lambda: {"admp": state.state_dict()})
-    weights, finished = session.runner.run_rounds(
-        strategy, "mask", weights, range(first, fed.mask_rounds + 1), on_round
-    )
+    last = offset + fed.mask_rounds
+    weights, finished = session.runner.run_rounds(strategy, "mask", weights, range(first, last + 1), on_round)
     if not finished:
         return None
     keep = state.merge_mask()
@@ -168,20 +206,19 @@ def mask_phase(session: Session) -> Start | None:
     dense.load_state_dict(weights)
     pruned = prune_model(dense, run.groups, keep, example_input(dense))
     pruned_share = pruned_fraction(keep)
-    run.run_dir.log_metrics(
-        {"phase": "merge", "step": fed.mask_rounds, "round": fed.mask_rounds, "channels_pruned": pruned_share}
-    )
+    run.run_dir.log_metrics({"phase": "merge", "step": last, "round": last, "channels_pruned": pruned_share})
     run.console.print(f"merged: {pruned_share:.0%} of channels physically removed")
-    return Start(pruned.state_dict(), keep, fed.mask_rounds)
+    return Start(pruned.state_dict(), keep, last)
 
 
 def baseline_start(session: Session) -> Start:
     """fedkd: the dense teacher copy; naive: L1-norm pruning on the cloud + source fine-tuning."""
     run, cfg = session.run, session.run.cfg
-    if run.checkpoint is not None:
-        return Start(run.checkpoint.student, run.checkpoint.keep or None, 0)
+    ckpt, offset = run.checkpoint, cfg.federation.teacher_rounds  # KD rounds follow the teacher's
+    if ckpt is not None and ckpt.phase == "kd":
+        return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     if cfg.federation.strategy == "fedkd":
-        return Start(run.teacher.state_dict(), None, 0)
+        return Start(run.teacher.state_dict(), None, offset)
     example = example_input(run.teacher)
     scores = l1_filter_scores(run.teacher, run.groups, example)
     keep = z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), cfg.admp.prune_ratio)
@@ -191,7 +228,7 @@ def baseline_start(session: Session) -> Start:
     gen = torch_generator(cfg.run.seed, "naive")
     train_supervised(pruned, source.x, source.y, recipe, gen, (val.x, val.y), max(1, recipe.epochs // 3), recipe.lr / 5)
     run.console.print(f"naive: L1-pruned on the cloud, source val acc {accuracy(pruned, val.x, val.y):.2f}%")
-    return Start(pruned.state_dict(), keep, 0)
+    return Start(pruned.state_dict(), keep, offset)
 
 
 def finetune_phase(session: Session, start: Start) -> nn.Module | None:
@@ -223,4 +260,5 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
 
 def final_round(run: RunSetup) -> int:
     """The round number of the final evaluation (after every training round)."""
-    return run.cfg.federation.mask_rounds + run.cfg.federation.finetune_rounds + 1
+    fed = run.cfg.federation
+    return fed.teacher_rounds + fed.mask_rounds + fed.finetune_rounds + 1

@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 from rich.console import Console
 from torch import nn
 
-from admp.centroids import centroid_labels
+from admp.centroids import student_pseudo_labels
 from admp.config import AdmpHyper, ScenarioConfig, to_yaml
 from admp.data.sources import Split
 from admp.data.tasks import Device
@@ -66,16 +65,14 @@ def is_admm_epoch(cfg: ScenarioConfig, epoch: int) -> bool:
     return done >= sched.warmup_epochs and (done - sched.warmup_epochs) % sched.admm_every == 0
 
 
-def kd_teacher_and_targets(
-    run: RunSetup, devices: list[Device], pooled_x: torch.Tensor
-) -> tuple[nn.Module, torch.Tensor]:
-    """The KD teacher and its targets (N, K) on the pooled data, as the devices would get them
-    (teacher BN per device, or once on the pooled data): like for like with the federation."""
+def kd_targets(run: RunSetup, devices: list[Device], pooled_x: torch.Tensor) -> torch.Tensor:
+    """The KD targets (N, K) on the pooled data, as the devices would get them (teacher BN per
+    device, or once on the pooled data): like for like with the federation."""
     mode, kd_teacher = run.cfg.admp.teacher_bn, run.teacher
     if mode == "fleet":
         kd_teacher = copy.deepcopy(run.teacher)
         recalibrate_bn(kd_teacher, pooled_x)
-    return kd_teacher, torch.cat([teacher_targets(kd_teacher, d.train.x, mode) for d in devices])
+    return torch.cat([teacher_targets(kd_teacher, d.train.x, mode) for d in devices])
 
 
 def pooled_labels(
@@ -85,9 +82,22 @@ def pooled_labels(
     (the centroids of the whole data: what a fleet's aggregated sums give); None when unused."""
     if not uses_centroids(hp):
         return None
-    with gated(student, *masks) if masks is not None else nullcontext():
-        labels, _ = centroid_labels(student, x)
+    labels, _ = student_pseudo_labels(student, x, masks=masks)
     return labels
+
+
+def self_trained_teacher(run: RunSetup, x: torch.Tensor) -> nn.Module:
+    """A copy of the teacher after ``schedule.teacher_epochs`` of self-training on the pooled data (IM
+    + centroid pseudo labels, no KD), from the BN statistics the federation would start from."""
+    hp = run.cfg.admp.model_copy(update={"lambda_kd": 0.0})
+    teacher, gen = copy.deepcopy(run.teacher), torch_generator(run.cfg.run.seed, "teacher-self-training")
+    if hp.teacher_bn == "fleet":
+        recalibrate_bn(teacher, x)
+    for epoch in range(run.cfg.schedule.teacher_epochs):
+        labels = pooled_labels(teacher, x, hp)
+        stats = kd_finetune(teacher, x, torch.zeros(len(x), run.task.num_classes), 1, hp, gen, hp.lr, labels=labels)
+        run.console.print(f"teacher self-training epoch {epoch + 1}: samples {int(stats['samples'])}")
+    return teacher.eval()
 
 
 def mask_phase(
@@ -186,7 +196,12 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
         f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  target test "
         f"{teacher_acc:.2f}%  ({len(train)} unlabeled target samples, {len(test_split)} target test)"
     )
-    kd_teacher, targets = kd_teacher_and_targets(run, devices, train.x)
+    source_teacher = run.teacher
+    if cfg.schedule.teacher_epochs:  # every later step starts from, and distils from, the adapted teacher
+        run.teacher = self_trained_teacher(run, train.x)
+        run.teacher_info["target_acc_self_trained"] = accuracy(run.teacher, *test)
+        run.console.print(f"teacher self-trained: target test {run.teacher_info['target_acc_self_trained']:.2f}%")
+    targets = kd_targets(run, devices, train.x)
     student = copy.deepcopy(run.teacher)
     state = mask_phase(run, student, train.x, targets, test)
     keep = state.merge_mask()  # m = Z: a final projection of m + U
@@ -202,7 +217,7 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     run.console.print(f"merged: {pruned_share:.0%} of channels removed, target acc {merged_acc:.2f}%")
     finetune_phase(run, pruned, train.x, targets, test, step + 1, pruned_share)
     recalibrate_bn(pruned, train.x)
-    return _finish(run, pruned, keep, devices, test_split, kd_teacher, (teacher_acc, merged_acc))
+    return _finish(run, pruned, keep, devices, test_split, source_teacher, (teacher_acc, merged_acc))
 
 
 def _finish(
@@ -211,7 +226,7 @@ def _finish(
     keep: MaskDict,
     devices: list[Device],
     test: Split,
-    kd_teacher: nn.Module,
+    source_teacher: nn.Module,
     accuracies: tuple[float, float],
 ) -> dict[str, Any]:
     """Evaluate as the federated runs do (per-device BN where they use it), then the shared summary.
@@ -229,9 +244,11 @@ def _finish(
         console.print(f"per-device BN: student {final_acc:.2f}% (pooled BN {pooled_acc:.2f}%)")
     teacher: dict[str, Any] = {"target_acc": teacher_acc}
     if cfg.admp.teacher_bn == "local":  # the teacher with target BN statistics, no training
-        teacher["target_acc_target_bn"] = per_device_bn_accuracy(run.teacher, splits)
+        teacher["target_acc_target_bn"] = per_device_bn_accuracy(source_teacher, splits)
     elif cfg.admp.teacher_bn == "fleet":
-        teacher["target_acc_target_bn"] = accuracy(kd_teacher, test.x, test.y)
+        adapted = copy.deepcopy(source_teacher)
+        recalibrate_bn(adapted, torch.cat([d.train.x for d in devices]))
+        teacher["target_acc_target_bn"] = accuracy(adapted, test.x, test.y)
     fields = {
         "mode": "centralized",
         "prune_ratio": cfg.admp.prune_ratio,

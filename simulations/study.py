@@ -115,7 +115,9 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
     """Every run of the study; fedkd does not prune, so it runs once per (task, seed).
 
     Ratios other than ``table_ratio`` run for ``sweep_seeds`` only (all seeds when it is empty);
-    variants run at ``table_ratio`` for every seed.
+    variants run at ``table_ratio`` for every seed. Order: the table's runs seed by seed (every task's
+    first seed before any second one), then the other ratios, so a study cut short still has whole
+    seeds of every task.
     """
     runs = []
     for task in spec.tasks:
@@ -150,7 +152,8 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                         "data_dir": spec.data_dir,
                     }
                 )
-    return runs
+    table = (0.0, spec.table_ratio)
+    return sorted(runs, key=lambda r: (r["prune_ratio"] not in table, spec.seeds.index(r["seed"])))  # stable
 
 
 def final_divergence(run_dir: Path) -> float | None:

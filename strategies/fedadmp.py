@@ -187,10 +187,12 @@ class FedKD(FleetStrategy):
         lr: float = 0.0,
         fleet: Fleet,
         policy: RoundPolicy,
+        config: dict[str, object] | None = None,
     ) -> None:
         super().__init__(fleet=fleet, policy=policy)
         self.weight_shapes = shapes(weights)
         self.keep, self.local_epochs, self.lr = keep, local_epochs, lr
+        self.config = dict(config or {})  # sent with every training message, over the fleet's base config
 
     def summary(self) -> None:
         """Log the strategy's settings."""
@@ -206,7 +208,7 @@ class FedKD(FleetStrategy):
         """Sample devices and send the student (and keep masks); the teacher only once."""
         devices = self.sample(server_round, self.policy.clients_per_round)
         records = {P.ARRAYS: arrays} | self.evaluation_records()
-        extra = dict(config) | {"phase": "kd", "local_epochs": self.local_epochs, "lr": self.lr}
+        extra = dict(config) | self.config | {"phase": "kd", "local_epochs": self.local_epochs, "lr": self.lr}
         return self.messages(server_round, devices, records, extra, P.TRAIN_KD, with_teacher=True)
 
     def parse_train_reply(self, content: RecordDict) -> KdReply:

@@ -78,9 +78,12 @@ def test_the_federations_budget_gives_the_centralized_schedule():
             "federation.mask_rounds=8",
             "federation.warmup_rounds=3",
             "federation.finetune_rounds=4",
+            "federation.teacher_rounds=2",
         ]
     )
     assert epochs_per_round(cfg, [100, 300]) == pytest.approx(2.75)
     sched = matched_schedule(cfg, [100, 300])
-    # 8 * 2.75 = 22 mask epochs, 3 * 2.75 = 8.25 -> 8 warm-up, a Z-step every round(2.75) = 3, 4 * 2.75 = 11
+    # 8 * 2.75 = 22 mask epochs, 3 * 2.75 = 8.25 -> 8 warm-up, a Z-step every round(2.75) = 3, 4 * 2.75 = 11,
+    # 2 * 2.75 = 5.5 -> 6 (round half to even) teacher epochs
     assert (sched.mask_epochs, sched.warmup_epochs, sched.admm_every, sched.finetune_epochs) == (22, 8, 3, 11)
+    assert sched.teacher_epochs == 6

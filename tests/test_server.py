@@ -32,6 +32,7 @@ TINY = [
     "federation.warmup_rounds=1",
     "federation.finetune_rounds=1",
     "federation.min_local_steps=2",  # 28 samples per device, 1 step per epoch: 2 local epochs
+    "federation.teacher_rounds=0",  # the teacher's self-training has its own test
     "run.threads=2",
 ]
 
@@ -226,3 +227,29 @@ def test_discovery_failures_name_the_problem():
         1: NODE_BASE + 1,
         2: NODE_BASE + 2,
     }
+
+
+def test_the_teacher_self_trains_first_and_every_later_round_follows_it(fedadmp_run, tmp_path):
+    """Two rounds of the teacher's self-training come first (rounds 1-2), the mask phase follows as
+    rounds 3-5 with its warm-up counted from there (rho 0, then rho0, rho0 * gamma), the adapted
+    teacher goes out again under its new hash, and a run paused inside the teacher phase resumes to
+    the same model as one that was not."""
+    full = _run(tmp_path / "a", "federation.teacher_rounds=2")
+    rows = _rows(full)
+    assert [r["phase"] for r in rows] == ["teacher"] * 2 + ["mask"] * 3 + ["merge", "finetune", "final"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 5, 6, 7]
+    assert [r["rho"] for r in rows[2:5]] == pytest.approx([0.0, 1.0, 1.2])
+    summary = _summary(full)
+    assert 0 <= summary["teacher"]["target_acc_self_trained"] <= 100
+    sends = summary["teacher_sends"]
+    assert max(sends.values()) == 2 and sum(sends.values()) > len(sends)  # the source teacher, then the adapted one
+    fresh = torch.load(full / "checkpoint.pt", weights_only=True)["student"]
+    reference = torch.load(fedadmp_run / "checkpoint.pt", weights_only=True)["student"]  # no self-training
+    assert any(not torch.allclose(v.float(), reference[k].float()) for k, v in fresh.items())
+    paused = _run(tmp_path / "b", "federation.teacher_rounds=2", "federation.stop_after_round=1")
+    assert torch.load(paused / "checkpoint.pt", weights_only=True)["phase"] == "teacher"
+    overrides = [*TINY, f"run.out_dir={tmp_path / 'b'}", "federation.teacher_rounds=2"]
+    run_federated(InProcessGrid(4), config_from_overrides(overrides), str(paused))
+    resumed = torch.load(paused / "checkpoint.pt", weights_only=True)["student"]
+    assert all(torch.allclose(v.float(), resumed[k].float(), atol=1e-6) for k, v in fresh.items())
+    assert [r["round"] for r in _rows(paused)] == [r["round"] for r in rows]

@@ -22,6 +22,7 @@ TINY = [
     "federation.mask_rounds=2",
     "federation.warmup_rounds=1",
     "federation.finetune_rounds=1",
+    "federation.teacher_rounds=0",
     "federation.min_local_steps=0",  # one local epoch: this test checks the engine, not the schedule
     "federation.ray_num_cpus=2",
     "run.threads=1",

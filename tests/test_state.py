@@ -7,9 +7,9 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from admp.centroids import centroid_labels, feature_dim
+from admp.centroids import feature_dim, student_pseudo_labels
 from admp.config import AdmpHyper, DataSpec
-from admp.masks import gated, group_sizes
+from admp.masks import group_sizes
 from admp.models import build_model
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
@@ -127,8 +127,7 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
         (msg,) = strategy.configure_train(rnd, P.to_record(weights), ConfigRecord(), None)
         arrays, _ = strategy.aggregate_train(rnd, [client.app(msg, context)])
         weights = P.from_record(arrays)
-        with gated(student, groups, central.m):
-            labels, sums = centroid_labels(student, x, centroids)
+        labels, sums = student_pseudo_labels(student, x, centroids, (groups, central.m))
         centroids = sums.centroids()
         gen = torch_generator(3, "client", 0, rnd)
         admp_local_train(student, groups, central, x, targets, 1, hp, gen, labels=labels)

@@ -112,17 +112,17 @@ def test_sweep_seeds_and_variants_extend_the_plan(tmp_path):
     spec, _ = study_mod.load_study(_study(tmp_path, body))
     runs = study_mod.plan(spec)
     ids = [r["run_id"] for r in runs]
-    # seed 0: fedkd + naive at 0.3 and 0.6 + the variant; seed 1: fedkd + naive at 0.6 only + the variant
+    # the table ratio seed by seed (fedkd, naive, the variant), then naive at 0.3 for seed 0 only
     assert ids == [
         "a-fedkd-p0-s0",
-        "a-naive-p0.3-s0",
         "a-naive-p0.6-s0",
         "a-no_adv-p0.6-s0",
         "a-fedkd-p0-s1",
         "a-naive-p0.6-s1",
         "a-no_adv-p0.6-s1",
+        "a-naive-p0.3-s0",
     ]
-    variant = runs[3]
+    variant = runs[2]
     assert variant["method"] == "fedadmp" and variant["overrides"] == ["admp.adversary=false"]
 
 
