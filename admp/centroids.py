@@ -13,6 +13,7 @@ nearest centroid by cosine distance; classes without mass take no label.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -111,14 +112,18 @@ def student_pseudo_labels(
     x: torch.Tensor,
     fleet_centroids: torch.Tensor | None = None,
     masks: tuple[GroupSpec, MaskDict] | None = None,
+    local_bn: bool = False,
 ) -> tuple[torch.Tensor, FeatureSums]:
-    """``centroid_labels`` of a student; in the mask phase (``masks``: groups and hard mask m) those of
-    a copy gated by m whose BatchNorm statistics are re-estimated on ``x`` under the gates: the
-    running statistics that training left were taken under the adversary's attenuation s, and do
-    not match the s = 1 network whose features are labelled."""
-    if masks is None:
+    """``centroid_labels`` of a student (gated by ``masks``, groups and hard mask m, in the mask phase).
+
+    The features come from a copy whose BatchNorm statistics are re-estimated on ``x`` (under the
+    gates) in the mask phase — the running statistics that training left were taken under the
+    adversary's attenuation s and do not match the s = 1 network — and with ``local_bn``, where
+    every device is a domain of its own and the global running statistics fit none of them.
+    """
+    if masks is None and not local_bn:
         return centroid_labels(student, x, fleet_centroids)
     probe = copy.deepcopy(student)
     recalibrate_bn(probe, x, masks=masks)
-    with gated(probe, *masks):
+    with gated(probe, *masks) if masks is not None else nullcontext():
         return centroid_labels(probe, x, fleet_centroids)

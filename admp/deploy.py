@@ -35,6 +35,7 @@ def save_bundle(path: Path, arch: str, num_classes: int, width: float, keep: Mas
         "width": width,
         "keep": dict(keep or {}),
         "state": model.state_dict(),
+        "in_channels": int(example_input(model).shape[1]),
     }
     torch.save(bundle, path)
     return path
@@ -50,7 +51,13 @@ def load_bundle(path: str | Path) -> nn.Module:
         missing = [k for k in BUNDLE_KEYS if k not in bundle]
         if missing:
             raise KeyError(f"missing {missing}")
-        model = build_model(str(bundle["arch"]), int(bundle["num_classes"]), float(bundle["width"]))
+        channels = bundle.get("in_channels")  # absent in bundles written before RGB digits: the family's own
+        model = build_model(
+            str(bundle["arch"]),
+            int(bundle["num_classes"]),
+            float(bundle["width"]),
+            None if channels is None else int(channels),
+        )
         if bundle["keep"]:
             model = prune_model(model, groups_of(model), bundle["keep"], example_input(model))
         model.load_state_dict(bundle["state"])

@@ -21,15 +21,14 @@ GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules
 
 
 class LeNet(nn.Module):
-    """LeNet-style CNN for 1-channel 28x28 digits (16x16 inputs are resized by the data layer)."""
+    """LeNet-style CNN for 28x28 digits, grey (1 channel) or RGB (16x16 inputs are resized by the data layer)."""
 
-    input_shape = (1, 28, 28)
-
-    def __init__(self, num_classes: int = 10, width: float = 1.0, hidden: int = 128) -> None:
+    def __init__(self, num_classes: int = 10, width: float = 1.0, hidden: int = 128, in_channels: int = 1) -> None:
         super().__init__()
         c1, c2 = max(2, round(32 * width)), max(2, round(64 * width))
-        self.norm = InputNorm(1)  # source statistics, set with the teacher (raw inputs in, also on devices)
-        self.conv1 = nn.Conv2d(1, c1, 5)  # (N,1,28,28) -> (N,c1,24,24)
+        self.input_shape = (in_channels, 28, 28)
+        self.norm = InputNorm(in_channels)  # source statistics, set with the teacher (raw inputs in, also on devices)
+        self.conv1 = nn.Conv2d(in_channels, c1, 5)  # (N,C,28,28) -> (N,c1,24,24)
         self.bn1 = nn.BatchNorm2d(c1)
         self.conv2 = nn.Conv2d(c1, c2, 5)  # (N,c1,12,12) -> (N,c2,8,8)
         self.bn2 = nn.BatchNorm2d(c2)
@@ -68,15 +67,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    """A small residual CNN (ResNet-8 style: stem + 3 stages of one block) for 3x32x32 images."""
+    """A small residual CNN (ResNet-8 style: stem + 3 stages of one block) for Cx32x32 images (RGB by default)."""
 
-    input_shape = (3, 32, 32)
-
-    def __init__(self, num_classes: int = 10, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
         c = [max(2, round(w * width)) for w in (16, 32, 64)]
-        self.norm = InputNorm(3)
-        self.stem = nn.Conv2d(3, c[0], 3, 1, 1, bias=False)
+        self.input_shape = (in_channels, 32, 32)
+        self.norm = InputNorm(in_channels)
+        self.stem = nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(c[0])
         self.stage1 = BasicBlock(c[0], c[0], 1)  # (N,c0,32,32)
         self.stage2 = BasicBlock(c[0], c[1], 2)  # (N,c1,16,16)
@@ -103,15 +101,14 @@ class ResNetSmall(nn.Module):
 
 
 class SensorCNN1D(nn.Module):
-    """1-D CNN for 6-channel inertial windows of 128 steps (e.g. HAPT acc+gyro)."""
+    """1-D CNN for inertial windows of 128 steps (6 channels by default: HAPT's acc + gyro)."""
 
-    input_shape = (6, 128)
-
-    def __init__(self, num_classes: int = 6, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 6, width: float = 1.0, in_channels: int = 6) -> None:
         super().__init__()
         c = [max(2, round(w * width)) for w in (32, 64, 64)]
-        self.norm = InputNorm(6)
-        self.conv1 = nn.Conv1d(6, c[0], 5, padding=2)  # (N,6,128) -> (N,c0,128)
+        self.input_shape = (in_channels, 128)
+        self.norm = InputNorm(in_channels)
+        self.conv1 = nn.Conv1d(in_channels, c[0], 5, padding=2)  # (N,C,128) -> (N,c0,128)
         self.bn1 = nn.BatchNorm1d(c[0])
         self.conv2 = nn.Conv1d(c[0], c[1], 5, padding=2)  # (N,c0,64) -> (N,c1,64)
         self.bn2 = nn.BatchNorm1d(c[1])
@@ -149,16 +146,18 @@ def groups_of(model: nn.Module) -> GroupSpec:
     return groups
 
 
-def build_model(arch: str, num_classes: int, width: float = 1.0) -> nn.Module:
-    """Build a model family by name; raises ValueError naming the unknown architecture."""
+def build_model(arch: str, num_classes: int, width: float = 1.0, in_channels: int | None = None) -> nn.Module:
+    """Build a model family by name (``in_channels``: None keeps the family's own); raises
+    ValueError naming the unknown architecture."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    return ARCHITECTURES[arch](num_classes=num_classes, width=width)
+    extra = {"in_channels": in_channels} if in_channels is not None else {}
+    return ARCHITECTURES[arch](num_classes=num_classes, width=width, **extra)
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     """A zero input of the model's declared shape, for tracing, export and MAC counting."""
-    shape: object = model.input_shape  # a class attribute of the families above
+    shape: object = getattr(model, "input_shape", None)  # set by each family above
     if not isinstance(shape, tuple):
         raise TypeError(f"{type(model).__name__}.input_shape must be a tuple, got {type(shape).__name__}")
     return torch.zeros(batch, *shape)

@@ -26,7 +26,7 @@ def resolve_arch(cfg: ScenarioConfig) -> str:
 def initial_model(cfg: ScenarioConfig, num_classes: int) -> nn.Module:
     """The architecture with its seeded initial weights (identical on every machine)."""
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    return build_model(resolve_arch(cfg), num_classes, cfg.model.width)
+    return build_model(resolve_arch(cfg), num_classes, cfg.model.width, cfg.data.in_channels())
 
 
 def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Module, dict[str, Any]]:

@@ -104,8 +104,13 @@ def frozen_bn_stats(model: nn.Module) -> AbstractContextManager[None]:
 
 
 def uses_centroids(hp: AdmpHyper) -> bool:
-    """Whether the pseudo-label term trains on centroid labels (the fleet shares feature sums)."""
+    """Whether the pseudo-label term trains on centroid labels."""
     return hp.lambda_pl > 0 and hp.pseudo_labels == "centroid"
+
+
+def shares_centroids(hp: AdmpHyper) -> bool:
+    """Whether devices label by the fleet's centroids (and so report their feature sums)."""
+    return uses_centroids(hp) and hp.centroids == "fleet"
 
 
 @dataclass(frozen=True)
@@ -148,11 +153,20 @@ def _adaptation_loss(
 
 
 @torch.no_grad()
+def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The model's softmax (N, K) over ``x`` in eval mode."""
+    model.eval()
+    return torch.cat([F.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
+
+
 def mean_prediction(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """The model's mean softmax (K,) over ``x`` in eval mode: what a device reports for the fleet's marginal."""
-    model.eval()
-    probs = torch.cat([F.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
-    return probs.mean(dim=0)
+    return predictions(model, x, batch_size).mean(dim=0)
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of each row of ``probs`` (..., K) -> (...)."""
+    return -(probs * torch.log(probs + 1e-8)).sum(dim=-1)
 
 
 def _soft_grads(

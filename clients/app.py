@@ -22,6 +22,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from admp.centroids import FeatureSums, student_pseudo_labels
 from admp.config import AdmpHyper, parse_section
+from admp.data.tasks import Device
 from admp.deploy import adapt_bn
 from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
@@ -31,10 +32,13 @@ from admp.state import AdmmSettings, AdmpState
 from admp.trainer import (
     FleetPrior,
     admp_local_train,
+    entropy,
     kd_finetune,
     local_epochs_for,
     mean_prediction,
+    predictions,
     recalibrate_bn,
+    shares_centroids,
     teacher_targets,
     uses_centroids,
 )
@@ -125,13 +129,17 @@ class Job:
         self, msg: Message, student: torch.nn.Module, x: torch.Tensor, m: MaskDict | None = None
     ) -> tuple[torch.Tensor | None, FeatureSums | None]:
         """Centroid pseudo labels (N,) of ``x`` by the received global student (gated by ``m`` in the
-        mask phase) and the fleet's centroids (this data's own in the first round), with this data's
-        feature sums for the reply; (None, None) unless ``pseudo_labels: centroid``."""
+        mask phase; BN statistics of this device's data in the mask phase and where devices are
+        domains of their own, ``teacher_bn: local``) and the fleet's centroids (this data's own in
+        the first round), with this data's feature sums for the reply; (None, None) unless
+        ``pseudo_labels: centroid``; with ``centroids: device`` its own centroids, and no sums."""
         if not uses_centroids(self.hp):
             return None, None
         centroids = self.fleet(msg).get("centroids")
         masks = (groups_of(student), m) if m else None
-        return student_pseudo_labels(student, x, centroids.float() if centroids is not None else None, masks)
+        fleet = centroids.float() if centroids is not None and shares_centroids(self.hp) else None
+        labels, sums = student_pseudo_labels(student, x, fleet, masks, local_bn=self.hp.teacher_bn == "local")
+        return labels, sums if shares_centroids(self.hp) else None  # device centroids: no sums leave it
 
     def stats(
         self, student: torch.nn.Module, x: torch.Tensor, sums: FeatureSums | None, m: MaskDict | None = None
@@ -261,7 +269,8 @@ def identity(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy of the global model on this device's labeled test split (evaluation only)."""
+    """Accuracy of the global model on this device's labeled test split (evaluation only), with the
+    label-free statistics of its predictions on the device's unlabeled data (``_evaluation_reply``)."""
     job = Job.read(msg, context)
     local = load_device(job.scenario, job.device)
     student = job.student(msg)
@@ -270,17 +279,25 @@ def evaluate(msg: Message, context: Context) -> Message:
         probe = copy.deepcopy(student)  # (training left statistics taken under the adversary's s)
         recalibrate_bn(probe, local.train.x, masks=(groups_of(student), m))
         with gated(probe, groups_of(student), m):
-            return _accuracy_reply(msg, accuracy(probe, local.test.x, local.test.y), len(local.test))
-    acc = accuracy(student, local.test.x, local.test.y)
+            return _evaluation_reply(msg, probe, local)
     if "local-bn" in job.config and bool(job.config["local-bn"]):  # the device step of fedadmp adapt-bn
-        adapted = adapt_bn(student, local.train.x)  # unlabeled data only
-        return _accuracy_reply(msg, accuracy(adapted, local.test.x, local.test.y), len(local.test), acc)
-    return _accuracy_reply(msg, acc, len(local.test))
+        as_exported = accuracy(student, local.test.x, local.test.y)
+        return _evaluation_reply(msg, adapt_bn(student, local.train.x), local, as_exported)  # unlabeled data only
+    return _evaluation_reply(msg, student, local)
 
 
-def _accuracy_reply(msg: Message, acc: float, n: int, as_exported: float | None = None) -> Message:
-    """An evaluate reply: accuracy, test examples, and the accuracy as exported where it differs."""
-    values: dict[str, float | int] = {"accuracy": acc, P.NUM_EXAMPLES: n}
+def _evaluation_reply(msg: Message, model: torch.nn.Module, local: Device, as_exported: float | None = None) -> Message:
+    """An evaluate reply: ``accuracy`` on the test split and its size, ``accuracy-as-exported`` where it
+    differs, and, on the unlabeled training data (no label read), the mean per-sample prediction
+    entropy ``entropy`` over ``unlabeled`` samples with the mean prediction (K,) in ``stats``: the
+    server's label-free score of the model."""
+    values: dict[str, float | int] = {"accuracy": accuracy(model, local.test.x, local.test.y)}
+    values[P.NUM_EXAMPLES] = len(local.test)
     if as_exported is not None:
         values["accuracy-as-exported"] = as_exported
-    return Message(RecordDict({P.METRICS: P.metrics_record(values)}), reply_to=msg)
+    records: Records = {}
+    if len(local.train) > 0:
+        probs = predictions(model, local.train.x)  # (N, K)
+        values |= {"entropy": float(entropy(probs).mean()), "unlabeled": len(local.train)}
+        records[P.STATS] = P.to_record({"mean-prediction": probs.mean(dim=0)})
+    return Message(RecordDict(records | {P.METRICS: P.metrics_record(values)}), reply_to=msg)

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from admp.masks import MaskDict
+from server.guards import student_flag
 from server.phases import Session, final_round
 from server.summary import INFERENCE, write_summary
 
@@ -34,6 +35,7 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
     as_exported = accs.get("accuracy-as-exported") if local else acc
     run.run_dir.log_metrics({"phase": "final", "step": rnd, "round": rnd, "target_acc": acc})
     delivery = session.fleet.delivery
+    label_free = student_flag(run.teacher_info.get("label_free_score"), accs.get("label-free-score"))
     fields = {
         "mode": "federated",
         "strategy": fed.strategy,
@@ -43,7 +45,9 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
             "target_acc": acc,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,
+            "kd_phase_kept": session.selection.get("kept"),
         },
+        "label_free": label_free,
         "first_round_at": session.runner.first_round_at,
         "bytes_per_client_round": _bytes_per_client_round(run.run_dir.rows, with_teacher=True),
         "bytes_per_client_round_without_teacher": _bytes_per_client_round(run.run_dir.rows, with_teacher=False),
@@ -51,6 +55,8 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "teacher_sends": {str(k): v for k, v in sorted(delivery.sends.items())},
         "rejections": [dataclasses.asdict(r) for r in session.fleet.rejections],
     }
+    if label_free["below_start_warning"]:
+        run.console.print("[yellow]warning: the student's label-free score is worse than the teacher's at the start")
     summary = write_summary(run, model, keep, fields, f"Federated {fed.strategy} on {run.task.name}", x_key="round")
     run.save_checkpoint("done", rnd, model.state_dict(), keep=keep or {})
     return summary

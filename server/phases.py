@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.serverapp import Grid
@@ -25,8 +25,9 @@ from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
-from admp.trainer import batchnorms, uses_centroids
+from admp.trainer import batchnorms, shares_centroids
 from server.fleet import discover_devices, recalibrate_from_clients
+from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
 from strategies import protocol as P
@@ -43,6 +44,7 @@ class Session:
     fleet: Fleet
     policy: RoundPolicy
     runner: RoundRunner
+    selection: dict[str, Any] = field(default_factory=dict)  # the fine-tune phase's label-free choice
 
     def kd_strategy(self, weights: Weights, keep: MaskDict | None, local_epochs: int = 1, lr: float = 0.0) -> FedKD:
         """A FedKD strategy over this fleet (training, or only evaluation / BN statistics)."""
@@ -90,13 +92,14 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     shared = SharedStats(
         run.task.num_classes,
         marginal_on=cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet",
-        centroids_on=uses_centroids(cfg.admp),
+        centroids_on=shares_centroids(cfg.admp),
     )
     if run.checkpoint is not None:
         shared.load_state_dict(run.checkpoint.fleet_stats)
     fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config, shared=shared)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
-    runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every)
+    local_bn = fed.bn_recalibration == "local"
+    runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn)
     run.console.print(
         f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
         f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}"
@@ -116,7 +119,8 @@ def adapt_teacher(session: Session) -> None:
         return  # resumed: the checkpoint holds the teacher as adapted
     mode = run.cfg.admp.teacher_bn
     probe = session.kd_strategy(run.teacher.state_dict(), None)
-    run.teacher_info["target_acc"] = session.runner.evaluate(probe, 0, run.teacher.state_dict())
+    figures = session.runner.evaluate_all(probe, 0, run.teacher.state_dict())
+    run.teacher_info["target_acc"] = figures.get("accuracy")
     if mode == "fleet":
         adapted = copy.deepcopy(run.teacher)
         for _ in batchnorms(adapted):
@@ -124,9 +128,9 @@ def adapt_teacher(session: Session) -> None:
         run.teacher = adapted.eval()
         session.fleet.delivery = _delivery(run.teacher)  # nothing was sent yet
     if mode in ("fleet", "local"):
-        run.teacher_info["target_acc_target_bn"] = session.runner.evaluate(
-            probe, 0, run.teacher.state_dict(), local_bn=mode == "local"
-        )
+        figures = session.runner.evaluate_all(probe, 0, run.teacher.state_dict(), local_bn=mode == "local")
+        run.teacher_info["target_acc_target_bn"] = figures.get("accuracy")
+    run.teacher_info["label_free_score"] = figures.get("label-free-score")  # the teacher the run starts from
     adapted_acc = run.teacher_info.get("target_acc_target_bn")
     run.console.print(
         f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  federated target test "
@@ -142,7 +146,7 @@ def self_train_teacher(session: Session) -> bool:
     pruning. Returns False when the run paused inside the phase."""
     run, fed = session.run, session.run.cfg.federation
     ckpt = run.checkpoint
-    if fed.teacher_rounds == 0 or (ckpt is not None and ckpt.phase != "teacher"):
+    if fed.self_training_rounds() == 0 or (ckpt is not None and ckpt.phase != "teacher"):
         return True  # none, or resumed after it: the checkpoint's teacher is the adapted one
     weights, first = run.teacher.state_dict(), 1
     if ckpt is not None:
@@ -159,17 +163,24 @@ def self_train_teacher(session: Session) -> bool:
     )
     session.fleet.shared.start_phase(feature_dim(run.teacher))
     weights, finished = session.runner.run_rounds(
-        strategy, "teacher", weights, range(first, fed.teacher_rounds + 1), session.checkpointer("teacher")
+        strategy, "teacher", weights, range(first, fed.self_training_rounds() + 1), session.checkpointer("teacher")
     )
     if not finished:
         return False
+    run.checkpoint = None  # a checkpoint inside this phase is used up: the next phases start afresh
+    figures = session.runner.evaluate_all(strategy, fed.self_training_rounds(), weights, session.runner.local_bn)
+    before, after = run.teacher_info.get("label_free_score"), figures.get("label-free-score")
+    run.teacher_info |= {"target_acc_self_trained": figures.get("accuracy"), "label_free_score_self_trained": after}
+    if not keeps_result(before, after):  # label-free: the self-trained teacher is worse; keep the start
+        run.teacher_info["self_training"] = "discarded"
+        run.console.print(f"[yellow]teacher self-training discarded: label-free score {after:.3f} > {before:.3f}")
+        return True
+    run.teacher_info["self_training"] = "kept"
     run.teacher.load_state_dict(weights)
     run.teacher.eval()
-    run.checkpoint = None  # a checkpoint inside this phase is used up: the next phases start afresh
     sent = session.fleet.delivery.sends  # copies sent so far still count
     session.fleet.delivery = _delivery(run.teacher)  # devices fetch the adapted teacher by its new hash
     session.fleet.delivery.sends = dict(sent)
-    run.teacher_info["target_acc_self_trained"] = session.runner.evaluate(strategy, fed.teacher_rounds, weights)
     return True
 
 
@@ -181,7 +192,7 @@ def mask_phase(session: Session) -> Start | None:
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     state = AdmpState.initial(AdmmSettings.from_hyper(run.cfg.admp), group_sizes(run.teacher, run.groups))
     session.fleet.shared.start_phase(feature_dim(run.teacher))
-    offset = fed.teacher_rounds  # round numbers continue after the teacher's self-training
+    offset = fed.self_training_rounds()  # round numbers continue after the teacher's self-training
     weights, first = run.teacher.state_dict(), offset + 1
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)
@@ -214,7 +225,7 @@ def mask_phase(session: Session) -> Start | None:
 def baseline_start(session: Session) -> Start:
     """fedkd: the dense teacher copy; naive: L1-norm pruning on the cloud + source fine-tuning."""
     run, cfg = session.run, session.run.cfg
-    ckpt, offset = run.checkpoint, cfg.federation.teacher_rounds  # KD rounds follow the teacher's
+    ckpt, offset = run.checkpoint, cfg.federation.self_training_rounds()  # KD rounds follow the teacher's
     if ckpt is not None and ckpt.phase == "kd":
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     if cfg.federation.strategy == "fedkd":
@@ -244,13 +255,27 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     session.fleet.shared.start_phase(feature_dim(run.model(start.keep)))
     offset, first = start.mask_rounds_done, start.mask_rounds_done + 1
     if run.checkpoint is not None and run.checkpoint.phase == "kd":
-        first = run.checkpoint.round + 1
-    on_round = session.checkpointer("kd", lambda: {"keep": start.keep or {}, "mask_rounds_done": offset})
+        first, phase_start = run.checkpoint.round + 1, run.checkpoint.phase_start
+    else:  # the phase's start and its label-free score, kept if the rounds make it worse
+        figures = session.runner.evaluate_all(strategy, offset, start.weights, session.runner.local_bn)
+        phase_start = {"weights": start.weights, "score": figures.get("label-free-score")}
+    extra = {"keep": start.keep or {}, "mask_rounds_done": offset, "phase_start": phase_start}
     weights, finished = session.runner.run_rounds(
-        strategy, "finetune", start.weights, range(first, offset + rounds + 1), on_round, evaluate_last=False
-    )  # the final evaluation follows
+        strategy,
+        "finetune",
+        start.weights,
+        range(first, offset + rounds + 1),
+        session.checkpointer("kd", lambda: extra),
+    )
     if not finished:
         return None
+    last = session.runner.last_figures.get("label-free-score")
+    session.selection = {"start_score": phase_start["score"], "end_score": last, "kept": "end"}
+    if not keeps_result(phase_start["score"], last):
+        weights, session.selection["kept"] = phase_start["weights"], "start"
+        run.console.print(
+            f"[yellow]fine-tune rounds discarded: label-free score {last:.3f} > {phase_start['score']:.3f}"
+        )
     model = run.model(start.keep)
     model.load_state_dict(weights)
     if fed.bn_recalibration in ("global", "local"):
@@ -261,4 +286,4 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
 def final_round(run: RunSetup) -> int:
     """The round number of the final evaluation (after every training round)."""
     fed = run.cfg.federation
-    return fed.teacher_rounds + fed.mask_rounds + fed.finetune_rounds + 1
+    return fed.self_training_rounds() + fed.mask_rounds + fed.finetune_rounds + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from strategies import protocol as P
 from strategies.base import FleetStrategy
 
 Weights = dict[str, torch.Tensor]
+LABEL_FREE = ("label-free-score", "class-balance", "prediction-entropy")  # strategies.selftraining.label_free_metrics
 OnRound = Callable[[int, Weights], bool]  # after each round: checkpoint; False pauses the run
 
 
@@ -41,7 +42,9 @@ class RoundRunner:
     console: Console
     timeout: float  # seconds to wait for a round's replies
     eval_every: int  # federated evaluation every this many rounds (and at a phase's last round)
+    local_bn: bool = False  # per-round evaluations re-estimate BN on each device first (bn_recalibration local)
     first_round_at: float | None = None  # wall clock of the first round, for start-up time
+    last_figures: dict[str, float] = field(default_factory=dict)  # the last round's evaluation
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Send and wait for the replies (or the timeout)."""
@@ -57,14 +60,15 @@ class RoundRunner:
     def evaluate_all(
         self, strategy: FleetStrategy, rnd: int, weights: Weights, local_bn: bool = False
     ) -> dict[str, float]:
-        """Every accuracy the devices report: ``accuracy`` and, with ``local_bn``, also
-        ``accuracy-as-exported`` (the model as received, before the device's BN step); {} if none."""
+        """Every figure of a federated evaluation: ``accuracy``, with ``local_bn`` also
+        ``accuracy-as-exported`` (the model as received, before the device's BN step), and the
+        label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``); {} if none."""
         config = ConfigRecord({"local-bn": local_bn})
         msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
         if result is None:
             return {}
-        return {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy")}
+        return {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy") or k in LABEL_FREE}
 
     def run_rounds(
         self,
@@ -106,7 +110,10 @@ class RoundRunner:
             "bytes_down_teacher": sends * delivery.teacher.count_bytes(),
         }
         row |= {k.replace("-", "_"): _number(v, k) for k, v in (metrics or {}).items()}
-        row["target_acc"] = self.evaluate(strategy, rnd, weights) if evaluate else None
+        figures = self.evaluate_all(strategy, rnd, weights, self.local_bn) if evaluate else {}
+        self.last_figures = figures
+        row["target_acc"] = figures.get("accuracy")
+        row |= {k.replace("-", "_"): figures.get(k) for k in LABEL_FREE}
         row["round_seconds"] = round(time.perf_counter() - start, 3)
         self.run_dir.log_metrics(row)
         self._print(row)

@@ -44,6 +44,7 @@ class Checkpoint:
     keep: MaskDict = field(default_factory=dict)  # the merge mask once the student is pruned
     admp: dict[str, Any] = field(default_factory=dict)  # AdmpState.state_dict() in the mask phase
     mask_rounds_done: int = 0  # rounds of the mask phase (round numbers continue after it)
+    phase_start: dict[str, Any] = field(default_factory=dict)  # KD phase: its start weights and label-free score
     fleet_stats: dict[str, Any] = field(default_factory=dict)  # SharedStats.state_dict(): marginal, centroid sums
 
     def save(self, run_dir: RunDirectory) -> None:

@@ -29,7 +29,7 @@ def matched_schedule(cfg: ScenarioConfig, sizes: list[int]) -> ScheduleSpec:
     mask = max(1, round(per_round * fed.mask_rounds))
     return ScheduleSpec(
         budget="federation",
-        teacher_epochs=round(per_round * fed.teacher_rounds),
+        teacher_epochs=round(per_round * fed.self_training_rounds()),
         warmup_epochs=min(mask, round(per_round * fed.warmup_rounds)),
         mask_epochs=mask,
         admm_every=max(1, round(per_round)),

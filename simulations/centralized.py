@@ -76,17 +76,25 @@ def kd_targets(run: RunSetup, devices: list[Device], pooled_x: torch.Tensor) -> 
 
 
 def pooled_labels(
-    student: nn.Module, x: torch.Tensor, hp: AdmpHyper, masks: tuple[GroupSpec, MaskDict] | None = None
+    student: nn.Module,
+    x: torch.Tensor,
+    hp: AdmpHyper,
+    sizes: list[int],
+    masks: tuple[GroupSpec, MaskDict] | None = None,
 ) -> torch.Tensor | None:
-    """Centroid pseudo labels (N,) of the pooled data for one epoch, under the gates ``masks``
-    (the centroids of the whole data: what a fleet's aggregated sums give); None when unused."""
+    """Centroid pseudo labels (N,) of the pooled data (``sizes``: the devices' shares, in order) for one
+    epoch, under the gates ``masks``: by the centroids of the whole data (what the fleet's aggregated
+    sums give, ``centroids: fleet``), or of each device's data with its own BN statistics
+    (``device``), as the devices would label them; None when unused."""
     if not uses_centroids(hp):
         return None
-    labels, _ = student_pseudo_labels(student, x, masks=masks)
-    return labels
+    if hp.centroids == "fleet":
+        return student_pseudo_labels(student, x, masks=masks)[0]
+    local = hp.teacher_bn == "local"
+    return torch.cat([student_pseudo_labels(student, part, None, masks, local)[0] for part in x.split(sizes)])
 
 
-def self_trained_teacher(run: RunSetup, x: torch.Tensor) -> nn.Module:
+def self_trained_teacher(run: RunSetup, x: torch.Tensor, sizes: list[int]) -> nn.Module:
     """A copy of the teacher after ``schedule.teacher_epochs`` of self-training on the pooled data (IM
     + centroid pseudo labels, no KD), from the BN statistics the federation would start from."""
     hp = run.cfg.admp.model_copy(update={"lambda_kd": 0.0})
@@ -94,7 +102,7 @@ def self_trained_teacher(run: RunSetup, x: torch.Tensor) -> nn.Module:
     if hp.teacher_bn == "fleet":
         recalibrate_bn(teacher, x)
     for epoch in range(run.cfg.schedule.teacher_epochs):
-        labels = pooled_labels(teacher, x, hp)
+        labels = pooled_labels(teacher, x, hp, sizes)
         stats = kd_finetune(teacher, x, torch.zeros(len(x), run.task.num_classes), 1, hp, gen, hp.lr, labels=labels)
         run.console.print(f"teacher self-training epoch {epoch + 1}: samples {int(stats['samples'])}")
     return teacher.eval()
@@ -104,6 +112,7 @@ def mask_phase(
     run: RunSetup,
     student: nn.Module,
     train_x: torch.Tensor,
+    sizes: list[int],
     targets: torch.Tensor,
     test: tuple[torch.Tensor, torch.Tensor],
 ) -> AdmpState:
@@ -114,7 +123,7 @@ def mask_phase(
     gen = torch_generator(cfg.run.seed, "admp")
     for epoch in range(cfg.schedule.mask_epochs):
         start = time.perf_counter()
-        labels = pooled_labels(student, train_x, hp, (groups, state.m))
+        labels = pooled_labels(student, train_x, hp, sizes, (groups, state.m))
         stats = admp_local_train(student, groups, state, train_x, targets, 1, hp, gen, labels=labels)
         if is_admm_epoch(cfg, epoch):
             state.admm_step()
@@ -143,6 +152,7 @@ def finetune_phase(
     run: RunSetup,
     pruned: nn.Module,
     train_x: torch.Tensor,
+    sizes: list[int],
     targets: torch.Tensor,
     test: tuple[torch.Tensor, torch.Tensor],
     first_step: int,
@@ -153,7 +163,7 @@ def finetune_phase(
     for epoch in range(sched.finetune_epochs):
         start = time.perf_counter()
         lr = cosine_lr(run.cfg.admp.finetune_lr, epoch, sched.finetune_epochs)
-        labels = pooled_labels(pruned, train_x, run.cfg.admp)
+        labels = pooled_labels(pruned, train_x, run.cfg.admp, sizes)
         stats = kd_finetune(pruned, train_x, targets, 1, run.cfg.admp, gen, lr=lr, labels=labels)
         acc = accuracy(pruned, *test)
         run.run_dir.log_metrics(
@@ -190,6 +200,7 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
             f"Z-step every {s.admm_every}), {s.finetune_epochs} fine-tune epochs"
         )
     train, test_split = task.pooled(devices)  # train.y is never used for training
+    sizes = [len(d.train) for d in devices]
     test = (test_split.x, test_split.y)
     teacher_acc = accuracy(run.teacher, *test)
     run.console.print(
@@ -198,12 +209,12 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     )
     source_teacher = run.teacher
     if cfg.schedule.teacher_epochs:  # every later step starts from, and distils from, the adapted teacher
-        run.teacher = self_trained_teacher(run, train.x)
+        run.teacher = self_trained_teacher(run, train.x, sizes)
         run.teacher_info["target_acc_self_trained"] = accuracy(run.teacher, *test)
         run.console.print(f"teacher self-trained: target test {run.teacher_info['target_acc_self_trained']:.2f}%")
     targets = kd_targets(run, devices, train.x)
     student = copy.deepcopy(run.teacher)
-    state = mask_phase(run, student, train.x, targets, test)
+    state = mask_phase(run, student, train.x, sizes, targets, test)
     keep = state.merge_mask()  # m = Z: a final projection of m + U
     torch.save({"student": student.state_dict(), "keep": keep}, run.run_dir.file("student_masked.pt"))
     pruned = prune_model(student, run.groups, keep, example_input(student))
@@ -215,7 +226,7 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
         {"phase": "merge", "step": step, "epoch": 0, "target_acc": merged_acc, "channels_pruned": pruned_share}
     )
     run.console.print(f"merged: {pruned_share:.0%} of channels removed, target acc {merged_acc:.2f}%")
-    finetune_phase(run, pruned, train.x, targets, test, step + 1, pruned_share)
+    finetune_phase(run, pruned, train.x, sizes, targets, test, step + 1, pruned_share)
     recalibrate_bn(pruned, train.x)
     return _finish(run, pruned, keep, devices, test_split, source_teacher, (teacher_acc, merged_acc))
 

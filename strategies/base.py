@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import Strategy
 from admp.seeding import numpy_rng
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
-from strategies.selftraining import DeviceStats, SharedStats
+from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
 log = logging.getLogger("fedadmp.strategy")
 Parsed = TypeVar("Parsed")
@@ -179,22 +179,27 @@ class FleetStrategy(Strategy):
         return {}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Example-weighted accuracy over the devices that answered."""
+        """Example-weighted accuracy over the devices that answered, and the label-free score of the
+        model where every device reported its predictions' statistics (``SharedStats.label_free``)."""
 
-        def parse(content: RecordDict) -> tuple[dict[str, float], int]:
+        def parse(content: RecordDict) -> tuple[dict[str, float], int, LabelFree | None]:
             # a device without a test split counts with weight 0 (not a rejection)
             n = check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
             keys = [k for k in ("accuracy", "accuracy-as-exported") if k in P.metric_record(content)]
-            return {k: check_percent(P.metric(content, k), k) for k in keys}, n
+            label_free = self.fleet.shared.parse_label_free(content) if P.STATS in content else None
+            return {k: check_percent(P.metric(content, k), k) for k in keys}, n, label_free
 
         results = self.validated(server_round, replies, parse)
-        total = sum(n for _, n in results)
+        total = sum(n for _, n, _ in results)
         if total == 0:
             return None
         metrics: dict[str, MetricRecordValues] = {"devices": len(results), P.NUM_EXAMPLES: total}
-        shared = set.intersection(*(set(acc) for acc, _ in results))  # figures every device reported
+        shared = set.intersection(*(set(acc) for acc, _, _ in results))  # figures every device reported
         for key in sorted(shared):
-            metrics[key] = sum(acc[key] * n for acc, n in results) / total
+            metrics[key] = sum(acc[key] * n for acc, n, _ in results) / total
+        stats = [lf for _, _, lf in results if lf is not None]
+        if stats and len(stats) == len(results):
+            metrics |= label_free_metrics(stats)
         return MetricRecord(metrics)
 
     def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:

@@ -10,6 +10,7 @@ record). Both are aggregates over a device's whole data: no sample, feature or l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from flwr.app import ArrayRecord, MetricRecordValues, RecordDict
 
 from admp.centroids import FeatureSums, add_sums
 from strategies import protocol as P
-from strategies.aggregation import ReplyError, check_arrays, check_range, weighted_average
+from strategies.aggregation import ReplyError, check_arrays, check_examples, check_range, weighted_average
 
 
 @dataclass
@@ -42,6 +43,31 @@ def _check_sums(sums: torch.Tensor, mass: torch.Tensor) -> None:
     excess = sums.norm(dim=1) - mass * (1 + 1e-4) - 1e-5
     if float(excess.max()) > 0:
         raise ReplyError("stats.feature-sums: a class sum is longer than its mass (features are unit length)")
+
+
+@dataclass(frozen=True)
+class LabelFree:
+    """One device's label-free statistics of a model: mean prediction entropy, mean prediction (K,), samples."""
+
+    entropy: float
+    mean_prediction: torch.Tensor
+    n: int
+
+
+def label_free_metrics(items: list[LabelFree]) -> dict[str, MetricRecordValues]:
+    """The fleet's label-free view of a model, no label used: ``prediction-entropy`` (mean per-sample
+    entropy, nats: confidence), ``class-balance`` (entropy of the fleet's mean prediction over log K:
+    1 = every class predicted alike, 0 = one class) and ``label-free-score`` = prediction-entropy -
+    H(mean prediction), the information-maximisation objective (lower is better)."""
+    total = sum(i.n for i in items)
+    mean_entropy = sum(i.entropy * i.n for i in items) / total
+    p = torch.stack([i.mean_prediction * (i.n / total) for i in items]).sum(dim=0)  # (K,)
+    marginal_entropy = float(-(p * torch.log(p + 1e-8)).sum())
+    return {
+        "prediction-entropy": mean_entropy,
+        "class-balance": marginal_entropy / math.log(max(len(p), 2)),
+        "label-free-score": mean_entropy - marginal_entropy,
+    }
 
 
 @dataclass
@@ -96,6 +122,21 @@ class SharedStats:
             _check_sums(sums, mass)
             out.sums = FeatureSums(sums, mass)
         return out
+
+    def parse_label_free(self, content: RecordDict) -> LabelFree:
+        """An evaluate reply's label-free statistics, validated: entropy in [0, log K], a mean
+        prediction of K probabilities summing to 1, a positive sample count."""
+        k = self.num_classes
+        stats = P.from_record(P.array_record(content, P.STATS))
+        check_arrays(stats, {"mean-prediction": (k,)}, "stats")
+        p = stats["mean-prediction"].float()
+        check_range({"mean-prediction": p}, 0.0, 1.0, "stats")
+        if abs(float(p.sum()) - 1.0) > 1e-3:
+            raise ReplyError(f"stats.mean-prediction: sums to {float(p.sum()):.4g}, not 1")
+        value = P.metric(content, "entropy")
+        if not 0.0 <= value <= math.log(max(k, 2)) + 1e-4:
+            raise ReplyError(f"metrics.entropy: {value:.4g} outside [0, log {k}]")
+        return LabelFree(value, p, check_examples(P.metric(content, "unlabeled")))
 
     def update(self, items: list[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
         """The round's replies (stats, n) become the fleet's aggregates; returns label-free signals:

@@ -192,7 +192,7 @@ def test_devices_report_feature_sums_and_label_by_the_fleets_centroids(tmp_path,
     """With centroid pseudo labels a reply carries per-class feature sums (K, 128 + 1) whose masses add
     up to the device's 14 samples; fleet centroids of the wrong feature length fail the reply."""
     msg = _message(tmp_path, teacher_state, with_teacher=True)
-    hp = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0, pseudo_labels="centroid").model_dump())
+    hp = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0, pseudo_labels="centroid", centroids="fleet").model_dump())
     msg.content[P.CONFIG]["hp"] = hp
     stats = P.from_record(client.app(msg, _context(0)).content[P.STATS])
     assert set(stats) == {"feature-sums", "feature-mass"} and stats["feature-sums"].shape == (10, 129)
@@ -204,3 +204,11 @@ def test_devices_report_feature_sums_and_label_by_the_fleets_centroids(tmp_path,
         nxt.content[P.FLEET] = P.to_record({"centroids": torch.eye(10, width)})
         reply = client.app(nxt, _context(0))
         assert reply.has_error() != ok and (ok or "65 feature dims, the model 129" in reply.error.reason)
+
+
+def test_with_device_centroids_no_feature_sums_leave_the_device(tmp_path, teacher_state):
+    msg = _message(tmp_path, teacher_state, with_teacher=True)
+    hp = AdmpHyper(batch_size=8, lambda_im=0.0, pseudo_labels="centroid", centroids="device").model_dump()
+    msg.content[P.CONFIG]["hp"] = json.dumps(hp)
+    reply = client.app(msg, _context(0))
+    assert not reply.has_error() and P.STATS not in reply.content

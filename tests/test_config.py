@@ -91,6 +91,8 @@ def test_cli_help_lists_subcommands(capsys):
 def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, inference_bn):
     cfg = load_config(_write(tmp_path, f"data:\n  {data}"))
     assert (cfg.admp.teacher_bn, cfg.federation.bn_recalibration) == (teacher_bn, inference_bn)
+    assert cfg.admp.centroids == ("device" if teacher_bn == "local" else "fleet")  # the same rule
+    assert cfg.federation.self_training_rounds() == (0 if teacher_bn == "local" else 3)
     explicit = load_config(_write(tmp_path, f"data:\n  {data}admp:\n  teacher_bn: source\n"))
     assert explicit.admp.teacher_bn == "source"  # an explicit mode is kept
 
@@ -136,7 +138,8 @@ def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
 
 def test_cross_field_checks_spare_other_strategies_and_empty_sections(tmp_path):
     cfg = load_config(_write(tmp_path, "admp:\nfederation:\n  strategy: fedkd\n  mask_rounds: 0\n"))
-    assert cfg.admp == AdmpHyper(teacher_bn=cfg.admp.teacher_bn) and cfg.federation.mask_rounds == 0
+    assert cfg.admp == AdmpHyper(teacher_bn=cfg.admp.teacher_bn, centroids=cfg.admp.centroids)  # auto resolved
+    assert cfg.federation.mask_rounds == 0
 
 
 def test_range_messages_come_from_each_fields_constraints():

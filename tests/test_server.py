@@ -147,18 +147,18 @@ def test_fleet_aggregates_are_logged_checkpointed_and_resumed(tmp_path):
     """With IM and centroid pseudo labels on, every training round logs the fleet marginal's entropy
     and how many classes have a centroid, the checkpoint holds the marginal and the feature sums
     (LeNet's 128 hidden units + 1), and a run paused after round 2 resumes to the same model."""
-    full = _run(tmp_path / "a", "admp.lambda_im=1")
+    full = _run(tmp_path / "a", "admp.lambda_im=1", "admp.centroids=fleet")
     rows = [r for r in _rows(full) if r["phase"] in ("mask", "finetune")]
     assert all(0 < r["marginal_entropy"] <= math.log(10) + 1e-6 for r in rows)
     assert all(1 <= r["centroid_classes"] <= 10 for r in rows)
-    paused = _run(tmp_path / "b", "admp.lambda_im=1", "federation.stop_after_round=2")
+    paused = _run(tmp_path / "b", "admp.lambda_im=1", "admp.centroids=fleet", "federation.stop_after_round=2")
     shared = torch.load(paused / "checkpoint.pt", weights_only=True)["fleet_stats"]
     assert shared["marginal"].shape == (10,) and shared["examples"] > 0
     assert shared["feature-sums"].shape == (10, 129) and float(shared["feature-mass"].sum()) == pytest.approx(
         shared["examples"], rel=1e-4
     )
-    run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}",
-                                                          "admp.lambda_im=1"]), str(paused))  # fmt: skip
+    run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}", "admp.lambda_im=1",
+                                                          "admp.centroids=fleet"]), str(paused))  # fmt: skip
     a = torch.load(full / "checkpoint.pt", weights_only=True)["student"]
     b = torch.load(paused / "checkpoint.pt", weights_only=True)["student"]
     assert all(torch.allclose(v.float(), b[k].float(), atol=1e-6) for k, v in a.items())
@@ -253,3 +253,22 @@ def test_the_teacher_self_trains_first_and_every_later_round_follows_it(fedadmp_
     resumed = torch.load(paused / "checkpoint.pt", weights_only=True)["student"]
     assert all(torch.allclose(v.float(), resumed[k].float(), atol=1e-6) for k, v in fresh.items())
     assert [r["round"] for r in _rows(paused)] == [r["round"] for r in rows]
+
+
+def test_label_free_scores_are_logged_and_the_guards_discard_worse_results(fedadmp_run, tmp_path, monkeypatch):
+    """Every evaluated round logs the label-free score; the summary holds the teacher's and the
+    student's. With a guard that finds every result worse, the self-trained teacher is discarded
+    (the teacher goes out once) and the fine-tune phase ends on its start."""
+    rows = [r for r in _rows(fedadmp_run) if r["phase"] in ("mask", "finetune")]
+    assert all(-math.log(10) - 1e-6 <= r["label_free_score"] <= math.log(10) for r in rows)
+    assert all(0 <= r["class_balance"] <= 1 + 1e-6 for r in rows)
+    summary = _summary(fedadmp_run)
+    assert summary["label_free"]["teacher_score"] is not None and summary["label_free"]["student_score"] is not None
+    assert summary["student"]["kd_phase_kept"] in ("start", "end")
+
+    from server import phases
+
+    monkeypatch.setattr(phases, "keeps_result", lambda before, after: False)
+    guarded = _summary(_run(tmp_path, "federation.teacher_rounds=1"))
+    assert guarded["teacher"]["self_training"] == "discarded" and max(guarded["teacher_sends"].values()) == 1
+    assert guarded["student"]["kd_phase_kept"] == "start"

@@ -92,7 +92,9 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
     from one generator for all epochs, and its first Z-step ends epoch ``warmup_epochs`` where the
     federated one ends round ``warmup_rounds + 1``."""
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    hp = AdmpHyper(batch_size=16, teacher_bn="local", lambda_im=0.0)  # centroid pseudo labels, no marginal
+    hp = AdmpHyper(
+        batch_size=16, teacher_bn="local", lambda_im=0.0, centroids="fleet"
+    )  # centroid pseudo labels, no marginal
     data = DataSpec(num_devices=1, samples_per_device=40).model_dump()
     scenario = P.device_scenario(3, data, {"arch": "lenet", "width": 0.25}, "lenet", 10)
     torch.manual_seed(0)

@@ -8,11 +8,12 @@ from flwr.app import Error, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from admp.state import AdmmSettings, AdmpState
+from server.guards import keeps_result, student_flag
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, bn_statistics, check_arrays, check_range, weighted_average
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
-from strategies.selftraining import SharedStats
+from strategies.selftraining import LabelFree, SharedStats, label_free_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -318,3 +319,43 @@ def test_fleet_centroids_are_the_pooled_centroids_validated_and_sent_with_the_ne
     assert fleet.shared.sums is not None
     fleet.shared.start_phase(5)  # a pruned student with other features: they go, devices use their own
     assert fleet.shared.sums is None and fleet.shared.records() == {}
+
+
+def test_label_free_metrics_by_hand():
+    """A sure device predicting class 0 and an unsure one predicting both alike: mean entropy ln2 / 2,
+    fleet marginal [0.75, 0.25] with entropy 0.5623 nats: score 0.3466 - 0.5623 = -0.2158."""
+    items = [LabelFree(0.0, torch.tensor([1.0, 0.0]), 1), LabelFree(math.log(2), torch.tensor([0.5, 0.5]), 1)]
+    metrics = label_free_metrics(items)
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert metrics["prediction-entropy"] == pytest.approx(math.log(2) / 2, abs=1e-6)
+    assert metrics["class-balance"] == pytest.approx(h / math.log(2), abs=1e-6)
+    assert metrics["label-free-score"] == pytest.approx(math.log(2) / 2 - h, abs=1e-6)
+    collapsed = label_free_metrics([LabelFree(0.0, torch.tensor([1.0, 0.0]), 2)])  # sure, but one class
+    assert collapsed["class-balance"] == pytest.approx(0.0, abs=1e-6) and collapsed["label-free-score"] > -0.2158
+
+
+def test_evaluation_replies_carry_a_validated_label_free_view():
+    fleet = Fleet({0: 100, 1: 101}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {},
+                  shared=SharedStats(2))  # fmt: skip
+    strategy = FedKD(weights={"w": torch.zeros(2)}, keep=None, fleet=fleet, policy=RoundPolicy(2))
+    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_evaluate(1, P.to_record({"w": torch.zeros(2)}),
+                                                                           P.make_config({}), None)}  # fmt: skip
+
+    def reply(node, entropy, p):
+        metrics = {"accuracy": 50.0, P.NUM_EXAMPLES: 10, "entropy": entropy, "unlabeled": 4}
+        return Message(RecordDict({P.METRICS: P.metrics_record(metrics),
+                                   P.STATS: P.to_record({"mean-prediction": torch.tensor(p)})}),
+                       reply_to=msgs[node])  # fmt: skip
+
+    good = strategy.aggregate_evaluate(1, [reply(100, 0.0, [1.0, 0.0]), reply(101, math.log(2), [0.5, 0.5])])
+    assert float(good["label-free-score"]) == pytest.approx(
+        math.log(2) / 2 + 0.75 * math.log(0.75) + 0.25 * math.log(0.25)
+    )
+    bad = strategy.aggregate_evaluate(2, [reply(100, 0.0, [1.0, 0.0]), reply(101, 0.9, [0.5, 0.5])])
+    assert int(bad["devices"]) == 1 and "outside [0, log 2]" in fleet.rejections[-1].reason  # 0.9 > ln 2: rejected
+
+
+def test_guards_keep_a_result_unless_its_label_free_score_got_worse():
+    assert keeps_result(-1.0, -1.2) and keeps_result(None, 3.0) and keeps_result(-1.0, None)
+    assert not keeps_result(-1.0, -0.9)
+    assert student_flag(-1.0, -0.85)["below_start_warning"] and not student_flag(-1.0, -0.95)["below_start_warning"]

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from admp.choices import SHIFT_KINDS  # names per modality: admp.choices.IMAGE_SHIFTS / SENSOR_SHIFTS
+from admp.choices import COLOUR_SHIFTS, SHIFT_KINDS  # names per modality: admp.choices.*_SHIFTS
+from admp.data.colour import colour_shift
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def _rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
 def shift_images(x: torch.Tensor, spec: ShiftSpec, gen: torch.Generator) -> torch.Tensor:
     """Apply one image shift: (N, C, H, W) in [0,1] -> same shape in [0,1]."""
     s = int(spec.severity)
+    if spec.name in COLOUR_SHIFTS:
+        return colour_shift(x, spec.name, s, gen)
     if spec.name == "noise":  # sensor read noise
         x = x + 0.06 * s * torch.randn(x.shape, generator=gen)
     elif spec.name == "blur":  # out-of-focus lens

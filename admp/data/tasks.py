@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from admp.choices import DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
+from admp.choices import COLOUR_SHIFTS, DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
 from admp.config import DataSpec
 from admp.data import partition as part
 from admp.data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
@@ -156,9 +156,25 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split |
     raise DataError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
+def _as_rgb(split: Split) -> Split:
+    """(N, 1, H, W) grey images -> (N, 3, H, W), the grey value in every channel."""
+    return Split(split.x.repeat(1, 3, 1, 1), split.y)
+
+
+def default_shift_kinds(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
+    """Every shift of the modality: sensor shifts for windows (C, T), image shifts for (C, H, W),
+    and the colour shifts as well for RGB images."""
+    if len(sample_shape) == 2:
+        return SENSOR_SHIFTS
+    return IMAGE_SHIFTS + COLOUR_SHIFTS if sample_shape[0] == 3 else IMAGE_SHIFTS
+
+
 def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
     """Load the data of ``spec`` and cut the target into devices, deterministically from ``seed``."""
     source, target, target_test, groups = _source_and_target(spec, seed)
+    if spec.rgb:  # grey digits as 3-channel images, so that colour shifts and RGB models apply
+        source, target = _as_rgb(source), _as_rgb(target)
+        target_test = _as_rgb(target_test) if target_test is not None else None
     rng = numpy_rng(seed, "split")
     source = _cap(source, spec.max_source, rng)
     src_train, src_val = part.split_train_test(np.arange(len(source)), spec.source_val_fraction, rng)
@@ -193,7 +209,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
     else:  # an official test set: spread it IID over the devices
         test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
     shifts_on = spec.shifts_enabled()
-    kinds = tuple(spec.shift_kinds) or (SENSOR_SHIFTS if source.x.dim() == 3 else IMAGE_SHIFTS)
+    kinds = tuple(spec.shift_kinds) or default_shift_kinds(tuple(source.x.shape[1:]))
     return CrossDomainTask(
         name=spec.dataset,
         num_classes=int(source.y.max()) + 1,
