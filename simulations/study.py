@@ -115,9 +115,9 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
     """Every run of the study; fedkd does not prune, so it runs once per (task, seed).
 
     Ratios other than ``table_ratio`` run for ``sweep_seeds`` only (all seeds when it is empty);
-    variants run at ``table_ratio`` for every seed. Order: the table's runs seed by seed (every task's
-    first seed before any second one), then the other ratios, so a study cut short still has whole
-    seeds of every task.
+    variants run at ``table_ratio`` for every seed. Order: every run of the first seed (the table's
+    ratio first, then the others), then the table's runs of each further seed, so a study cut short
+    has every task and ratio once before it repeats them.
     """
     runs = []
     for task in spec.tasks:
@@ -153,7 +153,12 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                     }
                 )
     table = (0.0, spec.table_ratio)
-    return sorted(runs, key=lambda r: (r["prune_ratio"] not in table, spec.seeds.index(r["seed"])))  # stable
+
+    def order(run: dict[str, Any]) -> tuple[int, bool, int]:
+        seed_at = spec.seeds.index(run["seed"])
+        return (min(seed_at, 1), run["prune_ratio"] not in table, seed_at)
+
+    return sorted(runs, key=order)  # stable: tasks and methods keep their order within
 
 
 def final_divergence(run_dir: Path) -> float | None:

@@ -112,15 +112,15 @@ def test_sweep_seeds_and_variants_extend_the_plan(tmp_path):
     spec, _ = study_mod.load_study(_study(tmp_path, body))
     runs = study_mod.plan(spec)
     ids = [r["run_id"] for r in runs]
-    # the table ratio seed by seed (fedkd, naive, the variant), then naive at 0.3 for seed 0 only
+    # seed 0 whole (the table ratio, then naive at 0.3), then seed 1 at the table ratio only
     assert ids == [
         "a-fedkd-p0-s0",
         "a-naive-p0.6-s0",
         "a-no_adv-p0.6-s0",
+        "a-naive-p0.3-s0",
         "a-fedkd-p0-s1",
         "a-naive-p0.6-s1",
         "a-no_adv-p0.6-s1",
-        "a-naive-p0.3-s0",
     ]
     variant = runs[2]
     assert variant["method"] == "fedadmp" and variant["overrides"] == ["admp.adversary=false"]
