@@ -12,18 +12,17 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import overload
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from admp.config import AdmpHyper
-from admp.losses import adversary_step, information_maximisation, kd_divergence, pseudo_label_ce
+from admp.losses import adversary_step, kd_divergence
 from admp.masks import MaskDict, clone_masks, gated
 from admp.metrics import accuracy
 from admp.models import GroupSpec
+from admp.objective import FleetPrior, adaptation_loss
 from admp.state import AdmpState
 
 
@@ -103,72 +102,6 @@ def frozen_bn_stats(model: nn.Module) -> AbstractContextManager[None]:
     return bn_momentum(model, 0.0)
 
 
-def uses_centroids(hp: AdmpHyper) -> bool:
-    """Whether the pseudo-label term trains on centroid labels."""
-    return hp.lambda_pl > 0 and hp.pseudo_labels == "centroid"
-
-
-def shares_centroids(hp: AdmpHyper) -> bool:
-    """Whether devices label by the fleet's centroids (and so report their feature sums)."""
-    return uses_centroids(hp) and hp.centroids == "fleet"
-
-
-@dataclass(frozen=True)
-class FleetPrior:
-    """The fleet's mean prediction (K,) from the last round, and this device's share of its samples."""
-
-    marginal: torch.Tensor
-    own_share: float
-
-
-def _pseudo_label_loss(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, hp: AdmpHyper, labels: torch.Tensor | None
-) -> torch.Tensor:
-    """The pseudo-label cross-entropy of one batch: on the centroid labels (``labels``, (B,)) or,
-    with ``pseudo_labels: teacher``, on the teacher's confident argmax."""
-    if hp.pseudo_labels == "teacher":
-        return pseudo_label_ce(teacher_logits, student_logits, hp.pl_threshold)
-    if labels is None:
-        return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits, labels)
-
-
-def _adaptation_loss(
-    teacher_logits: torch.Tensor,
-    student_logits: torch.Tensor,
-    hp: AdmpHyper,
-    prior: FleetPrior | None = None,
-    labels: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total KD-adaptation loss, divergence D) on one batch; IM uses the fleet's marginal if given,
-    the pseudo-label term the batch's centroid ``labels`` (B,) if given."""
-    div = kd_divergence(teacher_logits, student_logits, hp.tau)
-    loss = hp.lambda_kd * div
-    if hp.lambda_pl > 0:
-        loss = loss + hp.lambda_pl * _pseudo_label_loss(teacher_logits, student_logits, hp, labels)
-    if hp.lambda_im > 0:
-        marginal, share = (prior.marginal, prior.own_share) if prior is not None else (None, 1.0)
-        loss = loss + hp.lambda_im * information_maximisation(student_logits, marginal, share)
-    return loss, div
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The model's softmax (N, K) over ``x`` in eval mode."""
-    model.eval()
-    return torch.cat([F.softmax(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
-
-
-def mean_prediction(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """The model's mean softmax (K,) over ``x`` in eval mode: what a device reports for the fleet's marginal."""
-    return predictions(model, x, batch_size).mean(dim=0)
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of each row of ``probs`` (..., K) -> (...)."""
-    return -(probs * torch.log(probs + 1e-8)).sum(dim=-1)
-
-
 def _soft_grads(
     student: nn.Module,
     groups: GroupSpec,
@@ -217,7 +150,7 @@ def _descent_loss(
     under the gates m * s of ``state``."""
     xb, t_logits, labels = batch
     with gated(student, groups, m_params, state.s):
-        loss, div = _adaptation_loss(t_logits, student(xb), hp, prior, labels)
+        loss, div = adaptation_loss(t_logits, student(xb), hp, prior, labels)
     loss = loss + state.penalty(m_params)
     if hp.l1_m > 0:
         loss = loss + hp.l1_m * sum(v.abs().sum() for v in m_params.values())
@@ -302,7 +235,7 @@ def kd_finetune(
         for idx in index_batches(len(x), hp.batch_size, gen):
             xb, t_logits = x[idx], targets[idx]
             yb = labels[idx] if labels is not None else None
-            loss, div = _adaptation_loss(t_logits, student(xb), hp, prior, yb)
+            loss, div = adaptation_loss(t_logits, student(xb), hp, prior, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -27,21 +27,10 @@ from admp.deploy import adapt_bn
 from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
 from admp.models import groups_of
+from admp.objective import FleetPrior, entropy, mean_prediction, predictions, shares_centroids, uses_centroids
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
-from admp.trainer import (
-    FleetPrior,
-    admp_local_train,
-    entropy,
-    kd_finetune,
-    local_epochs_for,
-    mean_prediction,
-    predictions,
-    recalibrate_bn,
-    shares_centroids,
-    teacher_targets,
-    uses_centroids,
-)
+from admp.trainer import admp_local_train, kd_finetune, local_epochs_for, recalibrate_bn, teacher_targets
 from clients.device import (
     bn_moments,
     build_student,

@@ -20,12 +20,13 @@ from admp.centroids import feature_dim
 from admp.masks import MaskDict, group_sizes, pruned_fraction, zeros_masks
 from admp.metrics import accuracy
 from admp.models import example_input
+from admp.objective import shares_centroids
 from admp.seeding import torch_generator
 from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
-from admp.trainer import batchnorms, shares_centroids
+from admp.trainer import batchnorms
 from server.fleet import discover_devices, recalibrate_from_clients
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights

@@ -23,17 +23,11 @@ from admp.data.tasks import Device
 from admp.masks import MaskDict, gated, group_sizes, pruned_fraction
 from admp.metrics import accuracy
 from admp.models import GroupSpec, example_input
+from admp.objective import uses_centroids
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
-from admp.trainer import (
-    admp_local_train,
-    kd_finetune,
-    per_device_bn_accuracy,
-    recalibrate_bn,
-    teacher_targets,
-    uses_centroids,
-)
+from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
 from server.setup import RunSetup
 from server.summary import INFERENCE, write_summary
 from simulations.budget import matched_schedule
