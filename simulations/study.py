@@ -253,7 +253,11 @@ def run_study(path: str | Path, console: Console | None = None) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out / "runs.csv"
     done = _finished(csv_path)
-    teachers = {(r["task"], int(r["seed"])): str(Path(r["run_dir"]) / "teacher.pt") for r in done.values()}
+    teachers = {  # reuse a finished run's teacher while its file is there (run directories are not committed)
+        (r["task"], int(r["seed"])): str(Path(r["run_dir"]) / "teacher.pt")
+        for r in done.values()
+        if (Path(r["run_dir"]) / "teacher.pt").is_file()
+    }
     todo = [r for r in plan(spec) if r["run_id"] not in done]
     console.print(f"[bold]study {spec.name}[/bold]: {len(done)} runs done, {len(todo)} to go -> {out}")
     for i, run in enumerate(todo, 1):

@@ -90,7 +90,11 @@ def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(study_mod, "_execute", fake_execute)
     with pytest.raises(KeyboardInterrupt):
         study_mod.run_study(path)
+    seen = []
+    inner = fake_execute
+    monkeypatch.setattr(study_mod, "_execute", lambda run, *a: seen.append(dict(a[2])) or inner(run, *a))
     out = study_mod.run_study(path)
+    assert seen[0] == {}  # the finished runs' directories hold no teacher.pt: none is reused
     assert calls[2] == calls[3]  # the interrupted run is the first one redone; finished ones are skipped
     assert len(calls) == 9  # 8 runs + the interrupted attempt
     with (out / "runs.csv").open() as handle:
