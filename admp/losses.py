@@ -37,6 +37,11 @@ def pseudo_label_ce(teacher_logits: torch.Tensor, student_logits: torch.Tensor, 
     return F.cross_entropy(student_logits[keep], labels[keep])
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in nats of each row of ``probs`` (..., K) -> (...)."""
+    return -(probs * torch.log(probs + 1e-8)).sum(dim=-1)
+
+
 def information_maximisation(
     student_logits: torch.Tensor, fleet_marginal: torch.Tensor | None = None, own_share: float = 1.0
 ) -> torch.Tensor:
@@ -48,12 +53,12 @@ def information_maximisation(
     device is not pushed to a uniform class mix of its own, only the fleet is.
     """
     probs = F.softmax(student_logits, dim=1)  # (N, K)
-    sample_entropy = -(probs * torch.log(probs + 1e-8)).sum(dim=1).mean()
+    sample_entropy = entropy(probs).mean()
     mean_probs = probs.mean(dim=0)  # (K,)
     if fleet_marginal is not None:
         share = min(max(own_share, 0.0), 1.0)
         mean_probs = share * mean_probs + (1.0 - share) * fleet_marginal.detach()
-    diversity = -(mean_probs * torch.log(mean_probs + 1e-8)).sum()
+    diversity = entropy(mean_probs)
     return sample_entropy - diversity
 
 

@@ -76,8 +76,3 @@ def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
 def mean_prediction(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """The model's mean softmax (K,) over ``x`` in eval mode: what a device reports for the fleet's marginal."""
     return predictions(model, x, batch_size).mean(dim=0)
-
-
-def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of each row of ``probs`` (..., K) -> (...)."""
-    return -(probs * torch.log(probs + 1e-8)).sum(dim=-1)

@@ -24,10 +24,11 @@ from admp.centroids import FeatureSums, student_pseudo_labels
 from admp.config import AdmpHyper, parse_section
 from admp.data.tasks import Device
 from admp.deploy import adapt_bn
+from admp.losses import entropy
 from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
 from admp.models import groups_of
-from admp.objective import FleetPrior, entropy, mean_prediction, predictions, shares_centroids, uses_centroids
+from admp.objective import FleetPrior, mean_prediction, predictions, shares_centroids, uses_centroids
 from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import admp_local_train, kd_finetune, local_epochs_for, recalibrate_bn, teacher_targets

@@ -128,7 +128,7 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
 def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     """A fresh student skeleton: dense, or pruned to the ``keep`` masks (weights to be loaded)."""
     model_spec = scenario["model"]
-    channels = 3 if scenario["data"].get("rgb") else None  # as DataSpec.in_channels
+    channels = parse_section(DataSpec, scenario["data"], "data.").in_channels()
     key = json.dumps(
         [model_spec, scenario["num_classes"], channels, {g: v.int().tolist() for g, v in sorted((keep or {}).items())}]
     )

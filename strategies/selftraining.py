@@ -18,6 +18,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecordValues, RecordDict
 
 from admp.centroids import FeatureSums, add_sums
+from admp.losses import entropy
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_arrays, check_examples, check_range, weighted_average
 
@@ -28,6 +29,15 @@ class DeviceStats:
 
     mean_prediction: torch.Tensor | None = None
     sums: FeatureSums | None = None
+
+
+def _check_distribution(stats: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """``stats[key]`` as a probability vector: values in [0, 1] summing to 1 (ReplyError otherwise)."""
+    p = stats[key].float()
+    check_range({key: p}, 0.0, 1.0, "stats")
+    if abs(float(p.sum()) - 1.0) > 1e-3:
+        raise ReplyError(f"stats.{key}: sums to {float(p.sum()):.4g}, not 1")
+    return p
 
 
 def _check_mass(mass: torch.Tensor, n: int) -> None:
@@ -62,7 +72,7 @@ def label_free_metrics(items: list[LabelFree]) -> dict[str, MetricRecordValues]:
     total = sum(i.n for i in items)
     mean_entropy = sum(i.entropy * i.n for i in items) / total
     p = torch.stack([i.mean_prediction * (i.n / total) for i in items]).sum(dim=0)  # (K,)
-    marginal_entropy = float(-(p * torch.log(p + 1e-8)).sum())
+    marginal_entropy = float(entropy(p))
     return {
         "prediction-entropy": mean_entropy,
         "class-balance": marginal_entropy / math.log(max(len(p), 2)),
@@ -111,11 +121,7 @@ class SharedStats:
         check_arrays(stats, expected, "stats")
         out = DeviceStats()
         if self.marginal_on:
-            p = stats["mean-prediction"].float()
-            check_range({"mean-prediction": p}, 0.0, 1.0, "stats")
-            if abs(float(p.sum()) - 1.0) > 1e-3:
-                raise ReplyError(f"stats.mean-prediction: sums to {float(p.sum()):.4g}, not 1")
-            out.mean_prediction = p
+            out.mean_prediction = _check_distribution(stats, "mean-prediction")
         if self.centroids_on:
             sums, mass = stats["feature-sums"].float(), stats["feature-mass"].float()
             _check_mass(mass, n)
@@ -129,10 +135,7 @@ class SharedStats:
         k = self.num_classes
         stats = P.from_record(P.array_record(content, P.STATS))
         check_arrays(stats, {"mean-prediction": (k,)}, "stats")
-        p = stats["mean-prediction"].float()
-        check_range({"mean-prediction": p}, 0.0, 1.0, "stats")
-        if abs(float(p.sum()) - 1.0) > 1e-3:
-            raise ReplyError(f"stats.mean-prediction: sums to {float(p.sum()):.4g}, not 1")
+        p = _check_distribution(stats, "mean-prediction")
         value = P.metric(content, "entropy")
         if not 0.0 <= value <= math.log(max(k, 2)) + 1e-4:
             raise ReplyError(f"metrics.entropy: {value:.4g} outside [0, log {k}]")
@@ -151,7 +154,7 @@ class SharedStats:
         metrics: dict[str, MetricRecordValues] = {}
         if self.marginal is not None:
             p = self.marginal
-            metrics["marginal-entropy"] = float(-(p * torch.log(p + 1e-8)).sum())
+            metrics["marginal-entropy"] = float(entropy(p))
         if self.sums is not None:
             metrics["centroid-classes"] = int((self.sums.centroids().abs().sum(dim=1) > 0).sum())
         return metrics
