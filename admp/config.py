@@ -229,6 +229,10 @@ class FederationSpec(Section):
     min_local_steps: Annotated[int, Field(ge=0)] = 20  # rule fixed before any run: every sampled device takes
     #   >= 20 SGD steps per training round (more epochs on small devices), since HAPT devices with ~4 steps per
     #   round could not recover the divergence D that a Z-step adds (label-free, results/ablations); 0: off
+    max_local_epochs: Annotated[int, Field(ge=0)] = 5  # the most passes over its data min_local_steps may make
+    #   a device take per round (FedAvg's E = 5, McMahan et al. 2017); 0: no bound. Set after a small-fleet
+    #   diagnosis (60 samples per device: 20 passes per round let local self-training drift; label-free
+    #   reason: client drift grows with local epochs), not tuned: the one published value, no other tried
     dual: Dual = "global"  # global: server U from averaged m | per_client: U_k kept on each device
     eval_every: Annotated[int, Field(ge=1)] = 1  # federated evaluation every this many rounds (and always at the end)
     eval_clients: Annotated[int, Field(ge=0)] = 0  # clients asked to evaluate (0: every client)

@@ -57,13 +57,16 @@ def steps_per_epoch(samples: int, batch_size: int) -> int:
     return samples // batch_size + (1 if samples % batch_size >= 2 else 0)
 
 
-def local_epochs_for(samples: int, batch_size: int, epochs: int, min_steps: int) -> int:
+def local_epochs_for(samples: int, batch_size: int, epochs: int, min_steps: int, max_epochs: int = 0) -> int:
     """Local epochs so that a device takes at least ``min_steps`` SGD steps in a round (never fewer
-    than ``epochs``): a device with little data still moves its weights and masks between Z-steps."""
+    than ``epochs``): a device with little data still moves its weights and masks between Z-steps.
+    ``max_epochs`` (> 0) bounds what ``min_steps`` adds: a tiny device does not pass over its few
+    samples dozens of times a round, which lets its local self-training drift (client drift)."""
     per_epoch = steps_per_epoch(samples, batch_size)
     if per_epoch == 0 or min_steps <= 0:
         return epochs
-    return max(epochs, math.ceil(min_steps / per_epoch))
+    needed = math.ceil(min_steps / per_epoch)
+    return max(epochs, min(needed, max_epochs) if max_epochs > 0 else needed)
 
 
 def named_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

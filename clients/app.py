@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp.centroids import FeatureSums, student_pseudo_labels
+from admp.centroids import FeatureSums, class_sums, features_and_probs, student_pseudo_labels
 from admp.config import AdmpHyper, parse_section
 from admp.data.tasks import Device
 from admp.deploy import adapt_bn
@@ -93,9 +93,12 @@ class Job:
         return student
 
     def local_epochs(self, samples: int) -> int:
-        """This round's local epochs: ``local_epochs``, more if needed for ``min_local_steps`` SGD steps."""
+        """This round's local epochs: ``local_epochs``, more if needed for ``min_local_steps`` SGD steps
+        (at most ``max_local_epochs`` of them)."""
         min_steps = config_int(self.config, "min_local_steps") if "min_local_steps" in self.config else 0
-        return local_epochs_for(samples, self.hp.batch_size, config_int(self.config, "local_epochs"), min_steps)
+        max_epochs = config_int(self.config, "max_local_epochs") if "max_local_epochs" in self.config else 0
+        epochs = config_int(self.config, "local_epochs")
+        return local_epochs_for(samples, self.hp.batch_size, epochs, min_steps, max_epochs)
 
     @property
     def shares_marginal(self) -> bool:
@@ -269,18 +272,21 @@ def evaluate(msg: Message, context: Context) -> Message:
         probe = copy.deepcopy(student)  # (training left statistics taken under the adversary's s)
         recalibrate_bn(probe, local.train.x, masks=(groups_of(student), m))
         with gated(probe, groups_of(student), m):
-            return _evaluation_reply(msg, probe, local)
+            return _evaluation_reply(msg, job, probe, local)
     if "local-bn" in job.config and bool(job.config["local-bn"]):  # the device step of fedadmp adapt-bn
         as_exported = accuracy(student, local.test.x, local.test.y)
-        return _evaluation_reply(msg, adapt_bn(student, local.train.x), local, as_exported)  # unlabeled data only
-    return _evaluation_reply(msg, student, local)
+        return _evaluation_reply(msg, job, adapt_bn(student, local.train.x), local, as_exported)  # unlabeled only
+    return _evaluation_reply(msg, job, student, local)
 
 
-def _evaluation_reply(msg: Message, model: torch.nn.Module, local: Device, as_exported: float | None = None) -> Message:
+def _evaluation_reply(
+    msg: Message, job: Job, model: torch.nn.Module, local: Device, as_exported: float | None = None
+) -> Message:
     """An evaluate reply: ``accuracy`` on the test split and its size, ``accuracy-as-exported`` where it
     differs, and, on the unlabeled training data (no label read), the mean per-sample prediction
     entropy ``entropy`` over ``unlabeled`` samples with the mean prediction (K,) in ``stats``: the
-    server's label-free score of the model."""
+    server's label-free score of the model. Asked for ``fleet-stats`` (a phase's start), ``stats``
+    also carries the feature sums of the model, which seed the fleet's centroids."""
     values: dict[str, float | int] = {"accuracy": accuracy(model, local.test.x, local.test.y)}
     values[P.NUM_EXAMPLES] = len(local.test)
     if as_exported is not None:
@@ -289,5 +295,9 @@ def _evaluation_reply(msg: Message, model: torch.nn.Module, local: Device, as_ex
     if len(local.train) > 0:
         probs = predictions(model, local.train.x)  # (N, K)
         values |= {"entropy": float(entropy(probs).mean()), "unlabeled": len(local.train)}
-        records[P.STATS] = P.to_record({"mean-prediction": probs.mean(dim=0)})
+        arrays = {"mean-prediction": probs.mean(dim=0)}
+        if bool(job.config.get("fleet-stats", False)) and shares_centroids(job.hp):
+            sums = class_sums(*features_and_probs(model, local.train.x))  # the model as evaluated (BN, gates)
+            arrays |= {"feature-sums": sums.sums, "feature-mass": sums.mass}
+        records[P.STATS] = P.to_record(arrays)
     return Message(RecordDict(records | {P.METRICS: P.metrics_record(values)}), reply_to=msg)

@@ -89,6 +89,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "hp": cfg.admp.model_dump(),
         "teacher_store": str(run.run_dir.file("device_store")),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
+        "max_local_epochs": fed.max_local_epochs,
     }
     shared = SharedStats(
         run.task.num_classes,
@@ -163,6 +164,8 @@ def self_train_teacher(session: Session) -> bool:
         config={"hp": hp},
     )
     session.fleet.shared.start_phase(feature_dim(run.teacher))
+    if first == 1:  # the first round trains on the fleet's statistics of the starting teacher
+        session.runner.evaluate_all(strategy, 0, weights, session.runner.local_bn, fleet_stats=True)
     weights, finished = session.runner.run_rounds(
         strategy, "teacher", weights, range(first, fed.self_training_rounds() + 1), session.checkpointer("teacher")
     )
@@ -208,6 +211,8 @@ def mask_phase(session: Session) -> Start | None:
         fleet=session.fleet,
         policy=session.policy,
     )
+    if ckpt is None:  # the first round trains on the fleet's statistics of the starting model
+        session.runner.evaluate_all(strategy, offset, weights, session.runner.local_bn, fleet_stats=True)
     on_round = session.checkpointer("mask", lambda: {"admp": state.state_dict()})
     last = offset + fed.mask_rounds
     weights, finished = session.runner.run_rounds(strategy, "mask", weights, range(first, last + 1), on_round)
@@ -258,7 +263,7 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     if run.checkpoint is not None and run.checkpoint.phase == "kd":
         first, phase_start = run.checkpoint.round + 1, run.checkpoint.phase_start
     else:  # the phase's start and its label-free score, kept if the rounds make it worse
-        figures = session.runner.evaluate_all(strategy, offset, start.weights, session.runner.local_bn)
+        figures = session.runner.evaluate_all(strategy, offset, start.weights, session.runner.local_bn, True)
         phase_start = {"weights": start.weights, "score": figures.get("label-free-score")}
     extra = {"keep": start.keep or {}, "mask_rounds_done": offset, "phase_start": phase_start}
     weights, finished = session.runner.run_rounds(

@@ -58,12 +58,13 @@ class RoundRunner:
         return self.evaluate_all(strategy, rnd, weights, local_bn).get("accuracy")
 
     def evaluate_all(
-        self, strategy: FleetStrategy, rnd: int, weights: Weights, local_bn: bool = False
+        self, strategy: FleetStrategy, rnd: int, weights: Weights, local_bn: bool = False, fleet_stats: bool = False
     ) -> dict[str, float]:
         """Every figure of a federated evaluation: ``accuracy``, with ``local_bn`` also
         ``accuracy-as-exported`` (the model as received, before the device's BN step), and the
-        label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``); {} if none."""
-        config = ConfigRecord({"local-bn": local_bn})
+        label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``); {} if none.
+        ``fleet_stats``: the replies' statistics also become the fleet's aggregates (a phase's start)."""
+        config = ConfigRecord({"local-bn": local_bn, "fleet-stats": fleet_stats and strategy.fleet.shared.active})
         msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
         if result is None:

@@ -17,7 +17,11 @@ def epochs_per_round(cfg: ScenarioConfig, sizes: list[int]) -> float:
     fed, total = cfg.federation, sum(sizes)
     if not sizes or total == 0:
         return 0.0
-    trained = sum(n * local_epochs_for(n, cfg.admp.batch_size, fed.local_epochs, fed.min_local_steps) for n in sizes)
+    epochs = [
+        local_epochs_for(n, cfg.admp.batch_size, fed.local_epochs, fed.min_local_steps, fed.max_local_epochs)
+        for n in sizes
+    ]
+    trained = sum(n * e for n, e in zip(sizes, epochs, strict=True))
     share = min(fed.clients_per_round, len(sizes)) / len(sizes)
     return share * trained / total
 

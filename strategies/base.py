@@ -84,6 +84,7 @@ class FleetStrategy(Strategy):
     def __init__(self, *, fleet: Fleet, policy: RoundPolicy) -> None:
         self.fleet = fleet
         self.policy = policy
+        self.collect_stats = False  # the evaluation under way seeds the fleet's aggregates
 
     # --- sampling and messages -------------------------------------------------------------
     def sample(self, server_round: int, count: int, salt: str = "train") -> list[int]:
@@ -168,8 +169,11 @@ class FleetStrategy(Strategy):
         """Ask ``eval_clients`` devices (0: all) to evaluate the global model on their test split.
 
         ``config`` may carry ``local-bn`` (each device re-estimates BN statistics on its own
-        unlabeled data first).
+        unlabeled data first) and ``fleet-stats`` (the replies' statistics become the fleet's
+        aggregates, as a training round's do: a phase's first round then trains on the fleet's
+        marginal and centroids of its starting model, not on each device's own).
         """
+        self.collect_stats = bool(config.get("fleet-stats", False))
         devices = self.sample(server_round, self.policy.eval_clients, salt="evaluate")
         records = {P.ARRAYS: arrays} | self.evaluation_records()
         return self.messages(server_round, devices, records, dict(config), P.EVALUATE, with_teacher=False)
@@ -186,10 +190,17 @@ class FleetStrategy(Strategy):
             # a device without a test split counts with weight 0 (not a rejection)
             n = check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
             keys = [k for k in ("accuracy", "accuracy-as-exported") if k in P.metric_record(content)]
-            label_free = self.fleet.shared.parse_label_free(content) if P.STATS in content else None
-            return {k: check_percent(P.metric(content, k), k) for k in keys}, n, label_free
+            figures = {k: check_percent(P.metric(content, k), k) for k in keys}
+            shared = self.fleet.shared
+            label_free = shared.parse_label_free(content, self.collect_stats) if P.STATS in content else None
+            if label_free is not None and self.collect_stats:  # last: only a reply that passed every check
+                stats.append((shared.parse(content, label_free.n, evaluation=True), label_free.n))
+            return figures, n, label_free
 
+        stats: list[tuple[DeviceStats, int]] = []
         results = self.validated(server_round, replies, parse)
+        if stats:
+            self.share_stats(stats)
         total = sum(n for _, n, _ in results)
         if total == 0:
             return None
@@ -197,9 +208,9 @@ class FleetStrategy(Strategy):
         shared = set.intersection(*(set(acc) for acc, _, _ in results))  # figures every device reported
         for key in sorted(shared):
             metrics[key] = sum(acc[key] * n for acc, n, _ in results) / total
-        stats = [lf for _, _, lf in results if lf is not None]
-        if stats and len(stats) == len(results):
-            metrics |= label_free_metrics(stats)
+        label_free = [lf for _, _, lf in results if lf is not None]
+        if label_free and len(label_free) == len(results):
+            metrics |= label_free_metrics(label_free)
         return MetricRecord(metrics)
 
     def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:

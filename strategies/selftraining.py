@@ -107,18 +107,16 @@ class SharedStats:
             self.sums = None
         self.feature_dim = feature_dim
 
-    def parse(self, content: RecordDict, n: int) -> DeviceStats:
-        """A reply's ``stats``, validated (shapes, finite, probabilities, masses); empty when not shared."""
+    def parse(self, content: RecordDict, n: int, evaluation: bool = False) -> DeviceStats:
+        """A reply's ``stats``, validated (shapes, finite, probabilities, masses); empty when not shared.
+
+        ``evaluation``: an evaluate reply asked for the fleet's statistics, which always carries the
+        mean prediction (the label-free score reads it) and the feature sums where centroids are shared.
+        """
         if not self.active:
             return DeviceStats()
         stats = P.from_record(P.array_record(content, P.STATS))
-        k, d = self.num_classes, self.feature_dim
-        expected: dict[str, tuple[int, ...]] = {}
-        if self.marginal_on:
-            expected["mean-prediction"] = (k,)
-        if self.centroids_on:
-            expected |= {"feature-sums": (k, d), "feature-mass": (k,)}
-        check_arrays(stats, expected, "stats")
+        check_arrays(stats, self._expected(evaluation), "stats")
         out = DeviceStats()
         if self.marginal_on:
             out.mean_prediction = _check_distribution(stats, "mean-prediction")
@@ -129,12 +127,24 @@ class SharedStats:
             out.sums = FeatureSums(sums, mass)
         return out
 
-    def parse_label_free(self, content: RecordDict) -> LabelFree:
+    def _expected(self, evaluation: bool) -> dict[str, tuple[int, ...]]:
+        """The arrays (name: shape) of a training reply's ``stats``, or of an evaluate reply's asked
+        for the fleet's statistics (``evaluation``)."""
+        k, d = self.num_classes, self.feature_dim
+        expected: dict[str, tuple[int, ...]] = {}
+        if self.marginal_on or evaluation:
+            expected["mean-prediction"] = (k,)
+        if self.centroids_on:
+            expected |= {"feature-sums": (k, d), "feature-mass": (k,)}
+        return expected
+
+    def parse_label_free(self, content: RecordDict, with_stats: bool = False) -> LabelFree:
         """An evaluate reply's label-free statistics, validated: entropy in [0, log K], a mean
-        prediction of K probabilities summing to 1, a positive sample count."""
+        prediction of K probabilities summing to 1, a positive sample count (and, ``with_stats``,
+        the fleet statistics the server asked for, checked by ``parse``)."""
         k = self.num_classes
         stats = P.from_record(P.array_record(content, P.STATS))
-        check_arrays(stats, {"mean-prediction": (k,)}, "stats")
+        check_arrays(stats, self._expected(True) if with_stats else {"mean-prediction": (k,)}, "stats")
         p = _check_distribution(stats, "mean-prediction")
         value = P.metric(content, "entropy")
         if not 0.0 <= value <= math.log(max(k, 2)) + 1e-4:

@@ -75,6 +75,7 @@ def test_the_federations_budget_gives_the_centralized_schedule():
             "federation.clients_per_round=1",
             "federation.local_epochs=1",
             "federation.min_local_steps=20",
+            "federation.max_local_epochs=0",  # no bound here; the bound is checked below
             "federation.mask_rounds=8",
             "federation.warmup_rounds=3",
             "federation.finetune_rounds=4",
@@ -87,3 +88,7 @@ def test_the_federations_budget_gives_the_centralized_schedule():
     # 2 * 2.75 = 5.5 -> 6 (round half to even) teacher epochs
     assert (sched.mask_epochs, sched.warmup_epochs, sched.admm_every, sched.finetune_epochs) == (22, 8, 3, 11)
     assert sched.teacher_epochs == 6
+    # max_local_epochs = 5 bounds the small device to 5 epochs: 100*5 + 300*4 = 1,700 samples, E = 1700/400/2
+    overrides = ["admp.batch_size=64", "federation.clients_per_round=1", "federation.min_local_steps=20"]
+    bounded = config_from_overrides([*overrides, "federation.max_local_epochs=5"])
+    assert epochs_per_round(bounded, [100, 300]) == pytest.approx(2.125)

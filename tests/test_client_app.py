@@ -212,3 +212,21 @@ def test_with_device_centroids_no_feature_sums_leave_the_device(tmp_path, teache
     msg.content[P.CONFIG]["hp"] = json.dumps(hp)
     reply = client.app(msg, _context(0))
     assert not reply.has_error() and P.STATS not in reply.content
+
+
+def test_an_evaluation_asked_for_fleet_stats_reports_the_feature_sums_too(tmp_path, teacher_state):
+    """A phase's start: the evaluate reply adds the model's feature sums (K, 129), masses adding up to
+    the device's 14 unlabeled samples, to its mean prediction; unasked, only the mean prediction."""
+    hp = json.dumps(AdmpHyper(batch_size=8, lambda_im=0.0, pseudo_labels="centroid", centroids="fleet").model_dump())
+    for asked in (True, False):
+        msg = _message(tmp_path, teacher_state, with_teacher=False)
+        msg.metadata.message_type = P.EVALUATE
+        msg.content[P.CONFIG]["hp"] = hp
+        msg.content[P.CONFIG]["fleet-stats"] = asked
+        reply = client.app(msg, _context(0))
+        assert not reply.has_error()
+        stats = P.from_record(reply.content[P.STATS])
+        assert set(stats) == ({"mean-prediction", "feature-sums", "feature-mass"} if asked else {"mean-prediction"})
+        if asked:
+            assert stats["feature-sums"].shape == (10, 129)
+            assert float(stats["feature-mass"].sum()) == pytest.approx(14.0, abs=1e-4)

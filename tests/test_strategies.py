@@ -355,6 +355,43 @@ def test_evaluation_replies_carry_a_validated_label_free_view():
     assert int(bad["devices"]) == 1 and "outside [0, log 2]" in fleet.rejections[-1].reason  # 0.9 > ln 2: rejected
 
 
+def test_an_evaluation_asked_for_fleet_stats_seeds_the_aggregates_of_the_first_round():
+    """A phase's start: the evaluate replies' mean predictions and feature sums become the fleet's
+    marginal and centroids, so round 1 needs no device's own (label-skewed) ones; a reply whose sums
+    fail a check is rejected whole, and an ordinary evaluation leaves the aggregates alone."""
+    fleet = Fleet({0: 100, 1: 101, 2: 102}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {},
+                  shared=SharedStats(2, marginal_on=True, centroids_on=True, feature_dim=2))  # fmt: skip
+    strategy = FedKD(weights={"w": torch.zeros(2)}, keep=None, fleet=fleet, policy=RoundPolicy(3))
+    arrays = P.to_record({"w": torch.zeros(2)})
+
+    def reply(msgs, node, p, sums, mass, n):
+        metrics = {"accuracy": 50.0, P.NUM_EXAMPLES: 10, "entropy": 0.1, "unlabeled": n}
+        stats = {"mean-prediction": torch.tensor(p)}
+        if strategy.collect_stats:  # a device sends its sums only when asked
+            stats |= {"feature-sums": torch.tensor(sums), "feature-mass": torch.tensor(mass)}
+        return Message(RecordDict({P.METRICS: P.metrics_record(metrics), P.STATS: P.to_record(stats)}),
+                       reply_to=msgs[node])  # fmt: skip
+
+    def evaluate(rnd, asked):
+        config = P.make_config({"fleet-stats": asked})
+        msgs = {m.metadata.dst_node_id: m for m in strategy.configure_evaluate(rnd, arrays, config, None)}
+        return strategy.aggregate_evaluate(rnd, [
+            reply(msgs, 100, [1.0, 0.0], [[0.6, 0.0], [0.0, 0.0]], [1.0, 0.0], 1),
+            reply(msgs, 101, [1 / 3, 2 / 3], [[0.2, 0.0], [0.0, 1.6]], [1.0, 2.0], 3),
+            reply(msgs, 102, [0.5, 0.5], [[3.0, 0.0], [0.0, 0.0]], [1.0, 0.0], 1),  # |S_0| > M_0: rejected
+        ])  # fmt: skip
+
+    evaluate(1, asked=False)
+    assert fleet.shared.marginal is None and fleet.shared.sums is None and len(fleet.rejections) == 0
+    result = evaluate(2, asked=True)
+    assert int(result["devices"]) == 2 and [r.device for r in fleet.rejections] == [2]
+    # marginal (1 * [1, 0] + 3 * [1/3, 2/3]) / 4 = [0.5, 0.5]; centroids (0.8 / 2, 0), (0, 1.6 / 2)
+    assert fleet.shared.marginal.tolist() == pytest.approx([0.5, 0.5]) and fleet.shared.marginal_examples == 4
+    assert torch.allclose(fleet.shared.sums.centroids(), torch.tensor([[0.4, 0.0], [0.0, 0.8]]), atol=1e-6)
+    sent = list(strategy.configure_train(3, arrays, P.make_config({}), None))[0]
+    assert set(P.from_record(P.array_record(sent.content, P.FLEET))) == {"marginal", "centroids"}
+
+
 def test_guards_keep_a_result_unless_its_label_free_score_got_worse():
     assert keeps_result(-1.0, -1.2) and keeps_result(None, 3.0) and keeps_result(-1.0, None)
     assert keeps_result(-1.0, -0.96) and not keeps_result(-1.0, -0.94)  # 0.04 worse: noise; 0.06: discarded

@@ -144,3 +144,11 @@ def test_local_epochs_give_every_device_its_minimum_of_sgd_steps():
     assert local_epochs_for(65, 64, epochs=2, min_steps=20) == 20
     assert local_epochs_for(6400, 64, epochs=2, min_steps=20) == 2  # 100 steps per epoch: local_epochs stands
     assert local_epochs_for(1, 64, epochs=3, min_steps=20) == 3 and local_epochs_for(210, 64, 1, 0) == 1
+
+
+def test_max_local_epochs_bounds_what_min_local_steps_adds():
+    assert local_epochs_for(65, 64, epochs=2, min_steps=20, max_epochs=5) == 5  # 20 wanted, 5 at most
+    assert local_epochs_for(210, 64, epochs=1, min_steps=20, max_epochs=5) == 5  # ceil(20 / 4) = 5: unbounded
+    assert local_epochs_for(300, 64, epochs=1, min_steps=20, max_epochs=5) == 4  # ceil(20 / 5)
+    assert local_epochs_for(65, 64, epochs=8, min_steps=20, max_epochs=5) == 8  # local_epochs itself is not bounded
+    assert local_epochs_for(65, 64, epochs=1, min_steps=20, max_epochs=0) == 20  # 0: no bound
