@@ -21,18 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from admp.masks import MaskDict, gated
-from admp.models import GroupSpec
+from admp.models import GroupSpec, classifier_of
 from admp.trainer import recalibrate_bn
 
 MIN_MASS = 1e-6  # a class whose soft mass is below this has no centroid
-
-
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's classifier: its last ``nn.Linear`` module (the features are its input)."""
-    linears = [mod for mod in model.modules() if isinstance(mod, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to take features from")
-    return linears[-1]
 
 
 def feature_dim(model: nn.Module) -> int:

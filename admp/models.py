@@ -155,6 +155,14 @@ def build_model(arch: str, num_classes: int, width: float = 1.0, in_channels: in
     return ARCHITECTURES[arch](num_classes=num_classes, width=width, **extra)
 
 
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The model's classifier: its last ``nn.Linear`` module (the features are its input)."""
+    linears = [mod for mod in model.modules() if isinstance(mod, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to take features from")
+    return linears[-1]
+
+
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
     """A zero input of the model's declared shape, for tracing, export and MAC counting."""
     shape: object = getattr(model, "input_shape", None)  # set by each family above

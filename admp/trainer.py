@@ -21,7 +21,7 @@ from admp.config import AdmpHyper
 from admp.losses import adversary_step, kd_divergence
 from admp.masks import MaskDict, clone_masks, gated
 from admp.metrics import accuracy
-from admp.models import GroupSpec
+from admp.models import GroupSpec, classifier_of
 from admp.objective import FleetPrior, adaptation_loss
 from admp.state import AdmpState
 
@@ -67,6 +67,16 @@ def local_epochs_for(samples: int, batch_size: int, epochs: int, min_steps: int,
         return epochs
     needed = math.ceil(min_steps / per_epoch)
     return max(epochs, min(needed, max_epochs) if max_epochs > 0 else needed)
+
+
+def trained_parameters(model: nn.Module, hp: AdmpHyper) -> list[nn.Parameter]:
+    """The parameters target adaptation trains: all of them, or all but the classifier's (the last
+    ``nn.Linear``) with ``freeze_classifier`` — SHOT's hypothesis transfer: the source classifier
+    stays fixed and the features move towards it."""
+    if not hp.freeze_classifier:
+        return list(model.parameters())
+    frozen = {id(p) for p in classifier_of(model).parameters()}
+    return [p for p in model.parameters() if id(p) not in frozen]
 
 
 def named_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
@@ -185,7 +195,7 @@ def admp_local_train(
     m_params = {g: v.detach().clone().requires_grad_(True) for g, v in state.m.items()}
     opt = torch.optim.SGD(
         [
-            {"params": list(student.parameters()), "lr": hp.lr, "weight_decay": hp.weight_decay},
+            {"params": trained_parameters(student, hp), "lr": hp.lr, "weight_decay": hp.weight_decay},
             {"params": list(m_params.values()), "lr": hp.mask_lr, "weight_decay": 0.0},
         ],
         momentum=hp.momentum,
@@ -232,7 +242,7 @@ def kd_finetune(
     Returns mean divergence and samples seen.
     """
     student.train()
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    opt = torch.optim.SGD(trained_parameters(student, hp), lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     total_div, seen = 0.0, 0
     for _ in range(epochs):
         for idx in index_batches(len(x), hp.batch_size, gen):

@@ -13,13 +13,12 @@ from admp.centroids import (
     add_sums,
     centroid_labels,
     class_sums,
-    classifier_of,
     feature_dim,
     features_and_probs,
     nearest_centroid,
     normalised_features,
 )
-from admp.models import build_model
+from admp.models import build_model, classifier_of
 
 
 def test_features_get_a_constant_one_and_unit_length():

@@ -388,7 +388,7 @@ def test_an_evaluation_asked_for_fleet_stats_seeds_the_aggregates_of_the_first_r
     # marginal (1 * [1, 0] + 3 * [1/3, 2/3]) / 4 = [0.5, 0.5]; centroids (0.8 / 2, 0), (0, 1.6 / 2)
     assert fleet.shared.marginal.tolist() == pytest.approx([0.5, 0.5]) and fleet.shared.marginal_examples == 4
     assert torch.allclose(fleet.shared.sums.centroids(), torch.tensor([[0.4, 0.0], [0.0, 0.8]]), atol=1e-6)
-    sent = list(strategy.configure_train(3, arrays, P.make_config({}), None))[0]
+    sent = next(iter(strategy.configure_train(3, arrays, P.make_config({}), None)))
     assert set(P.from_record(P.array_record(sent.content, P.FLEET))) == {"marginal", "centroids"}
 
 

@@ -8,7 +8,7 @@ import torch
 from admp.config import AdmpHyper
 from admp.losses import kd_divergence
 from admp.masks import group_sizes
-from admp.models import build_model
+from admp.models import build_model, classifier_of
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import (
     admp_local_train,
@@ -17,6 +17,7 @@ from admp.trainer import (
     local_epochs_for,
     recalibrate_bn,
     steps_per_epoch,
+    trained_parameters,
 )
 
 
@@ -152,3 +153,17 @@ def test_max_local_epochs_bounds_what_min_local_steps_adds():
     assert local_epochs_for(300, 64, epochs=1, min_steps=20, max_epochs=5) == 4  # ceil(20 / 5)
     assert local_epochs_for(65, 64, epochs=8, min_steps=20, max_epochs=5) == 8  # local_epochs itself is not bounded
     assert local_epochs_for(65, 64, epochs=1, min_steps=20, max_epochs=0) == 20  # 0: no bound
+
+
+def test_a_frozen_classifier_keeps_its_source_weights_while_the_features_adapt():
+    torch.manual_seed(0)
+    student = build_model("lenet", 10, 0.25)
+    head = classifier_of(student)
+    head_name = next(n for n, m in student.named_modules() if m is head)
+    hp = AdmpHyper(batch_size=8, freeze_classifier=True)
+    assert len(trained_parameters(student, hp)) == len(list(student.parameters())) - 2  # head weight and bias
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    kd_finetune(student, torch.rand(16, 1, 28, 28), torch.randn(16, 10), 1, hp, torch.Generator().manual_seed(0), 0.1)
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert f"{head_name}.weight" not in changed and f"{head_name}.bias" not in changed
+    assert any(k.endswith("weight") for k in changed)  # the feature layers did train
