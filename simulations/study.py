@@ -79,6 +79,7 @@ class StudySpec(Section):
     seeds: list[int] = [0, 1, 2]
     table_ratio: float = 0.6  # the ratio of the tables (and of the variants)
     sweep_seeds: list[int] = []  # seeds for the other ratios ([]: all seeds)
+    sweep_methods: list[Method] = []  # methods for the other ratios ([]: all)
     tasks: list[StudyTask] = []
     variants: list[StudyVariant] = []
 
@@ -114,10 +115,10 @@ def load_study(path: str | Path) -> tuple[StudySpec, Path]:
 def plan(spec: StudySpec) -> list[dict[str, Any]]:
     """Every run of the study; fedkd does not prune, so it runs once per (task, seed).
 
-    Ratios other than ``table_ratio`` run for ``sweep_seeds`` only (all seeds when it is empty);
-    variants run at ``table_ratio`` for every seed. Order: every run of the first seed (the table's
-    ratio first, then the others), then the table's runs of each further seed, so a study cut short
-    has every task and ratio once before it repeats them.
+    Ratios other than ``table_ratio`` run for ``sweep_seeds`` and ``sweep_methods`` only (all when
+    empty); variants run at ``table_ratio`` for every seed. Order: every run of the first seed (the
+    table's ratio first, then the others from the highest down), then the table's runs of each
+    further seed, so a study cut short has every task and ratio once before it repeats them.
     """
     runs = []
     for task in spec.tasks:
@@ -125,7 +126,7 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
             for method in spec.methods:
                 ratios = [0.0] if method == "fedkd" else spec.prune_ratios
                 for p in ratios:
-                    if p not in (0.0, spec.table_ratio) and spec.sweep_seeds and seed not in spec.sweep_seeds:
+                    if p not in (0.0, spec.table_ratio) and not _swept(spec, method, seed):
                         continue
                     runs.append(
                         {
@@ -154,11 +155,18 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                 )
     table = (0.0, spec.table_ratio)
 
-    def order(run: dict[str, Any]) -> tuple[int, bool, int]:
-        seed_at = spec.seeds.index(run["seed"])
-        return (min(seed_at, 1), run["prune_ratio"] not in table, seed_at)
+    def order(run: dict[str, Any]) -> tuple[int, bool, float, int]:
+        seed_at, swept = spec.seeds.index(run["seed"]), run["prune_ratio"] not in table
+        return (min(seed_at, 1), swept, -run["prune_ratio"] if swept else 0.0, seed_at)
 
     return sorted(runs, key=order)  # stable: tasks and methods keep their order within
+
+
+def _swept(spec: StudySpec, method: str, seed: int) -> bool:
+    """Whether (method, seed) runs at the ratios other than the table's."""
+    return (not spec.sweep_seeds or seed in spec.sweep_seeds) and (
+        not spec.sweep_methods or method in spec.sweep_methods
+    )
 
 
 def final_divergence(run_dir: Path) -> float | None:

@@ -132,6 +132,24 @@ def test_sweep_seeds_and_variants_extend_the_plan(tmp_path):
     assert variant["method"] == "fedadmp" and variant["overrides"] == ["admp.adversary=false"]
 
 
+def test_sweep_methods_run_the_other_ratios_highest_first(tmp_path):
+    body = (
+        "name: s\nmethods: [fedkd, naive, fedadmp]\nprune_ratios: [0.6, 0.8, 0.9]\ntable_ratio: 0.6\n"
+        "seeds: [0, 1]\nsweep_seeds: [0]\nsweep_methods: [fedadmp]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n"
+    )
+    spec, _ = study_mod.load_study(_study(tmp_path, body))
+    assert [r["run_id"] for r in study_mod.plan(spec)] == [
+        "a-fedkd-p0-s0",
+        "a-naive-p0.6-s0",
+        "a-fedadmp-p0.6-s0",
+        "a-fedadmp-p0.9-s0",  # naive is not swept; 0.9 before 0.8
+        "a-fedadmp-p0.8-s0",
+        "a-fedkd-p0-s1",
+        "a-naive-p0.6-s1",
+        "a-fedadmp-p0.6-s1",
+    ]
+
+
 @pytest.mark.parametrize(
     "extra,needle",
     [
