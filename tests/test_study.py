@@ -214,3 +214,17 @@ def test_study_errors_are_one_line_naming_the_key(tmp_path, body, message):
     with pytest.raises(ConfigError) as err:
         study_mod.load_study(_study(tmp_path, body))
     assert str(err.value) == message
+
+
+def test_teacher_with_target_bn_comes_from_a_federated_run():
+    """The centralized run measures the teacher with target BN on the pooled test data; the table's
+    row is the federated runs' figure (per device, as the students are measured), whatever the order."""
+    base = {"seed": 0, "prune_ratio": 0.6, "teacher_acc": 70.0, "teacher_latency_ms": 1.0, "teacher_params": 100}
+    base |= {"teacher_macs": 1000, "student_acc": 90.0, "params": 40, "macs": 300, "latency_ms": 0.5}
+    rows = [
+        base | {"method": "fedadmp", "teacher_acc_target_bn": 93.0},
+        base | {"method": "centralized", "teacher_acc_target_bn": 95.0},
+    ]
+    for order in (rows, rows[::-1]):
+        _, means = study_report.task_table(order, 0.6)
+        assert means["source_only_bn"] == 93.0
