@@ -66,10 +66,19 @@ def _sensor_jitter(x: torch.Tensor, gen: torch.Generator, shift: float, scale: f
     return shifted * gains + torch.randn(x.shape, generator=gen) * noise * std
 
 
+def _feature_jitter(x: torch.Tensor, gen: torch.Generator, scale: float, noise: float) -> torch.Tensor:
+    gains = 1 + (torch.rand(len(x), 1, generator=gen) * 2 - 1) * scale  # (N, 1)
+    std = x.std(dim=0, keepdim=True) if len(x) > 1 else torch.ones_like(x[:1])  # (1, D)
+    return x * gains + torch.randn(x.shape, generator=gen) * noise * std
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """A randomly perturbed copy of a batch: images (N, C, H, W) or sensor windows (N, C, T)."""
+    """A randomly perturbed copy of a batch: images (N, C, H, W) get small rotations and shifts,
+    sensor windows (N, C, T) time shifts, scaling and jitter, feature vectors (N, D) scaling and jitter."""
     if x.dim() == 4:
         return _image_affine(x, gen, degrees=10.0, shift=4 / 28)
     if x.dim() == 3:
         return _sensor_jitter(x, gen, shift=0.1, scale=0.1, noise=0.05)
+    if x.dim() == 2:
+        return _feature_jitter(x, gen, scale=0.1, noise=0.05)
     return x

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Dataset = Literal["digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder"]
-Arch = Literal["lenet", "resnet", "cnn1d"]
+Dataset = Literal["digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder", "npz"]
+Arch = Literal["lenet", "resnet", "cnn1d", "mlp"]
 ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp.data.tasks.DEFAULT_ARCH)
 Partition = Literal["iid", "dirichlet", "subject"]
 UspsLayout = Literal["resize", "box"]

@@ -65,6 +65,7 @@ class DataSpec(Section):
 
     dataset: Dataset = "digits"
     data_dir: str = ""  # folder holding mnist/, usps/, hapt/ npz files, or the image-folder root
+    path: str = ""  # npz: the user's file (x_source, y_source, x_target, ...; admp.data.npz, README)
     source_domain: str = ""  # imagefolder: source domain folder name
     target_domain: str = ""  # imagefolder: target domain folder name
     image_size: Annotated[int, Field(ge=8, le=512)] = 32  # imagefolder: images are resized to image_size x image_size
@@ -91,17 +92,15 @@ class DataSpec(Section):
         """Cross-field checks, each reported on one key."""
         if self.severity_min > self.severity_max:
             raise SectionError("severity_min", "must not exceed {p}severity_max")
-        if self.dataset != "digits" and not self.data_dir:  # every dataset but the embedded one reads files
+        if self.dataset == "npz" and not self.path:
+            raise SectionError("path", "required for dataset 'npz' (the npz file with x_source, y_source, x_target)")
+        if self.dataset not in ("digits", "npz") and not self.data_dir:  # the named datasets read files there
             raise SectionError("data_dir", f"required for dataset {self.dataset!r}")
         if self.dataset == "imagefolder" and not (self.source_domain and self.target_domain):
             raise SectionError("source_domain", "imagefolder needs source_domain and target_domain")
         if self.rgb and self.dataset not in ("digits", "mnist_usps", "usps_mnist"):
             raise SectionError("rgb", f"applies to the digit datasets, not {self.dataset!r}")
         return self
-
-    def in_channels(self) -> int | None:
-        """The models' input channels where the data sets them (3 for ``rgb``); None: the family's own."""
-        return 3 if self.rgb else None
 
     def shifts_enabled(self) -> bool:
         """Whether devices get their own synthetic shift mix (``shifts: auto`` = the embedded digits only)."""

@@ -35,7 +35,7 @@ def save_bundle(path: Path, arch: str, num_classes: int, width: float, keep: Mas
         "width": width,
         "keep": dict(keep or {}),
         "state": model.state_dict(),
-        "in_channels": int(example_input(model).shape[1]),
+        "input_shape": list(example_input(model).shape[1:]),
     }
     torch.save(bundle, path)
     return path
@@ -51,19 +51,24 @@ def load_bundle(path: str | Path) -> nn.Module:
         missing = [k for k in BUNDLE_KEYS if k not in bundle]
         if missing:
             raise KeyError(f"missing {missing}")
-        channels = bundle.get("in_channels")  # absent in bundles written before RGB digits: the family's own
-        model = build_model(
-            str(bundle["arch"]),
-            int(bundle["num_classes"]),
-            float(bundle["width"]),
-            None if channels is None else int(channels),
-        )
+        model = build_model(str(bundle["arch"]), int(bundle["num_classes"]), float(bundle["width"]), _shape(bundle))
         if bundle["keep"]:
             model = prune_model(model, groups_of(model), bundle["keep"], example_input(model))
         model.load_state_dict(bundle["state"])
     except Exception as exc:  # unreadable, truncated or not a bundle
         raise DataError(f"{path}: not a FedADMP model bundle ({type(exc).__name__}: {exc})") from exc
     return model.eval()
+
+
+def _shape(bundle: dict[str, Any]) -> tuple[int, ...] | None:
+    """The bundle's sample shape; bundles of earlier versions hold only ``in_channels`` (RGB digits)
+    or nothing (the family's own shape)."""
+    if "input_shape" in bundle:
+        return tuple(int(v) for v in bundle["input_shape"])
+    if "in_channels" in bundle:
+        default = example_input(build_model(str(bundle["arch"]), int(bundle["num_classes"]))).shape[1:]
+        return (int(bundle["in_channels"]), *default[1:])
+    return None
 
 
 def adapt_bn(model: nn.Module, x: torch.Tensor) -> nn.Module:

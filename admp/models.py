@@ -20,20 +20,32 @@ from admp.choices import ARCHS
 GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules it gates
 
 
-class LeNet(nn.Module):
-    """LeNet-style CNN for 28x28 digits, grey (1 channel) or RGB (16x16 inputs are resized by the data layer)."""
+def _shape(family: str, input_shape: tuple[int, ...], dims: int, minimum: int, what: str) -> tuple[int, ...]:
+    """``input_shape`` checked for a family: ``dims`` entries, spatial sizes >= ``minimum`` (ValueError
+    naming the family, what it takes and the shape it got)."""
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != dims or min(shape, default=0) < 1 or min(shape[1:], default=minimum) < minimum:
+        raise ValueError(f"{family} takes {what}; the data's samples have shape {shape}")
+    return shape
 
-    def __init__(self, num_classes: int = 10, width: float = 1.0, hidden: int = 128, in_channels: int = 1) -> None:
+
+class LeNet(nn.Module):
+    """LeNet-style CNN for small images (N, C, H, W), H and W >= 16 (28x28 digits, grey or RGB, by default)."""
+
+    def __init__(
+        self, num_classes: int = 10, width: float = 1.0, hidden: int = 128, input_shape: tuple[int, ...] = (1, 28, 28)
+    ) -> None:
         super().__init__()
+        c, h, w = self.input_shape = _shape("lenet", input_shape, 3, 16, "images (C, H, W) of at least 16x16")
         c1, c2 = max(2, round(32 * width)), max(2, round(64 * width))
-        self.input_shape = (in_channels, 28, 28)
-        self.norm = InputNorm(in_channels)  # source statistics, set with the teacher (raw inputs in, also on devices)
-        self.conv1 = nn.Conv2d(in_channels, c1, 5)  # (N,C,28,28) -> (N,c1,24,24)
+        self.norm = InputNorm(c)  # source statistics, set with the teacher (raw inputs in, also on devices)
+        self.conv1 = nn.Conv2d(c, c1, 5)  # (N,C,H,W) -> (N,c1,H-4,W-4)
         self.bn1 = nn.BatchNorm2d(c1)
-        self.conv2 = nn.Conv2d(c1, c2, 5)  # (N,c1,12,12) -> (N,c2,8,8)
+        self.conv2 = nn.Conv2d(c1, c2, 5)  # (N,c1,H',W') -> (N,c2,H'-4,W'-4), H' = (H-4)//2
         self.bn2 = nn.BatchNorm2d(c2)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(c2 * 4 * 4, hidden)
+        hh, ww = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2  # after conv-pool twice: 4x4 for 28x28
+        self.fc1 = nn.Linear(c2 * hh * ww, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,18 +79,20 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    """A small residual CNN (ResNet-8 style: stem + 3 stages of one block) for Cx32x32 images (RGB by default)."""
+    """A small residual CNN (ResNet-8 style: stem + 3 stages of one block) for (C, H, W) images (RGB 32x32 by
+    default); global average pooling makes any size >= 4x4 work."""
 
-    def __init__(self, num_classes: int = 10, width: float = 1.0, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, width: float = 1.0, input_shape: tuple[int, ...] = (3, 32, 32)) -> None:
         super().__init__()
         c = [max(2, round(w * width)) for w in (16, 32, 64)]
-        self.input_shape = (in_channels, 32, 32)
+        self.input_shape = _shape("resnet", input_shape, 3, 4, "images (C, H, W) of at least 4x4")
+        in_channels = self.input_shape[0]
         self.norm = InputNorm(in_channels)
         self.stem = nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False)
         self.stem_bn = nn.BatchNorm2d(c[0])
-        self.stage1 = BasicBlock(c[0], c[0], 1)  # (N,c0,32,32)
-        self.stage2 = BasicBlock(c[0], c[1], 2)  # (N,c1,16,16)
-        self.stage3 = BasicBlock(c[1], c[2], 2)  # (N,c2,8,8)
+        self.stage1 = BasicBlock(c[0], c[0], 1)  # (N,c0,H,W)
+        self.stage2 = BasicBlock(c[0], c[1], 2)  # (N,c1,H/2,W/2)
+        self.stage3 = BasicBlock(c[1], c[2], 2)  # (N,c2,H/4,W/4)
         self.fc = nn.Linear(c[2], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,18 +115,19 @@ class ResNetSmall(nn.Module):
 
 
 class SensorCNN1D(nn.Module):
-    """1-D CNN for inertial windows of 128 steps (6 channels by default: HAPT's acc + gyro)."""
+    """1-D CNN for sensor windows (N, C, T), T >= 4 (HAPT's 6 channels x 128 steps by default)."""
 
-    def __init__(self, num_classes: int = 6, width: float = 1.0, in_channels: int = 6) -> None:
+    def __init__(self, num_classes: int = 6, width: float = 1.0, input_shape: tuple[int, ...] = (6, 128)) -> None:
         super().__init__()
         c = [max(2, round(w * width)) for w in (32, 64, 64)]
-        self.input_shape = (in_channels, 128)
+        self.input_shape = _shape("cnn1d", input_shape, 2, 4, "sensor windows (C, T) of at least 4 steps")
+        in_channels = self.input_shape[0]
         self.norm = InputNorm(in_channels)
-        self.conv1 = nn.Conv1d(in_channels, c[0], 5, padding=2)  # (N,C,128) -> (N,c0,128)
+        self.conv1 = nn.Conv1d(in_channels, c[0], 5, padding=2)  # (N,C,T) -> (N,c0,T)
         self.bn1 = nn.BatchNorm1d(c[0])
-        self.conv2 = nn.Conv1d(c[0], c[1], 5, padding=2)  # (N,c0,64) -> (N,c1,64)
+        self.conv2 = nn.Conv1d(c[0], c[1], 5, padding=2)  # (N,c0,T/2) -> (N,c1,T/2)
         self.bn2 = nn.BatchNorm1d(c[1])
-        self.conv3 = nn.Conv1d(c[1], c[2], 3, padding=1)  # (N,c1,32) -> (N,c2,32)
+        self.conv3 = nn.Conv1d(c[1], c[2], 3, padding=1)  # (N,c1,T/4) -> (N,c2,T/4)
         self.bn3 = nn.BatchNorm1d(c[2])
         self.pool = nn.MaxPool1d(2)
         self.fc = nn.Linear(c[2], num_classes)
@@ -129,10 +144,37 @@ class SensorCNN1D(nn.Module):
         return {"conv1": ["bn1"], "conv2": ["bn2"], "conv3": ["bn3"]}
 
 
+class FeatureMLP(nn.Module):
+    """MLP for feature vectors (N, D): two hidden layers (256 and 128 units at width 1), each
+    Linear -> BatchNorm1d -> ReLU, so hidden units are gated and pruned like conv channels."""
+
+    def __init__(self, num_classes: int = 10, width: float = 1.0, input_shape: tuple[int, ...] = (64,)) -> None:
+        super().__init__()
+        h = [max(2, round(v * width)) for v in (256, 128)]
+        self.input_shape = _shape("mlp", input_shape, 1, 1, "feature vectors (D,)")
+        self.norm = InputNorm(self.input_shape[0])  # per-feature source mean and std
+        self.fc1 = nn.Linear(self.input_shape[0], h[0])  # (N,D) -> (N,h0)
+        self.bn1 = nn.BatchNorm1d(h[0])
+        self.fc2 = nn.Linear(h[0], h[1])  # (N,h0) -> (N,h1)
+        self.bn2 = nn.BatchNorm1d(h[1])
+        self.fc = nn.Linear(h[1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.fc1(self.norm(x))))
+        x = torch.relu(self.bn2(self.fc2(x)))
+        logits: torch.Tensor = self.fc(x)
+        return logits
+
+    def channel_groups(self) -> GroupSpec:
+        """Prunable groups: each hidden layer's units."""
+        return {"fc1": ["bn1"], "fc2": ["bn2"]}
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {  # keys: admp.choices.Arch
     "lenet": LeNet,
     "resnet": ResNetSmall,
     "cnn1d": SensorCNN1D,
+    "mlp": FeatureMLP,
 }
 assert set(ARCHITECTURES) == set(ARCHS), "admp.choices.Arch and the model builders must name the same families"
 
@@ -146,12 +188,14 @@ def groups_of(model: nn.Module) -> GroupSpec:
     return groups
 
 
-def build_model(arch: str, num_classes: int, width: float = 1.0, in_channels: int | None = None) -> nn.Module:
-    """Build a model family by name (``in_channels``: None keeps the family's own); raises
-    ValueError naming the unknown architecture."""
+def build_model(
+    arch: str, num_classes: int, width: float = 1.0, input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
+    """Build a model family by name for samples of ``input_shape`` (None: the family's own default);
+    raises ValueError naming an unknown architecture, or a shape the family cannot take."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    extra = {"in_channels": in_channels} if in_channels is not None else {}
+    extra = {"input_shape": tuple(input_shape)} if input_shape is not None else {}
     return ARCHITECTURES[arch](num_classes=num_classes, width=width, **extra)
 
 

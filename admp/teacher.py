@@ -11,27 +11,35 @@ from torch import nn
 
 from admp.augment import set_input_normalisation
 from admp.config import ConfigError, ScenarioConfig
-from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask
+from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask, arch_for_shape
 from admp.metrics import accuracy
 from admp.models import build_model
 from admp.seeding import derive_seed, torch_generator
 from admp.source import train_supervised
 
 
-def resolve_arch(cfg: ScenarioConfig) -> str:
-    """The model family: ``model.arch``, or the dataset's default when it is ``auto``."""
-    return DEFAULT_ARCH[cfg.data.dataset] if cfg.model.arch == "auto" else cfg.model.arch
+def resolve_arch(cfg: ScenarioConfig, input_shape: tuple[int, ...]) -> str:
+    """The model family: ``model.arch``, or when it is ``auto`` the dataset's default (for an npz
+    file, the one its samples' shape calls for: ``arch_for_shape``)."""
+    if cfg.model.arch != "auto":
+        return cfg.model.arch
+    return DEFAULT_ARCH.get(cfg.data.dataset) or arch_for_shape(input_shape)
 
 
-def initial_model(cfg: ScenarioConfig, num_classes: int) -> nn.Module:
-    """The architecture with its seeded initial weights (identical on every machine)."""
+def initial_model(cfg: ScenarioConfig, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """The architecture for samples of ``input_shape`` with its seeded initial weights (identical on
+    every machine)."""
     torch.manual_seed(derive_seed(cfg.run.seed, "init"))
-    return build_model(resolve_arch(cfg), num_classes, cfg.model.width, cfg.data.in_channels())
+    arch = resolve_arch(cfg, input_shape)
+    try:
+        return build_model(arch, num_classes, cfg.model.width, input_shape)
+    except ValueError as exc:  # a family that cannot take the data's samples: before any training
+        raise ConfigError(f"model.arch: {exc}") from exc
 
 
 def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Module, dict[str, Any]]:
     """Train the teacher on labeled source data, or load ``teacher.checkpoint`` (weights only)."""
-    teacher = initial_model(cfg, task.num_classes)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
     info: dict[str, Any] = {}
     if cfg.teacher.checkpoint:
         try:

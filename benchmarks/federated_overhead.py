@@ -68,7 +68,7 @@ def plain_loop(run: Path, rounds: int) -> list[float]:
     hp, fed = cfg.admp, cfg.federation
     torch.set_num_threads(2)
     task = build_task(cfg.data, cfg.run.seed)
-    teacher = initial_model(cfg, task.num_classes)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
     teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
     teacher.eval()
     groups = teacher.channel_groups()

@@ -127,13 +127,12 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
 
 def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     """A fresh student skeleton: dense, or pruned to the ``keep`` masks (weights to be loaded)."""
-    model_spec = scenario["model"]
-    channels = parse_section(DataSpec, scenario["data"], "data.").in_channels()
+    model_spec, shape = scenario["model"], tuple(int(v) for v in scenario["input_shape"])
     key = json.dumps(
-        [model_spec, scenario["num_classes"], channels, {g: v.int().tolist() for g, v in sorted((keep or {}).items())}]
+        [model_spec, scenario["num_classes"], shape, {g: v.int().tolist() for g, v in sorted((keep or {}).items())}]
     )
     if key not in _SKELETONS:
-        dense = build_model(scenario["arch"], int(scenario["num_classes"]), float(model_spec["width"]), channels)
+        dense = build_model(scenario["arch"], int(scenario["num_classes"]), float(model_spec["width"]), shape)
         _SKELETONS[key] = dense if keep is None else prune_model(dense, groups_of(dense), keep, example_input(dense))
     return copy.deepcopy(_SKELETONS[key])
 

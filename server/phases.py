@@ -81,8 +81,9 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     """Find the devices and set up what every strategy of the run shares."""
     cfg, fed = run.cfg, run.cfg.federation
     devices = discover_devices(grid, run.task.num_devices, fed.round_timeout)
+    task = run.task
     scenario = P.device_scenario(
-        cfg.run.seed, cfg.data.model_dump(), cfg.model.model_dump(), run.arch, run.task.num_classes
+        cfg.run.seed, cfg.data.model_dump(), cfg.model.model_dump(), run.arch, task.num_classes, task.input_shape
     )
     base_config = {
         "scenario": scenario,

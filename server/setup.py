@@ -93,15 +93,16 @@ class RunSetup:
         console = console or Console()
         if resume:
             ckpt = Checkpoint.load(resume)
-            teacher = initial_model(cfg, task.num_classes)
+            teacher = initial_model(cfg, task.num_classes, task.input_shape)
             teacher.load_state_dict(ckpt.teacher)
             run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)
-            return cls(cfg, task, resolve_arch(cfg), teacher.eval(), dict(ckpt.teacher_info), run_dir, console, ckpt)
+            arch = resolve_arch(cfg, task.input_shape)
+            return cls(cfg, task, arch, teacher.eval(), dict(ckpt.teacher_info), run_dir, console, ckpt)
         run_dir = RunDirectory(cfg.run.out_dir, cfg.run.name)
         run_dir.write_text("config.yaml", to_yaml(cfg))
         teacher, info = prepare_teacher(cfg, task)
         torch.save(teacher.state_dict(), run_dir.file("teacher.pt"))
-        return cls(cfg, task, resolve_arch(cfg), teacher, info, run_dir, console)
+        return cls(cfg, task, resolve_arch(cfg, task.input_shape), teacher, info, run_dir, console)
 
     @property
     def groups(self) -> GroupSpec:
@@ -110,7 +111,7 @@ class RunSetup:
 
     def model(self, keep: MaskDict | None = None) -> nn.Module:
         """A fresh model of the run's architecture: dense, or pruned to ``keep`` (weights to load)."""
-        model = initial_model(self.cfg, self.task.num_classes)
+        model = initial_model(self.cfg, self.task.num_classes, self.task.input_shape)
         if keep:
             model = prune_model(model, self.groups, keep, example_input(model))
         return model

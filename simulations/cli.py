@@ -62,6 +62,36 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_npz(args: argparse.Namespace) -> int:
+    from admp.config import load_config
+    from admp.data.npz import write_npz
+    from admp.data.tasks import load_domains
+
+    cfg = load_config(args.scenario, overrides=args.set)
+    source, target, test, groups = load_domains(cfg.data, cfg.run.seed)
+    out = write_npz(args.out, source, target, test, groups)
+    print(
+        f"{cfg.data.dataset}: {len(source)} source and {len(target)} target samples of shape "
+        f"{tuple(source.x.shape[1:])}" + (f", {len(test)} target test" if test is not None else "") + f" -> {out}"
+    )
+    return 0
+
+
+def _add_export_npz(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``export-npz`` subcommand."""
+    export = sub.add_parser(
+        "export-npz",
+        help="write a scenario's dataset in the generic npz format (data.dataset: npz)",
+        description="Read the data a scenario names (embedded digits, MNIST/USPS, HAPT, image folders) and write "
+        "it as one npz file: x_source, y_source, x_target, y_target, and x_target_test/y_target_test or "
+        "group_target where the dataset has them. A run with data.dataset=npz data.path=FILE then sees the same data.",
+    )
+    export.add_argument("scenario", help="scenario YAML")
+    export.add_argument("--out", required=True, help="the npz file to write")
+    export.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    export.set_defaults(func=_export_npz)
+
+
 def _add_adapt_bn(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The device-side ``adapt-bn`` subcommand."""
     adapt = sub.add_parser(
@@ -132,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
     _add_adapt_bn(sub)
+    _add_export_npz(sub)
     return parser
 
 

@@ -85,11 +85,24 @@ def metric(content: RecordDict, name: str) -> float:
 
 
 def device_scenario(
-    seed: int, data: dict[str, Any], model: dict[str, Any], arch: str, num_classes: int
+    seed: int,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    arch: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
 ) -> dict[str, Any]:
     """The ``scenario`` a device rebuilds its data and model from (sent as JSON in every config):
-    the root seed, the ``data`` and ``model`` sections, the resolved architecture and the class count."""
-    return {"seed": seed, "data": data, "model": model, "arch": arch, "num_classes": num_classes}
+    the root seed, the ``data`` and ``model`` sections, the resolved architecture, the class count
+    and the shape of one sample."""
+    return {
+        "seed": seed,
+        "data": data,
+        "model": model,
+        "arch": arch,
+        "num_classes": num_classes,
+        "input_shape": list(input_shape),
+    }
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:

@@ -54,7 +54,7 @@ def test_reported_accuracies_are_the_saved_models(summary):
     cfg = load_config(run / "config.yaml")
     task = build_task(cfg.data, cfg.run.seed)
     _, test = task.pooled()
-    teacher = initial_model(cfg, task.num_classes)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
     teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
     assert summary["teacher"]["target_acc"] == pytest.approx(accuracy(teacher.eval(), test.x, test.y))
     session = ort.InferenceSession(str(run / "pruned_model.onnx"), providers=["CPUExecutionProvider"])

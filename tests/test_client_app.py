@@ -39,7 +39,7 @@ def _message(
     z=None,
 ) -> Message:
     data = DataSpec(num_devices=2, samples_per_device=20).model_dump()
-    scenario = P.device_scenario(0, data, {"arch": "lenet", "width": 0.25}, "lenet", 10)
+    scenario = P.device_scenario(0, data, {"arch": "lenet", "width": 0.25}, "lenet", 10, (1, 28, 28))
     student = build_model("lenet", 10, 0.25)
     sizes = group_sizes(student, student.channel_groups())
     content = RecordDict(

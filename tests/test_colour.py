@@ -62,7 +62,7 @@ def test_rgb_digit_task_gives_each_device_its_colours_and_models_take_three_chan
     assert torch.equal(task.source_train.x[:, 0], task.source_train.x[:, 2])  # the source stays grey
     corners = [task.device(i).train.x[0, :, 0, 0] for i in range(3)]
     assert not torch.allclose(corners[0], corners[1])  # each device has its own background colour
-    model = build_model("lenet", 10, 0.25, in_channels=3)
+    model = build_model("lenet", 10, 0.25, (3, 28, 28))
     assert example_input(model).shape == (1, 3, 28, 28) and model(task.device(0).train.x[:4]).shape == (4, 10)
     sizes = {g: model.get_submodule(bns[0]).num_features for g, bns in groups_of(model).items()}
     keep = {g: (torch.arange(c) % 2 == 0).float() for g, c in sizes.items()}  # every other channel

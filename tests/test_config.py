@@ -178,7 +178,7 @@ def test_config_from_overrides_starts_from_the_defaults():
 
 
 def test_one_choice_list_for_config_and_code():
-    assert set(DEFAULT_ARCH) == set(choices.DATASETS) and set(ARCHITECTURES) == set(choices.ARCHS)
+    assert set(DEFAULT_ARCH) | {"npz"} == set(choices.DATASETS) and set(ARCHITECTURES) == set(choices.ARCHS)
     assert DataSpec.model_fields["dataset"].annotation is choices.Dataset
-    with pytest.raises(ConfigError, match=r"model\.arch: 'vgg' is not one of auto, lenet, resnet, cnn1d"):
+    with pytest.raises(ConfigError, match=r"model\.arch: 'vgg' is not one of auto, lenet, resnet, cnn1d, mlp"):
         config_from_overrides(["model.arch=vgg"])

@@ -192,7 +192,7 @@ def test_per_client_duals_and_the_fleet_bn_teacher(tmp_path):
     assert not any(torch.equal(delivered[k], source[k]) for k in bn_means)  # BN statistics re-estimated
     cfg = config_from_overrides([*TINY, "data.shifts=never"])
     task = build_task(cfg.data, cfg.run.seed)
-    teacher = initial_model(cfg, task.num_classes)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
     teacher.load_state_dict(delivered)
     _, test = task.pooled()
     assert summary["teacher"]["target_acc_target_bn"] == pytest.approx(

@@ -96,7 +96,7 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
         batch_size=16, teacher_bn="local", lambda_im=0.0, centroids="fleet"
     )  # centroid pseudo labels, no marginal
     data = DataSpec(num_devices=1, samples_per_device=40).model_dump()
-    scenario = P.device_scenario(3, data, {"arch": "lenet", "width": 0.25}, "lenet", 10)
+    scenario = P.device_scenario(3, data, {"arch": "lenet", "width": 0.25}, "lenet", 10, (1, 28, 28))
     torch.manual_seed(0)
     teacher = build_model("lenet", 10, 0.25).eval()
     groups = teacher.channel_groups()

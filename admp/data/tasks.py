@@ -17,6 +17,7 @@ import torch
 from admp.choices import COLOUR_SHIFTS, DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
 from admp.config import DataSpec
 from admp.data import partition as part
+from admp.data.npz import load_npz
 from admp.data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
 from admp.data.sources import (
     DataError,
@@ -36,8 +37,18 @@ DEFAULT_ARCH: dict[Dataset, Arch] = {
     "usps_mnist": "lenet",
     "hapt": "cnn1d",
     "imagefolder": "resnet",
-}  # model.arch: auto
-assert set(DEFAULT_ARCH) == set(DATASETS), "every dataset needs a default architecture"
+}  # model.arch: auto; a user's npz file gets the family its samples' shape calls for (arch_for_shape)
+assert set(DEFAULT_ARCH) | {"npz"} == set(DATASETS), "every named dataset needs a default architecture"
+
+
+def arch_for_shape(sample_shape: tuple[int, ...]) -> Arch:
+    """``model.arch: auto`` for samples of this shape: feature vectors (D,) -> mlp, windows (C, T) ->
+    cnn1d, grey images (1, H, W) -> lenet, colour images (C > 1) -> resnet."""
+    if len(sample_shape) == 1:
+        return "mlp"
+    if len(sample_shape) == 2:
+        return "cnn1d"
+    return "lenet" if sample_shape[0] == 1 else "resnet"
 
 
 @dataclass
@@ -153,6 +164,11 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split |
         src, classes = load_image_folder(root, spec.source_domain, spec.image_size)
         tgt, _ = load_image_folder(root, spec.target_domain, spec.image_size, classes)
         return src, tgt, None, None
+    if spec.dataset == "npz":
+        data = load_npz(spec.path)
+        if spec.partition == "dirichlet" and not data.target_labeled:
+            raise DataError(f"{spec.path}: partition 'dirichlet' draws label skew from y_target; the file has none")
+        return data.source, data.target, data.target_test, data.groups
     raise DataError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
@@ -163,18 +179,43 @@ def _as_rgb(split: Split) -> Split:
 
 def default_shift_kinds(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     """Every shift of the modality: sensor shifts for windows (C, T), image shifts for (C, H, W),
-    and the colour shifts as well for RGB images."""
+    and the colour shifts as well for RGB images; none for feature vectors (D,)."""
+    if len(sample_shape) == 1:
+        return ()
     if len(sample_shape) == 2:
         return SENSOR_SHIFTS
     return IMAGE_SHIFTS + COLOUR_SHIFTS if sample_shape[0] == 3 else IMAGE_SHIFTS
 
 
-def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
-    """Load the data of ``spec`` and cut the target into devices, deterministically from ``seed``."""
+def _check_shift_kinds(kinds: tuple[str, ...], sample_shape: tuple[int, ...]) -> None:
+    """Every shift named in ``data.shift_kinds`` applies to samples of this shape (DataError otherwise)."""
+    if len(sample_shape) == 3:
+        fits, what = IMAGE_SHIFTS + COLOUR_SHIFTS, "images"
+    elif len(sample_shape) == 2:
+        fits, what = SENSOR_SHIFTS, "sensor windows"
+    else:
+        fits, what = (), "feature vectors"
+    wrong = [k for k in kinds if k not in fits]
+    if wrong:
+        raise DataError(
+            f"data.shift_kinds: {wrong} do not apply to {what} of shape {sample_shape}; "
+            f"those take {', '.join(fits) or 'no synthetic shift'}"
+        )
+
+
+def load_domains(spec: DataSpec, seed: int) -> tuple[Split, Split, Split | None, np.ndarray | None]:
+    """(labeled source, target pool, official target test set or None, natural groups or None) of
+    ``spec``, before any cap or partition: what ``build_task`` cuts and ``fedadmp export-npz`` writes."""
     source, target, target_test, groups = _source_and_target(spec, seed)
     if spec.rgb:  # grey digits as 3-channel images, so that colour shifts and RGB models apply
         source, target = _as_rgb(source), _as_rgb(target)
         target_test = _as_rgb(target_test) if target_test is not None else None
+    return source, target, target_test, groups
+
+
+def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
+    """Load the data of ``spec`` and cut the target into devices, deterministically from ``seed``."""
+    source, target, target_test, groups = load_domains(spec, seed)
     rng = numpy_rng(seed, "split")
     source = _cap(source, spec.max_source, rng)
     src_train, src_val = part.split_train_test(np.arange(len(source)), spec.source_val_fraction, rng)
@@ -210,6 +251,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
         test_parts = part.iid_partition(len(target_test), len(train_parts), rng)
     shifts_on = spec.shifts_enabled()
     kinds = tuple(spec.shift_kinds) or default_shift_kinds(tuple(source.x.shape[1:]))
+    _check_shift_kinds(kinds if shifts_on else (), tuple(source.x.shape[1:]))
     return CrossDomainTask(
         name=spec.dataset,
         num_classes=int(source.y.max()) + 1,

@@ -1,0 +1,176 @@
+"""A user's own data in one npz file (``data.dataset: npz``, ``data.path: FILE.npz``).
+
+Arrays (samples first; a sample may be an image (C, H, W), a window (C, T) or a feature vector (D,)):
+
+- ``x_source`` (N_s, ...), ``y_source`` (N_s,): the labeled cloud data (labels 0..K-1);
+- ``x_target`` (N_t, ...): the devices' unlabeled data;
+- ``y_target`` (N_t,), optional: its labels, for evaluation only (each device's held-out share);
+- ``group_target`` (N_t,), optional: natural devices (a subject, a site), for ``partition: subject``;
+- ``x_target_test`` (M, ...), ``y_target_test`` (M,), optional: a labeled target test set, spread
+  over the devices (then ``y_target`` may be left out);
+- ``class_names`` (K,), optional: strings.
+
+uint8 samples are scaled to [0, 1]; any other numeric type is cast to float32. Every check runs when
+the file is read, before any training, and names the array and what is wrong (``DataError``).
+``write_npz`` writes the format (``fedadmp export-npz`` turns any built-in dataset into it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from admp.data.sources import DataError, Split
+
+REQUIRED = ("x_source", "y_source", "x_target")
+OPTIONAL = ("y_target", "group_target", "x_target_test", "y_target_test", "class_names")
+UNLABELED = -1  # the label of a target sample without one (never read: target labels only evaluate)
+
+
+@dataclass
+class NpzData:
+    """The arrays of a user's file, checked: source, target pool, optional test set, groups, class names."""
+
+    source: Split
+    target: Split  # y = UNLABELED where the file has no y_target
+    target_test: Split | None
+    groups: np.ndarray | None
+    class_names: list[str] | None
+    target_labeled: bool  # whether the file has y_target
+
+
+def _samples(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
+    """Samples (N, ...) as float32, uint8 scaled to [0, 1]; 1 to 3 dims per sample, finite."""
+    if x.dtype.kind not in "uif" or x.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{path}: {name} has shape {x.shape} and dtype {x.dtype}; expected numbers of shape (N, D), "
+            "(N, C, T) or (N, C, H, W)"
+        )
+    values = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: {name} holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def _labels(path: Path, name: str, y: np.ndarray, n: int, num_classes: int | None = None) -> torch.Tensor:
+    """Integer labels (n,) in [0, num_classes) (any non-negative integer when num_classes is None)."""
+    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: {name} has shape {y.shape} and dtype {y.dtype}; expected {n} integer labels")
+    if n and int(y.min()) < 0:
+        raise DataError(f"{path}: {name} has negative labels")
+    if num_classes is not None and n and int(y.max()) >= num_classes:
+        raise DataError(
+            f"{path}: {name} has label {int(y.max())}, but the source has {num_classes} classes (0..{num_classes - 1})"
+        )
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the file (no pickles); unknown arrays are an error, so that a typo is not ignored."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable npz file without pickles ({exc})") from exc
+    missing = [k for k in REQUIRED if k not in arrays]
+    unknown = sorted(set(arrays) - set(REQUIRED) - set(OPTIONAL))
+    if missing or unknown:
+        raise DataError(
+            f"{path}: missing arrays {missing}, unknown arrays {unknown}; the format has "
+            f"{', '.join(REQUIRED)} and optionally {', '.join(OPTIONAL)}"
+        )
+    return arrays
+
+
+def load_npz(path: str | Path) -> NpzData:
+    """Read and check a user's npz file (see the module docstring)."""
+    path = Path(path)
+    arrays = _read(path)
+    x_source = _samples(path, "x_source", arrays["x_source"])
+    y_source = _labels(path, "y_source", arrays["y_source"], len(x_source))
+    if len(x_source) == 0:
+        raise DataError(f"{path}: x_source is empty")
+    num_classes = int(y_source.max()) + 1
+    names = _class_names(path, arrays, num_classes)
+    x_target = _samples(path, "x_target", arrays["x_target"])
+    _same_shape(path, "x_target", x_target, x_source)
+    labeled = "y_target" in arrays
+    y_target = (
+        _labels(path, "y_target", arrays["y_target"], len(x_target), num_classes)
+        if labeled
+        else torch.full((len(x_target),), UNLABELED, dtype=torch.long)
+    )
+    test = _test_split(path, arrays, x_source, num_classes)
+    if not labeled and test is None:
+        raise DataError(f"{path}: no target labels to evaluate with: give y_target or x_target_test and y_target_test")
+    groups = None
+    if "group_target" in arrays:
+        g = arrays["group_target"]
+        if g.ndim != 1 or len(g) != len(x_target) or g.dtype.kind not in "iu":
+            raise DataError(f"{path}: group_target has shape {g.shape}; expected {len(x_target)} integer group ids")
+        groups = g.astype(np.int64)
+    return NpzData(Split(x_source, y_source), Split(x_target, y_target), test, groups, names, labeled)
+
+
+def _same_shape(path: Path, name: str, x: torch.Tensor, source: torch.Tensor) -> None:
+    if tuple(x.shape[1:]) != tuple(source.shape[1:]):
+        raise DataError(
+            f"{path}: {name} samples have shape {tuple(x.shape[1:])}, x_source's {tuple(source.shape[1:])}: "
+            "every domain must share one sample shape"
+        )
+
+
+def _test_split(path: Path, arrays: dict[str, np.ndarray], x_source: torch.Tensor, num_classes: int) -> Split | None:
+    """The optional labeled target test set: both arrays or neither."""
+    has = [k for k in ("x_target_test", "y_target_test") if k in arrays]
+    if not has:
+        return None
+    if len(has) == 1:
+        raise DataError(f"{path}: {has[0]} without its pair: give both x_target_test and y_target_test")
+    x = _samples(path, "x_target_test", arrays["x_target_test"])
+    _same_shape(path, "x_target_test", x, x_source)
+    return Split(x, _labels(path, "y_target_test", arrays["y_target_test"], len(x), num_classes))
+
+
+def _class_names(path: Path, arrays: dict[str, np.ndarray], num_classes: int) -> list[str] | None:
+    if "class_names" not in arrays:
+        return None
+    names = arrays["class_names"]
+    if names.ndim != 1 or names.dtype.kind not in "UO" or len(names) < num_classes:
+        raise DataError(
+            f"{path}: class_names has shape {names.shape} and dtype {names.dtype}; expected at least "
+            f"{num_classes} strings (one per source class)"
+        )
+    return [str(v) for v in names]
+
+
+def write_npz(
+    path: str | Path,
+    source: Split,
+    target: Split,
+    target_test: Split | None = None,
+    groups: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+) -> Path:
+    """Write the format: labeled source, the target pool with its evaluation labels, and the optional parts."""
+    arrays: dict[str, np.ndarray] = {
+        "x_source": source.x.numpy(),
+        "y_source": source.y.numpy(),
+        "x_target": target.x.numpy(),
+        "y_target": target.y.numpy(),
+    }
+    if target_test is not None:
+        arrays |= {"x_target_test": target_test.x.numpy(), "y_target_test": target_test.y.numpy()}
+    if groups is not None:
+        arrays["group_target"] = np.asarray(groups, dtype=np.int64)
+    if class_names is not None:
+        arrays["class_names"] = np.asarray(class_names, dtype=str)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+    return path
