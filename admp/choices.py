@@ -7,6 +7,7 @@ builders, shifts, the study runner) take their tuples from here, so adding an op
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
 Dataset = Literal["digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder", "npz"]
@@ -29,6 +30,8 @@ ImMarginal = Literal["fleet", "device"]
 PseudoLabels = Literal["centroid", "teacher"]
 CentroidScope = Literal["auto", "fleet", "device"]
 ScheduleBudget = Literal["epochs", "federation"]
+
+FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # model.arch: a user's "package.module:factory"
 
 DATASETS: tuple[str, ...] = get_args(Dataset)
 ARCHS: tuple[str, ...] = get_args(Arch)

@@ -9,12 +9,13 @@ resolved config next to its results.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import Field, model_validator
 
 from admp.choices import (
+    FACTORY_PATH,
     ArchChoice,
     BnRecalibration,
     CentroidScope,
@@ -119,8 +120,19 @@ class DataSpec(Section):
 class ModelSpec(Section):
     """Student/teacher architecture."""
 
-    arch: ArchChoice = "auto"  # auto: by dataset (admp.data.tasks.DEFAULT_ARCH)
+    arch: str = "auto"  # auto: by dataset (admp.data.tasks.DEFAULT_ARCH; an npz file: by its samples' shape) |
+    #   lenet | resnet | cnn1d | mlp | "package.module:factory": your own nn.Module (admp.custom)
     width: Annotated[float, Field(gt=0, le=8)] = 1.0  # channel width multiplier
+
+    @model_validator(mode="after")
+    def _known_arch(self) -> ModelSpec:
+        """A family name, auto, or a factory path."""
+        choices = get_args(ArchChoice)
+        if self.arch not in choices and not FACTORY_PATH.match(self.arch):
+            raise SectionError(
+                "arch", f"{self.arch!r} is not one of {', '.join(choices)}, or a 'package.module:factory' path"
+            )
+        return self
 
 
 class TeacherSpec(Section):

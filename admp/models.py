@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from admp.augment import InputNorm
-from admp.choices import ARCHS
+from admp.choices import ARCHS, FACTORY_PATH
 
 GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules it gates
 
@@ -193,8 +193,14 @@ def build_model(
 ) -> nn.Module:
     """Build a model family by name for samples of ``input_shape`` (None: the family's own default);
     raises ValueError naming an unknown architecture, or a shape the family cannot take."""
+    if FACTORY_PATH.match(arch):  # a user's own network (admp.custom); it needs the data's shape
+        from admp.custom import build_user_model
+
+        if input_shape is None:
+            raise ValueError(f"{arch!r}: a user's model is built for the data's input shape; none was given")
+        return build_user_model(arch, num_classes, width, tuple(input_shape))
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} or 'package.module:factory'")
     extra = {"input_shape": tuple(input_shape)} if input_shape is not None else {}
     return ARCHITECTURES[arch](num_classes=num_classes, width=width, **extra)
 

@@ -36,26 +36,6 @@ def fold_masks_into_bn(model: nn.Module, groups: GroupSpec, masks: MaskDict) -> 
             bn.bias.mul_(g)
 
 
-def discover_groups(model: nn.Module, example: torch.Tensor) -> list[set[str]]:
-    """BatchNorm sets that Torch-Pruning's dependency graph couples together (one per group).
-
-    Used to check each model's declared ``channel_groups()`` against the traced graph.
-    """
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    names = {m: n for n, m in model.named_modules()}
-    found: list[set[str]] = []
-    for group in dg.get_all_groups(root_module_types=(nn.Conv1d, nn.Conv2d)):
-        bns = {
-            names[dep.target.module]
-            for dep, _ in group
-            if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm)
-            and dep.handler == tp.prune_batchnorm_out_channels
-        }
-        if bns:
-            found.append(bns)
-    return found
-
-
 def l1_filter_scores(model: nn.Module, groups: GroupSpec, example: torch.Tensor) -> MaskDict:
     """Per-channel L1 norm of the conv filters that produce each group's channels (summed over a
     residual group's convs): the classic data-free criterion of L1-norm channel pruning."""

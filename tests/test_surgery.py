@@ -5,12 +5,13 @@ import torch
 from torch import nn
 
 from admp import admm
+from admp.custom import traced_groups
 from admp.masks import gated, group_sizes, zeros_masks
 from admp.metrics import channels_kept, count_macs, count_params
 from admp.models import build_model, example_input
-from admp.surgery import discover_groups, export_onnx, export_torchscript, onnx_max_abs_diff, prune_model
+from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff, prune_model
 
-FAMILIES = [("lenet", 10), ("resnet", 10), ("cnn1d", 6)]
+FAMILIES = [("lenet", 10), ("resnet", 10), ("cnn1d", 6), ("mlp", 5)]
 
 
 def _trained_like(arch: str, classes: int) -> nn.Module:
@@ -32,7 +33,7 @@ def _trained_like(arch: str, classes: int) -> nn.Module:
 def test_declared_groups_match_torch_pruning_dependency_graph(arch, classes):
     model = build_model(arch, classes)
     declared = sorted(sorted(v) for v in model.channel_groups().values())
-    traced = sorted(sorted(s) for s in discover_groups(model, example_input(model)))
+    traced = sorted(sorted(s) for s in traced_groups(model, example_input(model)).values())
     assert declared == traced
 
 
