@@ -15,6 +15,7 @@ Arch = Literal["lenet", "resnet", "cnn1d", "mlp"]
 ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp.data.tasks.DEFAULT_ARCH)
 Partition = Literal["iid", "dirichlet", "subject"]
 UspsLayout = Literal["resize", "box"]
+ImageMode = Literal["auto", "grey", "rgb"]
 ShiftsMode = Literal["auto", "always", "never"]
 ImageShift = Literal["noise", "blur", "contrast", "rotation", "lowres"]
 ColourShift = Literal["colour", "texture", "invert", "channel_swap"]  # RGB images (texture, invert: grey too)

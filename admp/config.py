@@ -21,6 +21,7 @@ from admp.choices import (
     CentroidScope,
     Dataset,
     Dual,
+    ImageMode,
     ImMarginal,
     Partition,
     PseudoLabels,
@@ -70,6 +71,8 @@ class DataSpec(Section):
     source_domain: str = ""  # imagefolder: source domain folder name
     target_domain: str = ""  # imagefolder: target domain folder name
     image_size: Annotated[int, Field(ge=8, le=512)] = 32  # imagefolder: images are resized to image_size x image_size
+    image_mode: ImageMode = "auto"  # imagefolder: grey | rgb | auto (grey when every source image is single-channel)
+    target_test_domain: str = ""  # imagefolder: a labeled target test folder (else each device's held-out share)
     usps_layout: UspsLayout = "resize"  # resize (16x16 stretched to 28x28) | box (20x20 box in 28x28, like MNIST)
     rgb: bool = False  # digit datasets as 3-channel images (grey replicated): the colour shifts, RGB models
     num_devices: Annotated[int, Field(ge=1)] = 10  # target devices (hapt, partition=subject: one per target subject)

@@ -5,8 +5,9 @@ import torch
 from admp.choices import IMAGE_SHIFTS, SENSOR_SHIFTS
 from admp.config import DataSpec
 from admp.data import partition as part
+from admp.data.images import load_image_folder
 from admp.data.shifts import ShiftSpec, apply_shift_mix
-from admp.data.sources import DataError, load_embedded_digits, load_hapt, load_image_folder, load_mnist, load_usps
+from admp.data.sources import DataError, load_embedded_digits, load_hapt, load_mnist, load_usps
 from admp.data.tasks import build_task
 
 
@@ -144,7 +145,8 @@ def test_image_folder_loader(tmp_path):
             (tmp_path / domain / cls).mkdir(parents=True)
             for i in range(2):
                 Image.new("RGB", (40, 30), colour).save(tmp_path / domain / cls / f"{i}.png")
-    split, classes = load_image_folder(tmp_path, "amazon", size=16)
+    split, classes, mode = load_image_folder(tmp_path, "amazon", size=16)
+    assert mode == "rgb"
     assert classes == ["bike", "cup"] and split.x.shape == (4, 3, 16, 16)
     assert split.y.tolist() == [0, 0, 1, 1]
     assert float(split.x[0, 0].mean()) == pytest.approx(1.0) and float(split.x[2, 2].mean()) == pytest.approx(1.0)

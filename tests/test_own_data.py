@@ -193,3 +193,72 @@ def test_federated_admp_runs_end_to_end_on_a_users_npz(tmp_path, monkeypatch, ta
     expected = {"features": ("mlp", {"fc1", "fc2"}), "sensor": ("cnn1d", {"conv1", "conv2", "conv3"})}[kind]
     assert summary["arch"] == expected[0] and set(summary["student"]["channels"]) == expected[1]
     assert (run / "pruned_model.onnx").is_file() and 0.0 <= summary["student"]["target_acc"] <= 100.0
+
+
+def _grey_folders(root: Path, n: int = 12) -> Path:
+    """Grey images of three shapes: source (dark on light), target and target test (brighter, noisier)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for domain, base, noise in (("studio", 0.2, 0.05), ("field", 0.45, 0.15), ("field_test", 0.45, 0.15)):
+        for cls in ("bar", "column", "square"):
+            (root / domain / cls).mkdir(parents=True)
+            for i in range(n):
+                img = np.full((24, 24), 0.9)
+                img[{"bar": np.s_[10:14, 2:22], "column": np.s_[2:22, 10:14], "square": np.s_[7:17, 7:17]}[cls]] = base
+                img = np.clip(img + rng.normal(0, noise, img.shape), 0, 1)
+                Image.fromarray((img * 255).astype(np.uint8), mode="L").save(root / domain / cls / f"{i}.png")
+    return root
+
+
+def test_a_grey_image_folder_stays_grey_and_may_bring_a_labeled_test_folder(tmp_path):
+    root = _grey_folders(tmp_path)
+    spec = DataSpec(
+        dataset="imagefolder", data_dir=str(root), source_domain="studio", target_domain="field",
+        target_test_domain="field_test", num_devices=3, image_size=20,
+    )  # fmt: skip
+    task = build_task(spec, seed=0)
+    assert task.input_shape == (1, 20, 20) and task.num_classes == 3
+    assert sum(len(task.device(i).test) for i in range(3)) == 36  # the test folder, spread over the devices
+    rgb = build_task(spec.model_copy(update={"image_mode": "rgb"}), seed=0)
+    assert rgb.input_shape == (3, 20, 20)
+
+
+@pytest.mark.parametrize(
+    "mislay,needle",
+    [
+        (lambda r: (r / "field" / "stray.png").write_bytes(b""), r"stray\.png: lies directly in the domain folder"),
+        (lambda r: (r / "field" / "circle").mkdir(), r"class folders \['circle'\] are not source classes"),
+        (lambda r: (r / "field" / "bar" / "notes.txt").write_text("x"), r"notes\.txt: not an image file"),
+        (lambda r: (r / "field" / "bar" / "0.png").write_text("x"), r"0\.png: not a readable image"),
+    ],
+)
+def test_mislaid_or_unreadable_files_are_one_clear_error(tmp_path, mislay, needle):
+    root = _grey_folders(tmp_path, n=2)
+    mislay(root)
+    spec = DataSpec(dataset="imagefolder", data_dir=str(root), source_domain="studio", target_domain="field")
+    with pytest.raises(DataError, match=needle):
+        build_task(spec, seed=0)
+
+
+def test_federated_admp_runs_end_to_end_on_a_grey_image_folder(tmp_path, monkeypatch, task_identity):
+    monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
+    root = _grey_folders(tmp_path / "data")
+    data = ["data.dataset=imagefolder", f"data.data_dir={root}", "data.source_domain=studio"]
+    data += [
+        "data.target_domain=field",
+        "data.target_test_domain=field_test",
+        "data.num_devices=3",
+        "data.image_size=20",
+    ]
+    fed = ["federation.clients_per_round=2", "federation.mask_rounds=2", "federation.warmup_rounds=1"]
+    fed += ["federation.finetune_rounds=1", "federation.teacher_rounds=0", "teacher.epochs=2", "model.width=0.25"]
+    out = tmp_path / "runs"
+    run_federated(InProcessGrid(3), config_from_overrides([*data, *fed, "run.threads=2", f"run.out_dir={out}"]), None)
+    (run,) = list(out.iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["arch"] == "resnet" and (run / "pruned_model.onnx").is_file()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(run / "pruned_model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [1, 20, 20]  # the exported model takes the grey images as given

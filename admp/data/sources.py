@@ -1,4 +1,5 @@
-"""Dataset loaders: embedded digits, MNIST/USPS/HAPT npz files, and a user's image folders.
+"""Dataset loaders: embedded digits and the MNIST/USPS/HAPT npz files (a user's image folders:
+``admp.data.images``; a user's npz file: ``admp.data.npz``).
 
 Every loader returns float32 tensors ready for the models (images (N, C, H, W) in [0, 1], sensor
 windows (N, 6, 128)) and int64 labels. A missing or malformed file raises ``DataError`` naming the
@@ -15,8 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from admp.choices import USPS_LAYOUTS
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 class DataError(ValueError):
@@ -127,38 +126,3 @@ def standardise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     mean = reference.mean(dim=(0, 2), keepdim=True)
     std = reference.std(dim=(0, 2), keepdim=True).clamp_min(1e-6)
     return (x - mean) / std
-
-
-def load_image_folder(
-    root: Path, domain: str, size: int = 32, classes: list[str] | None = None
-) -> tuple[Split, list[str]]:
-    """Office-31 / ImageCLEF layout ``root/domain/class/image`` -> RGB (N, 3, size, size).
-
-    ``classes`` fixes the label order (pass the source's so that target labels line up); by
-    default it is the sorted class folder names of this domain.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(root) / domain
-    if not folder.is_dir():
-        raise DataError(f"{folder}: domain folder not found")
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    classes = classes or found
-    if not classes:
-        raise DataError(f"{folder}: no class folders")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted((folder / name).glob("*")) if (folder / name).is_dir() else []:
-            if file.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            try:
-                with Image.open(file) as img:
-                    rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f"{file}: not a readable image ({exc})") from exc
-            images.append(np.asarray(rgb, dtype=np.float32) / 255.0)
-            labels.append(label)
-    if not images:
-        raise DataError(f"{folder}: no images found in class folders {classes}")
-    x = torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, size, size)
-    return Split(x, torch.as_tensor(labels, dtype=torch.long)), classes

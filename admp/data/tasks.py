@@ -17,6 +17,7 @@ import torch
 from admp.choices import COLOUR_SHIFTS, DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
 from admp.config import DataSpec
 from admp.data import partition as part
+from admp.data.images import load_image_folder
 from admp.data.npz import load_npz
 from admp.data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
 from admp.data.sources import (
@@ -24,7 +25,6 @@ from admp.data.sources import (
     Split,
     load_embedded_digits,
     load_hapt,
-    load_image_folder,
     load_mnist,
     load_usps,
     standardise,
@@ -161,9 +161,12 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split |
         tgt = Split(x[torch.as_tensor(~is_src)], hapt.y[torch.as_tensor(~is_src)])
         return src, tgt, None, hapt.subject[~is_src]
     if spec.dataset == "imagefolder":
-        src, classes = load_image_folder(root, spec.source_domain, spec.image_size)
-        tgt, _ = load_image_folder(root, spec.target_domain, spec.image_size, classes)
-        return src, tgt, None, None
+        src, classes, mode = load_image_folder(root, spec.source_domain, spec.image_size, mode=spec.image_mode)
+        tgt = load_image_folder(root, spec.target_domain, spec.image_size, classes, mode)[0]
+        test = None
+        if spec.target_test_domain:  # a labeled target test folder, spread over the devices
+            test = load_image_folder(root, spec.target_test_domain, spec.image_size, classes, mode)[0]
+        return src, tgt, test, None
     if spec.dataset == "npz":
         data = load_npz(spec.path)
         if spec.partition == "dirichlet" and not data.target_labeled:
