@@ -64,8 +64,20 @@ def _parse_moments(expected: dict[str, tuple[int, ...]]) -> Callable[[RecordDict
     return parse
 
 
+def pool_bn_statistics(runner: RoundRunner, strategy: FleetStrategy, model: nn.Module, rnd: int) -> int:
+    """Every BatchNorm's statistics pooled over the fleet, one query per BatchNorm layer: devices
+    compute a layer's input moments in eval mode, so each query makes the statistics right one layer
+    deeper (the first query fixes the first layer, whose inputs do not depend on any statistics; the
+    k-th, every layer up to k). A single query left the deeper layers of a ResNet with statistics of
+    inputs normalised by the old ones. Returns how many devices counted in the last query."""
+    counted = 0
+    for _ in named_batchnorms(model):
+        counted = recalibrate_from_clients(runner, strategy, model, rnd)
+    return counted
+
+
 def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model: nn.Module, rnd: int) -> int:
-    """Set every BatchNorm's running mean/var from moments pooled over the devices' data.
+    """Set every BatchNorm's running mean/var from moments pooled over the devices' data (one query).
 
     Asks the strategy's evaluation devices (0: all) for per-channel E[x], E[x^2] at each BN
     input under the current model, pools them by example count (``bn_statistics``), and

@@ -26,8 +26,7 @@ from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
-from admp.trainer import batchnorms
-from server.fleet import discover_devices, recalibrate_from_clients
+from server.fleet import discover_devices, pool_bn_statistics
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
@@ -126,8 +125,7 @@ def adapt_teacher(session: Session) -> None:
     run.teacher_info["target_acc"] = figures.get("accuracy")
     if mode == "fleet":
         adapted = copy.deepcopy(run.teacher)
-        for _ in batchnorms(adapted):
-            recalibrate_from_clients(session.runner, probe, adapted, 0)
+        pool_bn_statistics(session.runner, probe, adapted, 0)
         run.teacher = adapted.eval()
         session.fleet.delivery = _delivery(run.teacher)  # nothing was sent yet
     if mode in ("fleet", "local"):
@@ -286,7 +284,7 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     model = run.model(start.keep)
     model.load_state_dict(weights)
     if fed.bn_recalibration in ("global", "local"):
-        recalibrate_from_clients(session.runner, strategy, model, offset + rounds + 1)
+        pool_bn_statistics(session.runner, strategy, model, offset + rounds + 1)
     return model.eval()
 
 

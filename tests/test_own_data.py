@@ -11,13 +11,14 @@ from rich.console import Console
 
 from admp.config import ConfigError, DataSpec, config_from_overrides
 from admp.data.npz import UNLABELED, load_npz
-from admp.data.sources import DataError
+from admp.data.sources import DataError, load_hapt
 from admp.data.tasks import arch_for_shape, build_task, load_domains
 from admp.masks import group_sizes
 from admp.models import build_model, example_input, groups_of
 from admp.surgery import export_onnx, onnx_max_abs_diff, prune_model
 from admp.teacher import initial_model
 from server.app import run_federated
+from simulations import own_data_examples
 from simulations.cli import main
 from tests.inprocess_grid import InProcessGrid
 
@@ -262,3 +263,17 @@ def test_federated_admp_runs_end_to_end_on_a_grey_image_folder(tmp_path, monkeyp
 
     session = ort.InferenceSession(str(run / "pruned_model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1:] == [1, 20, 20]  # the exported model takes the grey images as given
+
+
+def test_the_own_data_examples_are_written_in_the_format(tmp_path, shared_data):
+    """HAPT as 9 channels x 64 steps: the 6 axes averaged in pairs of steps, then |acc|, |gyro|, |jerk|;
+    subjects 21-30 the devices; MNIST -> USPS as 784-d vectors with USPS's official test set."""
+    sensor = load_npz(own_data_examples.sensor9(shared_data, tmp_path))
+    assert sensor.source.x.shape[1:] == (9, 64) and set(np.unique(sensor.groups)) == set(range(21, 31))
+    hapt = load_hapt(shared_data / "hapt" / "hapt.npz")
+    first = hapt.x[hapt.subject <= 20][0]  # (6, 128)
+    assert torch.allclose(sensor.source.x[0, :6], first.view(6, 64, 2).mean(dim=2), atol=1e-6)
+    assert torch.allclose(sensor.source.x[0, 6], first[:3].norm(dim=0).view(64, 2).mean(dim=1), atol=1e-5)
+    feats = load_npz(own_data_examples.features(shared_data, tmp_path))
+    assert feats.source.x.shape == (10000, 784) and feats.target.x.shape == (7291, 784)
+    assert feats.target_test is not None and len(feats.target_test) == 2007
