@@ -37,8 +37,8 @@ def fold_masks_into_bn(model: nn.Module, groups: GroupSpec, masks: MaskDict) -> 
 
 
 def l1_filter_scores(model: nn.Module, groups: GroupSpec, example: torch.Tensor) -> MaskDict:
-    """Per-channel L1 norm of the conv filters that produce each group's channels (summed over a
-    residual group's convs): the classic data-free criterion of L1-norm channel pruning."""
+    """Per-channel L1 norm of the conv filters (or linear rows) that produce each group's channels
+    (summed over a residual group's layers): the classic data-free criterion of L1-norm channel pruning."""
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     modules = dict(model.named_modules())
     scores: MaskDict = {}
@@ -48,9 +48,11 @@ def l1_filter_scores(model: nn.Module, groups: GroupSpec, example: torch.Tensor)
         pruning_group = dg.get_pruning_group(bn, tp.prune_batchnorm_out_channels, idxs=list(range(channels)))
         total = torch.zeros(channels)
         for dep, _ in pruning_group:
-            conv = dep.target.module
-            if dep.handler == tp.prune_conv_out_channels and isinstance(conv, (nn.Conv1d, nn.Conv2d)):
-                total += conv.weight.detach().abs().flatten(1).sum(dim=1)
+            layer = dep.target.module
+            conv = dep.handler == tp.prune_conv_out_channels and isinstance(layer, (nn.Conv1d, nn.Conv2d))
+            linear = dep.handler == tp.prune_linear_out_channels and isinstance(layer, nn.Linear)
+            if (conv or linear) and layer.weight.shape[0] == channels:  # a depthwise conv's filters count too
+                total += layer.weight.detach().abs().flatten(1).sum(dim=1)
         scores[group] = total
     return scores
 

@@ -9,7 +9,7 @@ from admp.custom import traced_groups
 from admp.masks import gated, group_sizes, zeros_masks
 from admp.metrics import channels_kept, count_macs, count_params
 from admp.models import build_model, example_input
-from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff, prune_model
+from admp.surgery import export_onnx, export_torchscript, l1_filter_scores, onnx_max_abs_diff, prune_model
 
 FAMILIES = [("lenet", 10), ("resnet", 10), ("cnn1d", 6), ("mlp", 5)]
 
@@ -83,3 +83,18 @@ def test_onnx_and_torchscript_exports_match(arch, classes, tmp_path):
     ts = torch.jit.load(str(export_torchscript(pruned, example_input(pruned), tmp_path / "m.ts")))
     with torch.no_grad():
         assert (ts(x) - pruned(x)).abs().max() < 1e-5
+
+
+def test_l1_scores_sum_the_filters_or_rows_that_make_each_channel():
+    """L1-norm pruning's criterion, by hand: conv1's 4 filters of 1x5x5 weights set to 0.01 * (c + 1)
+    score 0.25 * (c + 1); an MLP's hidden units score the L1 norms of their fc1 rows, |0.5| + |-0.5| and 1 + 1."""
+    lenet = build_model("lenet", 10, 0.125)  # conv1: 4 channels
+    with torch.no_grad():
+        for c in range(4):
+            lenet.conv1.weight[c] = 0.01 * (c + 1)
+    scores = l1_filter_scores(lenet, lenet.channel_groups(), example_input(lenet))
+    assert scores["conv1"].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    mlp = build_model("mlp", 3, 0.0078125, (2,))  # fc1: 2 hidden units of 2 inputs
+    with torch.no_grad():
+        mlp.fc1.weight.copy_(torch.tensor([[0.5, -0.5], [1.0, 1.0]]))
+    assert l1_filter_scores(mlp, mlp.channel_groups(), example_input(mlp))["fc1"].tolist() == pytest.approx([1.0, 2.0])
