@@ -191,10 +191,10 @@ class FleetStrategy(Strategy):
             n = check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
             keys = [k for k in ("accuracy", "accuracy-as-exported") if k in P.metric_record(content)]
             figures = {k: check_percent(P.metric(content, k), k) for k in keys}
-            shared = self.fleet.shared
-            label_free = shared.parse_label_free(content, self.collect_stats) if P.STATS in content else None
+            aggregates = self.fleet.shared
+            label_free = aggregates.parse_label_free(content, self.collect_stats) if P.STATS in content else None
             if label_free is not None and self.collect_stats:  # last: only a reply that passed every check
-                stats.append((shared.parse(content, label_free.n, evaluation=True), label_free.n))
+                stats.append((aggregates.parse(content, label_free.n, evaluation=True), label_free.n))
             return figures, n, label_free
 
         stats: list[tuple[DeviceStats, int]] = []
