@@ -48,20 +48,6 @@ def _ignored(path: Path) -> bool:
     return path.name.startswith(".") or path.name.lower() in IGNORED
 
 
-def _colour_mode(files: list[tuple[Path, int]]) -> str:
-    """``grey`` when every image is single-channel, else ``rgb`` (``image_mode: auto``)."""
-    from PIL import Image, UnidentifiedImageError
-
-    for file, _ in files:
-        try:
-            with Image.open(file) as img:
-                if img.mode not in GREY_MODES:
-                    return "rgb"
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{file}: not a readable image ({exc})") from exc
-    return "grey"
-
-
 def load_image_folder(
     root: Path, domain: str, size: int = 32, classes: list[str] | None = None, mode: str = "auto"
 ) -> tuple[Split, list[str], str]:
@@ -80,11 +66,11 @@ def load_image_folder(
     if not classes:
         raise DataError(f"{folder}: no class folders")
     files = _files(folder, classes)
-    mode = _colour_mode(files) if mode == "auto" else mode
-    images, labels = [], []
-    for file, label in files:
+    images, labels, all_grey = [], [], True
+    for file, label in files:  # each file opened once; auto reads as RGB and notes whether it was grey
         try:
             with Image.open(file) as img:
+                all_grey = all_grey and img.mode in GREY_MODES
                 pixels = img.convert("L" if mode == "grey" else "RGB").resize((size, size), Image.Resampling.BILINEAR)
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"{file}: not a readable image ({exc})") from exc
@@ -92,4 +78,7 @@ def load_image_folder(
         images.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
         labels.append(label)
     x = torch.as_tensor(np.stack(images))  # (N, C, size, size)
-    return Split(x, torch.as_tensor(labels, dtype=torch.long)), classes, mode
+    if mode == "auto":  # grey images read as RGB hold the grey value in every channel: keep one
+        mode = "grey" if all_grey else "rgb"
+        x = x[:, :1] if all_grey else x
+    return Split(x.contiguous(), torch.as_tensor(labels, dtype=torch.long)), classes, mode
