@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from admp.choices import (
     FACTORY_PATH,
+    Aggregation,
     ArchChoice,
     BnRecalibration,
     CentroidScope,
@@ -33,6 +34,7 @@ from admp.choices import (
     UspsLayout,
 )
 from admp.configbase import ConfigError, Section, SectionError, parse_section
+from admp.faults import FaultSpec
 
 __all__ = [
     "AdmpHyper",
@@ -264,6 +266,13 @@ class FederationSpec(Section):
     ray_num_cpus: Annotated[int, Field(ge=0)] = 0  # CPUs given to Ray (0: all)
     ray_address: str = ""  # join an existing Ray cluster at this address ("" : start a local one)
     stop_after_round: Annotated[int, Field(ge=0)] = 0  # pause after this round (0: run to the end); --resume goes on
+    aggregation: Aggregation = "mean"  # how replies are combined (strategies/robust.py): mean = FedAvg |
+    #   clip (updates clipped to clip_norm) | median | trimmed_mean (coordinate-wise, Yin et al. 2018)
+    trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.1  # trimmed_mean: cut at each end per coordinate
+    clip_norm: Annotated[float, Field(ge=0)] = 0.0  # clip: update norm bound; 0: the round's median update norm
+    max_update_ratio: Annotated[float, Field(ge=0)] = 10.0  # a reply whose update is longer than this x the
+    #   global model's norm is rejected (a replaced or boosted model); local rounds move far less; 0: off
+    faults: FaultSpec = Field(default_factory=FaultSpec)  # injected faults, simulation only (admp/faults.py)
 
     def self_training_rounds(self) -> int:
         """``teacher_rounds`` as resolved for the run's fleet (``auto`` is resolved with the scenario)."""

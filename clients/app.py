@@ -44,6 +44,7 @@ from clients.device import (
     load_dual,
     save_dual,
 )
+from clients.faults import fault_mod
 from strategies import protocol as P
 
 
@@ -62,7 +63,7 @@ def error_reply_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return reply
 
 
-app = ClientApp(mods=[error_reply_mod])
+app = ClientApp(mods=[error_reply_mod, fault_mod])  # the first mod is the outermost
 Records = dict[str, ArrayRecord | MetricRecord | ConfigRecord]  # the contents of a reply
 
 

@@ -48,13 +48,15 @@ def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int
 Moments = tuple[TensorDict, TensorDict, int]
 
 
-def _parse_moments(expected: dict[str, tuple[int, ...]]) -> Callable[[RecordDict], Moments]:
+def _parse_moments(
+    expected: dict[str, tuple[int, ...]], strategy: FleetStrategy
+) -> Callable[[int, RecordDict], Moments]:
     """A reply parser for per-layer moments: (E[x] per layer, E[x^2] per layer, n)."""
 
-    def parse(content: RecordDict) -> Moments:
+    def parse(device: int, content: RecordDict) -> Moments:
         stats = P.from_record(P.array_record(content, P.ARRAYS))
         check_arrays(stats, expected, "bnstats")
-        n = check_examples(P.metric(content, P.NUM_EXAMPLES))
+        n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=strategy.examples_bound(device, "train"))
         return (
             {k[len("mean.") :]: v for k, v in stats.items() if k.startswith("mean.")},
             {k[len("sq.") :]: v for k, v in stats.items() if k.startswith("sq.")},
@@ -90,7 +92,7 @@ def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model
     expected: dict[str, tuple[int, ...]] = {
         f"{kind}.{name}": (bn.num_features,) for name, bn in bns.items() for kind in ("mean", "sq")
     }
-    items = strategy.validated(rnd, runner.exchange(msgs), _parse_moments(expected))
+    items = strategy.validated(rnd, runner.exchange(msgs), _parse_moments(expected, strategy))
     if not items:
         return 0
     means, variances = bn_statistics(items)

@@ -8,6 +8,7 @@ discover -> adapt_teacher -> self_train_teacher -> mask_phase (FedADMP) or basel
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from torch import nn
 
 from admp.admm import z_step
 from admp.centroids import feature_dim
+from admp.config import FederationSpec
+from admp.data.tasks import CrossDomainTask
 from admp.masks import MaskDict, group_sizes, pruned_fraction, zeros_masks
 from admp.metrics import accuracy
 from admp.models import example_input
@@ -33,6 +36,7 @@ from server.setup import RunSetup
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.robust import Defence
 from strategies.selftraining import SharedStats
 
 
@@ -90,7 +94,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "teacher_store": str(run.run_dir.file("device_store")),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
         "max_local_epochs": fed.max_local_epochs,
-    }
+    } | _fault_config(fed)
     shared = SharedStats(
         run.task.num_classes,
         marginal_on=cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet",
@@ -98,7 +102,9 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     )
     if run.checkpoint is not None:
         shared.load_state_dict(run.checkpoint.fleet_stats)
-    fleet = Fleet(devices, cfg.run.seed, _delivery(run.teacher), base_config, shared=shared)
+    defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, fed.max_update_ratio)
+    delivery = _delivery(run.teacher)
+    fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=_sizes(task))
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn)
@@ -107,6 +113,25 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}"
     )
     return Session(run, fleet, policy, runner)
+
+
+def _fault_config(fed: FederationSpec) -> dict[str, Any]:
+    """The injected faults every training message carries (only when some are on: a simulation setting)."""
+    if not fed.faults.active:
+        return {}
+    return {"faults": fed.faults.model_dump(), "round-timeout": fed.round_timeout}
+
+
+def _sizes(task: CrossDomainTask) -> Callable[[int], tuple[int, int]]:
+    """device -> (unlabeled training samples, test samples) it holds: the bound on what its replies
+    may claim (computed once per device, when first needed)."""
+
+    @functools.cache
+    def sizes(device: int) -> tuple[int, int]:
+        train, test = task.device_indices(device)
+        return len(train), len(test)
+
+    return sizes
 
 
 def adapt_teacher(session: Session) -> None:

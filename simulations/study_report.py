@@ -155,9 +155,12 @@ def plot_vs_ratio(rows: list[dict[str, Any]], task: str, path: Path) -> None:
 
 
 def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Path) -> None:
-    """Federated evaluation accuracy per round (first seed) for the federated methods."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    """Federated evaluation accuracy per round (first seed) for the federated methods.
+
+    The per-round figures live in each run's directory, which is not committed: when one of them is
+    gone (a study resumed on another machine), an existing plot is kept rather than redrawn short."""
     seed = min(r["seed"] for r in rows)
+    series: dict[str, Path] = {}
     for method in ("fedkd", "naive", "fedadmp"):
         sel = [
             r
@@ -166,9 +169,15 @@ def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Pat
             and r["seed"] == seed
             and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)
         ]
-        if not sel:
+        if sel:
+            series[method] = Path(sel[0]["run_dir"]) / "metrics.json"
+    if path.exists() and not all(f.is_file() for f in series.values()):
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, file in series.items():
+        if not file.is_file():
             continue
-        metrics = json.loads((Path(sel[0]["run_dir"]) / "metrics.json").read_text())
+        metrics = json.loads(file.read_text())
         points = [(m["round"], m["target_acc"]) for m in metrics if m.get("target_acc") is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=LABELS[method])
     ax.set(xlabel="round", ylabel="target test accuracy (%)", title=f"{task}, p = {ratio}, seed {seed}")

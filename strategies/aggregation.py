@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -38,19 +39,67 @@ def weighted_average(items: Sequence[tuple[TensorDict, int]]) -> TensorDict:
     return out
 
 
-def check_arrays(arrays: TensorDict, expected: dict[str, tuple[int, ...]], what: str) -> None:
-    """Raise ReplyError unless ``arrays`` has exactly the expected keys and shapes, all finite."""
+MAX_ABS = 1e6  # no weight, mask, moment or statistic of our models comes near this (inputs are normalised);
+#   a finite 3e38 would turn any average into noise
+MAX_INT_STEP = 10**7  # how far an integer buffer (BatchNorm's num_batches_tracked) may move in one round
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """What one array of a reply must be: its shape and exact dtype."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+
+
+def specs_of(state: TensorDict) -> dict[str, ArraySpec]:
+    """The expected shape and dtype of every entry of a state dict (the global model's own)."""
+    return {k: ArraySpec(tuple(v.shape), v.dtype) for k, v in state.items()}
+
+
+def check_arrays(
+    arrays: TensorDict, expected: Mapping[str, ArraySpec | tuple[int, ...]], what: str, max_abs: float = MAX_ABS
+) -> None:
+    """Raise ReplyError unless ``arrays`` has exactly the expected keys, shapes and dtypes (a bare
+    shape means float32), with finite floats no larger than ``max_abs`` in magnitude."""
     missing = sorted(set(expected) - set(arrays))
     extra = sorted(set(arrays) - set(expected))
     if missing or extra:
         raise ReplyError(f"{what}: missing keys {missing[:3]} unexpected keys {extra[:3]}")
-    for key, shape in expected.items():
-        got = tuple(arrays[key].shape)
-        if got != tuple(shape):
-            raise ReplyError(f"{what}.{key}: shape {got}, expected {tuple(shape)}")
+    for key, want in expected.items():
+        spec = want if isinstance(want, ArraySpec) else ArraySpec(tuple(want))
         tensor = arrays[key]
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ReplyError(f"{what}.{key}: non-finite values")
+        if tensor.dtype != spec.dtype:
+            raise ReplyError(f"{what}.{key}: dtype {tensor.dtype}, expected {spec.dtype}")
+        if tuple(tensor.shape) != spec.shape:
+            raise ReplyError(f"{what}.{key}: shape {tuple(tensor.shape)}, expected {spec.shape}")
+        if tensor.is_floating_point() and tensor.numel():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ReplyError(f"{what}.{key}: non-finite values")
+            if float(tensor.abs().max()) > max_abs:
+                raise ReplyError(f"{what}.{key}: magnitude {float(tensor.abs().max()):.3g} above {max_abs:g}")
+
+
+def float_norm(arrays: TensorDict) -> float:
+    """The Euclidean norm of all floating-point entries of a state dict taken as one vector."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in arrays.values() if v.is_floating_point()))
+
+
+def check_update(arrays: TensorDict, reference: TensorDict, max_ratio: float, what: str) -> None:
+    """Raise ReplyError when a reply moved too far from the global state it was sent: the float
+    update's norm above ``max_ratio`` x max(|reference|, 1) (a scaled or replaced model), or an
+    integer buffer that went backwards or jumped more than ``MAX_INT_STEP``. ``max_ratio`` 0: no
+    bound on the float update."""
+    if max_ratio > 0:
+        delta = float_norm({k: arrays[k] - reference[k] for k in reference if reference[k].is_floating_point()})
+        bound = max_ratio * max(float_norm(reference), 1.0)
+        if delta > bound:
+            raise ReplyError(f"{what}: update norm {delta:.4g} above {max_ratio:g} x the global norm ({bound:.4g})")
+    for key, ref in reference.items():
+        if not ref.is_floating_point():
+            step = arrays[key].long() - ref.long()
+            if step.numel() and (int(step.min()) < 0 or int(step.max()) > MAX_INT_STEP):
+                raise ReplyError(f"{what}.{key}: moved by {int(step.max())} (allowed 0 to {MAX_INT_STEP})")
 
 
 def check_range(masks: MaskDict, low: float, high: float, what: str, tol: float = 1e-6) -> None:
@@ -68,11 +117,14 @@ def check_percent(value: float, what: str) -> float:
     return value
 
 
-def check_examples(n: float, minimum: int = 1) -> int:
-    """The reply's example count as an int >= ``minimum``, or ReplyError."""
+def check_examples(n: float, minimum: int = 1, maximum: int | None = None, what: str = "num-examples") -> int:
+    """The reply's example count as an int in [``minimum``, ``maximum``], or ReplyError (``maximum``:
+    what that device can hold; None: no bound known)."""
     if not math.isfinite(n) or n < minimum or n != int(n):
         kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ReplyError(f"num-examples: {n} is not {kind}")
+        raise ReplyError(f"{what}: {n} is not {kind}")
+    if maximum is not None and n > maximum:
+        raise ReplyError(f"{what}: {int(n)} is more than this device holds ({maximum})")
     return int(n)
 
 

@@ -4,6 +4,7 @@ reply triage with logged rejections, and federated evaluation."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from flwr.serverapp.strategy import Strategy
 from admp.seeding import numpy_rng
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
+from strategies.robust import Defence
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
 log = logging.getLogger("fedadmp.strategy")
@@ -60,6 +62,13 @@ class Fleet:
     base_config: dict[str, Any]  # sent with every message (scenario, hyper-parameters)
     rejections: list[Rejection] = field(default_factory=list)
     shared: SharedStats = field(default_factory=SharedStats)  # the fleet's self-training aggregates
+    defence: Defence = field(default_factory=Defence)  # how replies are bounded and combined
+    capacity: Callable[[int], tuple[int, int]] | None = None  # device -> (train, test) samples it holds;
+    #   None (devices whose data the server does not know): 10 x the round's median claim is the bound
+
+    def rejected(self, server_round: int) -> int:
+        """How many replies of ``server_round`` were rejected so far."""
+        return sum(1 for r in self.rejections if r.round == server_round)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,14 @@ class RoundPolicy:
     clients_per_round: int  # devices sampled per training round
     min_replies: int = 1  # a round with fewer valid replies keeps the previous global state
     eval_clients: int = 0  # devices asked to evaluate (and for BN statistics); 0: every device
+
+
+def _claimed(content: RecordDict) -> float:
+    """A reply's claimed ``num-examples`` (NaN when it has no readable one)."""
+    try:
+        return P.metric(content, P.NUM_EXAMPLES)
+    except (KeyError, TypeError):
+        return math.nan
 
 
 class FleetStrategy(Strategy):
@@ -85,6 +102,8 @@ class FleetStrategy(Strategy):
         self.fleet = fleet
         self.policy = policy
         self.collect_stats = False  # the evaluation under way seeds the fleet's aggregates
+        self.asked: set[int] = set()  # node ids of the messages last sent: the only replies accepted
+        self.claims: list[float] = []  # the num-examples the replies under validation claim
 
     # --- sampling and messages -------------------------------------------------------------
     def sample(self, server_round: int, count: int, salt: str = "train") -> list[int]:
@@ -109,6 +128,7 @@ class FleetStrategy(Strategy):
         if prior:
             config = config | self.fleet.shared.config()
         out = []
+        self.asked = {self.fleet.devices[d] for d in device_ids}
         for device in device_ids:
             content = RecordDict(dict(records) | prior)
             content[P.CONFIG] = P.make_config(
@@ -128,13 +148,19 @@ class FleetStrategy(Strategy):
         """(device id, content) of the replies without an error, sorted by device id.
 
         Error replies are logged as rejections; a device that reports a missing teacher gets it
-        again the next time it is sampled.
+        again the next time it is sampled. A reply from a node that was not asked, or a second
+        reply from one node, is rejected.
         """
         by_node = {node: dev for dev, node in self.fleet.devices.items()}
         good: list[tuple[int, RecordDict]] = []
+        seen: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
             device = by_node.get(node, -1)
+            if node not in self.asked or node in seen:
+                self.reject(server_round, device, node, "a second reply" if node in seen else "not asked this round")
+                continue
+            seen.add(node)
             if reply.has_error():
                 lines = str(reply.error.reason or "").strip().splitlines()
                 reason = (lines or ["error"])[-1][:300]
@@ -151,16 +177,31 @@ class FleetStrategy(Strategy):
         log.warning("round %s: rejected reply of device %s (node %s): %s", server_round, device, node, reason)
 
     def validated(
-        self, server_round: int, replies: Iterable[Message], parse: Callable[[RecordDict], Parsed]
+        self, server_round: int, replies: Iterable[Message], parse: Callable[[int, RecordDict], Parsed]
     ) -> list[Parsed]:
-        """``parse(content)`` of every good reply, in device order; a failing parse rejects that reply."""
+        """``parse(device, content)`` of every good reply, in device order; a failing parse rejects
+        that reply (whatever it raises: no reply may crash the server's round)."""
         parsed: list[Parsed] = []
-        for device, content in self.triage(server_round, replies):
+        good = self.triage(server_round, replies)
+        self.claims = [_claimed(content) for _, content in good]
+        for device, content in good:
             try:
-                parsed.append(parse(content))
-            except (ReplyError, KeyError, TypeError, ValueError) as exc:
+                parsed.append(parse(device, content))
+            except (ReplyError, KeyError) as exc:
                 self.reject(server_round, device, self.fleet.devices.get(device, -1), f"invalid reply: {exc}")
+            except Exception as exc:  # a malformed record (unknown dtype, bad bytes) names its type
+                reason = f"invalid reply: {type(exc).__name__}: {exc}"[:300]
+                self.reject(server_round, device, self.fleet.devices.get(device, -1), reason)
         return parsed
+
+    def examples_bound(self, device: int, split: str) -> int | None:
+        """The most samples ``device`` can report for its ``split`` ("train" or "test"): its known size,
+        or, for a device whose data the server does not know, 10 x the median of the round's claims."""
+        if self.fleet.capacity is not None:
+            train, test = self.fleet.capacity(device)
+            return train if split == "train" else test
+        finite = sorted(c for c in self.claims if math.isfinite(c) and c > 0)
+        return int(10 * finite[len(finite) // 2]) if finite else None
 
     # --- evaluation ---------------------------------------------------------------------------
     def configure_evaluate(
@@ -186,13 +227,17 @@ class FleetStrategy(Strategy):
         """Example-weighted accuracy over the devices that answered, and the label-free score of the
         model where every device reported its predictions' statistics (``SharedStats.label_free``)."""
 
-        def parse(content: RecordDict) -> tuple[dict[str, float], int, LabelFree | None]:
+        def parse(device: int, content: RecordDict) -> tuple[dict[str, float], int, LabelFree | None]:
             # a device without a test split counts with weight 0 (not a rejection)
-            n = check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0)
+            tested = self.examples_bound(device, "test")
+            n = check_examples(P.metric(content, P.NUM_EXAMPLES), minimum=0, maximum=tested)
             keys = [k for k in ("accuracy", "accuracy-as-exported") if k in P.metric_record(content)]
             figures = {k: check_percent(P.metric(content, k), k) for k in keys}
             aggregates = self.fleet.shared
-            label_free = aggregates.parse_label_free(content, self.collect_stats) if P.STATS in content else None
+            label_free = None
+            if P.STATS in content:
+                unlabeled = self.examples_bound(device, "train")
+                label_free = aggregates.parse_label_free(content, unlabeled, self.collect_stats)
             if label_free is not None and self.collect_stats:  # last: only a reply that passed every check
                 stats.append((aggregates.parse(content, label_free.n, evaluation=True), label_free.n))
             return figures, n, label_free

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -12,8 +13,16 @@ from flwr.serverapp import Grid
 from admp.masks import MaskDict
 from admp.state import AdmpState
 from strategies import protocol as P
-from strategies.aggregation import check_arrays, check_examples, check_range, weighted_average
+from strategies.aggregation import (
+    ReplyError,
+    check_arrays,
+    check_examples,
+    check_range,
+    check_update,
+    specs_of,
+)
 from strategies.base import Fleet, FleetStrategy, RoundPolicy, log
+from strategies.robust import Defence, aggregate
 from strategies.selftraining import DeviceStats
 
 TensorDict = dict[str, torch.Tensor]
@@ -38,9 +47,12 @@ class AdmpReply(KdReply):
     u: MaskDict  # per-client dual U_k; empty with the global dual
 
 
-def fedavg(replies: Sequence[KdReply]) -> tuple[TensorDict, dict[str, MetricRecordValues]]:
-    """FedAvg of the replies' weights, and the round's metrics: valid replies, examples, mean divergence."""
-    weights = weighted_average([(r.weights, r.n) for r in replies])
+def fedavg(
+    replies: Sequence[KdReply], defence: Defence, reference: TensorDict | None
+) -> tuple[TensorDict, dict[str, MetricRecordValues]]:
+    """The replies' weights combined by the run's aggregation (FedAvg by default), and the round's
+    metrics: valid replies, examples, mean divergence."""
+    weights = aggregate([(r.weights, r.n) for r in replies], defence, reference)
     return weights, {
         "valid-replies": len(replies),
         P.NUM_EXAMPLES: sum(r.n for r in replies),
@@ -48,9 +60,32 @@ def fedavg(replies: Sequence[KdReply]) -> tuple[TensorDict, dict[str, MetricReco
     }
 
 
-def shapes(state: TensorDict) -> dict[str, tuple[int, ...]]:
-    """Expected shapes of a state dict, for reply validation."""
-    return {k: tuple(v.shape) for k, v in state.items()}
+def check_weights(weights: TensorDict, reference: TensorDict, defence: Defence) -> None:
+    """A reply's model: the global model's keys, shapes and dtypes, finite and bounded values, and an
+    update no longer than ``defence.max_update_ratio`` x the global model's norm."""
+    check_arrays(weights, specs_of(reference), "arrays")
+    check_update(weights, reference, defence.max_update_ratio, "arrays")
+
+
+def check_alive(m: MaskDict) -> None:
+    """Every group keeps some channel open: a reply whose relaxed mask shuts a whole group (all
+    entries ~0) proposes pruning what the Z-step always keeps (k_g >= 1), which no descent step on
+    the ADMM penalty produces."""
+    for group, tensor in m.items():
+        if tensor.numel() and float(tensor.max()) < 1e-3:
+            raise ReplyError(f"masks.m.{group}: every channel closed (max {float(tensor.max()):.3g})")
+
+
+def check_duals(u: MaskDict, z_steps: int) -> None:
+    """|U_k| <= Z-steps + 1: each dual step adds m - Z in [-1, 1] (a rho increase only shrinks U)."""
+    check_range(u, -(z_steps + 1.0), z_steps + 1.0, "masks.u")
+
+
+def check_finite(value: float, what: str = "metrics.divergence") -> float:
+    """A reported statistic that is a finite, non-negative number of sane size, or ReplyError."""
+    if not math.isfinite(value) or not 0.0 <= value <= 1e6:
+        raise ReplyError(f"{what}: {value} is not a finite non-negative number")
+    return value
 
 
 def weighted_mean(values: Iterable[tuple[float, int]]) -> float:
@@ -88,7 +123,7 @@ class FedADMP(FleetStrategy):
         policy: RoundPolicy,
     ) -> None:
         super().__init__(fleet=fleet, policy=policy)
-        self.weight_shapes = shapes(weights)
+        self.sent = {k: v.detach().clone() for k, v in weights.items()}  # the global model last sent
         self.mask_shapes = {g: tuple(v.shape) for g, v in state.m.items()}
         self.state = state
         self.s_min, self.warmup_rounds, self.dual, self.local_epochs = s_min, warmup_rounds, dual, local_epochs
@@ -119,6 +154,7 @@ class FedADMP(FleetStrategy):
     ) -> Iterable[Message]:
         """Sample devices and send W, m, s, Z (U), rho; the teacher only to devices without it."""
         devices = self.sample(server_round, self.policy.clients_per_round)
+        self.sent = P.from_record(arrays)
         records = {P.ARRAYS: arrays, P.MASKS: self.mask_record()}
         extra = dict(config) | {
             "phase": "mask",
@@ -129,21 +165,24 @@ class FedADMP(FleetStrategy):
         }
         return self.messages(server_round, devices, records, extra, P.TRAIN_ADMP, with_teacher=True)
 
-    def parse_train_reply(self, content: RecordDict) -> AdmpReply:
-        """Validate one reply: keys, shapes, finite values, mask ranges, example count."""
+    def parse_train_reply(self, device: int, content: RecordDict) -> AdmpReply:
+        """Validate one reply: keys, shapes, dtypes, finite and bounded values, the update's size, mask
+        ranges (no group shut), dual bounds, and an example count the device can hold."""
         weights = P.from_record(P.array_record(content, P.ARRAYS))
-        check_arrays(weights, self.weight_shapes, "arrays")
+        check_weights(weights, self.sent, self.fleet.defence)
         masks = P.array_record(content, P.MASKS)
         m, s, u = (P.record_to_masks(masks, k) for k in ("m", "s", "u"))
         check_arrays(m, self.mask_shapes, "masks.m")
         check_arrays(s, self.mask_shapes, "masks.s")
         check_range(m, 0.0, 1.0, "masks.m")
         check_range(s, self.s_min, 1.0, "masks.s")
+        check_alive(m)
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
-        n = check_examples(P.metric(content, P.NUM_EXAMPLES))
+            check_duals(u, self.state.z_steps)
+        n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=self.examples_bound(device, "train"))
         stats = self.fleet.shared.parse(content, n)
-        return AdmpReply(weights, n, P.metric(content, "divergence"), stats, m, s, u)
+        return AdmpReply(weights, n, check_finite(P.metric(content, "divergence")), stats, m, s, u)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -151,16 +190,18 @@ class FedADMP(FleetStrategy):
         """FedAvg of W, m, s; then the ADMM step of the state after the warm-up."""
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
-            return None, MetricRecord({"valid-replies": len(parsed)})
-        weights, metrics = fedavg(parsed)
+            return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
+        defence = self.fleet.defence
+        weights, metrics = fedavg(parsed, defence, self.sent)
         metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
-        self.state.m = weighted_average([(r.m, r.n) for r in parsed])
-        self.state.s = weighted_average([(r.s, r.n) for r in parsed])
+        self.state.m = aggregate([(r.m, r.n) for r in parsed], defence, self.state.m)
+        self.state.s = aggregate([(r.s, r.n) for r in parsed], defence, self.state.s)
         if server_round > self.warmup_rounds:
             consensus = None
             if self.dual == "per_client":
-                consensus = weighted_average([({g: r.m[g] + r.u[g] for g in r.m}, r.n) for r in parsed])
+                consensus = aggregate([({g: r.m[g] + r.u[g] for g in r.m}, r.n) for r in parsed], defence)
             self.state.admm_step(consensus)
+        metrics["rejected"] = self.fleet.rejected(server_round)
         return P.to_record(weights), MetricRecord(metrics | self.state.metrics())
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
@@ -190,7 +231,7 @@ class FedKD(FleetStrategy):
         config: dict[str, object] | None = None,
     ) -> None:
         super().__init__(fleet=fleet, policy=policy)
-        self.weight_shapes = shapes(weights)
+        self.sent = {k: v.detach().clone() for k, v in weights.items()}  # the global model last sent
         self.keep, self.local_epochs, self.lr = keep, local_epochs, lr
         self.config = dict(config or {})  # sent with every training message, over the fleet's base config
 
@@ -207,16 +248,19 @@ class FedKD(FleetStrategy):
     ) -> Iterable[Message]:
         """Sample devices and send the student (and keep masks); the teacher only once."""
         devices = self.sample(server_round, self.policy.clients_per_round)
+        self.sent = P.from_record(arrays)
         records = {P.ARRAYS: arrays} | self.evaluation_records()
         extra = dict(config) | self.config | {"phase": "kd", "local_epochs": self.local_epochs, "lr": self.lr}
         return self.messages(server_round, devices, records, extra, P.TRAIN_KD, with_teacher=True)
 
-    def parse_train_reply(self, content: RecordDict) -> KdReply:
-        """Validate one reply: weights' keys, shapes, finite values, and the example count."""
+    def parse_train_reply(self, device: int, content: RecordDict) -> KdReply:
+        """Validate one reply: weights' keys, shapes, dtypes, bounded values and update, and an
+        example count the device can hold."""
         weights = P.from_record(P.array_record(content, P.ARRAYS))
-        check_arrays(weights, self.weight_shapes, "arrays")
-        n = check_examples(P.metric(content, P.NUM_EXAMPLES))
-        return KdReply(weights, n, P.metric(content, "divergence"), self.fleet.shared.parse(content, n))
+        check_weights(weights, self.sent, self.fleet.defence)
+        n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=self.examples_bound(device, "train"))
+        divergence = check_finite(P.metric(content, "divergence"))
+        return KdReply(weights, n, divergence, self.fleet.shared.parse(content, n))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -224,7 +268,8 @@ class FedKD(FleetStrategy):
         """FedAvg of the student's weights."""
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
-            return None, MetricRecord({"valid-replies": len(parsed)})
-        weights, metrics = fedavg(parsed)
+            return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
+        weights, metrics = fedavg(parsed, self.fleet.defence, self.sent)
         metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
+        metrics["rejected"] = self.fleet.rejected(server_round)
         return P.to_record(weights), MetricRecord(metrics)

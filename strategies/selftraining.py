@@ -138,10 +138,11 @@ class SharedStats:
             expected |= {"feature-sums": (k, d), "feature-mass": (k,)}
         return expected
 
-    def parse_label_free(self, content: RecordDict, with_stats: bool = False) -> LabelFree:
+    def parse_label_free(self, content: RecordDict, unlabeled: int | None, with_stats: bool = False) -> LabelFree:
         """An evaluate reply's label-free statistics, validated: entropy in [0, log K], a mean
-        prediction of K probabilities summing to 1, a positive sample count (and, ``with_stats``,
-        the fleet statistics the server asked for, checked by ``parse``)."""
+        prediction of K probabilities summing to 1, a positive sample count no larger than the
+        device's ``unlabeled`` data (and, ``with_stats``, the fleet statistics the server asked for,
+        checked by ``parse``)."""
         k = self.num_classes
         stats = P.from_record(P.array_record(content, P.STATS))
         check_arrays(stats, self._expected(True) if with_stats else {"mean-prediction": (k,)}, "stats")
@@ -149,7 +150,8 @@ class SharedStats:
         value = P.metric(content, "entropy")
         if not 0.0 <= value <= math.log(max(k, 2)) + 1e-4:
             raise ReplyError(f"metrics.entropy: {value:.4g} outside [0, log {k}]")
-        return LabelFree(value, p, check_examples(P.metric(content, "unlabeled")))
+        n = check_examples(P.metric(content, "unlabeled"), maximum=unlabeled, what="metrics.unlabeled")
+        return LabelFree(value, p, n)
 
     def update(self, items: list[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
         """The round's replies (stats, n) become the fleet's aggregates; returns label-free signals:

@@ -124,7 +124,7 @@ def test_aggregation_validation_and_admm_round():
     replies = [
         _reply(msgs[100], [1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0] * 4, 1),
         _reply(msgs[101], [3.0, 3.0], [0.6, 0.2, 1.0, 0.2], [1.0, 1.0, 0.5, 1.0], 3),
-        _reply(msgs[102], [9.0, 9.0], [1.5, 0.0, 0.0, 0.0], [1.0] * 4, 5),  # m out of range
+        _reply(msgs[102], [5.0, 5.0], [1.5, 0.0, 0.0, 0.0], [1.0] * 4, 5),  # m out of range
         Message(Error(code=P.CLIENT_ERROR, reason="RuntimeError: sensor offline"), reply_to=msgs[103]),
     ]
     arrays, metrics = strategy.aggregate_train(2, replies)
@@ -146,7 +146,7 @@ def test_too_few_valid_replies_keep_the_global_state():
     strategy = _strategy(clients=4, min_replies=2)
     msgs = _messages(strategy, 2)
     before = strategy.state.m["g"].clone()
-    arrays, metrics = strategy.aggregate_train(2, [_reply(msgs[100], [1.0, 1.0], [0.0] * 4, [1.0] * 4, 1)])
+    arrays, metrics = strategy.aggregate_train(2, [_reply(msgs[100], [1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [1.0] * 4, 1)])
     assert arrays is None and int(metrics["valid-replies"]) == 1
     assert torch.equal(strategy.state.m["g"], before)
 
