@@ -53,7 +53,10 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "bytes_per_client_round_without_teacher": _bytes_per_client_round(run.run_dir.rows, with_teacher=False),
         "dense_student_bytes": delivery.teacher.count_bytes(),
         "teacher_sends": {str(k): v for k, v in sorted(delivery.sends.items())},
+        "rejected_replies": len(session.fleet.rejections),
         "rejections": [dataclasses.asdict(r) for r in session.fleet.rejections],
+        "aggregation": fed.aggregation,
+        "faults": fed.faults.model_dump() if fed.faults.active else None,
     }
     if label_free["below_start_warning"]:
         run.console.print("[yellow]warning: the student's label-free score is worse than the teacher's at the start")

@@ -45,6 +45,7 @@ class RoundRunner:
     local_bn: bool = False  # per-round evaluations re-estimate BN on each device first (bn_recalibration local)
     first_round_at: float | None = None  # wall clock of the first round, for start-up time
     last_figures: dict[str, float] = field(default_factory=dict)  # the last round's evaluation
+    aggregated: bool = False  # whether the last round aggregated any reply
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Send and wait for the replies (or the timeout)."""
@@ -80,12 +81,23 @@ class RoundRunner:
         on_round: OnRound,
         evaluate_last: bool = True,
     ) -> tuple[Weights, bool]:
-        """Play ``rounds``; returns the final weights and False when ``on_round`` paused the run."""
+        """Play ``rounds``; returns the final weights and False when ``on_round`` paused the run.
+
+        A phase none of whose rounds aggregated a reply is an error (RuntimeError naming the phase and
+        the last rejections), not a run that reports its starting model as if it had trained."""
+        aggregated = 0
         for rnd in rounds:
             evaluate = rnd % self.eval_every == 0 or (evaluate_last and rnd == rounds[-1])
             weights = self.play_round(strategy, phase, rnd, weights, evaluate)
+            aggregated += self.aggregated
             if not on_round(rnd, weights):
                 return weights, False
+        if len(rounds) and not aggregated:
+            last = "; ".join(f"device {r.device}: {r.reason}" for r in strategy.fleet.rejections[-3:])
+            raise RuntimeError(
+                f"{phase} phase: none of its {len(rounds)} rounds had enough valid replies "
+                f"(min_replies {strategy.policy.min_replies}); last rejections: {last or 'none'}"
+            )
         return weights, True
 
     def play_round(self, strategy: FleetStrategy, phase: str, rnd: int, weights: Weights, evaluate: bool) -> Weights:
@@ -97,6 +109,7 @@ class RoundRunner:
         msgs = list(strategy.configure_train(rnd, P.to_record(weights), ConfigRecord(), self.grid))
         replies = self.exchange(msgs)
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        self.aggregated = new_arrays is not None
         if new_arrays is not None:
             weights = P.from_record(new_arrays)
         sends = delivery.total_sends - sends_before

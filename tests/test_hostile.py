@@ -1,0 +1,192 @@
+"""A server no single device can break: every hostile reply of issue 11 is rejected with its reason
+(and nothing raises out of ``aggregate_*``), and the robust modes keep a hostile fleet's aggregate
+next to the clean one. Pure strategy maths, no Ray."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from admp.state import AdmmSettings, AdmpState
+from strategies import protocol as P
+from strategies.base import Delivery, Fleet, RoundPolicy
+from strategies.fedadmp import FedADMP, FedKD
+from strategies.robust import Defence, aggregate
+
+DEVICES = {i: 100 + i for i in range(10)}
+PLAIN = Defence()  # weighted mean, with the default bounds
+GLOBAL = {"w": torch.ones(4), "bn.num_batches_tracked": torch.tensor(5)}
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def _fleet(defence: Defence = PLAIN) -> Fleet:
+    return Fleet(
+        dict(DEVICES),
+        7,
+        Delivery(P.to_record({"t": torch.ones(3)}), "abc"),
+        base_config={},
+        defence=defence,
+        capacity=lambda device: (50, 20),  # every device holds 50 unlabeled and 20 test samples
+    )
+
+
+def _fedadmp(defence: Defence = PLAIN, dual: str = "global", clients: int = 10) -> FedADMP:
+    state = AdmpState.initial(AdmmSettings(0.5, 0.1, 2.0, 1.0, 0), {"g": 4})
+    return FedADMP(
+        weights=dict(GLOBAL),
+        state=state,
+        s_min=0.5,
+        warmup_rounds=1,
+        dual=dual,
+        local_epochs=1,
+        fleet=_fleet(defence),
+        policy=RoundPolicy(clients, 1),
+    )
+
+
+def _send(strategy, rnd: int = 2) -> dict[int, Message]:
+    sent = strategy.configure_train(rnd, P.to_record(GLOBAL), P.make_config({}), None)
+    return {m.metadata.dst_node_id: m for m in sent}
+
+
+def _reply(to: Message, w=None, m=None, n=10, u=None, nbt=6, arrays: ArrayRecord | None = None) -> Message:
+    masks = {"m": {"g": torch.tensor(m or [1.0, 1.0, 0.5, 0.5])}, "s": {"g": torch.ones(4)}}
+    if u is not None:
+        masks["u"] = {"g": torch.tensor(u)}
+    weights = {"w": torch.tensor(w or [1.1, 0.9, 1.0, 1.0]), "bn.num_batches_tracked": torch.tensor(nbt)}
+    content = {
+        P.ARRAYS: arrays if arrays is not None else P.to_record(weights),
+        P.MASKS: P.masks_to_record(**masks),
+        P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n, "divergence": 0.5}),
+    }
+    return Message(RecordDict(content), reply_to=to)
+
+
+def _raw(w: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({"w": Array(w), "bn.num_batches_tracked": Array(np.array(6))})
+
+
+@pytest.mark.parametrize(
+    ("hostile", "reason"),
+    [
+        (dict(arrays=_raw(np.ones(4, dtype=np.float64))), "dtype torch.float64, expected torch.float32"),
+        (dict(arrays=_raw(np.ones(4, dtype=np.float16))), "dtype torch.float16"),
+        (dict(arrays=_raw(np.ones(4, dtype=np.int64))), "dtype torch.int64"),
+        (dict(arrays=_raw(np.ones(4, dtype=np.complex64))), "complex"),
+        (dict(w=[3e38, 1.0, 1.0, 1.0]), "magnitude 3e+38 above 1e+06"),
+        # x1000: the update (999, 999, 999, 999) has norm 1998 > 10 x |global| = 10 x 2 = 20
+        (dict(w=[1000.0] * 4), "update norm 1998 above 10 x the global norm (20)"),
+        (dict(nbt=2**62), "num_batches_tracked: moved by"),
+        (dict(m=[0.0] * 4), "every channel closed"),
+        (dict(n=10**12), "num-examples: 1000000000000 is more than this device holds (50)"),
+        (dict(n=51), "more than this device holds (50)"),
+        (dict(n=-200), "not a positive integer"),
+    ],
+)
+def test_each_hostile_reply_is_rejected_with_its_reason(hostile, reason):
+    strategy = _fedadmp(clients=2)
+    sent = _send(strategy)
+    good, bad = sorted(sent)
+    arrays, metrics = strategy.aggregate_train(2, [_reply(sent[good]), _reply(sent[bad], **hostile)])
+    assert arrays is not None and int(metrics["valid-replies"]) == 1 and int(metrics["rejected"]) == 1
+    (rejection,) = strategy.fleet.rejections
+    assert rejection.node_id == bad and reason in rejection.reason
+    # the aggregate is the good device's reply alone (bn counter: the maximum, 6)
+    assert torch.allclose(P.from_record(arrays)["w"], torch.tensor([1.1, 0.9, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    ("u", "reason"),
+    [
+        ([1e30, -1e30, 1e30, -1e30], "masks.u.g: magnitude 1e+30 above 1e+06"),
+        # no Z-step yet: each dual step adds m - Z in [-1, 1], so |U| <= 0 + 1
+        ([3.0, -3.0, 0.0, 0.0], "masks.u.g: values in [-3, 3], allowed [-1.0, 1.0]"),
+    ],
+)
+def test_duals_beyond_their_bound_are_rejected(u, reason):
+    strategy = _fedadmp(dual="per_client", clients=2)
+    sent = _send(strategy)
+    good, bad = sorted(sent)
+    strategy.aggregate_train(2, [_reply(sent[good], u=[0.5, -0.5, 0.0, 1.0]), _reply(sent[bad], u=u)])
+    (rejection,) = strategy.fleet.rejections
+    assert rejection.node_id == bad and reason in rejection.reason
+
+
+def test_duplicate_and_unasked_replies_are_rejected():
+    strategy = _fedadmp(clients=2)
+    sent = _send(strategy)
+    first, _ = sorted(sent)
+    unasked = next(node for node in DEVICES.values() if node not in sent)
+    stranger = Message(_reply(sent[first]).content, reply_to=sent[first])
+    stranger.metadata.__dict__["_src_node_id"] = unasked  # a node that was not sampled this round
+    replies = [_reply(sent[first]), _reply(sent[first], w=[5.0] * 4), stranger]
+    arrays, _ = strategy.aggregate_train(2, replies)
+    reasons = sorted(r.reason for r in strategy.fleet.rejections)
+    assert reasons == ["a second reply", "not asked this round"]
+    assert torch.allclose(P.from_record(arrays)["w"], torch.tensor([1.1, 0.9, 1.0, 1.0]))  # the first reply only
+
+
+def test_evaluation_replies_are_validated():
+    strategy = FedKD(weights=dict(GLOBAL), keep=None, fleet=_fleet(), policy=RoundPolicy(4, 1, eval_clients=4))
+    sent = {
+        m.metadata.dst_node_id: m for m in strategy.configure_evaluate(3, P.to_record(GLOBAL), P.make_config({}), None)
+    }
+    nodes = sorted(sent)
+
+    def reply(node, acc, n):
+        return Message(
+            RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: n})}), reply_to=sent[node]
+        )
+
+    replies = [reply(nodes[0], 80.0, 20), reply(nodes[1], math.nan, 20), reply(nodes[2], 1e6, 20)]
+    replies += [reply(nodes[3], 100.0, 10**12)]
+    metrics = strategy.aggregate_evaluate(3, replies)
+    assert metrics is not None and float(metrics["accuracy"]) == 80.0 and int(metrics["devices"]) == 1
+    reasons = " | ".join(r.reason for r in strategy.fleet.rejections)
+    assert "accuracy: nan is not a percentage" in reasons and "accuracy: 1000000.0 is not a percentage" in reasons
+    assert "more than this device holds (20)" in reasons
+    # n = -200: rejected, and a round where nothing is valid reports nothing (never None from a bad n)
+    assert strategy.aggregate_evaluate(3, [reply(nodes[0], 50.0, -200)]) is None
+
+
+def test_robust_modes_by_hand():
+    items = [({"w": torch.tensor([v]), "k": torch.tensor(i)}, 1) for i, v in enumerate([1.0, 2.0, 3.0, 4.0, 100.0])]
+    assert aggregate(items, Defence("median"))["w"].item() == 3.0  # the middle of 1, 2, 3, 4, 100
+    # trim 0.2 of 5 values: one cut at each end, mean of 2, 3, 4 = 3
+    assert aggregate(items, Defence("trimmed_mean", trim=0.2))["w"].item() == pytest.approx(3.0)
+    assert aggregate(items, Defence("median"))["k"].item() == 4  # integer buffers: the maximum
+    # clip around 0: updates (1, 0), (0, 1), (10, 0) have norms 1, 1, 10; the median bound 1 turns the
+    # third into (1, 0); mean of (1, 0), (0, 1), (1, 0) = (2/3, 1/3)
+    clipped = [({"w": torch.tensor(v)}, 1) for v in ([1.0, 0.0], [0.0, 1.0], [10.0, 0.0])]
+    out = aggregate(clipped, Defence("clip"), {"w": torch.zeros(2)})["w"]
+    assert torch.allclose(out, torch.tensor([2 / 3, 1 / 3]))
+    fixed = aggregate(clipped, Defence("clip", clip_norm=2.0), {"w": torch.zeros(2)})["w"]
+    assert torch.allclose(fixed, torch.tensor([1.0, 1 / 3]))  # (1, 0), (0, 1), (2, 0) -> (3/3, 1/3)
+
+
+@pytest.mark.parametrize("mode", ["clip", "median", "trimmed_mean"])
+def test_robust_modes_keep_a_boosted_update_from_moving_the_model(mode):
+    """9 honest devices move w from 1 to about 1.1; one boosted (x8) device stays inside the bounds and
+    drags the plain mean by 0.8 x 8 / 10 = 0.56 extra; the robust modes stay near 1.1."""
+    gen = torch.Generator().manual_seed(0)
+    honest = [1.1 + 0.01 * torch.randn(4, generator=gen) for _ in range(9)]
+    boosted = 1.0 + 8 * (torch.full((4,), 1.1) - 1.0) + 8 * 0.5  # update (0.1 + 0.5) x 8 = 4.8 per coordinate
+    results = {}
+    for name in ("mean", mode):
+        strategy = _fedadmp(Defence(name, trim=0.1))
+        sent = _send(strategy)
+        nodes = sorted(sent)
+        replies = [_reply(sent[node], w=w.tolist()) for node, w in zip(nodes[:9], honest, strict=True)]
+        replies.append(_reply(sent[nodes[9]], w=boosted.tolist()))
+        arrays, metrics = strategy.aggregate_train(2, replies)
+        assert int(metrics["valid-replies"]) == 10  # inside every bound: only the aggregation can help
+        results[name] = P.from_record(arrays)["w"]
+    assert float((results["mean"] - 1.1).abs().max()) > 0.3
+    assert float((results[mode] - 1.1).abs().max()) < 0.1
