@@ -155,3 +155,52 @@ def test_image_folder_loader(tmp_path):
         load_image_folder(tmp_path, "webcam", classes=classes)
     with pytest.raises(DataError, match="domain folder not found"):
         load_image_folder(tmp_path, "dslr")
+
+
+def _digits_file(tmp_path, **arrays):
+    x = np.zeros((4, 28, 28), np.uint8)
+    y = np.array([0, 1, 2, 3])
+    base = {"x_train": x, "y_train": y, "x_test": x, "y_test": y} | arrays
+    path = tmp_path / "mnist.npz"
+    np.savez(path, **base)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x_train": np.zeros((0, 28, 28), np.uint8), "y_train": np.zeros(0, np.int64)}, "x_train is empty"),
+        ({"y_train": np.array([0, -1, 2, 3])}, "y_train has negative labels"),
+        ({"y_train": np.array([0, 1, 2, 10])}, r"y_train has label 10, but the source has 10 classes \(0..9\)"),
+        ({"y_train": np.array([0, 1, 2, 255])}, "y_train has label 255"),
+        ({"y_train": np.array([0.0, 1.0, 2.0, 3.5])}, "expected 4 integer labels"),
+        ({"y_train": np.array([0, 1, 2])}, r"x_train has shape \(4, 28, 28\), expected \(N, 28, 28\) with N = .* = 3"),
+        ({"x_train": np.full((4, 28, 28), np.nan, np.float32)}, "x_train holds NaN or infinite values"),
+    ],
+)
+def test_bad_dataset_arrays_name_file_array_and_problem(tmp_path, arrays, message):
+    path = _digits_file(tmp_path, **arrays)
+    with pytest.raises(DataError, match=message):
+        load_mnist(path, "train")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file, not an npz archive"),
+        (b"label,pixel\n1,0\n", "not a readable npz file"),
+        (b"PK\x03\x04truncated", "not a readable npz file"),
+    ],
+)
+def test_unreadable_dataset_files_are_one_data_error(tmp_path, content, message):
+    path = tmp_path / "mnist.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=f"mnist.npz: {message}"):
+        load_mnist(path, "train")
+
+
+def test_truncated_npz_is_one_data_error(tmp_path):
+    path = _digits_file(tmp_path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"mnist\.npz: not a readable npz file"):
+        load_mnist(path, "train")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from admp.data.sources import DataError, Split
+from admp.data.sources import DataError, Split, check_labels, check_samples, read_npz
 
 REQUIRED = ("x_source", "y_source", "x_target")
 OPTIONAL = ("y_target", "group_target", "x_target_test", "y_target_test", "class_names")
@@ -42,41 +42,9 @@ class NpzData:
     target_labeled: bool  # whether the file has y_target
 
 
-def _samples(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
-    """Samples (N, ...) as float32, uint8 scaled to [0, 1]; 1 to 3 dims per sample, finite."""
-    if x.dtype.kind not in "uif" or x.ndim not in (2, 3, 4):
-        raise DataError(
-            f"{path}: {name} has shape {x.shape} and dtype {x.dtype}; expected numbers of shape (N, D), "
-            "(N, C, T) or (N, C, H, W)"
-        )
-    values = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    if not np.isfinite(values).all():
-        raise DataError(f"{path}: {name} holds NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(values))
-
-
-def _labels(path: Path, name: str, y: np.ndarray, n: int, num_classes: int | None = None) -> torch.Tensor:
-    """Integer labels (n,) in [0, num_classes) (any non-negative integer when num_classes is None)."""
-    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
-        raise DataError(f"{path}: {name} has shape {y.shape} and dtype {y.dtype}; expected {n} integer labels")
-    if n and int(y.min()) < 0:
-        raise DataError(f"{path}: {name} has negative labels")
-    if num_classes is not None and n and int(y.max()) >= num_classes:
-        raise DataError(
-            f"{path}: {name} has label {int(y.max())}, but the source has {num_classes} classes (0..{num_classes - 1})"
-        )
-    return torch.from_numpy(y.astype(np.int64))
-
-
 def _read(path: Path) -> dict[str, np.ndarray]:
     """Every array of the file (no pickles); unknown arrays are an error, so that a typo is not ignored."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable npz file without pickles ({exc})") from exc
+    arrays = read_npz(path)
     missing = [k for k in REQUIRED if k not in arrays]
     unknown = sorted(set(arrays) - set(REQUIRED) - set(OPTIONAL))
     if missing or unknown:
@@ -91,17 +59,17 @@ def load_npz(path: str | Path) -> NpzData:
     """Read and check a user's npz file (see the module docstring)."""
     path = Path(path)
     arrays = _read(path)
-    x_source = _samples(path, "x_source", arrays["x_source"])
-    y_source = _labels(path, "y_source", arrays["y_source"], len(x_source))
+    x_source = check_samples(path, "x_source", arrays["x_source"])
+    y_source = check_labels(path, "y_source", arrays["y_source"], len(x_source))
     if len(x_source) == 0:
         raise DataError(f"{path}: x_source is empty")
     num_classes = int(y_source.max()) + 1
     names = _class_names(path, arrays, num_classes)
-    x_target = _samples(path, "x_target", arrays["x_target"])
+    x_target = check_samples(path, "x_target", arrays["x_target"])
     _same_shape(path, "x_target", x_target, x_source)
     labeled = "y_target" in arrays
     y_target = (
-        _labels(path, "y_target", arrays["y_target"], len(x_target), num_classes)
+        check_labels(path, "y_target", arrays["y_target"], len(x_target), num_classes)
         if labeled
         else torch.full((len(x_target),), UNLABELED, dtype=torch.long)
     )
@@ -132,9 +100,9 @@ def _test_split(path: Path, arrays: dict[str, np.ndarray], x_source: torch.Tenso
         return None
     if len(has) == 1:
         raise DataError(f"{path}: {has[0]} without its pair: give both x_target_test and y_target_test")
-    x = _samples(path, "x_target_test", arrays["x_target_test"])
+    x = check_samples(path, "x_target_test", arrays["x_target_test"])
     _same_shape(path, "x_target_test", x, x_source)
-    return Split(x, _labels(path, "y_target_test", arrays["y_target_test"], len(x), num_classes))
+    return Split(x, check_labels(path, "y_target_test", arrays["y_target_test"], len(x), num_classes))
 
 
 def _class_names(path: Path, arrays: dict[str, np.ndarray], num_classes: int) -> list[str] | None:

@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from admp.choices import USPS_LAYOUTS
 
+DIGIT_CLASSES = 10  # MNIST and USPS: the digits 0..9
+HAPT_CLASSES = 6  # HAPT windows of the 6 basic activities (the shared file's labels 0..5)
+
 
 class DataError(ValueError):
     """A data file or folder that cannot be used, with the path and the reason."""
@@ -59,20 +62,59 @@ def load_embedded_digits() -> Split:
     return Split(_to_digit_frame(images, 28, 20), torch.as_tensor(bunch.target, dtype=torch.long))
 
 
-def _open_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz file, without pickles; a missing, empty, truncated or foreign file is
+    one DataError naming it (np.load raises EOFError, BadZipFile, OSError or ValueError for those)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file, not an npz archive")
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = [k for k in keys if k not in data.files]
-            if missing:
-                raise DataError(f"{path}: missing arrays {missing} (has {data.files})")
-            return {k: data[k] for k in keys}
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: not a readable npz file ({exc})") from exc
+            if not hasattr(data, "files"):
+                raise DataError(f"{path}: a single .npy array, not an npz archive of named arrays")
+            return {k: data[k] for k in data.files}
+    except DataError:
+        raise
+    except Exception as exc:  # EOFError, zipfile.BadZipFile, OSError, ValueError (pickled or text data)
+        raise DataError(f"{path}: not a readable npz file without pickles ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    arrays = read_npz(path)
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing arrays {missing} (has {sorted(arrays)})")
+    return {k: arrays[k] for k in keys}
+
+
+def check_samples(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
+    """Samples (N, ...) as float32, uint8 scaled to [0, 1]; 1 to 3 dims per sample, finite, at least one."""
+    if x.dtype.kind not in "uif" or x.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{path}: {name} has shape {x.shape} and dtype {x.dtype}; expected numbers of shape (N, D), "
+            "(N, C, T) or (N, C, H, W)"
+        )
+    if not len(x):
+        raise DataError(f"{path}: {name} is empty")
+    values = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: {name} holds NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(values))
+
+
+def check_labels(path: Path, name: str, y: np.ndarray, n: int, num_classes: int | None = None) -> torch.Tensor:
+    """Integer labels (n,) in [0, num_classes) (any non-negative integer when num_classes is None)."""
+    if y.ndim != 1 or len(y) != n or y.dtype.kind not in "iu":
+        raise DataError(f"{path}: {name} has shape {y.shape} and dtype {y.dtype}; expected {n} integer labels")
+    if n and int(y.min()) < 0:
+        raise DataError(f"{path}: {name} has negative labels")
+    if num_classes is not None and n and int(y.max()) >= num_classes:
+        raise DataError(
+            f"{path}: {name} has label {int(y.max())}, but the source has {num_classes} classes (0..{num_classes - 1})"
+        )
+    return torch.from_numpy(y.astype(np.int64))
 
 
 def _image_npz(path: Path, split: str, hw: int, digit: int | None = None) -> Split:
@@ -82,8 +124,9 @@ def _image_npz(path: Path, split: str, hw: int, digit: int | None = None) -> Spl
         raise DataError(
             f"{path}: x_{split} has shape {x.shape}, expected (N, {hw}, {hw}) with N = len(y_{split}) = {len(y)}"
         )
-    images = torch.as_tensor(x.astype(np.float32) / 255.0)
-    return Split(_to_digit_frame(images, 28, digit), torch.as_tensor(y.astype(np.int64)))
+    images = check_samples(path, f"x_{split}", x)
+    labels = check_labels(path, f"y_{split}", y, len(x), DIGIT_CLASSES)
+    return Split(_to_digit_frame(images, 28, digit), labels)
 
 
 def load_mnist(path: Path, split: str = "train") -> Split:
@@ -117,8 +160,10 @@ def load_hapt(path: Path) -> SensorData:
     x = arrays["X"]
     if x.ndim != 3 or x.shape[2] != 6 or not len(x) == len(arrays["y"]) == len(arrays["subject"]):
         raise DataError(f"{path}: X has shape {x.shape}, expected (N, T, 6) matching y and subject")
-    xt = torch.as_tensor(np.ascontiguousarray(x.transpose(0, 2, 1)), dtype=torch.float32)
-    return SensorData(xt, torch.as_tensor(arrays["y"].astype(np.int64)), arrays["subject"].astype(np.int64))
+    xt = check_samples(path, "X", np.ascontiguousarray(x.transpose(0, 2, 1)))
+    labels = check_labels(path, "y", arrays["y"], len(x), HAPT_CLASSES)
+    subject = check_labels(path, "subject", arrays["subject"], len(x)).numpy()
+    return SensorData(xt, labels, subject)
 
 
 def standardise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
