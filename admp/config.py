@@ -274,6 +274,16 @@ class FederationSpec(Section):
     #   global model's norm is rejected (a replaced or boosted model); local rounds move far less; 0: off
     faults: FaultSpec = Field(default_factory=FaultSpec)  # injected faults, simulation only (admp/faults.py)
 
+    def check_fleet(self, num_devices: int) -> None:
+        """Settings that need the fleet's size, known once the data is read (ConfigError naming the key)."""
+        for key in ("clients_per_round", "eval_clients", "min_replies"):
+            value = getattr(self, key)
+            if value > num_devices:
+                raise ConfigError(f"federation.{key}: {value} exceeds the fleet's {num_devices} devices")
+        outside = [d for d in self.faults.hostile_devices if d >= num_devices]
+        if outside:
+            raise ConfigError(f"federation.faults.hostile_devices: {outside} are not in a fleet of {num_devices}")
+
     def self_training_rounds(self) -> int:
         """``teacher_rounds`` as resolved for the run's fleet (``auto`` is resolved with the scenario)."""
         if self.teacher_rounds == "auto":
@@ -378,7 +388,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Scenari
     """Read a YAML file (plus ``key=value`` overrides) into a validated scenario; errors are ConfigError."""
     data = read_yaml(path)
     if data is None:
-        data = {}
+        raise ConfigError(f"{path}: empty config file (a scenario has at least one section; see README)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return parse_section(ScenarioConfig, apply_overrides(data, overrides or []))

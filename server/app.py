@@ -44,7 +44,7 @@ def config_from_run_config(run_config: Mapping[str, object]) -> ScenarioConfig:
 
 def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None) -> None:
     """Every phase of a federated run (or what is left of a resumed one) through ``grid``."""
-    run = RunSetup.open(cfg, resume)  # config, seed, run directory, teacher (or the checkpoint's)
+    run = RunSetup.open(cfg, resume, federated=True)  # config, seed, run directory, teacher (or the checkpoint's)
     if run.checkpoint is not None and run.checkpoint.phase == "done":
         run.console.print(f"run already finished: {run.run_dir.path}")
         return

@@ -60,7 +60,9 @@ class Session:
 
         def on_round(rnd: int, weights: Weights) -> bool:
             stats = self.fleet.shared.state_dict()
-            self.run.save_checkpoint(phase, rnd, weights, fleet_stats=stats, **extra())
+            delivery = self.fleet.delivery
+            holders = {"hash": delivery.teacher_hash, "devices": sorted(delivery.holders)}
+            self.run.save_checkpoint(phase, rnd, weights, fleet_stats=stats, teacher_holders=holders, **extra())
             return not self.run.stop_requested(rnd)
 
         return on_round
@@ -100,10 +102,13 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         marginal_on=cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet",
         centroids_on=shares_centroids(cfg.admp),
     )
+    delivery = _delivery(run.teacher)
     if run.checkpoint is not None:
         shared.load_state_dict(run.checkpoint.fleet_stats)
+        held = run.checkpoint.teacher_holders
+        if held.get("hash") == delivery.teacher_hash:  # the devices keep it in their cache: not sent again
+            delivery.holders = {int(d) for d in held["devices"]}
     defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, fed.max_update_ratio)
-    delivery = _delivery(run.teacher)
     fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=_sizes(task))
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"

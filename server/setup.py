@@ -30,9 +30,10 @@ class Checkpoint:
     """Where a federated run stands after a round: enough to resume it exactly.
 
     ``phase`` is ``mask`` (ADMP rounds), ``kd`` (KD rounds of the plain student) or ``done``.
-    Sampling derives from the seed and the round, so no RNG state is needed. Not held: the
-    per-client duals (in each device's node state, so a resumed ``dual: per_client`` run restarts
-    them) and which devices hold the teacher (a resumed run sends it once more per device).
+    Sampling derives from the seed and the round, so no RNG state is needed. ``teacher_holders``
+    says which devices hold which teacher (by content hash), so a resumed run does not send it
+    again. Not held: the per-client duals (in each device's node state, so a resumed
+    ``dual: per_client`` run restarts them).
     """
 
     phase: str
@@ -46,12 +47,22 @@ class Checkpoint:
     mask_rounds_done: int = 0  # rounds of the mask phase (round numbers continue after it)
     phase_start: dict[str, Any] = field(default_factory=dict)  # KD phase: its start weights and label-free score
     fleet_stats: dict[str, Any] = field(default_factory=dict)  # SharedStats.state_dict(): marginal, centroid sums
+    teacher_holders: dict[str, Any] = field(default_factory=dict)  # {"hash": str, "devices": [int, ...]}
 
     def save(self, run_dir: RunDirectory) -> None:
-        """Write atomically (a temp file, then a rename): a crash never leaves half a checkpoint."""
-        tmp = run_dir.file(CHECKPOINT + ".tmp")
-        torch.save(self.__dict__, tmp)
-        os.replace(tmp, run_dir.file(CHECKPOINT))
+        """Write atomically and durably (a temp file, fsync, a rename, fsync of the folder): neither a
+        crash nor a power cut leaves half a checkpoint."""
+        tmp, final = run_dir.file(CHECKPOINT + ".tmp"), run_dir.file(CHECKPOINT)
+        with open(tmp, "wb") as handle:
+            torch.save(self.__dict__, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        folder = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     @classmethod
     def load(cls, run_path: str | Path) -> Checkpoint:
@@ -66,6 +77,19 @@ class Checkpoint:
             raise ConfigError(
                 f"{path}: not a checkpoint this version can resume ({type(exc).__name__}: {exc})"
             ) from exc
+
+
+def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomainTask) -> Checkpoint:
+    """The checkpoint of ``run_path``, checked before any expensive start (Ray, devices): it exists,
+    loads, and its teacher fits the config's model on the task's data (ConfigError otherwise)."""
+    ckpt = Checkpoint.load(run_path)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
+    try:
+        teacher.load_state_dict(ckpt.teacher)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{Path(run_path) / CHECKPOINT}: does not match the run's config.yaml ({first})") from exc
+    return ckpt
 
 
 @dataclass
@@ -83,16 +107,25 @@ class RunSetup:
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def open(cls, cfg: ScenarioConfig, resume: str | Path | None = None, console: Console | None = None) -> RunSetup:
+    def open(
+        cls,
+        cfg: ScenarioConfig,
+        resume: str | Path | None = None,
+        console: Console | None = None,
+        federated: bool = False,
+    ) -> RunSetup:
         """Seed everything, build the task, and either start a run directory (config written,
-        teacher trained or loaded and saved) or reopen ``resume`` with its checkpoint's teacher."""
+        teacher trained or loaded and saved) or reopen ``resume`` with its checkpoint's teacher.
+        ``federated``: the federation's settings are checked against the fleet first."""
         seed_everything(cfg.run.seed)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         task = build_task(cfg.data, cfg.run.seed)  # the server reads only the labeled source
+        if federated:
+            cfg.federation.check_fleet(task.num_devices)
         console = console or Console()
         if resume:
-            ckpt = Checkpoint.load(resume)
+            ckpt = check_resumable(cfg, resume, task)
             teacher = initial_model(cfg, task.num_classes, task.input_shape)
             teacher.load_state_dict(ckpt.teacher)
             run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)

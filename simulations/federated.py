@@ -10,6 +10,7 @@ from typing import Any
 
 from admp.config import ScenarioConfig
 from admp.data.tasks import build_task
+from server.setup import check_resumable
 
 
 def backend_config(cfg: ScenarioConfig) -> dict[str, dict[str, Any]]:
@@ -39,7 +40,11 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
     from clients.app import app as client_app
     from server.app import make_server_app
 
-    num_devices = build_task(cfg.data, cfg.run.seed).num_devices
+    task = build_task(cfg.data, cfg.run.seed)
+    cfg.federation.check_fleet(task.num_devices)  # before Ray starts: one clear error, nothing written
+    if resume:
+        check_resumable(cfg, resume, task)
+    num_devices = task.num_devices
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="fedadmp-ray-")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")

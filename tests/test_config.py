@@ -124,6 +124,9 @@ def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, in
             "schedule.warmup_epochs: 3 exceeds schedule.mask_epochs (2), "
             "which include the warm-up: no Z-step would run",
         ),
+        ("federation:\n  aggregation: average\n", "federation.aggregation: 'average' is not one of mean, clip, median"),
+        ("federation:\n  trim_fraction: 0.5\n", "federation.trim_fraction: 0.5 is out of range [0, 0.5)"),
+        ("federation:\n  faults:\n    crash: 1.5\n", "federation.faults.crash: 1.5 is out of range [0, 1)"),
         (
             "admp:\n  tau: x\n  prune_ratoi: 1\n",
             "unknown key 'admp.prune_ratoi' (known keys in admp: prune_ratio, lr, ",
@@ -134,6 +137,15 @@ def test_errors_are_one_line_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_config(_write(tmp_path, text))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_an_empty_or_non_utf8_config_file_is_one_error(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: empty config file"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "latin.yaml").write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text"):
+        load_config(tmp_path / "latin.yaml")
 
 
 def test_cross_field_checks_spare_other_strategies_and_empty_sections(tmp_path):

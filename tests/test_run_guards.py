@@ -1,0 +1,74 @@
+"""Checks that run before anything expensive: fleet-size settings, the checkpoint to resume from, and
+a resumed run that does not send the teacher again to devices that hold it."""
+
+import pytest
+import torch
+from flwr.supercore.task_identity import TaskIdentity
+
+from admp.config import ConfigError, config_from_overrides
+from server.app import run_federated
+from simulations import federated
+from strategies import protocol as P
+from tests.inprocess_grid import NODE_BASE, InProcessGrid
+from tests.test_server import TINY, _run
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the simulation would start (the checks must come first)."""
+
+    def started(**_kwargs):
+        raise AssertionError("the simulation started")
+
+    monkeypatch.setattr("flwr.simulation.run_simulation", started)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("federation.clients_per_round=5", "federation.clients_per_round: 5 exceeds the fleet's 4 devices"),
+        ("federation.eval_clients=9", "federation.eval_clients: 9 exceeds the fleet's 4 devices"),
+        ("federation.faults.hostile_devices=[7]", r"federation.faults.hostile_devices: \[7\] are not in a fleet of 4"),
+    ],
+)
+def test_settings_beyond_the_fleet_stop_before_ray(tmp_path, no_ray, override, message):
+    cfg = config_from_overrides([*TINY, f"run.out_dir={tmp_path}", override])
+    with pytest.raises(ConfigError, match=message):
+        federated.run_federated_simulation(cfg)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no checkpoint to resume from"),
+        (b"", "not a checkpoint this version can resume"),
+        (b"garbage" * 10, "not a checkpoint this version can resume"),
+    ],
+)
+def test_a_bad_checkpoint_stops_before_ray(tmp_path, no_ray, content, message):
+    if content is not None:
+        (tmp_path / "checkpoint.pt").write_bytes(content)
+    cfg = config_from_overrides([*TINY, f"run.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=message):
+        federated.run_federated_simulation(cfg, resume=str(tmp_path))
+
+
+def test_resume_checks_the_checkpoint_fits_the_config_and_keeps_the_teacher_holders(tmp_path, no_ray):
+    paused = _run(tmp_path, "federation.stop_after_round=2")
+    before = (paused / "checkpoint.pt").read_bytes()
+    other = config_from_overrides([*TINY, f"run.out_dir={tmp_path}", "model.width=1.0"])
+    with pytest.raises(ConfigError, match=r"does not match the run's config\.yaml"):
+        federated.run_federated_simulation(other, resume=str(paused))
+    assert (paused / "checkpoint.pt").read_bytes() == before  # nothing already written is lost
+    holders = torch.load(paused / "checkpoint.pt", weights_only=True)["teacher_holders"]["devices"]
+    assert holders  # 2 rounds of 3 of 4 devices: some hold the teacher
+    grid = InProcessGrid(4)
+    run_federated(grid, config_from_overrides([*TINY, f"run.out_dir={tmp_path}"]), str(paused))
+    resent = [m.metadata.dst_node_id - NODE_BASE for m in grid.sent if P.TEACHER in m.content]
+    assert not set(resent) & set(holders)  # a holder reads its cached copy; only newcomers get it
