@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from typing import Any
@@ -29,31 +30,47 @@ def backend_config(cfg: ScenarioConfig) -> dict[str, dict[str, Any]]:
     return {"client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": 0.0}, "init_args": init_args}
 
 
+def ray_environment(cfg: ScenarioConfig) -> None:
+    """The environment a local Ray cluster starts in: a fresh temp dir per run (``RAY_TMPDIR``, so it
+    never joins a stale local cluster) and, unless ``federation.ray_address`` joins a real cluster,
+    loopback only. Ray 2.55 turns a requested node address of 127.0.0.1 into the host's address
+    and binds its servers (GCS, raylet, workers) to every interface, unless multi-node clusters are
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by ``ray._private.services.get_node_ip_address``):
+    then the node address is 127.0.0.1 and every server listens on loopback only."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="fedadmp-ray-")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    if cfg.federation.ray_address:
+        return
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:  # Ray already imported in this process: its constant was read at import
+        constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
+
+
 def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, verbose: bool = False) -> None:
     """Start the Simulation Engine with one virtual SuperNode per device and run the ServerApp.
 
-    Ray gets a fresh temp dir per run (``RAY_TMPDIR``) so that it never joins a stale local
-    cluster; with ``federation.ray_address`` it joins that cluster instead.
+    Ray gets a fresh temp dir per run and binds to loopback only (``ray_environment``); with
+    ``federation.ray_address`` it joins that cluster instead. Settings and the checkpoint to resume
+    from are checked before Ray starts.
     """
+    task = build_task(cfg.data, cfg.run.seed)
+    cfg.federation.check_fleet(task.num_devices)  # before Ray starts: one clear error, nothing written
+    if resume:
+        check_resumable(cfg, resume, task)
+    ray_environment(cfg)  # before Ray is imported (Flower imports it)
     from flwr.simulation import run_simulation
 
     from clients.app import app as client_app
     from server.app import make_server_app
 
-    task = build_task(cfg.data, cfg.run.seed)
-    cfg.federation.check_fleet(task.num_devices)  # before Ray starts: one clear error, nothing written
-    if resume:
-        check_resumable(cfg, resume, task)
-    num_devices = task.num_devices
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="fedadmp-ray-")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
     run_simulation(
         server_app=make_server_app(cfg, resume),
         client_app=client_app,
-        num_supernodes=num_devices,
+        num_supernodes=task.num_devices,
         backend_config=backend_config(cfg),
     )

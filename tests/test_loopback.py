@@ -1,0 +1,43 @@
+"""A simulation's Ray cluster listens on loopback only (issue 11): the servers of the node it starts
+(GCS, raylet, driver, workers, agents) are listed by their listening sockets."""
+
+import psutil
+
+from admp.config import config_from_overrides
+from simulations import federated
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+
+
+def _listening(root: psutil.Process) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of ``root`` and its descendants."""
+    pids = {root.pid} | {child.pid for child in root.children(recursive=True)}
+    out = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            out.append((psutil.Process(conn.pid).name(), conn.laddr.ip, conn.laddr.port))
+    return sorted(set(out))
+
+
+def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
+    for key in (
+        "RAY_TMPDIR",
+        "RAY_DEDUP_LOGS",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+    ):
+        monkeypatch.setenv(key, "")  # restored after the test
+    cfg = config_from_overrides(["federation.ray_num_cpus=1"])
+    federated.ray_environment(cfg)
+    import ray
+
+    ray.init(**federated.backend_config(cfg)["init_args"])
+    try:
+        ray.get(ray.remote(lambda: 1).remote())  # a worker process too
+        sockets = _listening(psutil.Process())
+        names = {name for name, _, _ in sockets}
+        assert {"gcs_server", "raylet"} <= names, sockets
+        assert all(address in LOOPBACK for _, address, _ in sockets), sockets
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+    finally:
+        ray.shutdown()
