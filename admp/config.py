@@ -268,7 +268,8 @@ class FederationSpec(Section):
     stop_after_round: Annotated[int, Field(ge=0)] = 0  # pause after this round (0: run to the end); --resume goes on
     aggregation: Aggregation = "mean"  # how replies are combined (strategies/robust.py): mean = FedAvg |
     #   clip (updates clipped to clip_norm) | median | trimmed_mean (coordinate-wise, Yin et al. 2018)
-    trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.1  # trimmed_mean: cut at each end per coordinate
+    trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # trimmed_mean: share cut at each end per
+    #   coordinate (int(share x replies) values: 0.2 cuts one of 5, the default clients per round)
     clip_norm: Annotated[float, Field(ge=0)] = 0.0  # clip: update norm bound; 0: the round's median update norm
     max_update_ratio: Annotated[float, Field(ge=0)] = 10.0  # a reply whose update is longer than this x the
     #   global model's norm is rejected (a replaced or boosted model); local rounds move far less; 0: off

@@ -37,7 +37,7 @@ class Defence:
     """How replies are bounded and combined (``federation.aggregation`` and its companions)."""
 
     aggregation: str = "mean"  # one of MODES
-    trim: float = 0.1  # trimmed_mean: share cut at each end, per coordinate
+    trim: float = 0.2  # trimmed_mean: share cut at each end, per coordinate
     clip_norm: float = 0.0  # clip: update norm bound; 0: the round's median update norm
     max_update_ratio: float = 10.0  # reject an update longer than this x the global model's norm; 0: off
 
