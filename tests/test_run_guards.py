@@ -72,3 +72,14 @@ def test_resume_checks_the_checkpoint_fits_the_config_and_keeps_the_teacher_hold
     run_federated(grid, config_from_overrides([*TINY, f"run.out_dir={tmp_path}"]), str(paused))
     resent = [m.metadata.dst_node_id - NODE_BASE for m in grid.sent if P.TEACHER in m.content]
     assert not set(resent) & set(holders)  # a holder reads its cached copy; only newcomers get it
+
+
+def test_a_phase_that_aggregates_nothing_is_an_error(tmp_path):
+    """Every training reply lost (the devices still answer evaluation and BN queries): the run stops in
+    its first training phase with an error naming it, instead of reporting the starting model."""
+
+    def drop_training(msg, reply):
+        return None if str(msg.metadata.message_type).startswith("train") else reply
+
+    with pytest.raises(RuntimeError, match="mask phase: none of its 3 rounds had enough valid replies"):
+        _run(tmp_path, grid=InProcessGrid(4, replies=drop_training))
