@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from admp.augment import InputNorm
 from admp.data.sources import DataError
 from admp.masks import MaskDict
 from admp.models import build_model, example_input, groups_of
@@ -39,6 +40,39 @@ def save_bundle(path: Path, arch: str, num_classes: int, width: float, keep: Mas
     }
     torch.save(bundle, path)
     return path
+
+
+LAYOUTS = {1: "(D,) feature vector", 2: "(C, T) channels x time steps", 3: "(C, H, W) channels x height x width"}
+
+
+def model_contract(
+    model: nn.Module, num_classes: int, value_range: tuple[float, float], device_step: str, onnx_file: str
+) -> dict[str, Any]:
+    """What a device must know to run the exported model (``pruned_model.json``, read by
+    ``admp/onnx_infer.py``): input and output names, shapes, dtype, the raw value range the model
+    was trained on, the source normalisation the model applies itself, the class names, and the
+    device step that inference expects (``adapt-bn`` or none)."""
+    shape = list(example_input(model).shape[1:])
+    norms = [m for m in model.modules() if isinstance(m, InputNorm)]
+    normalisation: dict[str, Any] = {"applied_inside_model": True}
+    if norms:
+        normalisation |= {"mean": norms[0].mean.tolist(), "std": norms[0].std.tolist()}
+    return {
+        "format": "fedadmp-model-contract/1",
+        "model": onnx_file,
+        "input": {
+            "name": "input",
+            "shape": ["batch", *shape],
+            "dtype": "float32",
+            "layout": LAYOUTS.get(len(shape), f"{len(shape)}-d samples"),
+            "value_range": [round(value_range[0], 6), round(value_range[1], 6)],
+            "raw": "feed values as recorded (images: 8-bit pixels / 255); the model normalises them",
+        },
+        "normalisation": normalisation,
+        "output": {"name": "logits", "shape": ["batch", num_classes], "dtype": "float32", "meaning": "argmax = class"},
+        "classes": [str(k) for k in range(num_classes)],
+        "device_step": device_step,
+    }
 
 
 def load_bundle(path: str | Path) -> nn.Module:

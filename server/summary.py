@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from admp.deploy import save_bundle
+from admp.deploy import model_contract, save_bundle
 from admp.masks import MaskDict
 from server.export import export_and_measure
 from server.report import print_summary
@@ -39,7 +39,13 @@ def write_summary(
     lists other artefacts of the run directory that the summary names."""
     report = export_and_measure(run.run_dir, run.teacher, student, run.groups, run.task.source_val.x[:32])
     save_bundle(run.run_dir.file("pruned_model.pt"), run.arch, run.task.num_classes, run.cfg.model.width, keep, student)
-    report["exports"] += ["pruned_model.pt", *exports]
+    source = run.task.source_train.x
+    step = "adapt-bn" if run.cfg.federation.bn_recalibration == "local" else "none"
+    contract = model_contract(
+        student, run.task.num_classes, (float(source.min()), float(source.max())), step, "pruned_model.onnx"
+    )
+    run.run_dir.write_json("pruned_model.json", contract)
+    report["exports"] += ["pruned_model.pt", "pruned_model.json", *exports]
     summary: dict[str, Any] = {
         "run_dir": str(run.run_dir.path),
         "dataset": run.task.name,

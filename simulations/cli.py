@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -58,8 +59,18 @@ def _adapt_bn(args: argparse.Namespace) -> int:
             f"{args.data}: {args.key} has samples of shape {tuple(x.shape[1:])}, the model takes {expected}"
         )
     out = export_onnx(adapt_bn(model, x), example_input(model), Path(args.out))
+    contract = Path(args.bundle).with_name("pruned_model.json")
+    if contract.is_file():  # the adapted model's contract: the run's, with the device step done
+        terms = json.loads(contract.read_text(encoding="utf-8")) | {"model": out.name, "device_step": "done"}
+        out.with_suffix(".json").write_text(json.dumps(terms, indent=2), encoding="utf-8")
     print(f"adapted BatchNorm statistics on {len(x)} local samples -> {out}")
     return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from admp import onnx_infer
+
+    return onnx_infer.main(args.args)
 
 
 def _export_npz(args: argparse.Namespace) -> int:
@@ -162,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
     _add_adapt_bn(sub)
+    infer = sub.add_parser(
+        "infer",
+        help="device-side inference with an exported ONNX model (numpy + ONNX Runtime)",
+        description="fedadmp infer MODEL.onnx --data (npz | image folder | CSV) [--key x] [--label-column N] "
+        "[--batch 64] [--threads 1] [--out predictions.txt]: predictions, accuracy where labels exist, latency. "
+        "The same code runs on a device as 'python onnx_infer.py' (admp/onnx_infer.py, no torch needed).",
+    )
+    infer.add_argument("args", nargs=argparse.REMAINDER, help="MODEL.onnx --data PATH [options]")
+    infer.set_defaults(func=_infer)
     _add_export_npz(sub)
     return parser
 
