@@ -60,7 +60,7 @@ def read_inputs(
     """(x (N, *sample shape) float32, labels (N,) or None) from an npz, an image folder or a CSV."""
     shape = tuple(contract["input"]["shape"][1:])  # (C, H, W), (C, T) or (D,)
     if path.is_dir():
-        x, y = _images(path, shape, contract.get("classes") or [])
+        x, y = read_images(path, shape, contract.get("classes") or [])
     elif path.suffix.lower() == ".csv":
         x, y = _csv(path, shape, label_column)
     else:
@@ -108,7 +108,7 @@ def _csv(path: Path, shape: tuple[int, ...], label_column: int | None) -> tuple[
     return np.asarray(rows, np.float32).reshape(-1, *shape), (np.asarray(labels) if labels else None)
 
 
-def _images(folder: Path, shape: tuple[int, ...], classes: list[str]) -> tuple[np.ndarray, Labels]:
+def read_images(folder: Path, shape: tuple[int, ...], classes: list[str]) -> tuple[np.ndarray, Labels]:
     """Images of ``folder`` (in class subfolders: labels by the contract's class names; or loose:
     no labels), resized and scaled to [0, 1] as the run's loader did."""
     from PIL import Image

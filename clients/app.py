@@ -45,6 +45,7 @@ from clients.device import (
     save_dual,
 )
 from clients.faults import fault_mod
+from clients.local_data import local_device
 from strategies import protocol as P
 
 
@@ -75,13 +76,19 @@ class Job:
     scenario: dict[str, Any]
     device: int
     hp: AdmpHyper
+    node: dict[str, Any]  # the node config: a real device's own data-path, test-path, cache-dir
 
     @classmethod
     def read(cls, msg: Message, context: Context) -> Job:
         """Decode the message's config (the hyper-parameters are validated like a config file)."""
         config = config_record(msg.content)
         hp = parse_section(AdmpHyper, P.config_json(config, "hp"), "admp.")
-        return cls(config, P.config_json(config, "scenario"), device_id(context), hp)
+        return cls(config, P.config_json(config, "scenario"), device_id(context), hp, dict(context.node_config))
+
+    def data(self) -> Device:
+        """This device's data: its own (node config ``data-path``) on a real device, else its partition
+        of the scenario (simulation)."""
+        return local_device(self.node, self.scenario, self.device) or load_device(self.scenario, self.device)
 
     def generator(self, stream: str) -> torch.Generator:
         """This device's RNG for this round, derived from the root seed."""
@@ -186,7 +193,7 @@ def train_admp(msg: Message, context: Context) -> Message:
     """Local ADMP mask-phase step: adversary + (W, m) descent with the ADMM penalty."""
     job = Job.read(msg, context)
     teacher = job.teacher(msg, context)
-    x = load_device(job.scenario, job.device).train.x  # unlabeled: the labels are not touched
+    x = job.data().train.x  # unlabeled: the labels are not touched
     student = job.student(msg)
     groups = groups_of(student)
     state = _device_state(job, msg, context, group_sizes(student, groups))
@@ -221,7 +228,7 @@ def train_kd(msg: Message, context: Context) -> Message:
     """KD adaptation of a plain student (dense, or pruned to the sent keep masks)."""
     job = Job.read(msg, context)
     teacher = job.teacher(msg, context)
-    x = load_device(job.scenario, job.device).train.x
+    x = job.data().train.x
     student = job.student(msg)
     epochs = job.local_epochs(len(x))
     labels, sums = job.pseudo_labels(msg, student, x)
@@ -247,7 +254,7 @@ def train_kd(msg: Message, context: Context) -> Message:
 def bn_statistics(msg: Message, context: Context) -> Message:
     """Per-channel E[x] and E[x^2] at every BatchNorm input, over the local unlabeled data."""
     job = Job.read(msg, context)
-    x = load_device(job.scenario, job.device).train.x
+    x = job.data().train.x
     moments = bn_moments(job.student(msg), x)
     return Message(
         RecordDict({P.ARRAYS: P.to_record(moments), P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}),
@@ -266,7 +273,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the global model on this device's labeled test split (evaluation only), with the
     label-free statistics of its predictions on the device's unlabeled data (``_evaluation_reply``)."""
     job = Job.read(msg, context)
-    local = load_device(job.scenario, job.device)
+    local = job.data()
     student = job.student(msg)
     m = P.message_masks(msg.content, "m")
     if m:  # mask phase: the dense student gated by m, BN statistics of this device's data under the gates

@@ -86,12 +86,14 @@ def load_device(scenario: dict[str, Any], device: int) -> Device:
     return _device(json.dumps(scenario["data"], sort_keys=True), int(scenario["seed"]), device)
 
 
-def teacher_store(context: Context, config: ConfigRecord) -> Path:
-    """Where this device keeps the teacher on disk."""
-    if "teacher_store" in config and str(config["teacher_store"]):
-        return Path(str(config["teacher_store"]))
-    if "cache-dir" in context.node_config:
+def teacher_store(context: Context) -> Path:
+    """Where this device keeps the teacher on disk: its node config's ``cache-dir``; else
+    ``FEDADMP_CACHE_DIR`` (a simulation points its virtual devices at one content-addressed store
+    beside its runs); else ``~/.cache/fedadmp/teachers``. Nothing the server sends decides it."""
+    if str(context.node_config.get("cache-dir", "")):
         return Path(str(context.node_config["cache-dir"]))
+    if os.environ.get("FEDADMP_CACHE_DIR"):
+        return Path(os.environ["FEDADMP_CACHE_DIR"])
     return Path.home() / ".cache" / "fedadmp" / "teachers"
 
 
@@ -99,7 +101,7 @@ def get_teacher(content: RecordDict, context: Context, scenario: dict[str, Any])
     """The frozen teacher: from this message if attached (then cached), else from the caches."""
     config = config_record(content)
     expected = str(config["teacher_hash"])
-    store = teacher_store(context, config) / f"teacher-{expected}.pt"
+    store = teacher_store(context) / f"teacher-{expected}.pt"
     if P.TEACHER in content:
         state = P.from_record(P.array_record(content, P.TEACHER))
         if state_hash(state) != expected:

@@ -93,7 +93,6 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     base_config = {
         "scenario": scenario,
         "hp": cfg.admp.model_dump(),
-        "teacher_store": str(run.run_dir.file("device_store")),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
         "max_local_epochs": fed.max_local_epochs,
     } | _fault_config(fed)

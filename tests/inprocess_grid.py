@@ -7,7 +7,9 @@ phases, strategies and client handlers run end to end in milliseconds and determ
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
@@ -15,6 +17,7 @@ from flwr.serverapp import Grid
 from clients.app import app as client_app
 
 NODE_BASE = 100  # node id of device i is NODE_BASE + i
+CACHE = Path(tempfile.mkdtemp(prefix="fedadmp-test-devices-"))  # the devices' teacher store (content-addressed)
 
 
 class InProcessGrid(Grid):
@@ -32,7 +35,7 @@ class InProcessGrid(Grid):
                 node_id=NODE_BASE + i,
                 state=RecordDict(),
                 run_config={},
-                node_config={"partition-id": (claims or {}).get(i, i)},
+                node_config={"partition-id": (claims or {}).get(i, i), "cache-dir": str(CACHE)},
             )
             for i in range(devices)
         }

@@ -1,6 +1,7 @@
 """The ClientApp through Flower's router and our mod: replies, error codes, teacher cache, duals, BN moments."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -21,6 +22,11 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
+@pytest.fixture(autouse=True)
+def device_cache(monkeypatch):
+    monkeypatch.setenv("FEDADMP_CACHE_DIR", "")  # restored after each test; _message points it at its store
+
+
 def _context(device: int) -> Context:
     return Context(
         run_id=1, node_id=50 + device, node_config={"partition-id": device}, state=RecordDict(), run_config={}
@@ -38,6 +44,7 @@ def _message(
     rho: float = 0.0,
     z=None,
 ) -> Message:
+    os.environ["FEDADMP_CACHE_DIR"] = str(store)  # the devices' teacher store (no node cache-dir here)
     data = DataSpec(num_devices=2, samples_per_device=20).model_dump()
     scenario = P.device_scenario(0, data, {"arch": "lenet", "width": 0.25}, "lenet", 10, (1, 28, 28))
     student = build_model("lenet", 10, 0.25)
@@ -53,7 +60,6 @@ def _message(
                     "scenario": scenario,
                     "hp": AdmpHyper(batch_size=8).model_dump(),
                     "teacher_hash": state_hash(teacher_state),
-                    "teacher_store": str(store),
                     P.SERVER_ROUND: 1,
                     "rho": rho,
                     "dual": dual,

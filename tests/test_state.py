@@ -106,7 +106,7 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
         {0: 50},
         3,
         Delivery(P.to_record(teacher.state_dict()), state_hash(teacher.state_dict())),
-        {"scenario": scenario, "hp": hp.model_dump(), "teacher_store": str(tmp_path)},
+        {"scenario": scenario, "hp": hp.model_dump()},
         shared=SharedStats(10, centroids_on=True, feature_dim=feature_dim(teacher)),
     )
     strategy = FedADMP(
@@ -119,7 +119,13 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
         fleet=fleet,
         policy=RoundPolicy(1),
     )
-    context = Context(run_id=1, node_id=50, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1,
+        node_id=50,
+        node_config={"partition-id": 0, "cache-dir": str(tmp_path)},
+        state=RecordDict(),
+        run_config={},
+    )
     weights = teacher.state_dict()
     x = load_device(scenario, 0).train.x
     targets = teacher_targets(teacher, x, "local")
