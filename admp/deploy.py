@@ -129,3 +129,37 @@ def read_local_inputs(path: str | Path, key: str = "x") -> torch.Tensor:
     if len(x) < 2 or not bool(torch.isfinite(x).all()):
         raise DataError(f"{path}: {key} needs at least 2 finite samples, got shape {tuple(x.shape)}")
     return x
+
+
+def quantize_int8(model: Path, out: Path, calibration: np.ndarray, batch: int = 32) -> Path:
+    """An int8 copy of an ONNX model (ONNX Runtime's static quantization: QDQ format, per-channel int8
+    weights, int8 activations with ranges calibrated on ``calibration``, raw inputs (N, ...) as the
+    model takes them, e.g. the device's own unlabeled data). The model is pre-processed (shape
+    inference, graph optimisation) first, as ONNX Runtime recommends."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self, name: str) -> None:
+            self.items = iter([{name: calibration[i : i + batch]} for i in range(0, len(calibration), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    name = onnx.load(str(model)).graph.input[0].name
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(model), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(out),
+            Batches(name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
+    return out

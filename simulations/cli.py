@@ -53,17 +53,36 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     x = read_local_inputs(args.data, args.key)
     expected = tuple(example_input(model).shape[1:])
     if tuple(x.shape[1:]) != expected:
-        from admp.data.sources import DataError
-
         raise DataError(
             f"{args.data}: {args.key} has samples of shape {tuple(x.shape[1:])}, the model takes {expected}"
         )
     out = export_onnx(adapt_bn(model, x), example_input(model), Path(args.out))
-    contract = Path(args.bundle).with_name("pruned_model.json")
-    if contract.is_file():  # the adapted model's contract: the run's, with the device step done
-        terms = json.loads(contract.read_text(encoding="utf-8")) | {"model": out.name, "device_step": "done"}
-        out.with_suffix(".json").write_text(json.dumps(terms, indent=2), encoding="utf-8")
+    _copy_contract(Path(args.bundle).with_name("pruned_model.onnx"), out, device_step="done")
     print(f"adapted BatchNorm statistics on {len(x)} local samples -> {out}")
+    return 0
+
+
+def _copy_contract(source: Path, out: Path, **changes: str) -> None:
+    """The contract of ``source`` (its own, or its run's ``pruned_model.json``) next to ``out``, changed."""
+    from admp.onnx_infer import contract_path
+
+    contract = contract_path(source)
+    if contract.is_file():
+        terms = json.loads(contract.read_text(encoding="utf-8")) | {"model": out.name, **changes}
+        out.with_suffix(".json").write_text(json.dumps(terms, indent=2), encoding="utf-8")
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from admp.deploy import quantize_int8, read_local_inputs
+
+    source, out = Path(args.model), Path(args.out)
+    if not source.is_file():
+        raise DataError(f"{source}: model not found")
+    x = read_local_inputs(args.data, args.key).numpy()
+    quantize_int8(source, out, x)
+    _copy_contract(source, out, weights="int8 (ONNX Runtime static quantization, QDQ, per channel)")
+    kb = out.stat().st_size / 1e3, source.stat().st_size / 1e3
+    print(f"int8 model calibrated on {len(x)} local samples -> {out} ({kb[0]:.1f} kB, was {kb[1]:.1f} kB)")
     return 0
 
 
@@ -182,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("args", nargs=argparse.REMAINDER, help="MODEL.onnx --data PATH [options]")
     infer.set_defaults(func=_infer)
+    quant = sub.add_parser(
+        "quantize",
+        help="device-side int8 copy of an ONNX model, calibrated on local unlabeled data (ONNX Runtime)",
+        description="Static int8 quantization (QDQ, per-channel weights) of pruned_model.onnx or a device's "
+        "adapted model; activation ranges are calibrated on the device's unlabeled inputs (npz array).",
+    )
+    quant.add_argument("model", help="an ONNX model (pruned_model.onnx or the output of adapt-bn)")
+    quant.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
+    quant.add_argument("--key", default="x", help="array name in the npz (default: x)")
+    quant.add_argument("--out", default="model_int8.onnx", help="where to write the int8 model")
+    quant.set_defaults(func=_quantize)
     _add_export_npz(sub)
     return parser
 

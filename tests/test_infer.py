@@ -90,3 +90,14 @@ def test_inputs_that_do_not_fit_are_one_error(exported, tmp_path, capsys, arrays
     np.savez(tmp_path / "bad.npz", **arrays)
     assert onnx_infer.main([str(exported[0]), "--data", str(tmp_path / "bad.npz")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_int8_copy_is_smaller_and_agrees_with_the_float_model(exported, tmp_path, capsys):
+    onnx, _, x, y = exported
+    np.savez(tmp_path / "calib.npz", x=x)
+    out = tmp_path / "model_int8.onnx"
+    assert fedadmp(["quantize", str(onnx), "--data", str(tmp_path / "calib.npz"), "--out", str(out)]) == 0
+    assert out.stat().st_size < 0.5 * onnx.stat().st_size  # int8 weights: about a quarter of float32
+    assert json.loads(out.with_suffix(".json").read_text())["model"] == "model_int8.onnx"
+    logits, _, _ = onnx_infer.run(out, x)
+    assert (logits.argmax(axis=1) == y).mean() >= 0.75  # 12 samples: at most 3 flipped by rounding
