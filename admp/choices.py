@@ -31,6 +31,7 @@ ImMarginal = Literal["fleet", "device"]
 PseudoLabels = Literal["centroid", "teacher"]
 CentroidScope = Literal["auto", "fleet", "device"]
 ScheduleBudget = Literal["epochs", "federation"]
+DeviceData = Literal["scenario", "own"]  # federation.device_data
 Aggregation = Literal["mean", "clip", "median", "trimmed_mean"]  # strategies.robust
 
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # model.arch: a user's "package.module:factory"

@@ -21,6 +21,7 @@ from admp.choices import (
     BnRecalibration,
     CentroidScope,
     Dataset,
+    DeviceData,
     Dual,
     ImageMode,
     ImMarginal,
@@ -274,6 +275,9 @@ class FederationSpec(Section):
     max_update_ratio: Annotated[float, Field(ge=0)] = 10.0  # a reply whose update is longer than this x the
     #   global model's norm is rejected (a replaced or boosted model); local rounds move far less; 0: off
     faults: FaultSpec = Field(default_factory=FaultSpec)  # injected faults, simulation only (admp/faults.py)
+    device_data: DeviceData = "scenario"  # scenario: each device's data is its partition of the scenario (the
+    #   server knows its size and bounds every claimed count by it) | own: real devices bring their own data
+    #   (node config data-path); the bound is then 10 x the round's median claim
 
     def check_fleet(self, num_devices: int) -> None:
         """Settings that need the fleet's size, known once the data is read (ConfigError naming the key)."""

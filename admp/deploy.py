@@ -46,12 +46,18 @@ LAYOUTS = {1: "(D,) feature vector", 2: "(C, T) channels x time steps", 3: "(C, 
 
 
 def model_contract(
-    model: nn.Module, num_classes: int, value_range: tuple[float, float], device_step: str, onnx_file: str
+    model: nn.Module,
+    num_classes: int,
+    value_range: tuple[float, float],
+    device_step: str,
+    onnx_file: str,
+    preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a device must know to run the exported model (``pruned_model.json``, read by
     ``admp/onnx_infer.py``): input and output names, shapes, dtype, the raw value range the model
     was trained on, the source normalisation the model applies itself, the class names, and the
-    device step that inference expects (``adapt-bn`` or none)."""
+    device step that inference expects (``adapt-bn`` or none), and any ``preprocessing`` the data
+    pipeline applies to raw samples before the model (HAPT's standardisation; None for the rest)."""
     shape = list(example_input(model).shape[1:])
     norms = [m for m in model.modules() if isinstance(m, InputNorm)]
     normalisation: dict[str, Any] = {"applied_inside_model": True}
@@ -66,8 +72,10 @@ def model_contract(
             "dtype": "float32",
             "layout": LAYOUTS.get(len(shape), f"{len(shape)}-d samples"),
             "value_range": [round(value_range[0], 6), round(value_range[1], 6)],
-            "raw": "feed values as recorded (images: 8-bit pixels / 255); the model normalises them",
+            "raw": "feed values as recorded (images: 8-bit pixels / 255), after 'preprocessing' where given; "
+            "the model applies the source normalisation itself",
         },
+        "preprocessing": preprocessing,
         "normalisation": normalisation,
         "output": {"name": "logits", "shape": ["batch", num_classes], "dtype": "float32", "meaning": "argmax = class"},
         "classes": [str(k) for k in range(num_classes)],

@@ -55,9 +55,10 @@ def read_contract(model: Path) -> dict[str, Any]:
 
 
 def read_inputs(
-    path: Path, contract: dict[str, Any], key: str = "x", label_column: int | None = None
+    path: Path, contract: dict[str, Any], key: str = "x", label_column: int | None = None, raw: bool = False
 ) -> tuple[np.ndarray, Labels]:
-    """(x (N, *sample shape) float32, labels (N,) or None) from an npz, an image folder or a CSV."""
+    """(x (N, *sample shape) float32, labels (N,) or None) from an npz, an image folder or a CSV;
+    ``raw``: the contract's ``preprocessing`` (HAPT's standardisation) is applied first."""
     shape = tuple(contract["input"]["shape"][1:])  # (C, H, W), (C, T) or (D,)
     if path.is_dir():
         x, y = read_images(path, shape, contract.get("classes") or [])
@@ -69,6 +70,10 @@ def read_inputs(
         raise InputError(f"{path}: samples of shape {tuple(x.shape[1:])}; the model takes {shape}")
     if not np.isfinite(x).all():
         raise InputError(f"{path}: inputs hold NaN or infinite values")
+    prep = contract.get("preprocessing")
+    if raw and prep and prep.get("kind") == "standardise":  # per channel, (N, C, ...) samples
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        x = (x - np.asarray(prep["mean"]).reshape(shape)) / np.asarray(prep["std"]).reshape(shape)
     return x.astype(np.float32), y
 
 
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="npz (array x, labels y), image folder or CSV")
     parser.add_argument("--key", default="x", help="the npz array of the inputs (default x)")
     parser.add_argument("--label-column", type=int, default=None, help="CSV: the column holding labels")
+    parser.add_argument("--raw", action="store_true", help="apply the contract's preprocessing (HAPT) first")
     parser.add_argument("--batch", type=int, default=64, help="batch size for throughput (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="write one predicted class per line here")
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model.is_file():
             raise InputError(f"{args.model}: model not found")
         contract = read_contract(args.model)
-        x, y = read_inputs(args.data, contract, args.key, args.label_column)
+        x, y = read_inputs(args.data, contract, args.key, args.label_column, args.raw)
     except InputError as exc:
         print(f"onnx_infer: error: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,13 @@ from strategies import protocol as P
 def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Inject the drawn fault of this (device, round) into a training reply (a no-op without faults)."""
     config = msg.content.config_records.get(P.CONFIG)
-    if config is None or "faults" not in config or not str(msg.metadata.message_type).startswith("train"):
+    simulated = "partition-id" in context.node_config  # a real device (device-id) never injects faults
+    if (
+        not simulated
+        or config is None
+        or "faults" not in config
+        or not str(msg.metadata.message_type).startswith("train")
+    ):
         return call_next(msg, context)
     spec = FaultSpec.model_validate(json.loads(str(config["faults"])))
     seed = int(json.loads(str(config["scenario"]))["seed"])

@@ -108,7 +108,8 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         if held.get("hash") == delivery.teacher_hash:  # the devices keep it in their cache: not sent again
             delivery.holders = {int(d) for d in held["devices"]}
     defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, fed.max_update_ratio)
-    fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=_sizes(task))
+    sizes = _sizes(task) if fed.device_data == "scenario" else None  # own data: sizes the server cannot know
+    fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=sizes)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn)
@@ -195,7 +196,12 @@ def self_train_teacher(session: Session) -> bool:
     if first == 1:  # the first round trains on the fleet's statistics of the starting teacher
         session.runner.evaluate_all(strategy, 0, weights, session.runner.local_bn, fleet_stats=True)
     weights, finished = session.runner.run_rounds(
-        strategy, "teacher", weights, range(first, fed.self_training_rounds() + 1), session.checkpointer("teacher")
+        strategy,
+        "teacher",
+        weights,
+        range(first, fed.self_training_rounds() + 1),
+        session.checkpointer("teacher"),
+        whole_phase=first == 1,
     )
     if not finished:
         return False
@@ -243,7 +249,8 @@ def mask_phase(session: Session) -> Start | None:
         session.runner.evaluate_all(strategy, offset, weights, session.runner.local_bn, fleet_stats=True)
     on_round = session.checkpointer("mask", lambda: {"admp": state.state_dict()})
     last = offset + fed.mask_rounds
-    weights, finished = session.runner.run_rounds(strategy, "mask", weights, range(first, last + 1), on_round)
+    rounds = range(first, last + 1)
+    weights, finished = session.runner.run_rounds(strategy, "mask", weights, rounds, on_round, whole_phase=ckpt is None)
     if not finished:
         return None
     keep = state.merge_mask()
@@ -300,6 +307,7 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
         start.weights,
         range(first, offset + rounds + 1),
         session.checkpointer("kd", lambda: extra),
+        whole_phase=first == offset + 1,
     )
     if not finished:
         return None

@@ -80,11 +80,14 @@ class RoundRunner:
         rounds: range,
         on_round: OnRound,
         evaluate_last: bool = True,
+        whole_phase: bool = True,
     ) -> tuple[Weights, bool]:
         """Play ``rounds``; returns the final weights and False when ``on_round`` paused the run.
 
         A phase none of whose rounds aggregated a reply is an error (RuntimeError naming the phase and
-        the last rejections), not a run that reports its starting model as if it had trained."""
+        the last rejections), not a run that reports its starting model as if it had trained. Checked
+        where ``rounds`` is the ``whole_phase`` (a resumed phase's earlier rounds are not counted here,
+        so it is not checked: a resumed run behaves as the uninterrupted one)."""
         aggregated = 0
         for rnd in rounds:
             evaluate = rnd % self.eval_every == 0 or (evaluate_last and rnd == rounds[-1])
@@ -92,7 +95,7 @@ class RoundRunner:
             aggregated += self.aggregated
             if not on_round(rnd, weights):
                 return weights, False
-        if len(rounds) and not aggregated:
+        if whole_phase and len(rounds) and not aggregated:
             last = "; ".join(f"device {r.device}: {r.reason}" for r in strategy.fleet.rejections[-3:])
             raise RuntimeError(
                 f"{phase} phase: none of its {len(rounds)} rounds had enough valid replies "

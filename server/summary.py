@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from admp.data.tasks import input_preprocessing
 from admp.deploy import model_contract, save_bundle
 from admp.masks import MaskDict
 from server.export import export_and_measure
@@ -41,9 +42,9 @@ def write_summary(
     save_bundle(run.run_dir.file("pruned_model.pt"), run.arch, run.task.num_classes, run.cfg.model.width, keep, student)
     source = run.task.source_train.x
     step = "adapt-bn" if run.cfg.federation.bn_recalibration == "local" else "none"
-    contract = model_contract(
-        student, run.task.num_classes, (float(source.min()), float(source.max())), step, "pruned_model.onnx"
-    )
+    value_range = (float(source.min()), float(source.max()))
+    prep = input_preprocessing(run.cfg.data)
+    contract = model_contract(student, run.task.num_classes, value_range, step, "pruned_model.onnx", prep)
     run.run_dir.write_json("pruned_model.json", contract)
     report["exports"] += ["pruned_model.pt", "pruned_model.json", *exports]
     summary: dict[str, Any] = {

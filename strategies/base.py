@@ -80,10 +80,10 @@ class RoundPolicy:
     eval_clients: int = 0  # devices asked to evaluate (and for BN statistics); 0: every device
 
 
-def _claimed(content: RecordDict) -> float:
-    """A reply's claimed ``num-examples`` (NaN when it has no readable one)."""
+def _claimed(content: RecordDict, key: str) -> float:
+    """A reply's claimed count ``key`` (NaN when it has no readable one)."""
     try:
-        return P.metric(content, P.NUM_EXAMPLES)
+        return P.metric(content, key)
     except (KeyError, TypeError):
         return math.nan
 
@@ -103,7 +103,7 @@ class FleetStrategy(Strategy):
         self.policy = policy
         self.collect_stats = False  # the evaluation under way seeds the fleet's aggregates
         self.asked: set[int] = set()  # node ids of the messages last sent: the only replies accepted
-        self.claims: list[float] = []  # the num-examples the replies under validation claim
+        self.claims: dict[str, list[float]] = {}  # metric -> what the replies under validation claim
 
     # --- sampling and messages -------------------------------------------------------------
     def sample(self, server_round: int, count: int, salt: str = "train") -> list[int]:
@@ -183,7 +183,7 @@ class FleetStrategy(Strategy):
         that reply (whatever it raises: no reply may crash the server's round)."""
         parsed: list[Parsed] = []
         good = self.triage(server_round, replies)
-        self.claims = [_claimed(content) for _, content in good]
+        self.claims = {key: [_claimed(content, key) for _, content in good] for key in (P.NUM_EXAMPLES, "unlabeled")}
         for device, content in good:
             try:
                 parsed.append(parse(device, content))
@@ -194,13 +194,14 @@ class FleetStrategy(Strategy):
                 self.reject(server_round, device, self.fleet.devices.get(device, -1), reason)
         return parsed
 
-    def examples_bound(self, device: int, split: str) -> int | None:
+    def examples_bound(self, device: int, split: str, metric: str = P.NUM_EXAMPLES) -> int | None:
         """The most samples ``device`` can report for its ``split`` ("train" or "test"): its known size,
-        or, for a device whose data the server does not know, 10 x the median of the round's claims."""
+        or, for a device whose data the server does not know, 10 x the median of what the round's
+        replies claim under the same ``metric``."""
         if self.fleet.capacity is not None:
             train, test = self.fleet.capacity(device)
             return train if split == "train" else test
-        finite = sorted(c for c in self.claims if math.isfinite(c) and c > 0)
+        finite = sorted(c for c in self.claims.get(metric, []) if math.isfinite(c) and c > 0)
         return int(10 * finite[len(finite) // 2]) if finite else None
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -236,7 +237,7 @@ class FleetStrategy(Strategy):
             aggregates = self.fleet.shared
             label_free = None
             if P.STATS in content:
-                unlabeled = self.examples_bound(device, "train")
+                unlabeled = self.examples_bound(device, "train", "unlabeled")
                 label_free = aggregates.parse_label_free(content, unlabeled, self.collect_stats)
             if label_free is not None and self.collect_stats:  # last: only a reply that passed every check
                 stats.append((aggregates.parse(content, label_free.n, evaluation=True), label_free.n))

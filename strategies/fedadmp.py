@@ -176,7 +176,8 @@ class FedADMP(FleetStrategy):
         check_arrays(s, self.mask_shapes, "masks.s")
         check_range(m, 0.0, 1.0, "masks.m")
         check_range(s, self.s_min, 1.0, "masks.s")
-        check_alive(m)
+        if self.state.z_steps:  # once Z exists its k_g ones pull m up; in the warm-up only L1 acts on m
+            check_alive(m)
         if self.dual == "per_client":
             check_arrays(u, self.mask_shapes, "masks.u")
             check_duals(u, self.state.z_steps)

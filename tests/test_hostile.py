@@ -92,6 +92,7 @@ def _raw(w: np.ndarray) -> ArrayRecord:
 )
 def test_each_hostile_reply_is_rejected_with_its_reason(hostile, reason):
     strategy = _fedadmp(clients=2)
+    strategy.state.z_steps = 1  # after the first Z-step (a shut group is checked from then on)
     sent = _send(strategy)
     good, bad = sorted(sent)
     arrays, metrics = strategy.aggregate_train(2, [_reply(sent[good]), _reply(sent[bad], **hostile)])
@@ -190,3 +191,17 @@ def test_robust_modes_keep_a_boosted_update_from_moving_the_model(mode):
         results[name] = P.from_record(arrays)["w"]
     assert float((results["mean"] - 1.1).abs().max()) > 0.3
     assert float((results[mode] - 1.1).abs().max()) < 0.1
+
+
+def test_without_known_sizes_a_claim_is_bounded_by_ten_times_the_round_median():
+    """device_data: own (real devices' data): the claims 10, 11, 12 and 10^6 have the median 12 (the
+    upper middle of four), so the bound is 120 and only the 10^6 is rejected."""
+    strategy = _fedadmp(clients=4)
+    strategy.fleet.capacity = None
+    sent = _send(strategy)
+    nodes = sorted(sent)
+    replies = [_reply(sent[node], n=n) for node, n in zip(nodes, [10, 11, 12, 10**6], strict=True)]
+    _, metrics = strategy.aggregate_train(2, replies)
+    assert int(metrics["valid-replies"]) == 3
+    (rejection,) = strategy.fleet.rejections
+    assert rejection.node_id == nodes[3] and "more than this device holds (120)" in rejection.reason

@@ -101,3 +101,27 @@ def test_an_int8_copy_is_smaller_and_agrees_with_the_float_model(exported, tmp_p
     assert json.loads(out.with_suffix(".json").read_text())["model"] == "model_int8.onnx"
     logits, _, _ = onnx_infer.run(out, x)
     assert (logits.argmax(axis=1) == y).mean() >= 0.75  # 12 samples: at most 3 flipped by rounding
+
+
+def test_raw_sensor_windows_get_the_contract_s_standardisation(tmp_path):
+    """--raw: (x - mean_c) / std_c per channel, as the data pipeline did to the training windows."""
+    contract = {
+        "input": {"shape": ["batch", 2, 3]},
+        "preprocessing": {"kind": "standardise", "mean": [1.0, -2.0], "std": [2.0, 0.5]},
+    }
+    x = np.array([[[1.0, 3.0, 5.0], [-2.0, -1.5, -3.0]]], np.float32)  # (1, 2, 3)
+    np.savez(tmp_path / "w.npz", x=x)
+    out, _ = onnx_infer.read_inputs(tmp_path / "w.npz", contract, raw=True)
+    # channel 0: (1, 3, 5) - 1 = (0, 2, 4), / 2 = (0, 1, 2); channel 1: (0, 0.5, -1) / 0.5 = (0, 1, -2)
+    assert out.tolist() == [[[0.0, 1.0, 2.0], [0.0, 1.0, -2.0]]]
+    same, _ = onnx_infer.read_inputs(tmp_path / "w.npz", contract)  # already preprocessed: as given
+    assert np.array_equal(same, x)
+
+
+def test_hapt_contract_records_its_standardisation(shared_data):
+    from admp.config import DataSpec
+    from admp.data.tasks import input_preprocessing
+
+    prep = input_preprocessing(DataSpec(dataset="hapt", data_dir=str(shared_data), partition="subject"))
+    assert prep is not None and prep["kind"] == "standardise" and len(prep["mean"]) == len(prep["std"]) == 6
+    assert all(s > 0 for s in prep["std"]) and input_preprocessing(DataSpec()) is None

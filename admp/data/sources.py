@@ -124,7 +124,7 @@ def _image_npz(path: Path, split: str, hw: int, digit: int | None = None) -> Spl
         raise DataError(
             f"{path}: x_{split} has shape {x.shape}, expected (N, {hw}, {hw}) with N = len(y_{split}) = {len(y)}"
         )
-    images = check_samples(path, f"x_{split}", x)
+    images = check_samples(path, f"x_{split}", x.astype(np.float32)) / 255.0  # 8-bit pixels, whatever the dtype
     labels = check_labels(path, f"y_{split}", y, len(x), DIGIT_CLASSES)
     return Split(_to_digit_frame(images, 28, digit), labels)
 

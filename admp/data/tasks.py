@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,6 +205,22 @@ def _check_shift_kinds(kinds: tuple[str, ...], sample_shape: tuple[int, ...]) ->
             f"data.shift_kinds: {wrong} do not apply to {what} of shape {sample_shape}; "
             f"those take {', '.join(fits) or 'no synthetic shift'}"
         )
+
+
+def input_preprocessing(spec: DataSpec) -> dict[str, Any] | None:
+    """What the data pipeline does to raw samples before the model sees them, for the model's contract:
+    HAPT windows are standardised per channel with the source subjects' statistics (``standardise``);
+    every other dataset reaches the model as recorded (its normalisation is inside the model)."""
+    if spec.dataset != "hapt":
+        return None
+    hapt = load_hapt(Path(spec.data_dir) / "hapt" / "hapt.npz")
+    source = hapt.x[torch.as_tensor(np.isin(hapt.subject, spec.hapt_source_subjects))]  # (N, C, T)
+    return {
+        "kind": "standardise",
+        "mean": source.mean(dim=(0, 2)).tolist(),
+        "std": source.std(dim=(0, 2)).clamp_min(1e-6).tolist(),
+        "applies_to": "raw windows, per channel: (x - mean) / std before the model (onnx_infer --raw does it)",
+    }
 
 
 def load_domains(spec: DataSpec, seed: int) -> tuple[Split, Split, Split | None, np.ndarray | None]:
