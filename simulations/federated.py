@@ -42,7 +42,7 @@ def ray_environment(cfg: ScenarioConfig) -> None:
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="fedadmp-ray-")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # the virtual devices' teacher cache: one content-addressed store beside the runs (kept for --resume)
-    os.environ["FEDADMP_CACHE_DIR"] = str(Path(cfg.run.out_dir).resolve() / "device_cache")
+    os.environ["FEDADMP_CACHE_DIR"] = str(Path(cfg.run.out_dir).resolve() / ".device_cache")
     if cfg.federation.ray_address:
         return
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -15,12 +15,12 @@ from admp.config import config_from_overrides, to_yaml
 from admp.data.tasks import build_task
 from admp.deploy import load_bundle
 from admp.metrics import accuracy
-from admp.teacher import initial_model
+from admp.teacher import initial_model, state_hash
 from admp.trainer import per_device_bn_accuracy
 from server.app import run_federated
 from server.fleet import discover_devices
 from strategies import protocol as P
-from tests.inprocess_grid import NODE_BASE, InProcessGrid
+from tests.inprocess_grid import CACHE, NODE_BASE, InProcessGrid
 
 TINY = [
     "data.num_devices=4",
@@ -185,8 +185,8 @@ def test_per_client_duals_and_the_fleet_bn_teacher(tmp_path):
     summary = _summary(run)
     assert "teacher_bn: fleet" in (run / "config.yaml").read_text() and not summary["rejections"]
     source = torch.load(run / "teacher.pt", weights_only=True)
-    (stored,) = (run / "device_store").glob("teacher-*.pt")
-    delivered = torch.load(stored, weights_only=True)
+    adapted = torch.load(run / "checkpoint.pt", weights_only=True)["teacher"]  # the teacher the run delivered
+    delivered = torch.load(CACHE / f"teacher-{state_hash(adapted)}.pt", weights_only=True)  # as a device keeps it
     bn_means = [k for k in source if k.endswith("running_mean")]
     assert all(torch.equal(delivered[k], source[k]) for k in source if "running" not in k and "num_batches" not in k)
     assert not any(torch.equal(delivered[k], source[k]) for k in bn_means)  # BN statistics re-estimated

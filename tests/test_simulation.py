@@ -36,7 +36,7 @@ def run(tmp_path_factory) -> Path:
     for item in [*TINY, f"run.out_dir={out}"]:
         args += ["--set", item]
     assert main(args) == 0
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]  # .device_cache beside it
     return run_dir
 
 
