@@ -1,0 +1,151 @@
+"""The deployment kit (deploy/) on loopback: a real SuperLink with TLS and SuperNode authentication,
+two SuperNodes, the app run by ``flwr run`` to its summary, a SuperNode whose key was never
+registered refused, and ``down`` ending exactly what ``up`` started.
+
+Everything runs as separate processes, as a user would type it (``python deploy/fleet.py ...``).
+The unregistered SuperNode is started by this test in a session of its own, with the very
+command line the kit gives its own SuperNodes (same TLS flags, only another key), and is ended
+by this test; nothing else is signalled here.
+"""
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from deploy import procs
+from deploy import spec as kit
+from deploy.certs import make_supernode_key
+
+ROOT = Path(__file__).resolve().parents[1]
+FLEET = [sys.executable, str(ROOT / "deploy" / "fleet.py")]
+UP_TIMEOUT = 400.0
+RUN_TIMEOUT = 400.0
+TINY = (
+    "data.num_devices=2; data.samples_per_device=40; teacher.epochs=2; federation.clients_per_round=2; "
+    "federation.mask_rounds=2; federation.warmup_rounds=1; federation.finetune_rounds=0; "
+    "federation.teacher_rounds=0; federation.min_local_steps=0; federation.eval_every=10; "
+    "model.width=0.5; run.threads=1"
+)
+
+
+def _fleet(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FLEET, *args], cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _https_ok(address: str, ctx: ssl.SSLContext | None) -> bool:
+    scheme = "https" if ctx is not None else "http"
+    try:
+        with urllib.request.urlopen(f"{scheme}://{address}/health", timeout=5.0, context=ctx) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _check_tls(lay: kit.Layout, address: str) -> None:
+    """The SuperLink speaks only HTTPS, with a certificate the kit's CA (and no public one) vouches for."""
+    assert _https_ok(address, ssl.create_default_context(cafile=str(lay.certs / "ca.crt")))
+    assert not _https_ok(address, None), "the SuperLink answered plain HTTP"
+    assert not _https_ok(address, ssl.create_default_context()), "the certificate is trusted without the kit's CA"
+
+
+def _start_rogue(tmp: Path, lay: kit.Layout, address: str) -> tuple[subprocess.Popen[bytes], procs.Tree, Path]:
+    """A SuperNode with a fresh, unregistered key and otherwise the kit's own command line."""
+    key, _ = make_supernode_key(tmp / "rogue", "rogue")
+    spec = kit.Spec(**json.loads((lay.root / "spec.json").read_text()))
+    config = f'device-id=7 cache-dir="{tmp / "rogue" / "cache"}"'
+    cmd = kit.supernode_command(spec, lay, address, procs.free_port(), key, config)
+    log = tmp / "rogue" / "supernode.out"
+    (tmp / "rogue" / "home").mkdir()
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            cmd,
+            env=kit.flower_env(tmp / "rogue" / "home"),
+            cwd=tmp / "rogue",
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    tree = procs.Tree()
+    tree.add(proc)
+    return proc, tree, log
+
+
+def _wait(proc: subprocess.Popen[bytes], tree: procs.Tree, timeout: float) -> None:
+    """Wait for ``proc``, noting its sessions every second (for the clean-up)."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        tree.record()
+        time.sleep(1.0)
+
+
+def test_fleet_with_tls_and_supernode_auth(tmp_path: Path) -> None:
+    """up (TLS + node auth, 2 SuperNodes), a rogue SuperNode refused, the app run to its summary, down."""
+    lay = kit.Layout(tmp_path / "fleet")
+    out = tmp_path / "runs"
+    rogue, rogue_tree, rogue_survivors, run, state, log = None, procs.Tree(), [], None, {}, ""
+    try:
+        up = _fleet("up", "--workdir", str(lay.root), "--devices", "2", "--tls", "--auth", timeout=UP_TIMEOUT)
+        assert up.returncode == 0, up.stdout + up.stderr + kit.tail(lay.root / "supervisor.log")
+        address = json.loads(lay.state.read_text())["superlink"]["address"]
+        _check_tls(lay, address)
+        rogue, rogue_tree, rogue_log = _start_rogue(tmp_path, lay, address)
+        # The run and the rogue's attempt overlap: it is refused within seconds, long before the
+        # ServerApp looks for its two devices.
+        run = subprocess.Popen(
+            [*FLEET, "run", "--workdir", str(lay.root), "--out-dir", str(out), "--overrides", TINY],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its group (with the `flwr run` it starts) is ours to end
+        )
+        _wait(rogue, rogue_tree, 120.0)
+        rogue_text = rogue_log.read_text(errors="replace")
+        assert rogue.returncode not in (None, 0), "the unregistered SuperNode was not refused\n" + rogue_text
+        assert "Failed to activate SuperNode" in rogue_text, rogue_text
+        link_log = (lay.link / "superlink.log").read_text(errors="replace")
+        assert "No SuperNode found with the given public key" in link_log, link_log[-3000:]  # refused for its key
+        log, _ = run.communicate(timeout=RUN_TIMEOUT)
+        state = json.loads(lay.state.read_text())
+        logs = log + kit.tail(lay.link / "superlink-0.out") + kit.tail(lay.node(0) / "supernode.out")
+        assert run.returncode == 0, logs
+        listed = kit.flwr_json(lay, "supernode", "list", "fleet")["nodes"]
+        assert sorted(n["node-id"] for n in listed) == sorted(str(i) for i in state["registered"].values())
+        assert [n["status"] for n in listed] == ["online", "online"]  # the rogue never joined
+    finally:
+        if run is not None and run.poll() is None:  # unreaped: the group id is still ours
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        if rogue is not None:
+            rogue_survivors = rogue_tree.stop([rogue], 10.0)
+        down = _fleet("down", "--workdir", str(lay.root), timeout=180)
+    assert not rogue_survivors, f"the rogue SuperNode's processes survived: {rogue_survivors}"
+    assert down.returncode == 0, down.stdout + down.stderr
+    recorded = [tuple(m) for m in state.get("members", [])] + [tuple(state["supervisor"])]
+    assert not [m for m in recorded if procs.alive(m)], "processes of the fleet survived `down`"
+
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    assert (run_dir / "summary.json").is_file(), "no summary.json\n" + log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["mode"] == "federated" and summary["devices"] == 2
+    assert summary["student"]["params"] < summary["teacher"]["params"]
+    # Each SuperNode kept the teacher in its own cache-dir (its node config), nowhere else.
+    for i in (0, 1):
+        assert list((lay.node(i) / "cache").glob("teacher-*.pt")), f"no teacher in device {i}'s cache"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
