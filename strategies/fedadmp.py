@@ -101,13 +101,16 @@ class FedADMP(FleetStrategy):
     Sends (message type ``train``): ``arrays`` (dense student), ``masks`` with ``m.*``, ``s.*``,
     ``z.*`` (and ``u.*`` with the global dual), ``teacher`` until the device holds it, and
     ``config`` (``server-round``, ``rho``, ``dual``, ``z-steps``, ``local_epochs``, hyper-parameters,
-    scenario). Expects back ``arrays`` (same keys, shapes and dtypes, finite), ``masks`` with
-    ``m.*`` in [0, 1], ``s.*`` in [s_min, 1] (and ``u.*`` with per-client duals), and ``metrics``
-    with a positive integer ``num-examples`` and ``divergence``. Anything else is rejected.
+    scenario). Expects back ``arrays`` (the global model's keys, shapes and dtypes, finite, |x| <= 1e6,
+    an update within ``max_update_ratio`` of the global norm), ``masks`` with ``m.*`` in [0, 1] and no
+    group shut once Z exists, ``s.*`` in [s_min, 1] (and ``u.*`` with per-client duals, |U| <= Z-steps
+    + 1), and ``metrics`` with ``num-examples`` a positive integer the device can hold and a finite
+    ``divergence``; from an asked node, once. Anything else is rejected (logged, counted, listed).
 
-    Aggregation: W, m, s by example weights into ``state``; after ``warmup_rounds`` every round
-    steps the ADMM state (``AdmpState.admm_step``): from the averaged m with one global dual, or
-    from mean_k(m_k + U_k) with per-client duals (consensus ADMM).
+    Aggregation: W, m, s by the fleet's ``Defence`` (weighted mean by default; clip, median or
+    trimmed mean, ``strategies.robust``) into ``state``; after ``warmup_rounds`` every round steps
+    the ADMM state (``AdmpState.admm_step``): from the aggregated m with one global dual, or from
+    the aggregate of m_k + U_k with per-client duals (consensus ADMM).
     """
 
     def __init__(
@@ -215,8 +218,9 @@ class FedKD(FleetStrategy):
 
     Sends (message type ``train.kd``): ``arrays``, ``masks`` with ``keep.*`` when pruned (the
     architecture), ``teacher`` until the device holds it, and ``config`` (``lr``,
-    ``local_epochs``). Expects back ``arrays`` of the same keys and shapes and ``metrics`` with
-    ``num-examples`` and ``divergence``. Used for the fine-tune phase of FedADMP, for the fedkd
+    ``local_epochs``). Expects back ``arrays`` under the same checks as FedADMP's (keys, shapes,
+    dtypes, bounded values and update) and ``metrics`` with ``num-examples`` and ``divergence``;
+    combined by the fleet's ``Defence``. Used for the fine-tune phase of FedADMP, for the fedkd
     and naive baselines, and (with no training) for evaluation and BN statistics.
     """
 
