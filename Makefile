@@ -5,8 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SCENARIO ?= simulations/scenarios/federated_digits.yaml
 
-FLWR_HOME ?= $(CURDIR)/.flwr
-FLWR_RUN_CONFIG ?= out-dir="$(CURDIR)/runs"
 
 .PHONY: install run test gate bench flwr-run clean
 
@@ -39,12 +37,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/federated_overhead.py
 	$(PY) benchmarks/fleet_memory.py
 
-# The same app through Flower's own CLI: a local SuperLink simulating one SuperNode per device.
+# The same app and the make-run scenario through Flower's own CLI, on a simulation SuperLink that
+# deploy/flwr_run.py starts on a free loopback port and stops afterwards (with everything it started).
 flwr-run: $(STAMP)
-	mkdir -p $(FLWR_HOME)
-	printf '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n\n[superlink.local.options]\nnum-supernodes = 10\n' > $(FLWR_HOME)/config.toml
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH FLWR_HOME=$(FLWR_HOME) FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
-		RAY_TMPDIR=$$(mktemp -d) $(VENV)/bin/flwr run . local --run-config '$(FLWR_RUN_CONFIG)' --stream
+	$(PY) deploy/flwr_run.py $(SCENARIO) --out-dir $(CURDIR)/runs
 
 clean:
 	rm -rf $(VENV) runs

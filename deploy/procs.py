@@ -1,6 +1,6 @@
 """The processes a fleet supervisor started, and nothing else: identities, sessions, stopping.
 
-Modelled on ``tests/own_superlink.py``. Every process the supervisor starts (SuperLink, each
+Modelled on ``deploy/simlink.py``. Every process the supervisor starts (SuperLink, each
 SuperNode) gets a new session, so its process group (id = its PID) is ours while the supervisor
 has not reaped it. Flower starts more in other places: the SuperLink starts its SuperExec with
 ``start_new_session=True`` (a session of its own, where the ServerApp processes then run), a

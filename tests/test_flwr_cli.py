@@ -1,6 +1,6 @@
 """``flwr run .`` (Flower's own CLI) runs the same ServerApp/ClientApp on a SuperLink the test owns.
 
-See tests/own_superlink.py for how the SuperLink is started on a free port and how exactly the
+See deploy/simlink.py for how the SuperLink is started on a free port and how exactly the
 processes this test started, and no others, are ended.
 """
 
@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 
-from tests.own_superlink import BIN, ROOT, RUN_TIMEOUT, start_superlink, tail
+from deploy.simlink import BIN, ROOT, RUN_TIMEOUT, start_superlink, tail
 
 
 def test_flwr_run_simulation_on_own_superlink(tmp_path):

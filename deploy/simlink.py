@@ -1,6 +1,6 @@
-"""A simulation SuperLink that a test starts, owns and stops (never anyone else's).
+"""A simulation SuperLink that a caller (`make flwr-run`, a test) starts, owns and stops (never anyone else's).
 
-A test starts its own simulation SuperLink rather than letting ``flwr`` start the shared
+A caller starts its own simulation SuperLink rather than letting ``flwr`` start the shared
 ``:local:`` one (detached, on fixed ports, never stopped, and silently reused when somebody
 else's is already running). Flower 1.41's SuperLink serves the Runtime, Control and Fleet
 APIs on one HTTP port (``--host``/``--port``); the legacy gRPC Control/Fleet servers start
@@ -211,8 +211,8 @@ def start_superlink(tmp: Path, env: dict[str, str]) -> _SuperLink:
         link.stop()
         if link.proc.returncode is not None and "address already in use" in link.tail().lower():
             continue
-        raise AssertionError(
+        raise RuntimeError(
             f"flower-superlink (exit code {link.proc.returncode}) not ready on "
             f"127.0.0.1:{port} within {STARTUP_TIMEOUT:.0f}s\n" + link.tail()
         )
-    raise AssertionError("flower-superlink: no free port after 3 attempts\n" + link.tail())
+    raise RuntimeError("flower-superlink: no free port after 3 attempts\n" + link.tail())
