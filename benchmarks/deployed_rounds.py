@@ -1,0 +1,101 @@
+"""Round time of the same scenario deployed (SuperLink + SuperNodes on loopback, the deployment kit) and
+simulated (``fedadmp simulate``), and where a deployed round's time goes.
+
+    python benchmarks/deployed_rounds.py [--devices 3] [--out benchmarks/results/deployed_rounds.json]
+
+Both runs use the default digits scenario cut to ``--devices`` devices (every device sampled each
+round, short rounds) and write their per-round ``round_seconds``; the report gives the median
+training round of each, their ratio, the accuracy of each, and the cost of what Flower 1.41 does
+for every message of a deployed round: a new ``flwr-clientapp`` process that imports the app
+(measured here as the wall time of ``python -c "import clients.app"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def overrides(devices: int) -> list[str]:
+    """A short run of the default scenario on ``devices`` devices, every device in every round."""
+    return [
+        f"data.num_devices={devices}",
+        f"federation.clients_per_round={devices}",
+        "federation.mask_rounds=3",
+        "federation.warmup_rounds=1",
+        "federation.finetune_rounds=2",
+        "teacher.epochs=5",
+    ]
+
+
+def rounds(run: Path) -> tuple[list[float], float]:
+    """(round_seconds of the training rounds, deployed accuracy) of a finished run directory."""
+    rows = json.loads((run / "metrics.json").read_text())
+    times = [float(r["round_seconds"]) for r in rows if r.get("round_seconds") and r["phase"] in ("mask", "finetune")]
+    return times, float(json.loads((run / "summary.json").read_text())["student"]["target_acc"])
+
+
+def simulated(devices: int, out: Path) -> Path:
+    """The scenario through ``fedadmp simulate``; its run directory."""
+    cmd = [str(Path(PY).parent / "fedadmp"), "simulate", "--set", f"run.out_dir={out}"]
+    for item in overrides(devices):
+        cmd += ["--set", item]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return next(p for p in out.iterdir() if (p / "summary.json").is_file())
+
+
+def deployed(devices: int, work: Path, out: Path) -> Path:
+    """The scenario on a loopback fleet (insecure) brought up and down by the kit; its run directory."""
+    fleet = [PY, str(ROOT / "deploy" / "fleet.py")]
+    subprocess.run([*fleet, "up", "--workdir", str(work), "--devices", str(devices)], check=True)
+    try:
+        spec = "; ".join(overrides(devices))
+        subprocess.run([*fleet, "run", "--workdir", str(work), "--out-dir", str(out), "--overrides", spec], check=True)
+    finally:
+        subprocess.run([*fleet, "down", "--workdir", str(work)], check=False)
+    return next(p for p in out.iterdir() if (p / "summary.json").is_file())
+
+
+def import_seconds(repeats: int = 3) -> float:
+    """Median wall time of a fresh process importing the ClientApp (what each deployed message pays)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([PY, "-c", "import clients.app"], cwd=ROOT, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    """Run both, write and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployed_rounds.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fedadmp-bench-") as tmp:
+        sim_times, sim_acc = rounds(simulated(args.devices, Path(tmp) / "sim"))
+        dep_times, dep_acc = rounds(deployed(args.devices, Path(tmp) / "fleet", Path(tmp) / "dep"))
+    result = {
+        "devices": args.devices,
+        "overrides": overrides(args.devices),
+        "simulated": {"round_seconds": sim_times, "median": statistics.median(sim_times), "accuracy": sim_acc},
+        "deployed": {"round_seconds": dep_times, "median": statistics.median(dep_times), "accuracy": dep_acc},
+        "ratio": statistics.median(dep_times) / statistics.median(sim_times),
+        "clientapp_import_seconds": import_seconds(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
