@@ -24,6 +24,8 @@ it again), Flower's ``CLIENT_APP_RAISED_EXCEPTION`` for anything else.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -159,3 +161,57 @@ def metrics_record(values: dict[str, float | int]) -> MetricRecord:
 def content_bytes(content: RecordDict) -> int:
     """Payload bytes of a message: the arrays it carries (configs and metrics are negligible)."""
     return sum(record.count_bytes() for record in content.array_records.values())
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One thing a device sends: the replies it is in, its record and key (``<...>`` is a name pattern),
+    its shape, and why the server needs it. Nothing else leaves a device (tests/test_declared_keys.py)."""
+
+    messages: tuple[str, ...]
+    record: str
+    key: str
+    shape: str
+    why: str
+
+    def matches(self, message: str, record: str, key: str) -> bool:
+        """Whether a reply's (message type, record, key) is this declaration."""
+        if message not in self.messages or record != self.record:
+            return False
+        pattern = re.escape(self.key).replace(re.escape("<model state>"), r".+")
+        pattern = re.sub(re.escape("<") + r"\w+" + re.escape(">"), r"[\\w.]+", pattern)
+        return re.fullmatch(pattern, key) is not None
+
+
+TRAINING = (str(TRAIN_ADMP), TRAIN_KD)
+EVERY = (*TRAINING, QUERY_BN, QUERY_ID, str(EVALUATE))
+DEVICE_SENDS: tuple[Sent, ...] = (
+    Sent(TRAINING, ARRAYS, "<model state>", "the global model's", "the locally trained student, for FedAvg"),
+    Sent((str(TRAIN_ADMP),), MASKS, "m.<group>", "(C_g,)", "relaxed hard mask, averaged for the Z-step"),
+    Sent((str(TRAIN_ADMP),), MASKS, "s.<group>", "(C_g,)", "soft mask (the adversary), averaged"),
+    Sent((str(TRAIN_ADMP),), MASKS, "u.<group>", "(C_g,)", "the device's dual U_k (dual: per_client only)"),
+    Sent(TRAINING, METRICS, NUM_EXAMPLES, "scalar", "FedAvg weight: samples trained on"),
+    Sent(TRAINING, METRICS, "divergence", "scalar", "mean KD divergence D on local data (domain gap signal)"),
+    Sent(TRAINING, METRICS, "loss", "scalar", "mean local training loss"),
+    Sent(TRAINING, METRICS, "epochs", "scalar", "local epochs taken (min_local_steps rule)"),
+    Sent(TRAINING, METRICS, "teacher-attached", "scalar", "whether the teacher came with the message"),
+    Sent(TRAINING, METRICS, "simulated-delay", "scalar", "injected straggler delay (simulated faults only)"),
+    Sent((*TRAINING, str(EVALUATE)), STATS, "mean-prediction", "(K,)", "mean softmax over the device's data: IM"),
+    Sent((*TRAINING, str(EVALUATE)), STATS, "feature-sums", "(K, D+1)", "per-class soft feature sums: centroids"),
+    Sent((*TRAINING, str(EVALUATE)), STATS, "feature-mass", "(K,)", "per-class soft masses: centroids"),
+    Sent((QUERY_BN,), ARRAYS, "mean.<layer>", "(C,)", "E[x] at a BatchNorm input, pooled into fleet BN"),
+    Sent((QUERY_BN,), ARRAYS, "sq.<layer>", "(C,)", "E[x^2] at a BatchNorm input, pooled into fleet BN"),
+    Sent((QUERY_BN,), METRICS, NUM_EXAMPLES, "scalar", "pooling weight"),
+    Sent((QUERY_ID,), METRICS, "device", "scalar", "the device's stable id (reproducible sampling)"),
+    Sent((str(EVALUATE),), METRICS, "accuracy", "scalar", "accuracy on the local labeled test split"),
+    Sent((str(EVALUATE),), METRICS, "accuracy-as-exported", "scalar", "the same before the device's BN step"),
+    Sent((str(EVALUATE),), METRICS, NUM_EXAMPLES, "scalar", "test samples: the accuracy's weight"),
+    Sent((str(EVALUATE),), METRICS, "entropy", "scalar", "mean prediction entropy: label-free score"),
+    Sent((str(EVALUATE),), METRICS, "unlabeled", "scalar", "unlabeled samples behind the label-free figures"),
+    Sent(EVERY, METRICS, "seconds", "scalar", "handler wall time"),
+)
+
+
+def declared(message: str, record: str, key: str) -> bool:
+    """Whether a device may send ``key`` under ``record`` in a reply to ``message`` (``DEVICE_SENDS``)."""
+    return any(item.matches(message, record, key) for item in DEVICE_SENDS)
