@@ -131,6 +131,7 @@ class RoundRunner:
         self.last_figures = figures
         row["target_acc"] = figures.get("accuracy")
         row |= {k.replace("-", "_"): figures.get(k) for k in LABEL_FREE}
+        row["rejected"] = strategy.fleet.rejected(rnd)  # the round's training and evaluation replies
         row["round_seconds"] = round(time.perf_counter() - start, 3)
         self.run_dir.log_metrics(row)
         self._print(row)
