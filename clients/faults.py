@@ -38,7 +38,9 @@ def fault_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if fault == "dropout":
         return Message(Error(code=P.DEVICE_DROPPED, reason="injected dropout"), reply_to=msg)
     if fault == "late":
-        return Message(Error(code=P.DEVICE_LATE, reason=f"injected straggler, {delay:.1f} s late"), reply_to=msg)
+        return Message(
+            Error(code=P.DEVICE_LATE, reason=f"injected straggler: {delay:.1f} s, past the deadline"), reply_to=msg
+        )
     if fault == "crash":
         raise RuntimeError("injected crash")
     reply = call_next(msg, context)
