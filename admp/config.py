@@ -36,6 +36,7 @@ from admp.choices import (
 )
 from admp.configbase import ConfigError, Section, SectionError, parse_section
 from admp.faults import FaultSpec
+from admp.profiles import ProfileSpec
 
 __all__ = [
     "AdmpHyper",
@@ -275,6 +276,8 @@ class FederationSpec(Section):
     max_update_ratio: Annotated[float, Field(ge=0)] = 10.0  # a reply whose update is longer than this x the
     #   global model's norm is rejected (a replaced or boosted model); local rounds move far less; 0: off
     faults: FaultSpec = Field(default_factory=FaultSpec)  # injected faults, simulation only (admp/faults.py)
+    profiles: ProfileSpec = Field(default_factory=ProfileSpec)  # device classes and the simulated fleet clock
+    #   (admp/profiles.py): off while empty
     device_data: DeviceData = "scenario"  # scenario: each device's data is its partition of the scenario (the
     #   server knows its size and bounds every claimed count by it) | own: real devices bring their own data
     #   (node config data-path); the bound is then 10 x the round's median claim

@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from admp.masks import MaskDict
+from server.clock import fleet_summary
 from server.guards import student_flag
 from server.phases import Session, final_round
 from server.summary import INFERENCE, write_summary
@@ -56,6 +57,7 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "rejected_replies": len(session.fleet.rejections),
         "rejections": [dataclasses.asdict(r) for r in session.fleet.rejections],
         "aggregation": fed.aggregation,
+        "fleet_clock": fleet_summary(run.run_dir.rows, run.run_dir.file("accuracy_vs_fleet_time.png")),
         "faults": fed.faults.model_dump() if fed.faults.active else None,
     }
     if label_free["below_start_warning"]:

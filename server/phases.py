@@ -29,6 +29,7 @@ from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
+from server.clock import FleetClock
 from server.fleet import discover_devices, pool_bn_statistics
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
@@ -112,7 +113,8 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=sizes)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"
-    runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn)
+    clock = FleetClock.from_spec(fed.profiles, cfg.run.seed)
+    runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn, clock=clock)
     run.console.print(
         f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
         f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}"

@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Message, MetricRecordValues
 from flwr.serverapp import Grid
 from rich.console import Console
 
+from server.clock import FleetClock
 from server.report import RunDirectory
 from strategies import protocol as P
 from strategies.base import FleetStrategy
@@ -46,6 +47,7 @@ class RoundRunner:
     first_round_at: float | None = None  # wall clock of the first round, for start-up time
     last_figures: dict[str, float] = field(default_factory=dict)  # the last round's evaluation
     aggregated: bool = False  # whether the last round aggregated any reply
+    clock: FleetClock | None = None  # the simulated fleet clock (federation.profiles), if any
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Send and wait for the replies (or the timeout)."""
@@ -111,6 +113,9 @@ class RoundRunner:
         sends_before = delivery.total_sends
         msgs = list(strategy.configure_train(rnd, P.to_record(weights), ConfigRecord(), self.grid))
         replies = self.exchange(msgs)
+        timing: dict[str, float] = {}
+        if self.clock is not None:  # stragglers past the deadline are dropped before aggregation
+            replies, timing = self.clock.time_round(strategy, rnd, msgs, replies)
         new_arrays, metrics = strategy.aggregate_train(rnd, replies)
         self.aggregated = new_arrays is not None
         if new_arrays is not None:
@@ -126,7 +131,7 @@ class RoundRunner:
             "teacher_sends": sends,
             "bytes_down_teacher": sends * delivery.teacher.count_bytes(),
         }
-        row |= {k.replace("-", "_"): _number(v, k) for k, v in (metrics or {}).items()}
+        row |= {k.replace("-", "_"): _number(v, k) for k, v in (metrics or {}).items()} | timing
         figures = self.evaluate_all(strategy, rnd, weights, self.local_bn) if evaluate else {}
         self.last_figures = figures
         row["target_acc"] = figures.get("accuracy")

@@ -1,0 +1,143 @@
+"""Device profiles and the simulated fleet clock (``federation.profiles``): plain maths, no Flower.
+
+A scenario declares device classes — compute speed, memory, links, energy, share of the fleet —
+in the config or in a CSV file; each virtual device draws its class from the root seed. A round's
+*fleet time* is what the slowest accepted device needs: its compute (the samples it trained on,
+local epochs included, over its class's speed) plus its transfers (the bytes it received and sent
+over its links), bounded by the round's deadline. A device past the deadline is a straggler: its
+reply is dropped (``late_replies: drop``) or taken and waited for (``accept``). Energy counts the
+samples each accepted device processed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field
+
+from admp.configbase import ConfigError, Section
+from admp.seeding import numpy_rng
+
+Positive = Annotated[float, Field(gt=0)]
+
+
+class DeviceClass(Section):
+    """One kind of device of the fleet."""
+
+    name: str = "device"
+    share: Positive = 1.0  # relative share of the fleet (normalised over the classes)
+    samples_per_s: Positive = 500.0  # local training throughput (forward + backward, one sample)
+    memory_mb: Positive = 512.0  # reported with the class (not enforced)
+    downlink_mbps: Positive = 20.0
+    uplink_mbps: Positive = 5.0
+    joules_per_sample: Annotated[float, Field(ge=0)] = 0.01
+
+
+class ProfileSpec(Section):
+    """The fleet's device classes and the round deadline; off while ``classes`` and ``csv`` are empty."""
+
+    classes: list[DeviceClass] = Field(default_factory=list)
+    csv: str = ""  # a CSV with a header naming DeviceClass fields (name and share required)
+    deadline_s: Annotated[float, Field(ge=0)] = 0.0  # 0: no deadline
+    late_replies: Literal["drop", "accept"] = "drop"
+
+    @property
+    def active(self) -> bool:
+        """Whether the fleet has profiles (and so a clock)."""
+        return bool(self.classes or self.csv)
+
+    def resolved(self) -> list[DeviceClass]:
+        """The classes, read from ``csv`` where given (ConfigError naming the file and row otherwise)."""
+        return read_classes(Path(self.csv)) if self.csv else list(self.classes)
+
+
+def read_classes(path: Path) -> list[DeviceClass]:
+    """Device classes from a CSV file (one row a class; columns named as ``DeviceClass``'s fields)."""
+    if not path.is_file():
+        raise ConfigError(f"federation.profiles.csv: {path} not found")
+    classes = []
+    with path.open(newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.DictReader(handle), 2):
+            try:
+                values = {k: (v if k == "name" else float(v)) for k, v in row.items() if k and v not in (None, "")}
+                classes.append(DeviceClass.model_validate(values))
+            except (ValueError, TypeError) as exc:
+                first = str(exc).splitlines()[0]
+                raise ConfigError(f"federation.profiles.csv: {path} row {number}: {first}") from exc
+    if not classes:
+        raise ConfigError(f"federation.profiles.csv: {path} has no device classes")
+    return classes
+
+
+def device_class(classes: list[DeviceClass], seed: int, device: int) -> DeviceClass:
+    """The class ``device`` draws from the root seed, with probabilities proportional to the shares."""
+    shares = np.array([c.share for c in classes], dtype=float)
+    index = int(numpy_rng(seed, "profile", device).choice(len(classes), p=shares / shares.sum()))
+    return classes[index]
+
+
+@dataclass(frozen=True)
+class DeviceRound:
+    """What one device did in a round: its class, the samples it processed and the bytes it moved."""
+
+    device: int
+    cls: DeviceClass
+    samples: int  # samples processed (examples x local epochs)
+    bytes_down: int
+    bytes_up: int
+
+    @property
+    def seconds(self) -> float:
+        """Compute plus transfer time: samples / speed + bytes x 8 / link rate, each way."""
+        compute = self.samples / self.cls.samples_per_s
+        down = self.bytes_down * 8 / (self.cls.downlink_mbps * 1e6)
+        up = self.bytes_up * 8 / (self.cls.uplink_mbps * 1e6)
+        return compute + down + up
+
+    @property
+    def joules(self) -> float:
+        """Energy of the samples it processed."""
+        return self.samples * self.cls.joules_per_sample
+
+
+@dataclass(frozen=True)
+class RoundClock:
+    """A round on the fleet clock: the devices that count, those past the deadline, and its figures."""
+
+    accepted: list[DeviceRound]
+    late: list[DeviceRound]
+    seconds: float  # the slowest accepted device's time, bounded by the deadline when replies were dropped
+    joules: float
+    bytes: int
+
+
+def round_clock(devices: list[DeviceRound], deadline_s: float, late_replies: str) -> RoundClock:
+    """Split a round's devices by the deadline (``late_replies``: drop or accept) and time the round."""
+    deadline = deadline_s if deadline_s > 0 else math.inf
+    late = [d for d in devices if d.seconds > deadline] if late_replies == "drop" else []
+    accepted = [d for d in devices if d not in late]
+    seconds = max((d.seconds for d in accepted), default=0.0)
+    if late:  # the server waited until the deadline for the stragglers
+        seconds = max(seconds, deadline)
+    return RoundClock(
+        accepted,
+        late,
+        seconds,
+        sum(d.joules for d in accepted),
+        sum(d.bytes_down + d.bytes_up for d in devices),
+    )
+
+
+def time_to_accuracy(rows: list[tuple[float, float | None]], target: float) -> float | None:
+    """The fleet time (cumulative seconds) at which the evaluated accuracy first reaches ``target``."""
+    elapsed = 0.0
+    for seconds, accuracy in rows:
+        elapsed += seconds
+        if accuracy is not None and accuracy >= target:
+            return elapsed
+    return None

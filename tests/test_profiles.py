@@ -1,0 +1,76 @@
+"""Device profiles and the simulated fleet clock: the maths by hand, and a tiny fleet with a deadline."""
+
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+
+from admp.configbase import ConfigError
+from admp.profiles import DeviceClass, DeviceRound, device_class, read_classes, round_clock, time_to_accuracy
+from tests.test_server import _rows, _run, _summary
+
+PHONE = DeviceClass(name="phone", samples_per_s=500, downlink_mbps=20, uplink_mbps=5, joules_per_sample=0.01)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def test_a_device_round_by_hand():
+    # compute 1000 / 500 = 2 s; down 2.5e6 B x 8 / 20e6 b/s = 1 s; up 1.25e6 B x 8 / 5e6 b/s = 2 s; 1000 x 0.01 J
+    d = DeviceRound(0, PHONE, 1000, 2_500_000, 1_250_000)
+    assert d.seconds == pytest.approx(5.0) and d.joules == pytest.approx(10.0)
+
+
+def test_the_deadline_drops_stragglers_and_bounds_the_round():
+    fast, slow = DeviceRound(0, PHONE, 2500, 0, 0), DeviceRound(1, PHONE, 6000, 0, 0)  # 5 s and 12 s
+    dropped = round_clock([fast, slow], deadline_s=10.0, late_replies="drop")
+    assert dropped.accepted == [fast] and dropped.late == [slow]
+    assert dropped.seconds == 10.0 and dropped.joules == pytest.approx(25.0)  # waited to the deadline; 2500 x 0.01 J
+    waited = round_clock([fast, slow], deadline_s=10.0, late_replies="accept")
+    assert waited.late == [] and waited.seconds == pytest.approx(12.0)
+    assert round_clock([fast, slow], deadline_s=0.0, late_replies="drop").seconds == pytest.approx(12.0)  # no deadline
+
+
+def test_devices_draw_their_class_by_share_from_the_seed():
+    classes = [DeviceClass(name="a", share=3.0), DeviceClass(name="b", share=1.0)]
+    draws = [device_class(classes, 7, d).name for d in range(4000)]
+    assert draws == [device_class(classes, 7, d).name for d in range(4000)]  # seeded
+    assert draws.count("a") / 4000 == pytest.approx(0.75, abs=0.03)  # shares 3 : 1
+    assert draws != [device_class(classes, 8, d).name for d in range(4000)]
+
+
+def test_classes_from_a_csv_file(tmp_path):
+    good = tmp_path / "classes.csv"
+    good.write_text("name,share,samples_per_s,uplink_mbps\nphone,2,400,2\ngateway,1,4000,50\n")
+    classes = read_classes(good)
+    assert [c.name for c in classes] == ["phone", "gateway"] and classes[1].uplink_mbps == 50.0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,share,samples_per_s\nphone,2,-5\n")
+    with pytest.raises(ConfigError, match=r"bad\.csv row 2"):
+        read_classes(bad)
+
+
+def test_time_to_accuracy_adds_up_the_rounds():
+    rows = [(4.0, None), (3.0, 80.0), (5.0, 90.0), (2.0, 91.0)]
+    assert time_to_accuracy(rows, 90.0) == 12.0  # 4 + 3 + 5
+    assert time_to_accuracy(rows, 95.0) is None
+
+
+def test_a_fleet_with_a_slow_class_and_a_deadline(tmp_path):
+    """Two classes, the slow one far past a 1 s deadline: its replies are dropped as stragglers, every
+    training round has a fleet time of at least the deadline, and the summary adds it all up."""
+    run = _run(
+        tmp_path,
+        "federation.profiles.classes=[{name: fast, samples_per_s: 100000}, {name: slow, samples_per_s: 1}]",
+        "federation.profiles.deadline_s=1",
+    )
+    rows = [r for r in _rows(run) if r["phase"] in ("mask", "finetune")]
+    assert rows and all(r["fleet_seconds"] >= 0 for r in rows)
+    summary = _summary(run)
+    late = [r for r in summary["rejections"] if "missed the deadline" in r["reason"]]
+    assert late and all("(slow)" in r["reason"] for r in late)
+    clock = summary["fleet_clock"]
+    assert clock["stragglers"] == len(late) and clock["fleet_seconds"] == pytest.approx(
+        sum(r["fleet_seconds"] for r in rows)
+    )
+    assert (run / "accuracy_vs_fleet_time.png").is_file()
