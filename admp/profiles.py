@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from admp.configbase import ConfigError, Section
+from admp.configbase import ConfigError, Section, SectionError
 from admp.seeding import numpy_rng
 
 Positive = Annotated[float, Field(gt=0)]
@@ -39,17 +39,33 @@ class DeviceClass(Section):
 
 
 class ProfileSpec(Section):
-    """The fleet's device classes and the round deadline; off while ``classes`` and ``csv`` are empty."""
+    """The fleet's device classes, the round deadline, availability and over-selection; the clock is off
+    while ``classes`` and ``csv`` are empty, availability while it is ``always``."""
 
     classes: list[DeviceClass] = Field(default_factory=list)
     csv: str = ""  # a CSV with a header naming DeviceClass fields (name and share required)
     deadline_s: Annotated[float, Field(ge=0)] = 0.0  # 0: no deadline
     late_replies: Literal["drop", "accept"] = "drop"
+    availability: Literal["always", "random", "diurnal", "trace"] = "always"  # who can be sampled in a round
+    availability_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # random: P(available); diurnal: the peak
+    diurnal_low: Annotated[float, Field(ge=0, le=1)] = 0.2  # diurnal: P(available) at the trough
+    diurnal_period: Annotated[int, Field(ge=2)] = 24  # diurnal: rounds per day; each device has its own phase
+    availability_csv: str = ""  # trace: rows "device,round" (a header line) of the rounds a device is available
+    over_selection: Annotated[float, Field(ge=0)] = 0.0  # ask ceil(k (1 + o)) devices, keep the k fastest
 
     @property
     def active(self) -> bool:
         """Whether the fleet has profiles (and so a clock)."""
         return bool(self.classes or self.csv)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProfileSpec:
+        """Over-selection keeps the fastest replies, so it needs device classes to time them."""
+        if self.over_selection > 0 and not self.active:
+            raise SectionError("over_selection", "needs device classes ({p}classes or {p}csv) to time the replies")
+        if self.availability == "trace" and not self.availability_csv:
+            raise SectionError("availability_csv", "availability 'trace' needs a trace file")
+        return self
 
     def resolved(self) -> list[DeviceClass]:
         """The classes, read from ``csv`` where given (ConfigError naming the file and row otherwise)."""
@@ -72,6 +88,40 @@ def read_classes(path: Path) -> list[DeviceClass]:
     if not classes:
         raise ConfigError(f"federation.profiles.csv: {path} has no device classes")
     return classes
+
+
+def read_trace(path: Path) -> frozenset[tuple[int, int]]:
+    """The (device, round) pairs of an availability trace (CSV ``device,round``, a header line)."""
+    if not path.is_file():
+        raise ConfigError(f"federation.profiles.availability_csv: {path} not found")
+    pairs = set()
+    with path.open(newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), 1):
+            if number == 1 or not row:
+                continue
+            try:
+                pairs.add((int(row[0]), int(row[1])))
+            except (ValueError, IndexError) as exc:
+                raise ConfigError(
+                    f"federation.profiles.availability_csv: {path} row {number}: not 'device,round'"
+                ) from exc
+    return frozenset(pairs)
+
+
+def is_available(spec: ProfileSpec, seed: int, rnd: int, device: int, trace: frozenset[tuple[int, int]]) -> bool:
+    """Whether ``device`` can be sampled in round ``rnd``: always; with probability ``availability_p``
+    (random); with a probability that swings between ``diurnal_low`` and ``availability_p`` over
+    ``diurnal_period`` rounds, each device with its own phase (diurnal); or as the trace lists it."""
+    if spec.availability == "always":
+        return True
+    if spec.availability == "trace":
+        return (device, rnd) in trace
+    p = spec.availability_p
+    if spec.availability == "diurnal":
+        phase = float(numpy_rng(seed, "timezone", device).random()) * spec.diurnal_period
+        wave = (1 + math.sin(2 * math.pi * (rnd + phase) / spec.diurnal_period)) / 2  # in [0, 1]
+        p = spec.diurnal_low + (spec.availability_p - spec.diurnal_low) * wave
+    return bool(numpy_rng(seed, "available", rnd, device).random() < p)
 
 
 def device_class(classes: list[DeviceClass], seed: int, device: int) -> DeviceClass:

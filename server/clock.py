@@ -12,7 +12,15 @@ from typing import Any
 import matplotlib.pyplot as plt
 from flwr.app import Message
 
-from admp.profiles import DeviceClass, DeviceRound, ProfileSpec, device_class, round_clock, time_to_accuracy
+from admp.profiles import (
+    DeviceClass,
+    DeviceRound,
+    ProfileSpec,
+    RoundClock,
+    device_class,
+    round_clock,
+    time_to_accuracy,
+)
 from strategies import protocol as P
 from strategies.base import FleetStrategy
 
@@ -58,9 +66,26 @@ class FleetClock:
             node = strategy.fleet.devices[item.device]
             reason = f"missed the deadline: {item.seconds:.1f} s simulated ({item.cls.name}) > {self.deadline_s:g} s"
             strategy.reject(rnd, item.device, node, reason)
+        if strategy.fleet.over_selection > 0:  # over-selected: the k fastest count, the round ends with them
+            clock, spare = keep_fastest(clock, strategy.policy.clients_per_round)
+            for item in spare:
+                strategy.reject(
+                    rnd, item.device, strategy.fleet.devices[item.device], "over-selected: not among the fastest"
+                )
+            late |= {d.device for d in spare}
         kept = [r for r in replies if r.has_error() or by_node.get(r.metadata.src_node_id) not in late]
         figures = {"fleet_seconds": clock.seconds, "fleet_joules": clock.joules, "stragglers": float(len(clock.late))}
         return kept, figures
+
+
+def keep_fastest(clock: RoundClock, k: int) -> tuple[RoundClock, list[DeviceRound]]:
+    """The round with only its ``k`` fastest accepted devices (timed to the k-th), and the others."""
+    ranked = sorted(clock.accepted, key=lambda d: d.seconds)
+    kept, spare = ranked[:k], ranked[k:]
+    seconds = max((d.seconds for d in kept), default=0.0)
+    if clock.late:
+        seconds = max(seconds, clock.seconds)
+    return RoundClock(kept, clock.late, seconds, sum(d.joules for d in kept), clock.bytes), spare
 
 
 def _samples(reply: Message) -> int:

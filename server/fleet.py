@@ -1,15 +1,22 @@
-"""Fleet-wide server steps outside a strategy's training rounds: device discovery, pooled BN statistics."""
+"""Fleet-wide server steps outside a strategy's training rounds: device discovery and what the server
+knows of its devices (sizes, availability, injected faults), pooled BN statistics."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
+from admp.config import FederationSpec
+from admp.data.tasks import CrossDomainTask
+from admp.profiles import is_available, read_trace
 from admp.trainer import named_batchnorms
 from server.rounds import RoundRunner
 from strategies import protocol as P
@@ -103,3 +110,31 @@ def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model
             bn.running_mean.copy_(means[name])
             bn.running_var.copy_(variances[name])
     return len(items)
+
+
+def fault_config(fed: FederationSpec) -> dict[str, Any]:
+    """The injected faults every training message carries (only when some are on: a simulation setting)."""
+    if not fed.faults.active:
+        return {}
+    return {"faults": fed.faults.model_dump(), "round-timeout": fed.round_timeout}
+
+
+def availability(fed: FederationSpec, seed: int) -> Callable[[int, int], bool] | None:
+    """(round, device) -> whether the device may train in that round (``federation.profiles.availability``)."""
+    spec = fed.profiles
+    if spec.availability == "always":
+        return None
+    trace = read_trace(Path(spec.availability_csv)) if spec.availability == "trace" else frozenset()
+    return lambda rnd, device: is_available(spec, seed, rnd, device, trace)
+
+
+def device_sizes(task: CrossDomainTask) -> Callable[[int], tuple[int, int]]:
+    """device -> (unlabeled training samples, test samples) it holds: the bound on what its replies
+    may claim (computed once per device, when first needed)."""
+
+    @functools.cache
+    def sizes(device: int) -> tuple[int, int]:
+        train, test = task.device_indices(device)
+        return len(train), len(test)
+
+    return sizes

@@ -8,7 +8,6 @@ discover -> adapt_teacher -> self_train_teacher -> mask_phase (FedADMP) or basel
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +17,6 @@ from torch import nn
 
 from admp.admm import z_step
 from admp.centroids import feature_dim
-from admp.config import FederationSpec
-from admp.data.tasks import CrossDomainTask
 from admp.masks import MaskDict, group_sizes, pruned_fraction, zeros_masks
 from admp.metrics import accuracy
 from admp.models import example_input
@@ -30,7 +27,7 @@ from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
 from server.clock import FleetClock
-from server.fleet import discover_devices, pool_bn_statistics
+from server.fleet import availability, device_sizes, discover_devices, fault_config, pool_bn_statistics
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
@@ -96,7 +93,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "hp": cfg.admp.model_dump(),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
         "max_local_epochs": fed.max_local_epochs,
-    } | _fault_config(fed)
+    } | fault_config(fed)
     shared = SharedStats(
         run.task.num_classes,
         marginal_on=cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet",
@@ -109,8 +106,9 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         if held.get("hash") == delivery.teacher_hash:  # the devices keep it in their cache: not sent again
             delivery.holders = {int(d) for d in held["devices"]}
     defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, fed.max_update_ratio)
-    sizes = _sizes(task) if fed.device_data == "scenario" else None  # own data: sizes the server cannot know
+    sizes = device_sizes(task) if fed.device_data == "scenario" else None  # own data: sizes the server cannot know
     fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=sizes)
+    fleet.available, fleet.over_selection = availability(fed, cfg.run.seed), fed.profiles.over_selection
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"
     clock = FleetClock.from_spec(fed.profiles, cfg.run.seed)
@@ -120,25 +118,6 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}"
     )
     return Session(run, fleet, policy, runner)
-
-
-def _fault_config(fed: FederationSpec) -> dict[str, Any]:
-    """The injected faults every training message carries (only when some are on: a simulation setting)."""
-    if not fed.faults.active:
-        return {}
-    return {"faults": fed.faults.model_dump(), "round-timeout": fed.round_timeout}
-
-
-def _sizes(task: CrossDomainTask) -> Callable[[int], tuple[int, int]]:
-    """device -> (unlabeled training samples, test samples) it holds: the bound on what its replies
-    may claim (computed once per device, when first needed)."""
-
-    @functools.cache
-    def sizes(device: int) -> tuple[int, int]:
-        train, test = task.device_indices(device)
-        return len(train), len(test)
-
-    return sizes
 
 
 def adapt_teacher(session: Session) -> None:

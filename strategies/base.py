@@ -65,6 +65,8 @@ class Fleet:
     defence: Defence = field(default_factory=Defence)  # how replies are bounded and combined
     capacity: Callable[[int], tuple[int, int]] | None = None  # device -> (train, test) samples it holds;
     #   None (devices whose data the server does not know): 10 x the round's median claim is the bound
+    available: Callable[[int, int], bool] | None = None  # (round, device) -> may it train this round; None: all
+    over_selection: float = 0.0  # training rounds ask ceil(k (1 + o)) devices (the clock keeps the k fastest)
 
     def rejected(self, server_round: int) -> int:
         """How many replies of ``server_round`` were rejected so far."""
@@ -107,8 +109,13 @@ class FleetStrategy(Strategy):
 
     # --- sampling and messages -------------------------------------------------------------
     def sample(self, server_round: int, count: int, salt: str = "train") -> list[int]:
-        """Sorted device ids for this round: a seeded draw without replacement (0: every device)."""
+        """Sorted device ids for this round: a seeded draw without replacement (0: every device). A
+        training round draws among the devices available in that round, and over-selects."""
         ids = sorted(self.fleet.devices)
+        if salt == "train" and self.fleet.available is not None:
+            ids = [i for i in ids if self.fleet.available(server_round, i)]
+        if salt == "train" and count > 0 and self.fleet.over_selection > 0:
+            count = math.ceil(count * (1 + self.fleet.over_selection))
         count = min(count, len(ids)) if count > 0 else len(ids)
         rng = numpy_rng(self.fleet.seed, "sample", salt, server_round)
         return sorted(int(i) for i in rng.choice(ids, size=count, replace=False))

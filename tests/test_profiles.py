@@ -74,3 +74,62 @@ def test_a_fleet_with_a_slow_class_and_a_deadline(tmp_path):
         sum(r["fleet_seconds"] for r in rows)
     )
     assert (run / "accuracy_vs_fleet_time.png").is_file()
+
+
+def test_availability_patterns_are_seeded_and_have_their_rates(tmp_path):
+    from admp.profiles import ProfileSpec, is_available, read_trace
+
+    random = ProfileSpec(availability="random", availability_p=0.6)
+    draws = [is_available(random, 3, r, d, frozenset()) for r in range(40) for d in range(50)]
+    assert sum(draws) / len(draws) == pytest.approx(0.6, abs=0.03)
+    assert draws == [is_available(random, 3, r, d, frozenset()) for r in range(40) for d in range(50)]
+    # diurnal between 0.2 and 1.0: over whole periods the mean is (0.2 + 1.0) / 2 = 0.6
+    diurnal = ProfileSpec(availability="diurnal", availability_p=1.0, diurnal_low=0.2, diurnal_period=8)
+    rate = sum(is_available(diurnal, 3, r, d, frozenset()) for r in range(80) for d in range(50)) / 4000
+    assert rate == pytest.approx(0.6, abs=0.04)
+    trace_file = tmp_path / "trace.csv"
+    trace_file.write_text("device,round\n0,1\n2,1\n0,2\n")
+    trace = read_trace(trace_file)
+    spec = ProfileSpec(availability="trace", availability_csv=str(trace_file))
+    assert [d for d in range(3) if is_available(spec, 3, 1, d, trace)] == [0, 2]
+    assert [d for d in range(3) if is_available(spec, 3, 2, d, trace)] == [0]
+
+
+def test_over_selection_asks_more_and_keeps_the_fastest():
+    from server.clock import keep_fastest
+
+    rounds = [DeviceRound(i, PHONE, 500 * (i + 1), 0, 0) for i in range(4)]  # 1, 2, 3, 4 s
+    kept, spare = keep_fastest(round_clock(rounds, 0.0, "drop"), 2)
+    assert [d.device for d in kept.accepted] == [0, 1] and [d.device for d in spare] == [2, 3]
+    assert kept.seconds == pytest.approx(2.0)  # the round ends with its 2nd fastest reply
+    with pytest.raises(ConfigError, match="over_selection: needs device classes"):
+        from admp.config import config_from_overrides
+
+        config_from_overrides(["federation.profiles.over_selection=0.5"])
+
+
+def test_a_partly_available_over_selected_fleet(tmp_path):
+    """60 % availability, 3 of 4 devices wanted, over-selection 0.5 (ceil(3 x 1.5) = 5, at most those
+    available): every training round asks only available devices and keeps at most 3 replies."""
+    run = _run(
+        tmp_path,
+        "federation.profiles.classes=[{name: a, samples_per_s: 1000}, {name: b, samples_per_s: 50}]",
+        "federation.profiles.availability=random",
+        "federation.profiles.availability_p=0.6",
+        "federation.profiles.over_selection=0.5",
+    )
+    rows = [r for r in _rows(run) if r["phase"] in ("mask", "finetune")]
+    assert all(r["valid_replies"] <= 3 for r in rows)
+    assert _summary(run)["fleet_clock"]["fleet_seconds"] > 0
+
+
+def test_training_rounds_sample_only_available_devices():
+    from tests.test_hostile import _fedadmp
+
+    strategy = _fedadmp(clients=2)
+    strategy.fleet.available = lambda rnd, device: device % 3 == 0  # devices 0, 3, 6, 9 of 10
+    strategy.fleet.over_selection = 0.5  # ceil(2 x 1.5) = 3 asked
+    for rnd in range(1, 6):
+        asked = strategy.sample(rnd, 2)
+        assert len(asked) == 3 and all(d % 3 == 0 for d in asked)
+    assert len(strategy.sample(1, 0, salt="evaluate")) == 10  # evaluation asks every device, available or not
