@@ -21,7 +21,6 @@ PID, whatever is still in those sessions. Nothing else is ever signalled.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,17 +29,13 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+from deploy.procs import free_port, owns_listener, proc_table
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 90.0  # two shared cores: importing the SuperLink alone takes seconds
 STOP_TIMEOUT = 20.0
 RUN_TIMEOUT = 400.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(*paths: Path, chars: int = 3000) -> str:
@@ -59,41 +54,6 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _owns_listener(pid: int, port: int) -> bool:
-    """True iff process ``pid`` holds the socket LISTENing on 127.0.0.1:``port``."""
-    local = f"0100007F:{port:04X}"
-    inodes = {
-        f[9]
-        for f in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
-        if f[1] == local and f[3] == "0A"
-    }
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:[") and link[8:-1] in inodes:
-            return True
-    return False
-
-
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """{pid: (parent pid, session id, state)} of every process, from /proc/<pid>/stat."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            table[int(d)] = (int(fields[1]), int(fields[3]), fields[0])
-    return table
-
-
 class _SuperLink:
     """A ``flower-superlink`` this test started, and the sessions of everything it started."""
 
@@ -106,13 +66,13 @@ class _SuperLink:
 
     def record(self) -> None:
         """Note the sessions of the SuperLink's descendants; forget sessions seen empty."""
-        table = _proc_table()
+        table = proc_table()
         children = defaultdict(list)
-        for pid, (ppid, _, _) in table.items():
-            children[ppid].append(pid)
+        for pid, row in table.items():
+            children[row.ppid].append(pid)
         # Walk from the SuperLink only while it is unreaped (its PID cannot be reused), and
         # from the members of sessions already noted (those ids are held by the members).
-        stack = [pid for pid, (_, sid, _) in table.items() if sid in self.sessions]
+        stack = [pid for pid, row in table.items() if row.sid in self.sessions]
         if self.proc.returncode is None:
             stack.append(self.proc.pid)
         seen: set[int] = set()
@@ -121,18 +81,18 @@ class _SuperLink:
             if pid in seen or pid not in table:
                 continue
             seen.add(pid)
-            self.sessions.add(table[pid][1])
+            self.sessions.add(table[pid].sid)
             stack.extend(children[pid])
-        self.sessions &= {sid for _, sid, _ in table.values()}
+        self.sessions &= {row.sid for row in table.values()}
 
     def members(self) -> list[int]:
         """Live (non-zombie) processes in the noted sessions."""
-        table = _proc_table()
-        self.sessions &= {sid for _, sid, _ in table.values()}
+        table = proc_table()
+        self.sessions &= {row.sid for row in table.values()}
         return [
             pid
-            for pid, (_, sid, state) in table.items()
-            if sid in self.sessions and state not in ("Z", "X") and pid != os.getpid()
+            for pid, row in table.items()
+            if row.sid in self.sessions and row.state not in ("Z", "X") and pid != os.getpid()
         ]
 
     def stop(self) -> list[int]:
@@ -165,7 +125,7 @@ def start_superlink(tmp: Path, env: dict[str, str]) -> _SuperLink:
     with the log tails if it never becomes ready.
     """
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         log, out = tmp / f"superlink-{attempt}.log", tmp / f"superlink-{attempt}.out"
         cmd = [
             str(BIN / "flower-superlink"),
@@ -202,7 +162,7 @@ def start_superlink(tmp: Path, env: dict[str, str]) -> _SuperLink:
         try:
             while time.monotonic() < deadline and link.proc.poll() is None:
                 # Ready only once *our* process holds the listener: never talk to someone else's.
-                if _healthy(port) and _owns_listener(link.proc.pid, port):
+                if _healthy(port) and owns_listener(link.proc.pid, port):
                     return link
                 time.sleep(0.3)
         except BaseException:  # e.g. KeyboardInterrupt: the caller never gets `link` to stop
