@@ -18,18 +18,14 @@ session id stays reserved while one process has it), and after the group is gone
 PID, whatever is still in those sessions. Nothing else is ever signalled.
 """
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from pathlib import Path
 
-from deploy.procs import free_port, owns_listener, proc_table
+from deploy.procs import Tree, free_port, owns_listener
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -55,67 +51,25 @@ def _healthy(port: int) -> bool:
 
 
 class _SuperLink:
-    """A ``flower-superlink`` this test started, and the sessions of everything it started."""
+    """A ``flower-superlink`` this caller started, and the sessions of everything it started
+    (``deploy.procs.Tree``: noted while it runs, ended by PID and start time)."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path, out: Path):
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path, out: Path):
         self.proc, self.port, self.log, self.out = proc, port, log, out
-        self.sessions = {proc.pid}  # start_new_session=True: session id = group id = its PID
+        self.tree = Tree()
+        self.tree.add(proc)  # start_new_session=True: session id = group id = its PID
 
     def tail(self) -> str:
+        """The end of the SuperLink's log and output."""
         return tail(self.log, self.out)
 
     def record(self) -> None:
-        """Note the sessions of the SuperLink's descendants; forget sessions seen empty."""
-        table = proc_table()
-        children = defaultdict(list)
-        for pid, row in table.items():
-            children[row.ppid].append(pid)
-        # Walk from the SuperLink only while it is unreaped (its PID cannot be reused), and
-        # from the members of sessions already noted (those ids are held by the members).
-        stack = [pid for pid, row in table.items() if row.sid in self.sessions]
-        if self.proc.returncode is None:
-            stack.append(self.proc.pid)
-        seen: set[int] = set()
-        while stack:
-            pid = stack.pop()
-            if pid in seen or pid not in table:
-                continue
-            seen.add(pid)
-            self.sessions.add(table[pid].sid)
-            stack.extend(children[pid])
-        self.sessions &= {row.sid for row in table.values()}
-
-    def members(self) -> list[int]:
-        """Live (non-zombie) processes in the noted sessions."""
-        table = proc_table()
-        self.sessions &= {row.sid for row in table.values()}
-        return [
-            pid
-            for pid, row in table.items()
-            if row.sid in self.sessions and row.state not in ("Z", "X") and pid != os.getpid()
-        ]
+        """Note the sessions of the SuperLink's descendants (the SuperExec, the simulation, Ray)."""
+        self.tree.record()
 
     def stop(self) -> list[int]:
-        """End the group we started, then what is left in the noted sessions; return survivors."""
-        self.record()
-        if self.proc.returncode is None:  # unreaped leader: the group id is still ours
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)  # the SuperLink also stops its SuperExec
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)  # still unreaped after the timeout
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        # SuperExec, simulation, Ray (whose agents ignore SIGTERM): each by PID, re-checked.
-        for sig, grace in ((None, 5.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            for pid in self.members() if sig is not None else ():
-                with contextlib.suppress(ProcessLookupError):  # ended meanwhile
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while self.members() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return self.members()
+        """End the group we started, then what is left in the noted sessions; the PIDs that survived."""
+        return [pid for pid, _ in self.tree.stop([self.proc], STOP_TIMEOUT)]
 
 
 def start_superlink(tmp: Path, env: dict[str, str]) -> _SuperLink:
