@@ -278,6 +278,8 @@ class FederationSpec(Section):
     faults: FaultSpec = Field(default_factory=FaultSpec)  # injected faults, simulation only (admp/faults.py)
     profiles: ProfileSpec = Field(default_factory=ProfileSpec)  # device classes and the simulated fleet clock
     #   (admp/profiles.py): off while empty
+    evaluate_labels: bool = True  # false: no device reads its labels (a deployment without them); runs report
+    #   the label-free figures only, and no accuracy
     device_data: DeviceData = "scenario"  # scenario: each device's data is its partition of the scenario (the
     #   server knows its size and bounds every claimed count by it) | own: real devices bring their own data
     #   (node config data-path); the bound is then 10 x the round's median claim

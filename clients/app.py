@@ -15,6 +15,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -89,6 +90,12 @@ class Job:
         """This device's data: its own (node config ``data-path``) on a real device, else its partition
         of the scenario (simulation)."""
         return local_device(self.node, self.scenario, self.device) or load_device(self.scenario, self.device)
+
+    def evaluates_labels(self) -> bool:
+        """Whether evaluation may read this device's labels: the run's ``federation.evaluate_labels``
+        and the node's own ``evaluate-labels`` (a deployment turns it off for itself) both allow it."""
+        node = str(self.node.get("evaluate-labels", "true")).strip().lower() not in ("false", "0", "no", "off")
+        return node and bool(self.config.get("labels", True))
 
     def generator(self, stream: str) -> torch.Generator:
         """This device's RNG for this round, derived from the root seed."""
@@ -274,6 +281,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     label-free statistics of its predictions on the device's unlabeled data (``_evaluation_reply``)."""
     job = Job.read(msg, context)
     local = job.data()
+    if not job.evaluates_labels():  # labels off: only the label-free figures leave the device
+        local = Device(local.index, local.mix, local.train, local.test.subset(np.arange(0)))
     student = job.student(msg)
     m = P.message_masks(msg.content, "m")
     if m:  # mask phase: the dense student gated by m, BN statistics of this device's data under the gates
@@ -295,10 +304,11 @@ def _evaluation_reply(
     entropy ``entropy`` over ``unlabeled`` samples with the mean prediction (K,) in ``stats``: the
     server's label-free score of the model. Asked for ``fleet-stats`` (a phase's start), ``stats``
     also carries the feature sums of the model, which seed the fleet's centroids."""
-    values: dict[str, float | int] = {"accuracy": accuracy(model, local.test.x, local.test.y)}
-    values[P.NUM_EXAMPLES] = len(local.test)
-    if as_exported is not None:
-        values["accuracy-as-exported"] = as_exported
+    values: dict[str, float | int] = {P.NUM_EXAMPLES: len(local.test)}
+    if len(local.test):  # labels leave a device only as this aggregate: accuracy (%) over its test samples
+        values["accuracy"] = accuracy(model, local.test.x, local.test.y)
+        if as_exported is not None:
+            values["accuracy-as-exported"] = as_exported
     records: Records = {}
     if len(local.train) > 0:
         probs = predictions(model, local.train.x)  # (N, K)

@@ -93,6 +93,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         "hp": cfg.admp.model_dump(),
         "min_local_steps": fed.min_local_steps,  # every training round of every method
         "max_local_epochs": fed.max_local_epochs,
+        "labels": fed.evaluate_labels,  # false: devices evaluate without labels (label-free figures only)
     } | fault_config(fed)
     shared = SharedStats(
         run.task.num_classes,
@@ -144,9 +145,10 @@ def adapt_teacher(session: Session) -> None:
         run.teacher_info["target_acc_target_bn"] = figures.get("accuracy")
     run.teacher_info["label_free_score"] = figures.get("label-free-score")  # the teacher the run starts from
     adapted_acc = run.teacher_info.get("target_acc_target_bn")
+    target = run.teacher_info["target_acc"]
     run.console.print(
         f"teacher: source val {run.teacher_info['source_val_acc']:.2f}%  federated target test "
-        f"{run.teacher_info['target_acc']:.2f}%"
+        + (f"{target:.2f}%" if target is not None else "- (no labels)")
         + (f" ({mode} BN {adapted_acc:.2f}%)" if adapted_acc is not None else "")
     )
 

@@ -114,7 +114,7 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         m = summary[key]
         table.add_row(
             key,
-            f"{m['target_acc']:.2f}",
+            "-" if m.get("target_acc") is None else f"{m['target_acc']:.2f}",
             str(sum(m["channels"].values())),
             f"{m['params']:,}",
             f"{m['macs']:,}",
@@ -130,7 +130,9 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
     kept = ", ".join(f"{g}: {summary['student']['channels'][g]}/{c}" for g, c in summary["teacher"]["channels"].items())
     console.print(f"channels kept per group: {kept}")
     student = summary["student"]
-    if student.get("inference"):
+    if student.get("inference") and student.get("target_acc") is None:
+        console.print("no accuracy: evaluation without labels (federation.evaluate_labels / evaluate-labels)")
+    elif student.get("inference"):
         console.print(f"deployed accuracy {student['target_acc']:.2f}%: {student['inference']}")
         exported = student.get("target_acc_as_exported")
         if exported is not None and exported != student["target_acc"]:

@@ -255,15 +255,15 @@ class FleetStrategy(Strategy):
         if stats:
             self.share_stats(stats)
         total = sum(n for _, n, _ in results)
-        if total == 0:
-            return None
         metrics: dict[str, MetricRecordValues] = {"devices": len(results), P.NUM_EXAMPLES: total}
-        shared = set.intersection(*(set(acc) for acc, _, _ in results))  # figures every device reported
-        for key in sorted(shared):
-            metrics[key] = sum(acc[key] * n for acc, n, _ in results) / total
+        for key in sorted({k for acc, n, _ in results if n > 0 for k in acc}):  # over the devices that report it
+            pairs = [(acc[key], n) for acc, n, _ in results if key in acc]
+            metrics[key] = sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1)
         label_free = [lf for _, _, lf in results if lf is not None]
         if label_free and len(label_free) == len(results):
             metrics |= label_free_metrics(label_free)
+        if total == 0 and "label-free-score" not in metrics:
+            return None  # nothing to report (no labeled test data and no label-free figures)
         return MetricRecord(metrics)
 
     def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
