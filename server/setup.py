@@ -79,9 +79,10 @@ class Checkpoint:
             ) from exc
 
 
-def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomainTask) -> Checkpoint:
-    """The checkpoint of ``run_path``, checked before any expensive start (Ray, devices): it exists,
-    loads, and its teacher fits the config's model on the task's data (ConfigError otherwise)."""
+def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomainTask) -> tuple[Checkpoint, nn.Module]:
+    """The checkpoint of ``run_path`` and its teacher, checked before any expensive start (Ray,
+    devices): it exists, loads, and its teacher fits the config's model on the task's data
+    (ConfigError otherwise)."""
     ckpt = Checkpoint.load(run_path)
     teacher = initial_model(cfg, task.num_classes, task.input_shape)
     try:
@@ -89,7 +90,7 @@ def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomain
     except (RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{Path(run_path) / CHECKPOINT}: does not match the run's config.yaml ({first})") from exc
-    return ckpt
+    return ckpt, teacher.eval()
 
 
 @dataclass
@@ -125,12 +126,10 @@ class RunSetup:
             cfg.federation.check_fleet(task.num_devices)
         console = console or Console()
         if resume:
-            ckpt = check_resumable(cfg, resume, task)
-            teacher = initial_model(cfg, task.num_classes, task.input_shape)
-            teacher.load_state_dict(ckpt.teacher)
+            ckpt, teacher = check_resumable(cfg, resume, task)
             run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)
             arch = resolve_arch(cfg, task.input_shape)
-            return cls(cfg, task, arch, teacher.eval(), dict(ckpt.teacher_info), run_dir, console, ckpt)
+            return cls(cfg, task, arch, teacher, dict(ckpt.teacher_info), run_dir, console, ckpt)
         run_dir = RunDirectory(cfg.run.out_dir, cfg.run.name)
         run_dir.write_text("config.yaml", to_yaml(cfg))
         teacher, info = prepare_teacher(cfg, task)

@@ -138,6 +138,30 @@ def _add_adapt_bn(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     adapt.set_defaults(func=_adapt_bn)
 
 
+def _add_device_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The device-side ``infer`` and ``quantize`` subcommands (``adapt-bn`` has its own)."""
+    infer = sub.add_parser(
+        "infer",
+        help="device-side inference with an exported ONNX model (numpy + ONNX Runtime)",
+        description="fedadmp infer MODEL.onnx --data (npz | image folder | CSV) [--key x] [--label-column N] "
+        "[--batch 64] [--threads 1] [--out predictions.txt]: predictions, accuracy where labels exist, latency. "
+        "The same code runs on a device as 'python onnx_infer.py' (admp/onnx_infer.py, no torch needed).",
+    )
+    infer.add_argument("args", nargs=argparse.REMAINDER, help="MODEL.onnx --data PATH [options]")
+    infer.set_defaults(func=_infer)
+    quant = sub.add_parser(
+        "quantize",
+        help="device-side int8 copy of an ONNX model, calibrated on local unlabeled data (ONNX Runtime)",
+        description="Static int8 quantization (QDQ, per-channel weights) of pruned_model.onnx or a device's "
+        "adapted model; activation ranges are calibrated on the device's unlabeled inputs (npz array).",
+    )
+    quant.add_argument("model", help="an ONNX model (pruned_model.onnx or the output of adapt-bn)")
+    quant.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
+    quant.add_argument("--key", default="x", help="array name in the npz (default: x)")
+    quant.add_argument("--out", default="model_int8.onnx", help="where to write the int8 model")
+    quant.set_defaults(func=_quantize)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser with one subcommand per run type."""
     parser = argparse.ArgumentParser(
@@ -192,26 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
     _add_adapt_bn(sub)
-    infer = sub.add_parser(
-        "infer",
-        help="device-side inference with an exported ONNX model (numpy + ONNX Runtime)",
-        description="fedadmp infer MODEL.onnx --data (npz | image folder | CSV) [--key x] [--label-column N] "
-        "[--batch 64] [--threads 1] [--out predictions.txt]: predictions, accuracy where labels exist, latency. "
-        "The same code runs on a device as 'python onnx_infer.py' (admp/onnx_infer.py, no torch needed).",
-    )
-    infer.add_argument("args", nargs=argparse.REMAINDER, help="MODEL.onnx --data PATH [options]")
-    infer.set_defaults(func=_infer)
-    quant = sub.add_parser(
-        "quantize",
-        help="device-side int8 copy of an ONNX model, calibrated on local unlabeled data (ONNX Runtime)",
-        description="Static int8 quantization (QDQ, per-channel weights) of pruned_model.onnx or a device's "
-        "adapted model; activation ranges are calibrated on the device's unlabeled inputs (npz array).",
-    )
-    quant.add_argument("model", help="an ONNX model (pruned_model.onnx or the output of adapt-bn)")
-    quant.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
-    quant.add_argument("--key", default="x", help="array name in the npz (default: x)")
-    quant.add_argument("--out", default="model_int8.onnx", help="where to write the int8 model")
-    quant.set_defaults(func=_quantize)
+    _add_device_tools(sub)
     _add_export_npz(sub)
     return parser
 

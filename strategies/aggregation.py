@@ -110,11 +110,16 @@ def check_range(masks: MaskDict, low: float, high: float, what: str, tol: float 
             raise ReplyError(f"{what}.{group}: values in [{lo:.4g}, {hi:.4g}], allowed [{low}, {high}]")
 
 
+def check_between(value: float, low: float, high: float, what: str, kind: str) -> float:
+    """``value`` if it is finite and in [low, high], else ReplyError saying it is not ``kind``."""
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ReplyError(f"{what}: {value} is not {kind}")
+    return value
+
+
 def check_percent(value: float, what: str) -> float:
     """An accuracy in percent, or ReplyError (NaN, infinite or outside [0, 100])."""
-    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
-        raise ReplyError(f"{what}: {value} is not a percentage")
-    return value
+    return check_between(value, 0.0, 100.0, what, "a percentage")
 
 
 def check_examples(n: float, minimum: int = 1, maximum: int | None = None, what: str = "num-examples") -> int:

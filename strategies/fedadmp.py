@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from strategies import protocol as P
 from strategies.aggregation import (
     ReplyError,
     check_arrays,
+    check_between,
     check_examples,
     check_range,
     check_update,
@@ -81,11 +81,9 @@ def check_duals(u: MaskDict, z_steps: int) -> None:
     check_range(u, -(z_steps + 1.0), z_steps + 1.0, "masks.u")
 
 
-def check_finite(value: float, what: str = "metrics.divergence") -> float:
-    """A reported statistic that is a finite, non-negative number of sane size, or ReplyError."""
-    if not math.isfinite(value) or not 0.0 <= value <= 1e6:
-        raise ReplyError(f"{what}: {value} is not a finite non-negative number")
-    return value
+def check_divergence(content: RecordDict) -> float:
+    """The reply's KD divergence: a finite, non-negative number of sane size (a KL term), or ReplyError."""
+    return check_between(P.metric(content, "divergence"), 0.0, 1e6, "metrics.divergence", "a finite divergence")
 
 
 def weighted_mean(values: Iterable[tuple[float, int]]) -> float:
@@ -186,7 +184,7 @@ class FedADMP(FleetStrategy):
             check_duals(u, self.state.z_steps)
         n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=self.examples_bound(device, "train"))
         stats = self.fleet.shared.parse(content, n)
-        return AdmpReply(weights, n, check_finite(P.metric(content, "divergence")), stats, m, s, u)
+        return AdmpReply(weights, n, check_divergence(content), stats, m, s, u)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -264,7 +262,7 @@ class FedKD(FleetStrategy):
         weights = P.from_record(P.array_record(content, P.ARRAYS))
         check_weights(weights, self.sent, self.fleet.defence)
         n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=self.examples_bound(device, "train"))
-        divergence = check_finite(P.metric(content, "divergence"))
+        divergence = check_divergence(content)
         return KdReply(weights, n, divergence, self.fleet.shared.parse(content, n))
 
     def aggregate_train(

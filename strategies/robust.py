@@ -69,10 +69,8 @@ def clipped_mean(items: Sequence[tuple[TensorDict, int]], reference: TensorDict,
         for (d, n), norm in zip(deltas, norms, strict=True)
     ]
     update = weighted_average(clipped)
-    out = weighted_average(items)  # integer buffers: the maximum, as in every mode
-    for key in floats:
-        out[key] = (reference[key].double() + update[key]).to(reference[key].dtype)
-    return out
+    out = {key: (reference[key].double() + update[key]).to(reference[key].dtype) for key in floats}
+    return out | _integer_maxima(items)
 
 
 def _coordinatewise(items: Sequence[tuple[TensorDict, int]], mode: str, trim: float) -> TensorDict:
@@ -83,7 +81,12 @@ def _coordinatewise(items: Sequence[tuple[TensorDict, int]], mode: str, trim: fl
     results = [([arrays[k].double().numpy() for k in floats], 1) for arrays, _ in items]
     layers = aggregate_median(results) if mode == "median" else aggregate_trimmed_avg(results, trim)
     out = {k: torch.from_numpy(np.asarray(layer)).to(first[k].dtype) for k, layer in zip(floats, layers, strict=True)}
-    for key, tensor in first.items():
-        if not tensor.is_floating_point():
-            out[key] = torch.stack([arrays[key] for arrays, _ in items]).max(dim=0).values
-    return out
+    return out | _integer_maxima(items)
+
+
+def _integer_maxima(items: Sequence[tuple[TensorDict, int]]) -> TensorDict:
+    """The element-wise maximum of every integer entry (BatchNorm's ``num_batches_tracked``), as FedAvg
+    (``weighted_average``) takes it."""
+    first = items[0][0]
+    ints = [k for k, v in first.items() if not v.is_floating_point()]
+    return {k: torch.stack([arrays[k] for arrays, _ in items]).max(dim=0).values for k in ints}
