@@ -18,7 +18,7 @@ from admp.config import FederationSpec
 from admp.data.tasks import CrossDomainTask
 from admp.profiles import is_available, read_trace
 from admp.trainer import named_batchnorms
-from server.rounds import RoundRunner
+from server.rounds import RoundRunner, send_and_wait
 from strategies import protocol as P
 from strategies.aggregation import bn_statistics, check_arrays, check_examples
 from strategies.base import FleetStrategy
@@ -40,7 +40,7 @@ def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int
     nodes = sorted(grid.get_node_ids())
     msgs = [Message(RecordDict({P.CONFIG: P.make_config({})}), dst_node_id=n, message_type=P.QUERY_ID) for n in nodes]
     devices: dict[int, int] = {}
-    for reply in grid.send_and_receive(msgs, timeout=timeout):
+    for reply in send_and_wait(grid, msgs, timeout):
         if reply.has_error():
             continue
         device = int(P.metric(reply.content, "device"))

@@ -2,7 +2,8 @@
 
 Each node keeps its own ``Context`` (partition id = device id), as a SuperNode would, so server
 phases, strategies and client handlers run end to end in milliseconds and deterministically.
-``replies(message, reply)`` lets a test replace a node's reply, or drop it (None), on the way back.
+Replies wait for ``pull_messages`` as on a real grid. ``replies(message, reply)`` lets a test replace
+a node's reply, or drop it (None), on the way back.
 """
 
 from __future__ import annotations
@@ -41,20 +42,35 @@ class InProcessGrid(Grid):
         }
         self.tamper = replies or (lambda _msg, reply: reply)
         self.sent: list[Message] = []
+        self.waiting: list[tuple[str, Message]] = []  # (id of the message replied to, reply)
 
     def get_node_ids(self) -> Iterable[int]:
         """Every node of the fleet."""
         return list(self.contexts)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Run each message through the ClientApp of its node; ``replies`` may alter or drop replies."""
-        out = []
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Run each message through the ClientApp of its node at once; ``replies`` may alter or drop
+        the reply, which waits for ``pull_messages``. Returns the messages' ids, as Flower does."""
+        ids = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = msg.object_id  # what Flower's grids set on push
             self.sent.append(msg)
             reply = self.tamper(msg, client_app(msg, self.contexts[msg.metadata.dst_node_id]))
             if reply is not None:
-                out.append(reply)
+                self.waiting.append((msg.metadata.message_id, reply))
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """The replies held for ``message_ids`` (each once)."""
+        wanted = set(message_ids)
+        out = [reply for to, reply in self.waiting if to in wanted]
+        self.waiting = [(to, reply) for to, reply in self.waiting if to not in wanted]
         return out
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push, then pull every reply there is (all of them are there at once)."""
+        return self.pull_messages(self.push_messages(messages))
 
     def set_run(self, run_id: int) -> None:  # type: ignore[override]
         """Not needed in process."""
@@ -66,12 +82,4 @@ class InProcessGrid(Grid):
 
     def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def, override]
         """Not needed: the server builds ``Message`` objects itself."""
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # type: ignore[no-untyped-def, override]
-        """Not needed: ``send_and_receive`` delivers directly."""
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def, override]
-        """Not needed: ``send_and_receive`` delivers directly."""
         raise NotImplementedError

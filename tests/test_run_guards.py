@@ -82,4 +82,4 @@ def test_a_phase_that_aggregates_nothing_is_an_error(tmp_path):
         return None if str(msg.metadata.message_type).startswith("train") else reply
 
     with pytest.raises(RuntimeError, match="mask phase: none of its 3 rounds had enough valid replies"):
-        _run(tmp_path, grid=InProcessGrid(4, replies=drop_training))
+        _run(tmp_path, "federation.round_timeout=0.2", grid=InProcessGrid(4, replies=drop_training))
