@@ -36,6 +36,7 @@ from admp.choices import (
 )
 from admp.configbase import ConfigError, Section, SectionError, parse_section
 from admp.faults import FaultSpec
+from admp.privacy import PrivacySpec
 from admp.profiles import ProfileSpec
 
 __all__ = [
@@ -280,6 +281,8 @@ class FederationSpec(Section):
     #   (admp/profiles.py): off while empty
     evaluate_labels: bool = True  # false: no device reads its labels (a deployment without them); runs report
     #   the label-free figures only, and no accuracy
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)  # client-level DP of the training rounds
+    #   (admp/privacy.py, strategies/privacy.py): off by default
     device_data: DeviceData = "scenario"  # scenario: each device's data is its partition of the scenario (the
     #   server knows its size and bounds every claimed count by it) | own: real devices bring their own data
     #   (node config data-path); the bound is then 10 x the round's median claim
@@ -315,6 +318,13 @@ class FederationSpec(Section):
                 f"{self.warmup_rounds} is not below {{p}}mask_rounds ({self.mask_rounds}): the first Z-step "
                 "ends round warmup_rounds + 1, so none would run",
             )
+        if self.privacy.active and (self.aggregation != "mean" or self.dual != "global"):
+            raise SectionError(
+                "privacy",
+                f"needs {{p}}aggregation mean and {{p}}dual global (got {self.aggregation}, {self.dual}): "
+                "the noise is calibrated to the mean of clipped contributions, and per-client duals would leave "
+                "the devices unclipped",
+            )
         return self
 
 
@@ -344,6 +354,10 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
     whole fleet (teacher: ``fleet``, inference: ``global``). The rule uses no label.
     """
     own_domains = cfg.data.devices_are_domains()
+    private_auto = {  # which modes were auto (a private run resolves those to local)
+        "admp.teacher_bn": cfg.admp.teacher_bn == "auto",
+        "federation.bn_recalibration": cfg.federation.bn_recalibration == "auto",
+    }
     if cfg.admp.teacher_bn == "auto":
         cfg.admp.teacher_bn = "local" if own_domains else "fleet"
     if cfg.admp.centroids == "auto":
@@ -352,6 +366,18 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
         cfg.federation.teacher_rounds = 0 if own_domains else 3
     if cfg.federation.bn_recalibration == "auto":
         cfg.federation.bn_recalibration = "local" if own_domains else "global"
+    if cfg.federation.privacy.active:  # pooled BN moments would be releases outside the accounted rounds
+        modes = {"admp.teacher_bn": ("fleet", "local"), "federation.bn_recalibration": ("global", "local")}
+        for key, (pooled, local) in modes.items():
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name) == pooled:
+                if not private_auto.get(key, False):
+                    raise SectionError(
+                        "",
+                        f"{key}: {pooled} pools BN moments over the fleet, which a private run "
+                        f"does not release; use {local} (each device adapts BN on its own data)",
+                    )
+                setattr(getattr(cfg, section), name, local)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

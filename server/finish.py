@@ -25,6 +25,15 @@ def _bytes_per_client_round(rows: list[dict[str, Any]], with_teacher: bool) -> f
     return sum(values) / max(len(values), 1)
 
 
+def _privacy_summary(session: Session) -> dict[str, Any] | None:
+    """The run's DP figures (epsilon at delta, z, clip, releases), and where training stopped for the
+    budget; None without ``federation.privacy``."""
+    privacy = session.fleet.privacy
+    if privacy is None:
+        return None
+    return privacy.summary() | {"stopped_before_round": session.runner.privacy_stop}
+
+
 def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[str, Any]:
     """Final federated evaluation (under the run's BN mode), export and summary; marks the run done."""
     run, fed = session.run, session.run.cfg.federation
@@ -59,6 +68,7 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "aggregation": fed.aggregation,
         "fleet_clock": fleet_summary(run.run_dir.rows, run.run_dir.file("accuracy_vs_fleet_time.png")),
         "faults": fed.faults.model_dump() if fed.faults.active else None,
+        "privacy": _privacy_summary(session),
     }
     if label_free["below_start_warning"]:
         run.console.print("[yellow]warning: the student's label-free score is worse than the teacher's at the start")

@@ -34,6 +34,7 @@ from server.setup import RunSetup
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.privacy import Privacy
 from strategies.robust import Defence
 from strategies.selftraining import SharedStats
 
@@ -60,7 +61,10 @@ class Session:
             stats = self.fleet.shared.state_dict()
             delivery = self.fleet.delivery
             holders = {"hash": delivery.teacher_hash, "devices": sorted(delivery.holders)}
-            self.run.save_checkpoint(phase, rnd, weights, fleet_stats=stats, teacher_holders=holders, **extra())
+            privacy = self.fleet.privacy.state_dict() if self.fleet.privacy is not None else {}
+            self.run.save_checkpoint(
+                phase, rnd, weights, fleet_stats=stats, teacher_holders=holders, privacy=privacy, **extra()
+            )
             return not self.run.stop_requested(rnd)
 
         return on_round
@@ -106,10 +110,16 @@ def discover(grid: Grid, run: RunSetup) -> Session:
         held = run.checkpoint.teacher_holders
         if held.get("hash") == delivery.teacher_hash:  # the devices keep it in their cache: not sent again
             delivery.holders = {int(d) for d in held["devices"]}
-    defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, fed.max_update_ratio)
+    local_noise = fed.privacy.mode == "local"  # noised replies are longer than any update bound expects
+    defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, 0.0 if local_noise else fed.max_update_ratio)
     sizes = device_sizes(task) if fed.device_data == "scenario" else None  # own data: sizes the server cannot know
     fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=sizes)
     fleet.available, fleet.over_selection = availability(fed, cfg.run.seed), fed.profiles.over_selection
+    if fed.privacy.active:
+        training_rounds = final_round(run) - 1
+        fleet.privacy = Privacy(fed.privacy, len(devices), fed.clients_per_round, training_rounds, cfg.run.seed)
+        if run.checkpoint is not None:
+            fleet.privacy.load_state_dict(run.checkpoint.privacy)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"
     clock = FleetClock.from_spec(fed.profiles, cfg.run.seed)
@@ -303,7 +313,7 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
         )
     model = run.model(start.keep)
     model.load_state_dict(weights)
-    if fed.bn_recalibration in ("global", "local"):
+    if fed.bn_recalibration in ("global", "local") and not fed.privacy.active:  # private: devices adapt BN
         pool_bn_statistics(session.runner, strategy, model, offset + rounds + 1)
     return model.eval()
 

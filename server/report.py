@@ -137,4 +137,10 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
         exported = student.get("target_acc_as_exported")
         if exported is not None and exported != student["target_acc"]:
             console.print(f"pruned_model.onnx as exported, without the device step: {exported:.2f}%")
+    privacy = summary.get("privacy")
+    if privacy:
+        console.print(
+            f"privacy ({privacy['mode']}): epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:.2g} over "
+            f"{privacy['releases']} rounds (z {privacy['noise_multiplier']}, clip {privacy['clip']})"
+        )
     console.print(f"run directory: {summary['run_dir']}")

@@ -67,6 +67,7 @@ class RoundRunner:
     last_figures: dict[str, float] = field(default_factory=dict)  # the last round's evaluation
     aggregated: bool = False  # whether the last round aggregated any reply
     clock: FleetClock | None = None  # the simulated fleet clock (federation.profiles), if any
+    privacy_stop: int | None = None  # the round before which privacy.max_epsilon stopped training
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Send and wait for the replies (or the timeout)."""
@@ -86,7 +87,8 @@ class RoundRunner:
         ``accuracy-as-exported`` (the model as received, before the device's BN step), and the
         label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``); {} if none.
         ``fleet_stats``: the replies' statistics also become the fleet's aggregates (a phase's start)."""
-        config = ConfigRecord({"local-bn": local_bn, "fleet-stats": fleet_stats and strategy.fleet.shared.active})
+        shares = fleet_stats and strategy.fleet.shared.active and strategy.fleet.privacy is None  # not a release
+        config = ConfigRecord({"local-bn": local_bn, "fleet-stats": shares})
         msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
         if result is None:
@@ -111,18 +113,33 @@ class RoundRunner:
         so it is not checked: a resumed run behaves as the uninterrupted one)."""
         aggregated = 0
         for rnd in rounds:
+            if self.budget_spent(strategy, rnd):
+                break
             evaluate = rnd % self.eval_every == 0 or (evaluate_last and rnd == rounds[-1])
             weights = self.play_round(strategy, phase, rnd, weights, evaluate)
             aggregated += self.aggregated
             if not on_round(rnd, weights):
                 return weights, False
-        if whole_phase and len(rounds) and not aggregated:
+        if whole_phase and len(rounds) and not aggregated and not self.privacy_stop:
             last = "; ".join(f"device {r.device}: {r.reason}" for r in strategy.fleet.rejections[-3:])
             raise RuntimeError(
                 f"{phase} phase: none of its {len(rounds)} rounds had enough valid replies "
                 f"(min_replies {strategy.policy.min_replies}); last rejections: {last or 'none'}"
             )
         return weights, True
+
+    def budget_spent(self, strategy: FleetStrategy, rnd: int) -> bool:
+        """Whether training stops here because round ``rnd`` would pass ``privacy.max_epsilon`` (every
+        later round of the run is skipped too; the run goes on to its merge, export and report)."""
+        privacy = strategy.fleet.privacy
+        if privacy is None or privacy.allows_round():
+            return False
+        if self.privacy_stop is None:
+            self.privacy_stop = rnd
+            self.console.print(
+                f"[yellow]privacy budget: training stops before round {rnd} (epsilon {privacy.epsilon():.3f})"
+            )
+        return True
 
     def play_round(self, strategy: FleetStrategy, phase: str, rnd: int, weights: Weights, evaluate: bool) -> Weights:
         """Train, aggregate, evaluate and log one round; returns the (possibly unchanged) weights."""

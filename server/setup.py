@@ -48,6 +48,7 @@ class Checkpoint:
     phase_start: dict[str, Any] = field(default_factory=dict)  # KD phase: its start weights and label-free score
     fleet_stats: dict[str, Any] = field(default_factory=dict)  # SharedStats.state_dict(): marginal, centroid sums
     teacher_holders: dict[str, Any] = field(default_factory=dict)  # {"hash": str, "devices": [int, ...]}
+    privacy: dict[str, Any] = field(default_factory=dict)  # Privacy.state_dict(): the releases so far
 
     def save(self, run_dir: RunDirectory) -> None:
         """Write atomically and durably (a temp file, fsync, a rename, fsync of the folder): neither a

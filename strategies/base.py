@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import Strategy
 from admp.seeding import numpy_rng
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
+from strategies.privacy import Privacy
 from strategies.robust import Defence
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
@@ -67,6 +68,7 @@ class Fleet:
     #   None (devices whose data the server does not know): 10 x the round's median claim is the bound
     available: Callable[[int, int], bool] | None = None  # (round, device) -> may it train this round; None: all
     over_selection: float = 0.0  # training rounds ask ceil(k (1 + o)) devices (the clock keeps the k fastest)
+    privacy: Privacy | None = None  # client-level DP of the training rounds (federation.privacy); None: off
 
     def rejected(self, server_round: int) -> int:
         """How many replies of ``server_round`` were rejected so far."""
@@ -134,6 +136,8 @@ class FleetStrategy(Strategy):
         prior = self.fleet.shared.records() if with_teacher else {}  # training messages carry the aggregates
         if prior:
             config = config | self.fleet.shared.config()
+        if with_teacher and self.fleet.privacy is not None:  # training: local DP's clip and noise
+            config = config | self.fleet.privacy.device_config()
         out = []
         self.asked = {self.fleet.devices[d] for d in device_ids}
         for device in device_ids:
@@ -149,6 +153,10 @@ class FleetStrategy(Strategy):
                 delivery.holders.add(device)
             out.append(Message(content, dst_node_id=self.fleet.devices[device], message_type=message_type))
         return out
+
+    def asked_devices(self) -> list[int]:
+        """The device ids of the messages last sent."""
+        return sorted(d for d, node in self.fleet.devices.items() if node in self.asked)
 
     # --- replies ------------------------------------------------------------------------------
     def triage(self, server_round: int, replies: Iterable[Message]) -> list[tuple[int, RecordDict]]:

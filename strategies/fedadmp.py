@@ -22,6 +22,7 @@ from strategies.aggregation import (
     specs_of,
 )
 from strategies.base import Fleet, FleetStrategy, RoundPolicy, log
+from strategies.privacy import private_aggregate
 from strategies.robust import Defence, aggregate
 from strategies.selftraining import DeviceStats
 
@@ -53,11 +54,31 @@ def fedavg(
     """The replies' weights combined by the run's aggregation (FedAvg by default), and the round's
     metrics: valid replies, examples, mean divergence."""
     weights = aggregate([(r.weights, r.n) for r in replies], defence, reference)
-    return weights, {
+    return weights, round_metrics(replies)
+
+
+def round_metrics(replies: Sequence[KdReply]) -> dict[str, MetricRecordValues]:
+    """A training round's metrics: valid replies, examples, mean divergence."""
+    return {
         "valid-replies": len(replies),
         P.NUM_EXAMPLES: sum(r.n for r in replies),
         "divergence": weighted_mean((r.divergence, r.n) for r in replies),
     }
+
+
+def private_round(
+    strategy: FleetStrategy, server_round: int, replies: Sequence[KdReply], masks: dict[str, MaskDict]
+) -> tuple[TensorDict, dict[str, MaskDict], dict[str, MetricRecordValues]]:
+    """A training round under ``federation.privacy``: weights, the named masks and the fleet's
+    statistics from the private aggregate (``strategies.privacy``), and the round's metrics."""
+    privacy, shared = strategy.fleet.privacy, strategy.fleet.shared
+    assert privacy is not None and isinstance(strategy, (FedADMP, FedKD))
+    devices = strategy.asked_devices()
+    weights, new_masks, stats = private_aggregate(privacy, server_round, devices, replies, strategy.sent, masks, shared)
+    metrics = round_metrics(replies)
+    if stats.mean_prediction is not None or stats.sums is not None:
+        metrics |= strategy.share_stats([(stats, sum(r.n for r in replies))])
+    return weights, new_masks, metrics | {"epsilon": privacy.epsilon()}
 
 
 def check_weights(weights: TensorDict, reference: TensorDict, defence: Defence) -> None:
@@ -194,10 +215,15 @@ class FedADMP(FleetStrategy):
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
         defence = self.fleet.defence
-        weights, metrics = fedavg(parsed, defence, self.sent)
-        metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
-        self.state.m = aggregate([(r.m, r.n) for r in parsed], defence, self.state.m)
-        self.state.s = aggregate([(r.s, r.n) for r in parsed], defence, self.state.s)
+        if self.fleet.privacy is not None:
+            weights, masks, metrics = private_round(self, server_round, parsed, {"m": self.state.m, "s": self.state.s})
+            self.state.m = {g: v.clamp(0.0, 1.0) for g, v in masks["m"].items()}
+            self.state.s = {g: v.clamp(self.s_min, 1.0) for g, v in masks["s"].items()}
+        else:
+            weights, metrics = fedavg(parsed, defence, self.sent)
+            metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
+            self.state.m = aggregate([(r.m, r.n) for r in parsed], defence, self.state.m)
+            self.state.s = aggregate([(r.s, r.n) for r in parsed], defence, self.state.s)
         if server_round > self.warmup_rounds:
             consensus = None
             if self.dual == "per_client":
@@ -272,7 +298,10 @@ class FedKD(FleetStrategy):
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
-        weights, metrics = fedavg(parsed, self.fleet.defence, self.sent)
-        metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
+        if self.fleet.privacy is not None:
+            weights, _, metrics = private_round(self, server_round, parsed, {})
+        else:
+            weights, metrics = fedavg(parsed, self.fleet.defence, self.sent)
+            metrics |= self.share_stats([(r.stats, r.n) for r in parsed])
         metrics["rejected"] = self.fleet.rejected(server_round)
         return P.to_record(weights), MetricRecord(metrics)

@@ -1,0 +1,119 @@
+"""Client-level differential privacy (``federation.privacy``): the Gaussian mechanism on what a device
+contributes to each training round's aggregate. Pure tensor maths; the accountant is in
+``strategies/privacy.py``.
+
+A device's contribution to a round is a set of named *parts* (its weight update, mask updates, and
+the self-training statistics it shares), each a difference from what the server last sent. Each of
+the P parts is clipped to L2 norm ``clip / sqrt(P)``, so the whole contribution is at most ``clip``
+long whatever its parts' scales; the Gaussian noise on every coordinate is ``noise_multiplier x
+clip`` on the sum of contributions (central: the server adds it once; local: each device adds it to
+its own contribution before sending).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from admp.configbase import Section, SectionError
+
+TensorDict = dict[str, torch.Tensor]
+Parts = dict[str, TensorDict]  # part name -> named tensors (only floating tensors take part)
+
+
+class PrivacySpec(Section):
+    """Client-level DP of the training rounds; off by default.
+
+    ``central``: the server clips each reply's contribution and adds Gaussian noise to their sum
+    (it sees clipped but un-noised replies: trust in the server's code). ``local``: each device clips
+    and noises its own contribution before it leaves (the server sees only noised replies; the same
+    epsilon then costs far more noise in the average). Evaluation replies are outside the guarantee:
+    turn them off with ``eval_every`` / ``evaluate_labels`` where they matter.
+    """
+
+    mode: Literal["off", "central", "local"] = "off"
+    clip: Annotated[float, Field(gt=0)] = 1.0  # L2 bound of one device's whole contribution to a round
+    noise_multiplier: Annotated[float, Field(ge=0)] = 0.0  # z: noise std = z x clip on the sum
+    target_epsilon: Annotated[float, Field(ge=0)] = 0.0  # > 0: z calibrated so that every planned training
+    #   round together spends this epsilon at delta (replaces noise_multiplier)
+    delta: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: 1 / (number of devices)
+    max_epsilon: Annotated[float, Field(ge=0)] = 0.0  # > 0: training stops before a round would pass it
+    noise: Literal["seeded", "os"] = "seeded"  # seeded: drawn from the root seed (reproducible studies;
+    #   whoever knows the seed can remove it) | os: from the operating system's entropy (deployments)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        """YAML reads a bare ``off`` as false: that is ``off``."""
+        return "off" if value is False else value
+
+    @property
+    def active(self) -> bool:
+        """Whether training rounds are privatised."""
+        return self.mode != "off"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrivacySpec:
+        """A private run needs noise: a multiplier or an epsilon to calibrate one, not both."""
+        if self.active and (self.noise_multiplier > 0) == (self.target_epsilon > 0):
+            raise SectionError("noise_multiplier", "set exactly one of {p}noise_multiplier and {p}target_epsilon")
+        return self
+
+
+def part_bound(clip: float, parts: int) -> float:
+    """The L2 bound of each of ``parts`` parts, so that all of them together are at most ``clip``."""
+    return clip / math.sqrt(max(parts, 1))
+
+
+def l2_norm(tensors: TensorDict) -> float:
+    """The L2 norm of all floating tensors of ``tensors`` taken as one vector."""
+    squares = [float(t.double().pow(2).sum()) for t in tensors.values() if t.is_floating_point()]
+    return math.sqrt(sum(squares))
+
+
+def clip_part(delta: TensorDict, bound: float) -> TensorDict:
+    """``delta`` scaled down to L2 norm ``bound`` when longer (floating tensors only; others dropped)."""
+    norm = l2_norm(delta)
+    scale = min(1.0, bound / norm) if norm > 0 else 1.0
+    return {k: v * scale for k, v in delta.items() if v.is_floating_point()}
+
+
+def clipped_contribution(parts: Parts, reference: Parts, clip: float) -> Parts:
+    """Each part's difference from ``reference`` clipped to ``clip / sqrt(P)``: one device's
+    contribution, at most ``clip`` long as a whole (the L2 sensitivity the noise is scaled to)."""
+    bound = part_bound(clip, len(parts))
+    return {
+        name: clip_part({k: v.float() - reference[name][k].float() for k, v in part.items()}, bound)
+        for name, part in parts.items()
+    }
+
+
+def add_noise(parts: Parts, std: float, generator: torch.Generator | None) -> Parts:
+    """``parts`` plus i.i.d. N(0, std^2) on every coordinate (``generator`` None: the OS's entropy)."""
+    out: Parts = {}
+    for name, part in parts.items():
+        out[name] = {}
+        for key, value in part.items():
+            noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
+            out[name][key] = (value.double() + std * noise).to(value.dtype)
+    return out
+
+
+def mean_parts(contributions: list[Parts]) -> Parts:
+    """The coordinate-wise mean of the contributions (every device counts once: no example weights,
+    which would let one device's claimed count scale its influence past the clip)."""
+    if not contributions:
+        raise ValueError("no contribution to average")
+    first = contributions[0]
+    return {
+        name: {key: torch.stack([c[name][key] for c in contributions]).mean(dim=0) for key in part}
+        for name, part in first.items()
+    }
+
+
+def plus(reference: Parts, delta: Parts) -> Parts:
+    """``reference + delta`` part by part (the new aggregate from the averaged, noised differences)."""
+    return {name: {k: reference[name][k].float() + v.float() for k, v in part.items()} for name, part in delta.items()}
