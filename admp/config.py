@@ -186,6 +186,10 @@ class AdmpHyper(Section):
     #   phase of every method, the features adapt to it: SHOT's hypothesis transfer (Liang et al. 2020). Off,
     #   as the study's rule had it: in one check (pooled self-training, MNIST->USPS, seed 0) both ended at
     #   94.72 % after 8 epochs, so nothing argued for changing the rule
+    trainable: Literal["auto", "all", "norm"] = "auto"  # what devices train besides the masks: every weight |
+    #   norm: only the normalisation layers' scale and shift (Tent, Wang et al. 2021), the parameter-efficient
+    #   fine-tuning that keeps DP noise small (Yu et al. 2022: noise grows with the released dimension) |
+    #   auto: norm under federation.privacy (a rule fixed before any private run), else all
     im_marginal: ImMarginal = "fleet"  # IM's diversity term: the fleet's mean prediction (aggregated on the
     #   server, the device's batch weighted by its share) | device: the device's own batch (SHOT as published)
     l1_m: Annotated[float, Field(ge=0)] = 0.02  # L1 push on m, which ranks channels before the first Z-step
@@ -366,6 +370,8 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
         cfg.federation.teacher_rounds = 0 if own_domains else 3
     if cfg.federation.bn_recalibration == "auto":
         cfg.federation.bn_recalibration = "local" if own_domains else "global"
+    if cfg.admp.trainable == "auto":
+        cfg.admp.trainable = "norm" if cfg.federation.privacy.active else "all"
     if cfg.federation.privacy.active:  # pooled BN moments would be releases outside the accounted rounds
         modes = {"admp.teacher_bn": ("fleet", "local"), "federation.bn_recalibration": ("global", "local")}
         for key, (pooled, local) in modes.items():

@@ -63,6 +63,16 @@ class PrivacySpec(Section):
         return self
 
 
+def released(state: TensorDict, modules: list[str] | None) -> TensorDict:
+    """The floating entries of a state dict that a private round releases: those of ``modules`` (the
+    layers devices train, ``admp.trainable: norm``), or all (None). The others never change on a
+    device, so they take no noise and stay as the server sent them."""
+    names = set(modules) if modules is not None else None
+    return {
+        k: v for k, v in state.items() if v.is_floating_point() and (names is None or k.rpartition(".")[0] in names)
+    }
+
+
 def part_bound(clip: float, parts: int) -> float:
     """The L2 bound of each of ``parts`` parts, so that all of them together are at most ``clip``."""
     return clip / math.sqrt(max(parts, 1))

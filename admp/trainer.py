@@ -72,7 +72,10 @@ def local_epochs_for(samples: int, batch_size: int, epochs: int, min_steps: int,
 def trained_parameters(model: nn.Module, hp: AdmpHyper) -> list[nn.Parameter]:
     """The parameters target adaptation trains: all of them, or all but the classifier's (the last
     ``nn.Linear``) with ``freeze_classifier`` — SHOT's hypothesis transfer: the source classifier
-    stays fixed and the features move towards it."""
+    stays fixed and the features move towards it; with ``trainable: norm`` only the normalisation
+    layers' scale and shift."""
+    if hp.trainable == "norm":
+        return [p for mod in norm_layers(model).values() for p in mod.parameters()]
     if not hp.freeze_classifier:
         return list(model.parameters())
     frozen = {id(p) for p in classifier_of(model).parameters()}
@@ -82,6 +85,21 @@ def trained_parameters(model: nn.Module, hp: AdmpHyper) -> list[nn.Parameter]:
 def named_batchnorms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     """Every BatchNorm layer of ``model`` (1-D and 2-D alike) by module name."""
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, nn.modules.batchnorm._BatchNorm)}
+
+
+NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every normalisation layer of ``model`` (batch, group, layer norm) by module name."""
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, NORMS)}
+
+
+def norm_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``model``'s normalisation layers (scale, shift, running statistics): all
+    that local training changes with ``trainable: norm``."""
+    names = set(norm_layers(model))
+    return {k for k in model.state_dict() if k.rpartition(".")[0] in names}
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

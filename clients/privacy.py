@@ -11,17 +11,19 @@ ArrayRecord; our replies carry several, so it cannot be used as is.
 
 from __future__ import annotations
 
+import json
 import secrets
+from dataclasses import dataclass
 
 import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp.privacy import Parts, add_noise, clipped_contribution, plus
+from admp.privacy import Parts, add_noise, clipped_contribution, plus, released
 from admp.seeding import torch_generator
 from clients.device import config_float, config_int, config_record
 from strategies import protocol as P
-from strategies.privacy import floats, project_distribution, project_state
+from strategies.privacy import project_distribution, project_state
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -41,15 +43,26 @@ def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
         seed = int(P.config_json(config, "scenario")["seed"])
         generator = torch_generator(seed, "local-dp", config_int(config, "device"), config_int(config, P.SERVER_ROUND))
     s_min = float(P.config_json(config, "hp")["s_min"]) if P.MASKS in reply.content else 0.0
-    privatise(msg.content, reply.content, clip, z, generator, s_min)
+    modules = json.loads(str(config.get("privacy-modules", "null")))
+    privatise(msg.content, reply.content, Noise(clip, z, generator, modules), s_min)
     return reply
 
 
-def _parts(sent: RecordDict, content: RecordDict) -> tuple[Parts, Parts, int]:
-    """(reference, contribution, n) of a training reply: its weights, masks and statistics."""
+@dataclass(frozen=True)
+class Noise:
+    """Local DP's settings from the training message: clip, multiplier, generator, trained layers."""
+
+    clip: float
+    z: float
+    generator: torch.Generator
+    modules: list[str] | None  # the layers this device trains (None: every weight)
+
+
+def _parts(sent: RecordDict, content: RecordDict, modules: list[str] | None) -> tuple[Parts, Parts, int]:
+    """(reference, contribution, n) of a training reply: its released weights, masks and statistics."""
     n = int(P.metric(content, P.NUM_EXAMPLES))
-    reference: Parts = {"arrays": floats(P.from_record(P.array_record(sent, P.ARRAYS)))}
-    mine: Parts = {"arrays": floats(P.from_record(P.array_record(content, P.ARRAYS)))}
+    reference: Parts = {"arrays": released(P.from_record(P.array_record(sent, P.ARRAYS)), modules)}
+    mine: Parts = {"arrays": released(P.from_record(P.array_record(content, P.ARRAYS)), modules)}
     if P.MASKS in content:
         for name in ("m", "s"):
             reference[name] = P.record_to_masks(P.array_record(sent, P.MASKS), name)
@@ -70,12 +83,11 @@ def _parts(sent: RecordDict, content: RecordDict) -> tuple[Parts, Parts, int]:
     return reference, mine, n
 
 
-def privatise(
-    sent: RecordDict, content: RecordDict, clip: float, z: float, generator: torch.Generator, s_min: float
-) -> None:
+def privatise(sent: RecordDict, content: RecordDict, noise: Noise, s_min: float) -> None:
     """Replace the reply ``content``'s contribution by its clipped, noised and projected version, in place."""
-    reference, mine, n = _parts(sent, content)
-    noised = plus(reference, add_noise(clipped_contribution(mine, reference, clip), z * clip, generator))
+    reference, mine, n = _parts(sent, content, noise.modules)
+    clipped = clipped_contribution(mine, reference, noise.clip)
+    noised = plus(reference, add_noise(clipped, noise.z * noise.clip, noise.generator))
     arrays = P.from_record(P.array_record(content, P.ARRAYS))
     content[P.ARRAYS] = P.to_record(
         arrays | {k: v.to(arrays[k].dtype) for k, v in project_state(noised["arrays"]).items()}

@@ -26,6 +26,7 @@ from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.teacher import state_hash
+from admp.trainer import norm_layers
 from server.clock import FleetClock
 from server.fleet import availability, device_sizes, discover_devices, fault_config, pool_bn_statistics
 from server.guards import keeps_result
@@ -118,6 +119,8 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     if fed.privacy.active:
         training_rounds = final_round(run) - 1
         fleet.privacy = Privacy(fed.privacy, len(devices), fed.clients_per_round, training_rounds, cfg.run.seed)
+        if cfg.admp.trainable == "norm":  # devices change only these layers: the rest is not released
+            fleet.privacy.modules = sorted(norm_layers(run.model()))
         if run.checkpoint is not None:
             fleet.privacy.load_state_dict(run.checkpoint.privacy)
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)

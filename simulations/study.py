@@ -40,6 +40,8 @@ COLUMNS = [
     "latency_ms",
     "teacher_latency_ms",
     "channels_pruned",
+    "epsilon",
+    "mb_per_client_round",
     "wall_seconds",
     "run_dir",
 ]
@@ -245,6 +247,8 @@ def _execute(
         "latency_ms": summary["student"]["latency_ms"],
         "teacher_latency_ms": summary["teacher"]["latency_ms"],
         "channels_pruned": summary.get("channels_pruned", 0.0),
+        "epsilon": (summary.get("privacy") or {}).get("epsilon", ""),  # empty: not a private run
+        "mb_per_client_round": round(summary.get("bytes_per_client_round", 0) / 1e6, 3),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "run_dir": summary["run_dir"],
     }

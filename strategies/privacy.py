@@ -17,6 +17,7 @@ amplification; the accountant and the maths are what is reused.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent, NeighboringR
 
 from admp.centroids import FeatureSums
 from admp.masks import MaskDict
-from admp.privacy import Parts, PrivacySpec, TensorDict, add_noise, clipped_contribution, mean_parts, plus
+from admp.privacy import Parts, PrivacySpec, TensorDict, add_noise, clipped_contribution, mean_parts, plus, released
 from admp.seeding import torch_generator
 from strategies.selftraining import DeviceStats, SharedStats
 
@@ -88,6 +89,7 @@ class Privacy:
     z: float = 0.0  # the noise multiplier in force
     releases: int = 0  # aggregated training rounds (central)
     participations: dict[int, int] = field(default_factory=dict)  # device -> rounds it contributed to (local)
+    modules: list[str] | None = None  # the layers devices train (admp.trainable: norm); None: every weight
 
     def __post_init__(self) -> None:
         self.delta = self.spec.delta or 1.0 / self.population
@@ -114,7 +116,13 @@ class Privacy:
         """What a training message tells a device in local mode (nothing in central mode)."""
         if not self.local:
             return {}
-        return {"privacy-clip": self.spec.clip, "privacy-z": self.z, "privacy-noise": self.spec.noise}
+        modules = json.dumps(self.modules)  # null: every weight
+        return {
+            "privacy-clip": self.spec.clip,
+            "privacy-z": self.z,
+            "privacy-noise": self.spec.noise,
+            "privacy-modules": modules,
+        }
 
     def release(self, server_round: int, devices: list[int], parts: list[Parts], reference: Parts) -> Parts:
         """The round's private aggregate: reference + the mean of the devices' differences, each device
@@ -230,10 +238,12 @@ def private_aggregate(
     """One private training round: the new global weights (integer buffers as sent), the masks named in
     ``masks`` (each reply's attribute of that name, e.g. ``m`` and ``s``, against the global ones
     given) and the fleet's statistics, from ``privacy.release`` over every reply's parts."""
-    reference: Parts = {"arrays": floats(sent)} | {name: dict(ref) for name, ref in masks.items()}
+    reference: Parts = {"arrays": released(sent, privacy.modules)} | {name: dict(ref) for name, ref in masks.items()}
     reference |= stats_reference(replies[0].stats, shared)
     parts = [
-        {"arrays": floats(r.weights)} | {name: getattr(r, name) for name in masks} | stats_parts(r.stats, r.n)
+        {"arrays": released(r.weights, privacy.modules)}
+        | {name: getattr(r, name) for name in masks}
+        | stats_parts(r.stats, r.n)
         for r in replies
     ]
     out = privacy.release(server_round, devices, parts, reference)
