@@ -1,25 +1,31 @@
 """Round time of the same scenario deployed (SuperLink + SuperNodes on loopback, the deployment kit) and
 simulated (``fedadmp simulate``), and where a deployed round's time goes.
 
-    python benchmarks/deployed_rounds.py [--devices 3] [--out benchmarks/results/deployed_rounds.json]
+    python benchmarks/deployed_rounds.py [--devices 3] [--workers on|off|both] [--out FILE.json]
 
 Both runs use the default digits scenario cut to ``--devices`` devices (every device sampled each
 round, short rounds) and write their per-round ``round_seconds``; the report gives the median
 training round of each, their ratio, the accuracy of each, and the cost of what Flower 1.41 does
-for every message of a deployed round: a new ``flwr-clientapp`` process that imports the app
-(measured here as the wall time of ``python -c "import clients.app"``).
+for every message of a deployed round: a new ``flwr-clientapp`` process that imports the app's
+ClientApp component (``clients.entry``, thin, with the devices' workers; ``clients.app``, torch
+and all, without them: both measured as the wall time of ``python -c "import ..."``). The fleet
+runs with a worker per device (``--workers on``, the kit's default), without (``off``), or both
+(``both``: ``deployed`` and ``deployed_no_workers``); each deployed result records whether workers
+ran, how many messages they served and how many fell back to the per-message process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -53,24 +59,42 @@ def simulated(devices: int, out: Path) -> Path:
     return next(p for p in out.iterdir() if (p / "summary.json").is_file())
 
 
-def deployed(devices: int, work: Path, out: Path) -> Path:
-    """The scenario on a loopback fleet (insecure) brought up and down by the kit; its run directory."""
+def deployed(devices: int, work: Path, out: Path, workers: bool) -> dict[str, Any]:
+    """The scenario on a loopback fleet (insecure) brought up and down by the kit, with or without the
+    devices' workers: its round times, accuracy, and who served the messages (the kit's logs)."""
     fleet = [PY, str(ROOT / "deploy" / "fleet.py")]
-    subprocess.run([*fleet, "up", "--workdir", str(work), "--devices", str(devices)], check=True)
+    up = [*fleet, "up", "--workdir", str(work), "--devices", str(devices)]
+    subprocess.run(up + ([] if workers else ["--no-workers"]), check=True)
     try:
         spec = "; ".join(overrides(devices))
         subprocess.run([*fleet, "run", "--workdir", str(work), "--out-dir", str(out), "--overrides", spec], check=True)
     finally:
         subprocess.run([*fleet, "down", "--workdir", str(work)], check=False)
-    return next(p for p in out.iterdir() if (p / "summary.json").is_file())
+    times, acc = rounds(next(p for p in out.iterdir() if (p / "summary.json").is_file()))
+    logs = [work / "nodes" / str(i) for i in range(devices)]
+    served = sum(len(re.findall(r" (?:train|evaluate|query)\S*: ", read(d / "worker.log"))) for d in logs)
+    fallbacks = sum(read(d / "supernode.out").count("unreachable") for d in logs)
+    return {
+        "workers": workers,
+        "worker_requests": served,
+        "in_process_fallbacks": fallbacks,
+        "round_seconds": times,
+        "median": statistics.median(times),
+        "accuracy": acc,
+    }
 
 
-def import_seconds(repeats: int = 3) -> float:
-    """Median wall time of a fresh process importing the ClientApp (what each deployed message pays)."""
+def read(path: Path) -> str:
+    """A log's text ('' if the file is absent)."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def import_seconds(module: str, repeats: int = 3) -> float:
+    """Median wall time of a fresh process importing ``module`` (what each deployed message pays)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([PY, "-c", "import clients.app"], cwd=ROOT, check=True)
+        subprocess.run([PY, "-c", f"import {module}"], cwd=ROOT, check=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -79,18 +103,26 @@ def main() -> None:
     """Run both, write and print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=3)
+    parser.add_argument("--workers", choices=("on", "off", "both"), default="on", help="the devices' workers")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployed_rounds.json")
     args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.workers]
     with tempfile.TemporaryDirectory(prefix="fedadmp-bench-") as tmp:
         sim_times, sim_acc = rounds(simulated(args.devices, Path(tmp) / "sim"))
-        dep_times, dep_acc = rounds(deployed(args.devices, Path(tmp) / "fleet", Path(tmp) / "dep"))
-    result = {
+        runs = [deployed(args.devices, Path(tmp) / f"fleet{k}", Path(tmp) / f"dep{k}", w) for k, w in enumerate(modes)]
+    sim_median = statistics.median(sim_times)
+    result: dict[str, object] = {
         "devices": args.devices,
         "overrides": overrides(args.devices),
-        "simulated": {"round_seconds": sim_times, "median": statistics.median(sim_times), "accuracy": sim_acc},
-        "deployed": {"round_seconds": dep_times, "median": statistics.median(dep_times), "accuracy": dep_acc},
-        "ratio": statistics.median(dep_times) / statistics.median(sim_times),
-        "clientapp_import_seconds": import_seconds(),
+        "simulated": {"round_seconds": sim_times, "median": sim_median, "accuracy": sim_acc},
+        "deployed": runs[0],
+        "ratio": float(runs[0]["median"]) / sim_median,
+    }
+    if len(runs) > 1:
+        result |= {"deployed_no_workers": runs[1], "ratio_no_workers": float(runs[1]["median"]) / sim_median}
+    result |= {
+        "entry_import_seconds": import_seconds("clients.entry"),
+        "clientapp_import_seconds": import_seconds("clients.app"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -8,13 +8,18 @@
 Flower configuration ``flwr-home/config.toml``) and starts a supervisor, detached in a session
 of its own, which starts the SuperLink (``--tls``: HTTPS with the kit's CA; ``--auth``:
 ``--enable-supernode-auth``) on a free port, registers each SuperNode's public key (``flwr
-supernode register``), starts one SuperNode per device (each with its own Runtime API
-``--port`` and node config ``device-id=<i> cache-dir="..."``, plus ``data-path``/``test-path``
-if given), and returns once every SuperNode is online. ``run`` is ``flwr run . <federation>
+supernode register``), starts one worker per device (``python -m clients.worker``: the ClientApp
+imported once, on a Unix socket ``nodes/<i>/worker.sock``) and one SuperNode per device (each with
+its own Runtime API ``--port`` and node config ``device-id=<i> cache-dir="..."``, plus
+``data-path``/``test-path`` if given, and ``worker-socket="..."``: Flower's per-message ClientApp
+process, ``clients.entry``, forwards each message to the worker; ``--no-workers``: none, each
+message runs in its own process), and returns once every worker listens and every SuperNode is
+online. ``run`` is ``flwr run . <federation>
 --stream`` against it (``env`` prints the variables to do that by hand); ``down`` stops exactly
 what the supervisor started (see deploy/procs.py). Logs: ``supervisor.log``,
 ``superlink/superlink.out`` (with the ServerApp's output), ``nodes/<i>/supernode.out``
-(with the ClientApps'); every command started is in ``commands.sh``.
+(with the ClientApps'), ``nodes/<i>/worker.log`` (each request the worker served); every command
+started is in ``commands.sh``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ from deploy.spec import (
     quoted,
     read_json,
     shell_word,
+    socket_path_fits,
     tail,
+    worker_socket,
     write_json,
 )
 from deploy.supervisor import Supervisor
@@ -86,6 +93,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         test_path=args.test_path,
         cache_root=str(Path(args.cache_root).resolve()) if args.cache_root else "",
         federation=args.federation,
+        workers=not args.no_workers,
     )
 
 
@@ -99,6 +107,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"a fleet already runs in {lay.root}: `fleet.py down --workdir {lay.root}` first")
         return 2
     spec = spec_from_args(args)
+    if spec.workers and not socket_path_fits(sock := worker_socket(lay, max(spec.devices - 1, 0))):
+        print(f"worker socket path too long for a Unix socket ({sock}): a shorter --workdir, or --no-workers")
+        return 2
     prepare(lay, spec)
     with (lay.root / "supervisor.log").open("ab") as log:
         sup = subprocess.Popen(
@@ -136,7 +147,9 @@ def print_ready(lay: Layout, spec: Spec) -> None:
     link = state["superlink"]
     print(f"SuperLink {link['address']} ({'TLS' if spec.tls else 'insecure'}{', node auth' if spec.auth else ''})")
     for row in state.get("supernodes", []):
-        print(f"SuperNode device {row['device']}: Runtime API 127.0.0.1:{row['port']}, log {lay.node(row['device'])}")
+        worker = f", worker pid {row['worker']} on {row['socket']}" if row.get("worker") else ""
+        node = f"SuperNode device {row['device']}: Runtime API 127.0.0.1:{row['port']}"
+        print(f"{node}{worker}, logs {lay.node(row['device'])}")
     for i in range(spec.devices, spec.devices + spec.remote):
         host = spec.sans[0] if spec.sans else spec.connect_host
         key = ["--auth-supernode-private-key", f"supernode-{i}"] if spec.auth else []
@@ -253,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--test-path", default="", help='per-device labeled test npz, "{i}" = device id')
     up.add_argument("--cache-root", default="", help="teacher caches in <dir>/device-<i>")
     up.add_argument("--federation", default="fleet", help="name of the SuperLink connection in config.toml")
+    up.add_argument("--no-workers", action="store_true", help="no per-device worker: each message imports the app")
     run = subs["run"]
     run.add_argument("--scenario", default="", help="scenario YAML")
     run.add_argument("--overrides", default="", help='"key=value; key=value" scenario overrides')

@@ -1,8 +1,8 @@
 """The processes a fleet supervisor started, and nothing else: identities, sessions, stopping.
 
 Modelled on ``deploy/simlink.py``. Every process the supervisor starts (SuperLink, each
-SuperNode) gets a new session, so its process group (id = its PID) is ours while the supervisor
-has not reaped it. Flower starts more in other places: the SuperLink starts its SuperExec with
+SuperNode, each device's worker) gets a new session, so its process group (id = its PID) is ours
+while the supervisor has not reaped it. Flower starts more in other places: the SuperLink starts its SuperExec with
 ``start_new_session=True`` (a session of its own, where the ServerApp processes then run), a
 SuperNode starts its SuperExec and ClientApp processes in its own session. So ``Tree.record``
 notes, every second, the sessions of the supervisor's children's descendants, and forgets a
@@ -87,6 +87,23 @@ def owns_listener(pid: int, port: int) -> bool:
                 f = line.split()
                 if f[1].rsplit(":", 1)[1] == f"{port:04X}" and f[3] == "0A":
                     inodes.add(f[9])
+    return _holds_socket(pid, inodes)
+
+
+def owns_unix_listener(pid: int, path: Path) -> bool:
+    """True iff process ``pid`` holds a Unix stream socket bound to ``path`` and LISTENing on it
+    (``/proc/net/unix``: flag ``__SO_ACCEPTCON`` = 0x10000): a worker that listens is a ready one."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            f = line.split()
+            if len(f) >= 8 and f[7] == str(path) and int(f[3], 16) & 0x10000:
+                inodes.add(f[6])
+    return bool(inodes) and _holds_socket(pid, inodes)
+
+
+def _holds_socket(pid: int, inodes: set[str]) -> bool:
+    """True iff one of ``pid``'s file descriptors is a socket with one of these inodes."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:

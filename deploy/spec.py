@@ -24,6 +24,7 @@ BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 90.0  # two shared cores: importing the SuperLink alone takes seconds
 ONLINE_TIMEOUT = 180.0
 STOP_TIMEOUT = 20.0
+SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path (sun_path, 108 with its NUL) on Linux
 WILDCARDS = ("0.0.0.0", "::", "127.0.0.1", "localhost")
 
 
@@ -42,6 +43,7 @@ class Spec:
     test_path: str = ""
     cache_root: str = ""  # default: <workdir>/nodes/<i>/cache
     federation: str = "fleet"  # the SuperLink connection's name in config.toml
+    workers: bool = True  # a long-lived clients.worker beside each local SuperNode (its worker-socket)
 
     @property
     def connect_host(self) -> str:
@@ -150,6 +152,30 @@ def node_config(spec: Spec, lay: Layout, i: int) -> str:
         if pattern:
             items.append(f"{key}={quoted(pattern.format(i=i))}")
     return " ".join(items)
+
+
+def worker_socket(lay: Layout, i: int) -> Path:
+    """Device ``i``'s worker socket, in its node folder (inside the 0700 work directory)."""
+    return lay.node(i) / "worker.sock"
+
+
+def socket_path_fits(path: Path) -> bool:
+    """True iff ``path`` fits a Unix socket address (107 bytes on Linux)."""
+    return len(os.fsencode(path)) <= SOCKET_PATH_MAX
+
+
+def worker_command(lay: Layout, i: int, config: str) -> list[str]:
+    """``python -m clients.worker`` for device ``i``: the device's own node config (the SuperNode's
+    keys but ``worker-socket``), listening on ``worker_socket``, logging to ``worker.log``."""
+    cmd = [sys.executable, "-m", "clients.worker", "--socket", str(worker_socket(lay, i))]
+    return [*cmd, "--node-config", config, "--log", str(lay.node(i) / "worker.log")]
+
+
+def supernode_config(spec: Spec, lay: Layout, i: int) -> str:
+    """The SuperNode's ``--node-config``: the device's, plus ``worker-socket`` when it has a worker
+    (the thin ClientApp, ``clients.entry``, then forwards each message to it)."""
+    config = node_config(spec, lay, i)
+    return f"{config} worker-socket={quoted(str(worker_socket(lay, i)))}" if spec.workers else config
 
 
 def supernode_command(spec: Spec, lay: Layout, address: str, port: int, key: Path | None, config: str) -> list[str]:

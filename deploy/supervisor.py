@@ -1,5 +1,5 @@
-"""The fleet's supervisor: starts the SuperLink and the SuperNodes, registers the keys, keeps the
-record of what it started (``state.json``) and stops exactly that (``deploy/procs.py``)."""
+"""The fleet's supervisor: starts the SuperLink, the devices' workers and the SuperNodes, registers the
+keys, keeps the record of what it started (``state.json``) and stops exactly that (``deploy/procs.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ if __package__ in (None, ""):  # run as a script (python deploy/fleet.py): make 
 from deploy import procs
 from deploy.spec import (
     ONLINE_TIMEOUT,
+    ROOT,
     STARTUP_TIMEOUT,
     STOP_TIMEOUT,
     Layout,
@@ -28,7 +29,10 @@ from deploy.spec import (
     shell_word,
     superlink_command,
     supernode_command,
+    supernode_config,
     tail,
+    worker_command,
+    worker_socket,
     write_flwr_config,
     write_json,
 )
@@ -46,6 +50,7 @@ class Supervisor:
         self.tree = procs.Tree()
         self.link: subprocess.Popen[bytes] | None = None
         self.nodes: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.stopping = False
         self.state: dict[str, Any] = {"status": "starting", "supervisor": procs.identity(os.getpid())}
         self.commands: list[str] = []
@@ -63,8 +68,9 @@ class Supervisor:
         self.state |= changes
         write_json(self.lay.state, self.state)
 
-    def spawn(self, cmd: list[str], log: Path, home: Path) -> subprocess.Popen[bytes]:
-        """Start ``cmd`` in a new session (its group is ours), output to ``log``; own it."""
+    def spawn(self, cmd: list[str], log: Path, home: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in a new session (its group is ours), in ``cwd`` (default: the log's folder),
+        output to ``log``; own it."""
         log.parent.mkdir(parents=True, exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
         self.commands.append(" ".join(shell_word(c) for c in cmd))
@@ -73,7 +79,7 @@ class Supervisor:
             proc = subprocess.Popen(
                 cmd,
                 env=flower_env(home),
-                cwd=log.parent,
+                cwd=cwd or log.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -115,17 +121,52 @@ class Supervisor:
             ids[name] = int(reply["node-id"])
         return ids
 
+    def start_workers(self) -> None:
+        """Start one worker per local device (``python -m clients.worker``, from the project root) with
+        the device's node config; it imports the app, then listens on ``worker_socket``."""
+        if not self.spec.workers:
+            return
+        for i in range(self.spec.devices):
+            self.check()
+            cmd = worker_command(self.lay, i, node_config(self.spec, self.lay, i))
+            node = self.lay.node(i)
+            self.workers.append(self.spawn(cmd, node / "worker.out", node / "flwr-home", cwd=ROOT))
+
     def start_nodes(self, address: str) -> None:
-        """Start one SuperNode per local device, each with its own Runtime API port."""
+        """Start one SuperNode per local device, each with its own Runtime API port (and, with workers,
+        ``worker-socket`` in its node config)."""
         spec, lay = self.spec, self.lay
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i in range(spec.devices):
             port = procs.free_port()
             key = lay.keys / f"supernode-{i}" if spec.auth else None
-            cmd = supernode_command(spec, lay, address, port, key, node_config(spec, lay, i))
+            cmd = supernode_command(spec, lay, address, port, key, supernode_config(spec, lay, i))
             self.nodes.append(self.spawn(cmd, lay.node(i) / "supernode.out", lay.node(i) / "flwr-home"))
             rows.append({"device": i, "pid": self.nodes[-1].pid, "port": port})
+            if self.workers:
+                rows[-1] |= {"worker": self.workers[i].pid, "socket": str(worker_socket(lay, i))}
         self.save(supernodes=rows)
+
+    def wait_workers(self) -> None:
+        """Wait until each worker *we* started listens on its socket (it has imported the app); raise
+        if one exits or is not ready within ``STARTUP_TIMEOUT``."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        pending = set(range(len(self.workers)))
+        while pending:
+            self.check()
+            for i in sorted(pending):
+                worker = self.workers[i]
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker {i} exited ({worker.returncode})\n{self.worker_log(i)}")
+                if procs.owns_unix_listener(worker.pid, worker_socket(self.lay, i)):
+                    pending.discard(i)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"workers {sorted(pending)} not ready within {STARTUP_TIMEOUT:.0f}s")
+            time.sleep(0.3)
+
+    def worker_log(self, i: int) -> str:
+        """The ends of worker ``i``'s output and log."""
+        return tail(self.lay.node(i) / "worker.out") + "\n" + tail(self.lay.node(i) / "worker.log")
 
     def wait_online(self) -> None:
         """Wait until the SuperLink lists every local SuperNode as online; raise if one exits."""
@@ -153,7 +194,10 @@ class Supervisor:
             self.check()
             self.tree.record()
             members = sorted(self.tree.members())
-            exited = {i: n.returncode for i, n in enumerate(self.nodes) if n.poll() is not None}
+            exited: dict[str, int | None] = {
+                str(i): n.returncode for i, n in enumerate(self.nodes) if n.poll() is not None
+            }
+            exited |= {f"worker-{i}": w.returncode for i, w in enumerate(self.workers) if w.poll() is not None}
             if members != self.state.get("members") or exited != self.state.get("exited", {}):
                 self.save(members=members, sessions=sorted(self.tree.sessions), exited=exited)
             if self.link.poll() is not None:
@@ -171,7 +215,9 @@ class Supervisor:
             write_flwr_config(self.spec, self.lay, address)
             if self.spec.auth:
                 self.save(registered=self.register())
+            self.start_workers()  # their imports overlap the SuperNodes' start
             self.start_nodes(address)
+            self.wait_workers()
             self.wait_online()
             self.save(status="ready")
             self.serve()
@@ -182,7 +228,7 @@ class Supervisor:
             self.save(status="failed", error=str(exc))
             rc = 1
         finally:
-            order = [*self.nodes, *([self.link] if self.link is not None else [])]
+            order = [*self.nodes, *self.workers, *([self.link] if self.link is not None else [])]
             survivors = self.tree.stop(order, STOP_TIMEOUT)
             self.save(status="failed" if rc else "stopped", members=survivors, survivors=survivors)
         return 1 if rc or survivors else 0

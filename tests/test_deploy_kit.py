@@ -1,6 +1,7 @@
 """The deployment kit (deploy/) on loopback: a real SuperLink with TLS and SuperNode authentication,
-two SuperNodes, the app run by ``flwr run`` to its summary, a SuperNode whose key was never
-registered refused, and ``down`` ending exactly what ``up`` started.
+two SuperNodes with their workers, the app run by ``flwr run`` to its summary (every message served
+by a device's worker), a SuperNode whose key was never registered refused, and ``down`` ending
+exactly what ``up`` started.
 
 Everything runs as separate processes, as a user would type it (``python deploy/fleet.py ...``).
 The unregistered SuperNode is started by this test in a session of its own, with the very
@@ -145,6 +146,13 @@ def test_fleet_with_tls_and_supernode_auth(tmp_path: Path) -> None:
     # Each SuperNode kept the teacher in its own cache-dir (its node config), nowhere else.
     for i in (0, 1):
         assert list((lay.node(i) / "cache").glob("teacher-*.pt")), f"no teacher in device {i}'s cache"
+    # Each device's worker served the run's messages (none ran in the per-message process), and is gone.
+    assert all(row.get("worker") for row in state["supernodes"]), state["supernodes"]
+    for i in (0, 1):
+        served = (lay.node(i) / "worker.log").read_text()
+        assert " train: ok" in served and " evaluate: ok" in served, served[-3000:]
+        assert "unreachable" not in (lay.node(i) / "supernode.out").read_text(errors="replace")
+        assert not (lay.node(i) / "worker.sock").exists()
 
 
 if __name__ == "__main__":
