@@ -62,6 +62,11 @@ class Contexts:
         if key in self._runs:
             self._runs.move_to_end(key)
             return self._runs[key]
+        theirs = {k: v for k, v in sent.node_config.items() if k != "worker-socket"}
+        if theirs != self.node_config:  # the worker's own config rules; a mismatch is likely a mistake
+            LOG.warning(
+                "run %d: the SuperNode's node config %s is not the worker's %s", key[0], theirs, self.node_config
+            )
         context = Context(
             run_id=sent.run_id,
             node_id=sent.node_id,
