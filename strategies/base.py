@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -120,6 +122,8 @@ class FleetStrategy(Strategy):
             count = math.ceil(count * (1 + self.fleet.over_selection))
         count = min(count, len(ids)) if count > 0 else len(ids)
         rng = numpy_rng(self.fleet.seed, "sample", salt, server_round)
+        if self.fleet.privacy is not None and self.fleet.privacy.spec.noise == "os":  # amplification by sampling
+            rng = np.random.default_rng(secrets.randbits(63))  # needs a sample nobody can predict from the seed
         return sorted(int(i) for i in rng.choice(ids, size=count, replace=False))
 
     def messages(

@@ -117,3 +117,19 @@ def test_local_noise_stays_within_what_the_server_accepts_and_the_budget_stops_t
     )
     assert stopped["privacy"]["releases"] == 1 and stopped["privacy"]["stopped_before_round"] == 2
     assert [r["round"] for r in stopped["rows"] if r["phase"] in ("mask", "finetune")] == [1]
+
+
+def test_os_noise_also_draws_each_rounds_sample_from_the_os():
+    from strategies.base import Delivery, Fleet, RoundPolicy
+    from strategies.fedadmp import FedKD
+
+    def fleet(noise: str) -> FedKD:
+        spec = PrivacySpec(mode="central", noise_multiplier=1.0, noise=noise)
+        f = Fleet({d: 100 + d for d in range(1000)}, 0, Delivery(None, ""), {})  # type: ignore[arg-type]
+        f.privacy = Privacy(spec, population=1000, sample=5, planned_rounds=1, seed=0)
+        return FedKD(weights={}, keep=None, fleet=f, policy=RoundPolicy(5))
+
+    seeded = fleet("seeded")
+    assert seeded.sample(1, 5) == seeded.sample(1, 5)  # a study: the same sample from the root seed
+    secret = fleet("os")
+    assert secret.sample(1, 5) != secret.sample(1, 5)  # 1 in C(1000, 5) to repeat
