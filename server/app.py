@@ -17,16 +17,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from admp.config import ScenarioConfig, config_from_overrides, load_config
 from server.finish import finish
-from server.phases import (
-    Start,
-    adapt_teacher,
-    baseline_start,
-    discover,
-    finetune_phase,
-    mask_phase,
-    self_train_teacher,
-)
+from server.phases import adapt_teacher, discover, finetune_phase, mask_phase, self_train_teacher
 from server.setup import RunSetup
+from server.starts import Start, baseline_start
 
 
 def config_from_run_config(run_config: Mapping[str, object]) -> ScenarioConfig:

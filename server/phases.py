@@ -15,16 +15,12 @@ from typing import Any
 from flwr.serverapp import Grid
 from torch import nn
 
-from admp.admm import z_step
 from admp.centroids import feature_dim
-from admp.masks import MaskDict, group_sizes, pruned_fraction, zeros_masks
-from admp.metrics import accuracy
+from admp.masks import MaskDict, group_sizes, pruned_fraction
 from admp.models import example_input
 from admp.objective import shares_centroids
-from admp.seeding import torch_generator
-from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
-from admp.surgery import l1_filter_scores, prune_model
+from admp.surgery import prune_model
 from admp.teacher import state_hash
 from admp.trainer import norm_layers
 from server.clock import FleetClock
@@ -32,6 +28,7 @@ from server.fleet import availability, device_sizes, discover_devices, fault_con
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
+from server.starts import Start, recover_on_source
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
@@ -69,15 +66,6 @@ class Session:
             return not self.run.stop_requested(rnd)
 
         return on_round
-
-
-@dataclass
-class Start:
-    """The plain student that the KD phase starts from."""
-
-    weights: Weights
-    keep: MaskDict | None  # None: dense
-    mask_rounds_done: int  # KD round numbers continue after these
 
 
 def _delivery(teacher: nn.Module) -> Delivery:
@@ -253,30 +241,14 @@ def mask_phase(session: Session) -> Start | None:
     dense = run.model()
     dense.load_state_dict(weights)
     pruned = prune_model(dense, run.groups, keep, example_input(dense))
+    if run.cfg.admp.trainable == "norm":
+        run.console.print(
+            f"merged student recovered on the source: val acc {recover_on_source(run, pruned, 'merge'):.2f}%"
+        )
     pruned_share = pruned_fraction(keep)
     run.run_dir.log_metrics({"phase": "merge", "step": last, "round": last, "channels_pruned": pruned_share})
     run.console.print(f"merged: {pruned_share:.0%} of channels physically removed")
     return Start(pruned.state_dict(), keep, last)
-
-
-def baseline_start(session: Session) -> Start:
-    """fedkd: the dense teacher copy; naive: L1-norm pruning on the cloud + source fine-tuning."""
-    run, cfg = session.run, session.run.cfg
-    ckpt, offset = run.checkpoint, cfg.federation.self_training_rounds()  # KD rounds follow the teacher's
-    if ckpt is not None and ckpt.phase == "kd":
-        return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
-    if cfg.federation.strategy == "fedkd":
-        return Start(run.teacher.state_dict(), None, offset)
-    example = example_input(run.teacher)
-    scores = l1_filter_scores(run.teacher, run.groups, example)
-    keep = z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), cfg.admp.prune_ratio)
-    pruned = prune_model(run.teacher, run.groups, keep, example)
-    source, val = run.task.source_train, run.task.source_val
-    recipe = cfg.teacher  # the teacher's source recipe, a third of its epochs at a fifth of its rate
-    gen = torch_generator(cfg.run.seed, "naive")
-    train_supervised(pruned, source.x, source.y, recipe, gen, (val.x, val.y), max(1, recipe.epochs // 3), recipe.lr / 5)
-    run.console.print(f"naive: L1-pruned on the cloud, source val acc {accuracy(pruned, val.x, val.y):.2f}%")
-    return Start(pruned.state_dict(), keep, offset)
 
 
 def finetune_phase(session: Session, start: Start) -> nn.Module | None:
