@@ -61,9 +61,7 @@ def forward(path: str, message: Message, context: Context) -> Message | None:
         return Message(Error(code=wire.APP_ERROR, reason=reason), reply_to=message)
     if state is not None:
         context.state = state
-    if isinstance(body, Error):
-        return Message(body, reply_to=message)
-    return Message(body, reply_to=message)
+    return Message(body, reply_to=message)  # content, or the worker's error
 
 
 class ForwardingClientApp(ClientApp):

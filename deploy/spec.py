@@ -119,6 +119,9 @@ def flower_env(home: Path) -> dict[str, str]:
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "PATH": str(BIN) + os.pathsep + os.environ.get("PATH", ""),
+        # Flower's SuperExec looks for a new task (a message to run, the ServerApp) every 1 s by default;
+        # 0.1 s takes up to 0.9 s off every message at the cost of ten cheap local calls a second
+        "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": os.environ.get("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1"),
     }
     return env
 
