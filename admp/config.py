@@ -322,6 +322,12 @@ class FederationSpec(Section):
                 f"{self.warmup_rounds} is not below {{p}}mask_rounds ({self.mask_rounds}): the first Z-step "
                 "ends round warmup_rounds + 1, so none would run",
             )
+        if self.privacy.active and (self.profiles.availability != "always" or self.profiles.over_selection > 0):
+            raise SectionError(
+                "privacy",
+                "with {p}profiles.availability other than always or {p}profiles.over_selection the rounds sample "
+                "more than k of N devices, which the accountant would under-count",
+            )
         if self.privacy.active and (self.aggregation != "mean" or self.dual != "global"):
             raise SectionError(
                 "privacy",

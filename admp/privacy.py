@@ -29,9 +29,9 @@ class PrivacySpec(Section):
 
     ``central``: the server clips each reply's contribution and adds Gaussian noise to their sum
     (it sees clipped but un-noised replies: trust in the server's code). ``local``: each device clips
-    and noises its own contribution before it leaves (the server sees only noised replies; the same
-    epsilon then costs far more noise in the average). Evaluation replies are outside the guarantee:
-    turn them off with ``eval_every`` / ``evaluate_labels`` where they matter.
+    and noises its released weights, masks and statistics before they leave (the same epsilon then
+    costs far more noise in the average). Outside the guarantee in both: evaluation replies and the
+    training metrics (example counts, divergence, loss, epochs, handler time; README).
     """
 
     mode: Literal["off", "central", "local"] = "off"
@@ -41,8 +41,10 @@ class PrivacySpec(Section):
     #   round together spends this epsilon at delta (replaces noise_multiplier)
     delta: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: 1 / (number of devices)
     max_epsilon: Annotated[float, Field(ge=0)] = 0.0  # > 0: training stops before a round would pass it
-    noise: Literal["seeded", "os"] = "seeded"  # seeded: drawn from the root seed (reproducible studies;
-    #   whoever knows the seed can remove it) | os: from the operating system's entropy (deployments)
+    noise: Literal["seeded", "os"] = "seeded"  # central mode's noise and each round's sample: seeded from the
+    #   root seed, for simulation studies only (every device gets the root seed, so any of them could remove
+    #   the noise) | os: from the server's operating system (every deployment). Local mode's noise is always
+    #   the device's own (OS entropy): the server must not know it
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -127,3 +129,23 @@ def mean_parts(contributions: list[Parts]) -> Parts:
 def plus(reference: Parts, delta: Parts) -> Parts:
     """``reference + delta`` part by part (the new aggregate from the averaged, noised differences)."""
     return {name: {k: reference[name][k].float() + v.float() for k, v in part.items()} for name, part in delta.items()}
+
+
+def project_state(noised: TensorDict) -> TensorDict:
+    """Noised weights made a valid state again: BatchNorm running variances no lower than 1e-5
+    (post-processing, which keeps the guarantee)."""
+    return {k: v.clamp_min(1e-5) if k.endswith("running_var") else v for k, v in noised.items()}
+
+
+def project_distribution(p: torch.Tensor) -> torch.Tensor:
+    """A noised mean prediction (K,) made a probability vector again."""
+    p = p.clamp_min(0)
+    return p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1 / len(p))
+
+
+def project_sums(sums: torch.Tensor, mass: torch.Tensor, total: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noised per-class feature sums (K, D+1) and masses (K,) made valid again: masses >= 0 adding up
+    to ``total``, no class sum longer than its mass (features are unit length)."""
+    mass = project_distribution(mass) * total
+    scale = (mass / sums.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    return sums * scale.unsqueeze(1), mass

@@ -95,13 +95,6 @@ def norm_layers(model: nn.Module) -> dict[str, nn.Module]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, NORMS)}
 
 
-def norm_keys(model: nn.Module) -> set[str]:
-    """The state-dict keys of ``model``'s normalisation layers (scale, shift, running statistics): all
-    that local training changes with ``trainable: norm``."""
-    names = set(norm_layers(model))
-    return {k for k in model.state_dict() if k.rpartition(".")[0] in names}
-
-
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """Every BatchNorm layer of ``model``."""
     return list(named_batchnorms(model).values())

@@ -19,13 +19,19 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp.privacy import Parts, add_noise, clipped_contribution, plus, released
-from admp.seeding import torch_generator
-from clients.device import config_float, config_int, config_record
+from admp.privacy import (
+    Parts,
+    TensorDict,
+    add_noise,
+    clipped_contribution,
+    plus,
+    project_distribution,
+    project_state,
+    project_sums,
+    released,
+)
+from clients.device import config_float, config_record
 from strategies import protocol as P
-from strategies.privacy import project_distribution, project_state
-
-TensorDict = dict[str, torch.Tensor]
 
 
 def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -37,11 +43,7 @@ def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     if "privacy-clip" not in config:
         return reply
     clip, z = config_float(config, "privacy-clip"), config_float(config, "privacy-z")
-    if str(config.get("privacy-noise", "seeded")) == "os":
-        generator = torch.Generator().manual_seed(secrets.randbits(63))
-    else:
-        seed = int(P.config_json(config, "scenario")["seed"])
-        generator = torch_generator(seed, "local-dp", config_int(config, "device"), config_int(config, P.SERVER_ROUND))
+    generator = torch.Generator().manual_seed(secrets.randbits(63))  # the device's own: the server must not know it
     s_min = float(P.config_json(config, "hp")["s_min"]) if P.MASKS in reply.content else 0.0
     modules = json.loads(str(config.get("privacy-modules", "null")))
     privatise(msg.content, reply.content, Noise(clip, z, generator, modules), s_min)
@@ -107,9 +109,6 @@ def _stats(noised: Parts, n: int) -> TensorDict:
     if "marginal" in noised:
         out["mean-prediction"] = project_distribution(noised["marginal"]["p"])
     if "centroids" in noised:
-        mass = project_distribution(noised["centroids"]["mass"]) * n  # (K,) >= 0, adding up to n
-        sums = noised["centroids"]["sums"] * n  # (K, D+1)
-        norms = sums.norm(dim=1).clamp_min(1e-12)
-        out["feature-sums"] = sums * (mass / norms).clamp(max=1.0).unsqueeze(1)
-        out["feature-mass"] = mass
+        sums, mass = project_sums(noised["centroids"]["sums"] * n, noised["centroids"]["mass"], float(n))
+        out["feature-sums"], out["feature-mass"] = sums, mass
     return out

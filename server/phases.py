@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from admp.centroids import feature_dim
+from admp.configbase import ConfigError
 from admp.masks import MaskDict, group_sizes, pruned_fraction
 from admp.models import example_input
 from admp.objective import shares_centroids
@@ -111,6 +112,8 @@ def discover(grid: Grid, run: RunSetup) -> Session:
             fleet.privacy.modules = sorted(norm_layers(run.model()))
         if run.checkpoint is not None:
             fleet.privacy.load_state_dict(run.checkpoint.privacy)
+    elif run.checkpoint is not None and run.checkpoint.privacy:
+        raise ConfigError("federation.privacy: the checkpoint's rounds were private; resume with its privacy settings")
     policy = RoundPolicy(fed.clients_per_round, fed.min_replies, fed.eval_clients)
     local_bn = fed.bn_recalibration == "local"
     clock = FleetClock.from_spec(fed.profiles, cfg.run.seed)

@@ -142,6 +142,7 @@ class FleetStrategy(Strategy):
             config = config | self.fleet.shared.config()
         if with_teacher and self.fleet.privacy is not None:  # training: local DP's clip and noise
             config = config | self.fleet.privacy.device_config()
+            self.fleet.privacy.asked(device_ids)
         out = []
         self.asked = {self.fleet.devices[d] for d in device_ids}
         for device in device_ids:

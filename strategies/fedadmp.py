@@ -22,7 +22,7 @@ from strategies.aggregation import (
     specs_of,
 )
 from strategies.base import Fleet, FleetStrategy, RoundPolicy, log
-from strategies.privacy import private_aggregate
+from strategies.privacy import private_round
 from strategies.robust import Defence, aggregate
 from strategies.selftraining import DeviceStats
 
@@ -64,21 +64,6 @@ def round_metrics(replies: Sequence[KdReply]) -> dict[str, MetricRecordValues]:
         P.NUM_EXAMPLES: sum(r.n for r in replies),
         "divergence": weighted_mean((r.divergence, r.n) for r in replies),
     }
-
-
-def private_round(
-    strategy: FleetStrategy, server_round: int, replies: Sequence[KdReply], masks: dict[str, MaskDict]
-) -> tuple[TensorDict, dict[str, MaskDict], dict[str, MetricRecordValues]]:
-    """A training round under ``federation.privacy``: weights, the named masks and the fleet's
-    statistics from the private aggregate (``strategies.privacy``), and the round's metrics."""
-    privacy, shared = strategy.fleet.privacy, strategy.fleet.shared
-    assert privacy is not None and isinstance(strategy, (FedADMP, FedKD))
-    devices = strategy.asked_devices()
-    weights, new_masks, stats = private_aggregate(privacy, server_round, devices, replies, strategy.sent, masks, shared)
-    metrics = round_metrics(replies)
-    if stats.mean_prediction is not None or stats.sums is not None:
-        metrics |= strategy.share_stats([(stats, sum(r.n for r in replies))])
-    return weights, new_masks, metrics | {"epsilon": privacy.epsilon()}
 
 
 def check_weights(weights: TensorDict, reference: TensorDict, defence: Defence) -> None:
@@ -216,7 +201,8 @@ class FedADMP(FleetStrategy):
             return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
         defence = self.fleet.defence
         if self.fleet.privacy is not None:
-            weights, masks, metrics = private_round(self, server_round, parsed, {"m": self.state.m, "s": self.state.s})
+            weights, masks, extra = private_round(self, server_round, parsed, {"m": self.state.m, "s": self.state.s})
+            metrics = round_metrics(parsed) | extra
             self.state.m = {g: v.clamp(0.0, 1.0) for g, v in masks["m"].items()}
             self.state.s = {g: v.clamp(self.s_min, 1.0) for g, v in masks["s"].items()}
         else:
@@ -299,7 +285,8 @@ class FedKD(FleetStrategy):
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
         if self.fleet.privacy is not None:
-            weights, _, metrics = private_round(self, server_round, parsed, {})
+            weights, _, extra = private_round(self, server_round, parsed, {})
+            metrics = round_metrics(parsed) | extra
         else:
             weights, metrics = fedavg(parsed, self.fleet.defence, self.sent)
             metrics |= self.share_stats([(r.stats, r.n) for r in parsed])

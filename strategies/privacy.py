@@ -22,17 +22,33 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from flwr.serverapp import PrivacyConfig, RdpAccountant
-from flwr.supercore.privacy_accounting import GaussianPrivacyEvent, NeighboringRelation, SamplingMethod
+from flwr.app import MetricRecordValues
+from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
 from admp.centroids import FeatureSums
+from admp.configbase import ConfigError
 from admp.masks import MaskDict
-from admp.privacy import Parts, PrivacySpec, TensorDict, add_noise, clipped_contribution, mean_parts, plus, released
+from admp.privacy import (
+    Parts,
+    PrivacySpec,
+    TensorDict,
+    add_noise,
+    clipped_contribution,
+    mean_parts,
+    plus,
+    project_distribution,
+    project_state,
+    project_sums,
+    released,
+)
 from admp.seeding import torch_generator
 from strategies.selftraining import DeviceStats, SharedStats
+
+if TYPE_CHECKING:
+    from strategies.base import Fleet
 
 
 def _accountant(mode: str, population: int, delta: float) -> RdpAccountant:
@@ -86,16 +102,23 @@ class Privacy:
     sample: int  # k: devices asked per training round
     planned_rounds: int  # training rounds of the run (the calibration's horizon)
     seed: int
-    z: float = 0.0  # the noise multiplier in force
     releases: int = 0  # aggregated training rounds (central)
-    participations: dict[int, int] = field(default_factory=dict)  # device -> rounds it contributed to (local)
+    participations: dict[int, int] = field(default_factory=dict)  # device -> training rounds it was asked to (local)
     modules: list[str] | None = None  # the layers devices train (admp.trainable: norm); None: every weight
+    z: float = field(init=False)  # the noise multiplier in force
+    delta: float = field(init=False)  # the delta epsilon is reported at
 
     def __post_init__(self) -> None:
+        """Resolve delta (0: 1/N) and z (given, or calibrated to ``target_epsilon`` over the planned rounds)."""
+        if self.population < 2:
+            raise ConfigError(f"federation.privacy: a fleet of {self.population} device has no one to hide among")
         self.delta = self.spec.delta or 1.0 / self.population
-        self.z = self.spec.noise_multiplier or calibrate(
-            self.spec.mode, self.spec.target_epsilon, self.planned_rounds, self.sample, self.population, self.delta
-        )
+        try:
+            self.z = self.spec.noise_multiplier or calibrate(
+                self.spec.mode, self.spec.target_epsilon, self.planned_rounds, self.sample, self.population, self.delta
+            )
+        except ValueError as exc:
+            raise ConfigError(f"federation.privacy.target_epsilon: {exc}") from exc
 
     @property
     def local(self) -> bool:
@@ -120,7 +143,6 @@ class Privacy:
         return {
             "privacy-clip": self.spec.clip,
             "privacy-z": self.z,
-            "privacy-noise": self.spec.noise,
             "privacy-modules": modules,
         }
 
@@ -128,9 +150,7 @@ class Privacy:
         """The round's private aggregate: reference + the mean of the devices' differences, each device
         counted once. Central: each difference clipped here and N(0, (z clip)^2) added to their sum.
         Local: the devices already clipped and noised theirs; they are averaged as they came."""
-        if self.local:
-            for device in devices:
-                self.participations[device] = self.participations.get(device, 0) + 1
+        if self.local:  # participations were counted when the devices were asked (``asked``)
             differences = [
                 {n: {k: v.float() - reference[n][k].float() for k, v in p.items()} for n, p in c.items()} for c in parts
             ]
@@ -139,6 +159,12 @@ class Privacy:
         std = self.z * self.spec.clip / len(clipped)  # N(0, (z clip)^2) on the sum is this on the mean
         self.releases += 1
         return plus(reference, add_noise(mean_parts(clipped), std, self.generator(server_round)))
+
+    def asked(self, devices: list[int]) -> None:
+        """Local mode: each asked device releases a noised reply whether or not the round aggregates it."""
+        if self.local:
+            for device in devices:
+                self.participations[device] = self.participations.get(device, 0) + 1
 
     def generator(self, server_round: int) -> torch.Generator:
         """The central noise's generator: from the root seed and round, or from the OS's entropy."""
@@ -159,12 +185,31 @@ class Privacy:
             "accountant": "RDP (flwr.serverapp.RdpAccountant, dp-accounting)",
         }
 
+    def model(self) -> dict[str, Any]:
+        """What the epsilon of the releases so far depends on besides their count."""
+        return {
+            "mode": self.spec.mode,
+            "z": self.z,
+            "population": self.population,
+            "sample": self.sample,
+            "delta": self.delta,
+            "clip": self.spec.clip,
+        }
+
     def state_dict(self) -> dict[str, Any]:
-        """The releases so far, for the run's checkpoint (z is re-derived from the config)."""
-        return {"releases": self.releases, "participations": dict(self.participations)}
+        """The releases so far and the model they were made under, for the run's checkpoint."""
+        return {"releases": self.releases, "participations": dict(self.participations), "model": self.model()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore ``state_dict``'s releases (a resumed run keeps counting its budget)."""
+        """Restore ``state_dict``'s releases (a resumed run keeps counting its budget). ConfigError when
+        the checkpoint's rounds were released without privacy or under another mode, z, fleet, sample,
+        delta or clip: their epsilon would be misreported."""
+        if state.get("model") != self.model():
+            made = state.get("model") or "no privacy"
+            raise ConfigError(
+                f"federation.privacy: the checkpoint's rounds were released under {made}, not {self.model()}: "
+                "resume with the settings it was started with"
+            )
         self.releases = int(state.get("releases", 0))
         self.participations = {int(k): int(v) for k, v in dict(state.get("participations", {})).items()}
 
@@ -172,17 +217,6 @@ class Privacy:
 def floats(state: TensorDict) -> TensorDict:
     """The floating entries of a state dict (integer buffers such as BN's batch count take no part)."""
     return {k: v for k, v in state.items() if v.is_floating_point()}
-
-
-def project_state(noised: TensorDict) -> TensorDict:
-    """Noised weights made a valid state again: BatchNorm running variances no lower than 0."""
-    return {k: v.clamp_min(0.0) if k.endswith("running_var") else v for k, v in noised.items()}
-
-
-def project_distribution(p: torch.Tensor) -> torch.Tensor:
-    """A noised mean prediction made a probability vector again (post-processing keeps the guarantee)."""
-    p = p.clamp_min(0)
-    return p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1 / len(p))
 
 
 def stats_parts(stats: DeviceStats, n: int) -> Parts:
@@ -214,7 +248,8 @@ def stats_of(released: Parts) -> DeviceStats:
     if "marginal" in released:
         out.mean_prediction = project_distribution(released["marginal"]["p"])
     if "centroids" in released:
-        out.sums = FeatureSums(released["centroids"]["sums"], released["centroids"]["mass"].clamp_min(0))
+        sums, mass = project_sums(released["centroids"]["sums"], released["centroids"]["mass"], 1.0)
+        out.sums = FeatureSums(sums, mass)
     return out
 
 
@@ -249,3 +284,34 @@ def private_aggregate(
     out = privacy.release(server_round, devices, parts, reference)
     weights = dict(sent) | {k: v.to(sent[k].dtype) for k, v in project_state(out["arrays"]).items()}
     return weights, {name: out[name] for name in masks}, stats_of(out)
+
+
+class PrivateStrategy(Protocol):
+    """What ``private_round`` needs of a strategy (``strategies.fedadmp.FedADMP`` / ``FedKD``)."""
+
+    fleet: Fleet
+    sent: TensorDict  # the global model last sent
+
+    def asked_devices(self) -> list[int]:
+        """The device ids of the messages last sent."""
+        ...
+
+    def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
+        """Make (stats, n) the fleet's aggregates; returns the label-free signals."""
+        ...
+
+
+def private_round(
+    strategy: PrivateStrategy, server_round: int, replies: Sequence[PrivateReply], masks: dict[str, MaskDict]
+) -> tuple[TensorDict, dict[str, MaskDict], dict[str, MetricRecordValues]]:
+    """A training round under ``federation.privacy``: the weights, the named masks and the metrics of
+    the fleet's statistics (now shared) and of the epsilon spent, from ``private_aggregate``."""
+    privacy, shared = strategy.fleet.privacy, strategy.fleet.shared
+    if privacy is None:
+        raise ValueError("private_round needs federation.privacy")
+    devices = strategy.asked_devices()
+    weights, new_masks, stats = private_aggregate(privacy, server_round, devices, replies, strategy.sent, masks, shared)
+    metrics: dict[str, MetricRecordValues] = {"epsilon": privacy.epsilon()}
+    if stats.mean_prediction is not None or stats.sums is not None:
+        metrics |= strategy.share_stats([(stats, sum(r.n for r in replies))])
+    return weights, new_masks, metrics

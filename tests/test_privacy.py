@@ -133,3 +133,72 @@ def test_os_noise_also_draws_each_rounds_sample_from_the_os():
     assert seeded.sample(1, 5) == seeded.sample(1, 5)  # a study: the same sample from the root seed
     secret = fleet("os")
     assert secret.sample(1, 5) != secret.sample(1, 5)  # 1 in C(1000, 5) to repeat
+
+
+def test_central_noise_on_the_mean_is_z_clip_over_the_replies():
+    privacy = Privacy(
+        PrivacySpec(mode="central", clip=1.0, noise_multiplier=1.0), population=10, sample=2, planned_rounds=1, seed=0
+    )
+    reference = {"w": {"x": torch.zeros(20000)}}
+    out = privacy.release(1, [0, 1], [reference, reference], reference)  # nothing moved: noise only
+    assert abs(float(out["w"]["x"].std()) - 0.5) < 0.02  # z clip / 2 replies
+
+
+def test_what_leaves_a_device_in_local_mode_is_clipped_noised_and_valid():
+    from flwr.app import RecordDict
+
+    from clients.privacy import Noise, privatise
+    from strategies import protocol as P
+
+    sent = RecordDict({P.ARRAYS: P.to_record({"bn.weight": torch.ones(4), "conv.weight": torch.ones(3)})})
+    stats = {"mean-prediction": torch.tensor([0.7, 0.3])}
+    reply = RecordDict(
+        {
+            P.ARRAYS: P.to_record({"bn.weight": torch.full((4,), 4.0), "conv.weight": torch.ones(3)}),
+            P.STATS: P.to_record(stats),
+            P.METRICS: P.metrics_record({P.NUM_EXAMPLES: 10}),
+        }
+    )
+    privatise(sent, reply, Noise(clip=1.0, z=0.01, generator=torch.Generator().manual_seed(0), modules=["bn"]), 0.0)
+    arrays = P.from_record(P.array_record(reply, P.ARRAYS))
+    moved = float((arrays["bn.weight"] - 1).norm())
+    assert 0.6 < moved < 0.8  # (3, 3, 3, 3) clipped to 1 / sqrt(2 parts) = 0.71, plus a little noise
+    assert torch.equal(arrays["conv.weight"], torch.ones(3))  # not a trained layer: not released
+    p = P.from_record(P.array_record(reply, P.STATS))["mean-prediction"]
+    assert abs(float(p.sum()) - 1) < 1e-6 and float(p.min()) >= 0
+
+
+def test_a_resumed_private_run_must_keep_its_privacy_model():
+    spec = PrivacySpec(mode="central", noise_multiplier=1.0)
+    first = Privacy(spec, population=10, sample=2, planned_rounds=3, seed=0)
+    first.releases = 2
+    again = Privacy(spec, population=10, sample=2, planned_rounds=3, seed=0)
+    again.load_state_dict(first.state_dict())
+    assert again.releases == 2 and again.epsilon() == first.epsilon()
+    other = Privacy(
+        PrivacySpec(mode="central", noise_multiplier=2.0), population=10, sample=2, planned_rounds=3, seed=0
+    )
+    with pytest.raises(ConfigError, match="released under"):
+        other.load_state_dict(first.state_dict())
+    with pytest.raises(ConfigError, match="no one to hide among"):
+        Privacy(spec, population=1, sample=1, planned_rounds=1, seed=0)
+
+
+def test_private_runs_sample_k_of_n_and_train_only_normalisation_layers():
+    from admp.models import build_model
+    from admp.trainer import trained_parameters
+
+    with pytest.raises(ConfigError, match="under-count"):
+        config_from_overrides(
+            [
+                "federation.privacy.mode=central",
+                "federation.privacy.noise_multiplier=1",
+                "federation.profiles.availability=random",
+                "federation.profiles.availability_p=0.5",
+            ]
+        )
+    cfg = config_from_overrides(["federation.privacy.mode=central", "federation.privacy.noise_multiplier=1"])
+    assert cfg.admp.trainable == "norm" and config_from_overrides([]).admp.trainable == "all"
+    model = build_model("lenet", 10)
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert norms and {id(p) for p in trained_parameters(model, cfg.admp)} == norms
