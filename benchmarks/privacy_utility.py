@@ -69,7 +69,7 @@ def table(summary: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
     for task in order:
         for method, figs in summary[task].items():
             acc, eps = figs["accuracy"], figs.get("epsilon")
-            setting = LABELS.get(task, f"epsilon {_target(task):g}")
+            setting = LABELS[task] if task in LABELS else f"epsilon {_target(task):g}"
             eps_text = f"{eps['mean']:.2f}" if eps else "inf"
             mb = figs.get("mb_per_client_round", {"mean": float("nan")})["mean"]
             lines.append(
