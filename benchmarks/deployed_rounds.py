@@ -1,7 +1,7 @@
 """Round time of the same scenario deployed (SuperLink + SuperNodes on loopback, the deployment kit) and
 simulated (``fedadmp simulate``), and where a deployed round's time goes.
 
-    python benchmarks/deployed_rounds.py [--devices 3] [--workers on|off|both] [--out FILE.json]
+    python benchmarks/deployed_rounds.py [--devices 3] [--workers on|off|both] [--device-threads N] [--out FILE.json]
 
 Both runs use the default digits scenario cut to ``--devices`` devices (every device sampled each
 round, short rounds) and write their per-round ``round_seconds``; the report gives the median
@@ -59,12 +59,13 @@ def simulated(devices: int, out: Path) -> Path:
     return next(p for p in out.iterdir() if (p / "summary.json").is_file())
 
 
-def deployed(devices: int, work: Path, out: Path, workers: bool) -> dict[str, Any]:
+def deployed(devices: int, work: Path, out: Path, workers: bool, threads: int = 0) -> dict[str, Any]:
     """The scenario on a loopback fleet (insecure) brought up and down by the kit, with or without the
     devices' workers: its round times, accuracy, and who served the messages (the kit's logs)."""
     fleet = [PY, str(ROOT / "deploy" / "fleet.py")]
     up = [*fleet, "up", "--workdir", str(work), "--devices", str(devices)]
-    subprocess.run(up + ([] if workers else ["--no-workers"]), check=True)
+    up += ["--device-threads", str(threads)] + ([] if workers else ["--no-workers"])
+    subprocess.run(up, check=True)
     try:
         spec = "; ".join(overrides(devices))
         subprocess.run([*fleet, "run", "--workdir", str(work), "--out-dir", str(out), "--overrides", spec], check=True)
@@ -76,6 +77,7 @@ def deployed(devices: int, work: Path, out: Path, workers: bool) -> dict[str, An
     fallbacks = sum(read(d / "supernode.out").count("unreachable") for d in logs)
     return {
         "workers": workers,
+        "device_threads": threads,
         "worker_requests": served,
         "in_process_fallbacks": fallbacks,
         "round_seconds": times,
@@ -104,12 +106,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=3)
     parser.add_argument("--workers", choices=("on", "off", "both"), default="on", help="the devices' workers")
+    parser.add_argument("--device-threads", type=int, default=0, help="fleet.py up --device-threads (0: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployed_rounds.json")
     args = parser.parse_args()
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.workers]
     with tempfile.TemporaryDirectory(prefix="fedadmp-bench-") as tmp:
         sim_times, sim_acc = rounds(simulated(args.devices, Path(tmp) / "sim"))
-        runs = [deployed(args.devices, Path(tmp) / f"fleet{k}", Path(tmp) / f"dep{k}", w) for k, w in enumerate(modes)]
+        runs = [
+            deployed(args.devices, Path(tmp) / f"fleet{k}", Path(tmp) / f"dep{k}", w, args.device_threads)
+            for k, w in enumerate(modes)
+        ]
     sim_median = statistics.median(sim_times)
     result: dict[str, object] = {
         "devices": args.devices,

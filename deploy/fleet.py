@@ -94,6 +94,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         cache_root=str(Path(args.cache_root).resolve()) if args.cache_root else "",
         federation=args.federation,
         workers=not args.no_workers,
+        device_threads=args.device_threads,
     )
 
 
@@ -267,6 +268,13 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--cache-root", default="", help="teacher caches in <dir>/device-<i>")
     up.add_argument("--federation", default="fleet", help="name of the SuperLink connection in config.toml")
     up.add_argument("--no-workers", action="store_true", help="no per-device worker: each message imports the app")
+    up.add_argument(
+        "--device-threads",
+        type=int,
+        default=0,
+        help="torch threads per local device (e.g. cores // devices: faster on a shared host, last digits differ "
+        "from the simulation's); 0: torch's default",
+    )
     run = subs["run"]
     run.add_argument("--scenario", default="", help="scenario YAML")
     run.add_argument("--overrides", default="", help='"key=value; key=value" scenario overrides')

@@ -44,6 +44,8 @@ class Spec:
     cache_root: str = ""  # default: <workdir>/nodes/<i>/cache
     federation: str = "fleet"  # the SuperLink connection's name in config.toml
     workers: bool = True  # a long-lived clients.worker beside each local SuperNode (its worker-socket)
+    device_threads: int = 0  # torch threads of each local device (OMP_NUM_THREADS of its worker and SuperNode);
+    #   0: torch's default, whose numbers match the simulation's to the sample
 
     @property
     def connect_host(self) -> str:

@@ -68,9 +68,18 @@ class Supervisor:
         self.state |= changes
         write_json(self.lay.state, self.state)
 
-    def spawn(self, cmd: list[str], log: Path, home: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def device_threads(self) -> dict[str, str]:
+        """``OMP_NUM_THREADS`` for each device's worker and SuperNode (whose per-message processes inherit
+        it) with ``--device-threads``; nothing by default: torch's default threads, every core in each
+        device, oversubscribe a host with several, but give the simulation's numbers to the sample."""
+        threads = self.spec.device_threads
+        return {"OMP_NUM_THREADS": str(threads)} if threads > 0 else {}
+
+    def spawn(
+        self, cmd: list[str], log: Path, home: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start ``cmd`` in a new session (its group is ours), in ``cwd`` (default: the log's folder),
-        output to ``log``; own it."""
+        output to ``log``, with ``env`` over the Flower environment; own it."""
         log.parent.mkdir(parents=True, exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
         self.commands.append(" ".join(shell_word(c) for c in cmd))
@@ -78,7 +87,7 @@ class Supervisor:
         with log.open("ab") as fh:
             proc = subprocess.Popen(
                 cmd,
-                env=flower_env(home),
+                env=flower_env(home) | (env or {}),
                 cwd=cwd or log.parent,
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
@@ -130,7 +139,7 @@ class Supervisor:
             self.check()
             cmd = worker_command(self.lay, i, node_config(self.spec, self.lay, i))
             node = self.lay.node(i)
-            self.workers.append(self.spawn(cmd, node / "worker.out", node / "flwr-home", cwd=ROOT))
+            self.workers.append(self.spawn(cmd, node / "worker.out", node / "flwr-home", ROOT, self.device_threads()))
 
     def start_nodes(self, address: str) -> None:
         """Start one SuperNode per local device, each with its own Runtime API port (and, with workers,
@@ -141,7 +150,8 @@ class Supervisor:
             port = procs.free_port()
             key = lay.keys / f"supernode-{i}" if spec.auth else None
             cmd = supernode_command(spec, lay, address, port, key, supernode_config(spec, lay, i))
-            self.nodes.append(self.spawn(cmd, lay.node(i) / "supernode.out", lay.node(i) / "flwr-home"))
+            node = lay.node(i)
+            self.nodes.append(self.spawn(cmd, node / "supernode.out", node / "flwr-home", env=self.device_threads()))
             rows.append({"device": i, "pid": self.nodes[-1].pid, "port": port})
             if self.workers:
                 rows[-1] |= {"worker": self.workers[i].pid, "socket": str(worker_socket(lay, i))}
