@@ -361,35 +361,34 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
 
     Devices that are domains of their own adapt BN per device (teacher targets and inference:
     ``local``); devices that share one target domain and differ only in label mix adapt BN on the
-    whole fleet (teacher: ``fleet``, inference: ``global``). The rule uses no label.
+    whole fleet (teacher: ``fleet``, inference: ``global``). The rule uses no label. Under
+    ``federation.privacy`` BN is always adapted on each device (pooled moments would be releases
+    outside the accounted rounds: ``fleet`` / ``global`` are an error) and ``admp.trainable`` ``auto``
+    is ``norm`` (else ``all``).
     """
     own_domains = cfg.data.devices_are_domains()
-    private_auto = {  # which modes were auto (a private run resolves those to local)
-        "admp.teacher_bn": cfg.admp.teacher_bn == "auto",
-        "federation.bn_recalibration": cfg.federation.bn_recalibration == "auto",
-    }
+    private = cfg.federation.privacy.active
     if cfg.admp.teacher_bn == "auto":
-        cfg.admp.teacher_bn = "local" if own_domains else "fleet"
+        cfg.admp.teacher_bn = "local" if own_domains or private else "fleet"
     if cfg.admp.centroids == "auto":
         cfg.admp.centroids = "device" if own_domains else "fleet"
     if cfg.federation.teacher_rounds == "auto":
         cfg.federation.teacher_rounds = 0 if own_domains else 3
     if cfg.federation.bn_recalibration == "auto":
-        cfg.federation.bn_recalibration = "local" if own_domains else "global"
+        cfg.federation.bn_recalibration = "local" if own_domains or private else "global"
     if cfg.admp.trainable == "auto":
-        cfg.admp.trainable = "norm" if cfg.federation.privacy.active else "all"
-    if cfg.federation.privacy.active:  # pooled BN moments would be releases outside the accounted rounds
-        modes = {"admp.teacher_bn": ("fleet", "local"), "federation.bn_recalibration": ("global", "local")}
-        for key, (pooled, local) in modes.items():
-            section, name = key.split(".")
-            if getattr(getattr(cfg, section), name) == pooled:
-                if not private_auto.get(key, False):
-                    raise SectionError(
-                        "",
-                        f"{key}: {pooled} pools BN moments over the fleet, which a private run "
-                        f"does not release; use {local} (each device adapts BN on its own data)",
-                    )
-                setattr(getattr(cfg, section), name, local)
+        cfg.admp.trainable = "norm" if private else "all"
+    pooled = [
+        ("admp.teacher_bn", cfg.admp.teacher_bn, "fleet"),
+        ("federation.bn_recalibration", cfg.federation.bn_recalibration, "global"),
+    ]
+    for key, value, pooling in pooled:
+        if private and value == pooling:
+            raise SectionError(
+                "",
+                f"{key}: {pooling} pools BN moments over the fleet, which a private run does not release; "
+                "use local (each device adapts BN on its own data)",
+            )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

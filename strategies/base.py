@@ -159,10 +159,6 @@ class FleetStrategy(Strategy):
             out.append(Message(content, dst_node_id=self.fleet.devices[device], message_type=message_type))
         return out
 
-    def asked_devices(self) -> list[int]:
-        """The device ids of the messages last sent."""
-        return sorted(d for d, node in self.fleet.devices.items() if node in self.asked)
-
     # --- replies ------------------------------------------------------------------------------
     def triage(self, server_round: int, replies: Iterable[Message]) -> list[tuple[int, RecordDict]]:
         """(device id, content) of the replies without an error, sorted by device id.

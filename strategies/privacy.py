@@ -146,15 +146,12 @@ class Privacy:
             "privacy-modules": modules,
         }
 
-    def release(self, server_round: int, devices: list[int], parts: list[Parts], reference: Parts) -> Parts:
+    def release(self, server_round: int, parts: list[Parts], reference: Parts) -> Parts:
         """The round's private aggregate: reference + the mean of the devices' differences, each device
         counted once. Central: each difference clipped here and N(0, (z clip)^2) added to their sum.
-        Local: the devices already clipped and noised theirs; they are averaged as they came."""
-        if self.local:  # participations were counted when the devices were asked (``asked``)
-            differences = [
-                {n: {k: v.float() - reference[n][k].float() for k, v in p.items()} for n, p in c.items()} for c in parts
-            ]
-            return plus(reference, mean_parts(differences))
+        Local: the devices already clipped and noised theirs (counted when asked): their plain mean."""
+        if self.local:
+            return mean_parts(parts)
         clipped = [clipped_contribution(p, reference, self.spec.clip) for p in parts]
         std = self.z * self.spec.clip / len(clipped)  # N(0, (z clip)^2) on the sum is this on the mean
         self.releases += 1
@@ -214,11 +211,6 @@ class Privacy:
         self.participations = {int(k): int(v) for k, v in dict(state.get("participations", {})).items()}
 
 
-def floats(state: TensorDict) -> TensorDict:
-    """The floating entries of a state dict (integer buffers such as BN's batch count take no part)."""
-    return {k: v for k, v in state.items() if v.is_floating_point()}
-
-
 def stats_parts(stats: DeviceStats, n: int) -> Parts:
     """A device's self-training statistics as contribution parts, per sample (so each device's
     statistics are bounded whatever its size): the mean prediction, feature sums / n and masses / n."""
@@ -264,7 +256,6 @@ class PrivateReply(Protocol):
 def private_aggregate(
     privacy: Privacy,
     server_round: int,
-    devices: list[int],
     replies: Sequence[PrivateReply],
     sent: TensorDict,
     masks: dict[str, MaskDict],
@@ -281,7 +272,7 @@ def private_aggregate(
         | stats_parts(r.stats, r.n)
         for r in replies
     ]
-    out = privacy.release(server_round, devices, parts, reference)
+    out = privacy.release(server_round, parts, reference)
     weights = dict(sent) | {k: v.to(sent[k].dtype) for k, v in project_state(out["arrays"]).items()}
     return weights, {name: out[name] for name in masks}, stats_of(out)
 
@@ -291,10 +282,6 @@ class PrivateStrategy(Protocol):
 
     fleet: Fleet
     sent: TensorDict  # the global model last sent
-
-    def asked_devices(self) -> list[int]:
-        """The device ids of the messages last sent."""
-        ...
 
     def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
         """Make (stats, n) the fleet's aggregates; returns the label-free signals."""
@@ -309,8 +296,7 @@ def private_round(
     privacy, shared = strategy.fleet.privacy, strategy.fleet.shared
     if privacy is None:
         raise ValueError("private_round needs federation.privacy")
-    devices = strategy.asked_devices()
-    weights, new_masks, stats = private_aggregate(privacy, server_round, devices, replies, strategy.sent, masks, shared)
+    weights, new_masks, stats = private_aggregate(privacy, server_round, replies, strategy.sent, masks, shared)
     metrics: dict[str, MetricRecordValues] = {"epsilon": privacy.epsilon()}
     if stats.mean_prediction is not None or stats.sums is not None:
         metrics |= strategy.share_stats([(stats, sum(r.n for r in replies))])
