@@ -8,6 +8,7 @@ resolved config next to its results.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -262,7 +263,10 @@ class FederationSpec(Section):
     #   reason: client drift grows with local epochs), not tuned: the one published value, no other tried
     dual: Dual = "global"  # global: server U from averaged m | per_client: U_k kept on each device
     eval_every: Annotated[int, Field(ge=1)] = 1  # federated evaluation every this many rounds (and always at the end)
-    eval_clients: Annotated[int, Field(ge=0)] = 0  # clients asked to evaluate (0: every client)
+    eval_clients: Annotated[int, Field(ge=0)] = 100  # devices asked to evaluate (and for BN statistics): a
+    #   seeded sample of this many, every device of a fleet of at most this many; 0: every device, however many
+    sim_nodes: Annotated[int, Field(ge=0)] = 0  # simulation SuperNodes the virtual devices run on (slots; a
+    #   round's devices take distinct ones); 0: as many as one exchange asks (simulation_nodes)
     bn_recalibration: BnRecalibration = "auto"  # global: pool client BN moments into the exported model |
     #   local: global, and each device re-estimates BN statistics on its own unlabeled data before
     #   inference | none: keep the FedAvg'd statistics | auto: local when every device is a domain
@@ -293,13 +297,31 @@ class FederationSpec(Section):
 
     def check_fleet(self, num_devices: int) -> None:
         """Settings that need the fleet's size, known once the data is read (ConfigError naming the key)."""
-        for key in ("clients_per_round", "eval_clients", "min_replies"):
+        for key in ("clients_per_round", "min_replies", "sim_nodes"):
             value = getattr(self, key)
             if value > num_devices:
                 raise ConfigError(f"federation.{key}: {value} exceeds the fleet's {num_devices} devices")
+        needed = self.most_asked(num_devices)
+        if 0 < self.sim_nodes < needed:
+            raise ConfigError(
+                f"federation.sim_nodes: {self.sim_nodes} nodes cannot run the {needed} devices one exchange asks "
+                "(clients_per_round with over-selection, eval_clients)"
+            )
         outside = [d for d in self.faults.hostile_devices if d >= num_devices]
         if outside:
             raise ConfigError(f"federation.faults.hostile_devices: {outside} are not in a fleet of {num_devices}")
+
+    def most_asked(self, num_devices: int) -> int:
+        """The most devices one exchange asks in a fleet of ``num_devices``: a training round's sample
+        (over-selection included) or an evaluation's (``eval_clients``, 0: all)."""
+        train = math.ceil(self.clients_per_round * (1 + self.profiles.over_selection))
+        evaluation = self.eval_clients or num_devices
+        return min(num_devices, max(train, evaluation))
+
+    def simulation_nodes(self, num_devices: int) -> int:
+        """SuperNodes a simulation starts for ``num_devices`` virtual devices: ``sim_nodes``, else as many as
+        one exchange asks, so start-up and rounds do not grow with the fleet (``strategies.roster``)."""
+        return self.sim_nodes or self.most_asked(num_devices)
 
     def self_training_rounds(self) -> int:
         """``teacher_rounds`` as resolved for the run's fleet (``auto`` is resolved with the scenario)."""

@@ -1,16 +1,20 @@
-"""Peak memory of the whole process tree (driver, Ray's GCS/raylet and workers) against fleet size.
+"""Start-up, round time and peak memory of the whole process tree (driver, Ray's GCS/raylet and
+workers) against fleet size.
 
-Runs ``fedadmp simulate`` as a subprocess for 10, 100, 1,000 and 10,000 virtual devices with 10
-per round (2 mask rounds + 1 fine-tune round, evaluation on 10 devices), sampling every process
-in the tree every 0.25 s and summing PSS from /proc (shared pages counted once, proportionally).
-Writes JSON. Usage:
+Runs ``fedadmp simulate`` as a subprocess for 10 to 100,000 virtual devices with 10 per round (2 mask
+rounds + 1 fine-tune round, evaluation on 10 devices), sampling every process in the tree every
+0.25 s and summing PSS from /proc (shared pages counted once, proportionally). Start-up is the time
+from launch to the first round (the teacher's training included, the same at every size); round
+time is the mean wall time of the training rounds (their evaluation included). Writes JSON and a
+PNG of the curves. Usage:
 
-    python benchmarks/fleet_memory.py [--fleets 10 100 1000 10000] [--out benchmarks/results/fleet_memory.json]
+    python benchmarks/fleet_memory.py [--fleets 10 100 1000 10000 100000] [--out benchmarks/results/fleet_memory.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -76,7 +80,7 @@ def measure(fleet: int, out_dir: Path) -> dict:
         "--set",
         f"run.name=fleet{fleet}",
     ]
-    start = time.perf_counter()
+    start, launched = time.perf_counter(), time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_kib, peak_procs = 0, 0
     while proc.poll() is None:
@@ -89,11 +93,16 @@ def measure(fleet: int, out_dir: Path) -> dict:
         raise RuntimeError(f"fleet {fleet} failed:\n{output[-3000:]}")
     (run_dir,) = [p for p in out_dir.iterdir() if p.name.startswith(f"fleet{fleet}-")]
     summary = json.loads((run_dir / "summary.json").read_text())
+    with (run_dir / "metrics.csv").open() as f:
+        rounds = [float(r["round_seconds"]) for r in csv.DictReader(f) if r["phase"] in ("mask", "finetune")]
     return {
         "virtual_devices": fleet,
+        "simulation_nodes": summary["nodes"],
         "peak_pss_mib": round(peak_kib / 1024, 1),
         "peak_processes": peak_procs,
         "wall_seconds": round(time.perf_counter() - start, 1),
+        "startup_seconds": round(summary["first_round_at"] - launched, 1),
+        "round_seconds": round(sum(rounds) / len(rounds), 2),
         "bytes_per_client_round": summary["bytes_per_client_round"],
         "bytes_per_client_round_without_teacher": summary["bytes_per_client_round_without_teacher"],
         "dense_student_bytes": summary["dense_student_bytes"],
@@ -101,10 +110,34 @@ def measure(fleet: int, out_dir: Path) -> dict:
     }
 
 
+def plot(results: list[dict], path: Path) -> None:
+    """Start-up, round time and peak PSS against the fleet size (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["virtual_devices"] for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(sizes, [r["startup_seconds"] for r in results], "o-", label="start-up to first round")
+    left.plot(sizes, [r["round_seconds"] for r in results], "s-", label="training round (mean)")
+    left.set(xscale="log", xlabel="virtual devices", ylabel="seconds", ylim=(0, None))
+    left.legend()
+    gib = [r["peak_pss_mib"] / 1024 for r in results]
+    right.plot(sizes, gib, "o-")
+    right.set(
+        xscale="log", xlabel="virtual devices", ylabel="peak PSS of the process tree (GiB)", ylim=(0, 1.2 * max(gib))
+    )
+    fig.suptitle("FedADMP simulation against fleet size (10 devices a round, 2 cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     """Measure every fleet size and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fleets", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    parser.add_argument("--fleets", type=int, nargs="+", default=[10, 100, 1000, 10000, 100000])
     parser.add_argument("--out", default="benchmarks/results/fleet_memory.json")
     args = parser.parse_args()
     results = []
@@ -116,7 +149,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"clients_per_round": 10, "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    plot(results, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ class Job:
         """Decode the message's config (the hyper-parameters are validated like a config file)."""
         config = config_record(msg.content)
         hp = parse_section(AdmpHyper, P.config_json(config, "hp"), "admp.")
-        return cls(config, P.config_json(config, "scenario"), device_id(context), hp, dict(context.node_config))
+        scenario, device = P.config_json(config, "scenario"), device_id(context, config)
+        return cls(config, scenario, device, hp, dict(context.node_config))
 
     def data(self) -> Device:
         """This device's data: its own (node config ``data-path``) on a real device, else its partition
@@ -190,7 +191,7 @@ def _device_state(job: Job, msg: Message, context: Context, sizes: dict[str, int
         config_int(job.config, "z-steps"),
     )
     if str(job.config["dual"]) == "per_client":
-        state.u, last_m, seen_steps, last_rho = load_dual(context, sizes)
+        state.u, last_m, seen_steps, last_rho = load_dual(context, job.device, sizes)
         if last_m is not None and seen_steps != state.z_steps:  # a new Z since this device last trained
             state.advance_client_dual(last_m, last_rho)
     return state
@@ -221,7 +222,7 @@ def train_admp(msg: Message, context: Context) -> Message:
     )
     reply_masks = {"m": state.m, "s": state.s}
     if str(job.config["dual"]) == "per_client":
-        save_dual(context, state.u, state.m, state.z_steps, state.rho)
+        save_dual(context, job.device, state.u, state.m, state.z_steps, state.rho)
         reply_masks["u"] = state.u
     reply: Records = {
         P.ARRAYS: P.to_record(student.state_dict()),

@@ -3,7 +3,9 @@
 Caches are per process and content-addressed, so a simulation worker serving many virtual devices
 holds one task, one teacher and one skeleton per architecture, whatever the fleet size. Only a
 few bytes per device live in Flower's ``Context.state`` (which the simulation copies on every
-message): the teacher's hash and, with per-client duals, U_k and the last m_k.
+message): the teacher's hash and, with per-client duals, U_k and the last m_k. A simulation node is
+a slot that runs whichever virtual device a message names (``strategies.roster``): there a device's
+own dual lives in one file per device under ``FEDADMP_DEVICE_STATE_DIR``, not in the slot's state.
 """
 
 from __future__ import annotations
@@ -59,8 +61,13 @@ def config_float(config: ConfigRecord, key: str) -> float:
     return float(_config_scalar(config, key))
 
 
-def device_id(context: Context) -> int:
-    """Stable device id: the simulation's partition id, else node_config ``device-id``, else node id."""
+def device_id(context: Context, config: ConfigRecord | None = None) -> int:
+    """Stable device id: on a simulation node (``partition-id``), the virtual device the message names
+    (``device`` in its config, else the partition id); on a real device its node config's ``device-id``,
+    else its node id. A real device never takes the id a message names."""
+    simulated = "partition-id" in context.node_config
+    if simulated and config is not None and "device" in config:
+        return config_int(config, "device")
     for key in ("partition-id", "device-id"):
         if key in context.node_config:
             return int(context.node_config[key])
@@ -139,19 +146,43 @@ def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     return copy.deepcopy(_SKELETONS[key])
 
 
-def load_dual(context: Context, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int, float]:
-    """Per-client dual U_k, the last local m_k (None before the first round), the server's Z-step
-    count and rho when it was trained."""
+def _dual_file(context: Context, device: int) -> Path | None:
+    """Where a virtual device keeps its dual: a file of its own under ``FEDADMP_DEVICE_STATE_DIR`` (set per
+    simulation) when this node is a simulation slot; None (the node's Context) on a real device."""
+    root = os.environ.get("FEDADMP_DEVICE_STATE_DIR", "")
+    return Path(root) / f"dual-{int(device)}.pt" if root and "partition-id" in context.node_config else None
+
+
+def load_dual(context: Context, device: int, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int, float]:
+    """Per-client dual U_k of ``device``, its last local m_k (None before its first round), the server's
+    Z-step count and rho when it was trained."""
+    fresh: tuple[MaskDict, MaskDict | None, int, float] = ({g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0)
+    path = _dual_file(context, device)
+    if path is not None:
+        if not path.exists():
+            return fresh
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        u = {k[2:]: v for k, v in saved.items() if k.startswith("u.")}
+        m = {k[2:]: v for k, v in saved.items() if k.startswith("m.")}
+        return u, m, int(saved["meta"][0]), float(saved["meta"][1])
     if "dual" not in context.state:
-        return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0
+        return fresh
     record = P.array_record(context.state, "dual")
     meta = config_record(context.state, "dual-meta")
     u, m = P.record_to_masks(record, "u"), P.record_to_masks(record, "m")
     return u, m, config_int(meta, "z_steps"), config_float(meta, "rho")
 
 
-def save_dual(context: Context, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
-    """Keep U_k and m_k in the node state (a few hundred floats)."""
+def save_dual(context: Context, device: int, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
+    """Keep U_k and m_k of ``device`` (a few hundred floats): in its own file on a simulation slot, else in
+    the node state."""
+    path = _dual_file(context, device)
+    if path is not None:
+        tensors = {f"u.{g}": v for g, v in u.items()} | {f"m.{g}": v for g, v in m.items()}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(tensors | {"meta": torch.tensor([float(z_steps), rho], dtype=torch.float64)}, tmp)
+        os.replace(tmp, path)
+        return
     context.state["dual"] = P.masks_to_record(u=u, m=m)
     context.state["dual-meta"] = ConfigRecord({"z_steps": z_steps, "rho": rho})
 

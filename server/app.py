@@ -35,13 +35,14 @@ def config_from_run_config(run_config: Mapping[str, object]) -> ScenarioConfig:
     return cfg
 
 
-def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None) -> None:
-    """Every phase of a federated run (or what is left of a resumed one) through ``grid``."""
+def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, virtual: bool = False) -> None:
+    """Every phase of a federated run (or what is left of a resumed one) through ``grid``; ``virtual``:
+    the grid's nodes are a simulation's slots for ``data.num_devices`` virtual devices."""
     run = RunSetup.open(cfg, resume, federated=True)  # config, seed, run directory, teacher (or the checkpoint's)
     if run.checkpoint is not None and run.checkpoint.phase == "done":
         run.console.print(f"run already finished: {run.run_dir.path}")
         return
-    session = discover(grid, run)  # device ids, the teacher's delivery, the round runner
+    session = discover(grid, run, virtual)  # device ids, the teacher's delivery, the round runner
     adapt_teacher(session)  # target BN statistics of the KD teacher, its zero-training accuracy
     start: Start | None = None
     if self_train_teacher(session):  # the dense teacher adapts itself first (federation.teacher_rounds)
@@ -53,15 +54,16 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None) ->
     finish(session, student, start.keep)  # evaluation, export, summary
 
 
-def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None) -> ServerApp:
-    """A ServerApp running ``cfg`` (or the config in Flower's run config when ``cfg`` is None)."""
+def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None, virtual: bool = False) -> ServerApp:
+    """A ServerApp running ``cfg`` (or the config in Flower's run config when ``cfg`` is None); ``virtual``:
+    on a simulation's nodes as slots for its virtual devices (``fedadmp simulate``)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
         resume_dir = resume or str(context.run_config.get("resume", "")).strip() or None
-        run_federated(grid, run_cfg, resume_dir)
+        run_federated(grid, run_cfg, resume_dir, virtual)
 
     return server
 

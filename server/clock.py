@@ -50,7 +50,7 @@ class FleetClock:
         self, strategy: FleetStrategy, rnd: int, sent: list[Message], replies: list[Message]
     ) -> tuple[list[Message], dict[str, float]]:
         """The replies that count (stragglers dropped and rejected as such) and the round's clock figures."""
-        by_node = {node: device for device, node in strategy.fleet.devices.items()}
+        by_node = dict(strategy.asked)  # {node: the device it was asked for}
         down = {m.metadata.dst_node_id: P.content_bytes(m.content) for m in sent}
         timed: dict[int, tuple[Message, DeviceRound]] = {}
         for reply in replies:
@@ -63,15 +63,13 @@ class FleetClock:
         clock = round_clock([d for _, d in timed.values()], self.deadline_s, self.late_replies)
         late = {d.device for d in clock.late}
         for item in clock.late:
-            node = strategy.fleet.devices[item.device]
+            node = strategy.node_of(item.device)
             reason = f"missed the deadline: {item.seconds:.1f} s simulated ({item.cls.name}) > {self.deadline_s:g} s"
             strategy.reject(rnd, item.device, node, reason)
         if strategy.fleet.over_selection > 0:  # over-selected: the k fastest count, the round ends with them
             clock, spare = keep_fastest(clock, strategy.policy.clients_per_round)
             for item in spare:
-                strategy.reject(
-                    rnd, item.device, strategy.fleet.devices[item.device], "over-selected: not among the fastest"
-                )
+                strategy.reject(rnd, item.device, strategy.node_of(item.device), "over-selected: not among the fastest")
             late |= {d.device for d in spare}
         kept = [r for r in replies if r.has_error() or by_node.get(r.metadata.src_node_id) not in late]
         figures = {"fleet_seconds": clock.seconds, "fleet_joules": clock.joules, "stragglers": float(len(clock.late))}

@@ -50,12 +50,15 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "mode": "federated",
         "strategy": fed.strategy,
         "prune_ratio": run.cfg.admp.prune_ratio if keep else 0.0,
-        "devices": len(session.fleet.devices),
+        "devices": len(session.fleet.roster),
+        "nodes": session.fleet.roster.node_count(),  # the Flower nodes that carried them (simulation slots)
         "student": {
             "target_acc": acc,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,
             "kd_phase_kept": session.selection.get("kept"),
+            "evaluated_devices": accs.get("evaluated_devices"),  # the sample the accuracy is over (eval_clients)
+            "evaluated_examples": accs.get("evaluated_examples"),
         },
         "label_free": label_free,
         "first_round_at": session.runner.first_round_at,

@@ -26,18 +26,24 @@ from strategies.base import FleetStrategy
 TensorDict = dict[str, torch.Tensor]
 
 
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = 60.0) -> list[int]:
+    """The grid's node ids, ascending, once ``expected`` nodes are connected (TimeoutError naming how
+    many came, after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {expected} devices connected")
+        time.sleep(0.1)
+    return sorted(nodes)
+
+
 def discover_devices(grid: Grid, expected: int, timeout: float) -> dict[int, int]:
     """Wait for ``expected`` nodes, then ask each for its stable device id: {device id: node id}.
 
     A node that cannot identify itself is left out; two nodes claiming one id, or no node
     answering at all, stop the run with a ``RuntimeError`` naming the problem.
     """
-    deadline = time.monotonic() + timeout
-    while len(list(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(list(grid.get_node_ids()))} of {expected} devices connected")
-        time.sleep(0.1)
-    nodes = sorted(grid.get_node_ids())
+    nodes = wait_for_nodes(grid, expected, timeout)
     msgs = [Message(RecordDict({P.CONFIG: P.make_config({})}), dst_node_id=n, message_type=P.QUERY_ID) for n in nodes]
     devices: dict[int, int] = {}
     for reply in send_and_wait(grid, msgs, timeout):

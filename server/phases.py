@@ -25,7 +25,14 @@ from admp.surgery import prune_model
 from admp.teacher import state_hash
 from admp.trainer import norm_layers
 from server.clock import FleetClock
-from server.fleet import availability, device_sizes, discover_devices, fault_config, pool_bn_statistics
+from server.fleet import (
+    availability,
+    device_sizes,
+    discover_devices,
+    fault_config,
+    pool_bn_statistics,
+    wait_for_nodes,
+)
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
@@ -35,6 +42,7 @@ from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
 from strategies.privacy import Privacy
 from strategies.robust import Defence
+from strategies.roster import Roster, SlotRoster
 from strategies.selftraining import SharedStats
 
 
@@ -74,10 +82,18 @@ def _delivery(teacher: nn.Module) -> Delivery:
     return Delivery(P.to_record(state), state_hash(state))
 
 
-def discover(grid: Grid, run: RunSetup) -> Session:
-    """Find the devices and set up what every strategy of the run shares."""
+def discover(grid: Grid, run: RunSetup, virtual: bool = False) -> Session:
+    """Find the devices and set up what every strategy of the run shares.
+
+    ``virtual``: a simulation whose ``data.num_devices`` virtual devices run on its SuperNodes as slots
+    (nothing is asked of them at start-up); else every node is a device that names itself."""
     cfg, fed = run.cfg, run.cfg.federation
-    devices = discover_devices(grid, run.task.num_devices, fed.round_timeout)
+    devices: Roster | dict[int, int]
+    if virtual:
+        slots = wait_for_nodes(grid, fed.simulation_nodes(run.task.num_devices), fed.round_timeout)
+        devices = SlotRoster(run.task.num_devices, slots)
+    else:
+        devices = discover_devices(grid, run.task.num_devices, fed.round_timeout)
     task = run.task
     scenario = P.device_scenario(
         cfg.run.seed, cfg.data.model_dump(), cfg.model.model_dump(), run.arch, task.num_classes, task.input_shape
@@ -107,7 +123,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     fleet.available, fleet.over_selection = availability(fed, cfg.run.seed), fed.profiles.over_selection
     if fed.privacy.active:
         training_rounds = final_round(run) - 1
-        fleet.privacy = Privacy(fed.privacy, len(devices), fed.clients_per_round, training_rounds, cfg.run.seed)
+        fleet.privacy = Privacy(fed.privacy, len(fleet.roster), fed.clients_per_round, training_rounds, cfg.run.seed)
         if cfg.admp.trainable == "norm":  # devices change only these layers: the rest is not released
             fleet.privacy.modules = sorted(norm_layers(run.model()))
         if run.checkpoint is not None:
@@ -120,7 +136,7 @@ def discover(grid: Grid, run: RunSetup) -> Session:
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn, clock=clock)
     run.console.print(
         f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
-        f"arch={run.arch} devices={len(devices)} -> {run.run_dir.path}"
+        f"arch={run.arch} devices={len(fleet.roster)} -> {run.run_dir.path}"
     )
     return Session(run, fleet, policy, runner)
 

@@ -85,7 +85,8 @@ class RoundRunner:
     ) -> dict[str, float]:
         """Every figure of a federated evaluation: ``accuracy``, with ``local_bn`` also
         ``accuracy-as-exported`` (the model as received, before the device's BN step), and the
-        label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``); {} if none.
+        label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``), and over how many
+        ``evaluated_devices`` and ``evaluated_examples`` (a sample: ``eval_clients``); {} if none.
         ``fleet_stats``: the replies' statistics also become the fleet's aggregates (a phase's start)."""
         shares = fleet_stats and strategy.fleet.shared.active and strategy.fleet.privacy is None  # not a release
         config = ConfigRecord({"local-bn": local_bn, "fleet-stats": shares})
@@ -93,7 +94,11 @@ class RoundRunner:
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
         if result is None:
             return {}
-        return {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy") or k in LABEL_FREE}
+        figures = {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy") or k in LABEL_FREE}
+        return figures | {
+            "evaluated_devices": _number(result["devices"], "devices"),
+            "evaluated_examples": _number(result[P.NUM_EXAMPLES], P.NUM_EXAMPLES),
+        }
 
     def run_rounds(
         self,

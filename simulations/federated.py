@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -43,6 +44,8 @@ def ray_environment(cfg: ScenarioConfig) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # the virtual devices' teacher cache: one content-addressed store beside the runs (kept for --resume)
     os.environ["FEDADMP_CACHE_DIR"] = str(Path(cfg.run.out_dir).resolve() / ".device_cache")
+    # what each virtual device keeps between its rounds (per-client duals): one file per device, per run
+    os.environ["FEDADMP_DEVICE_STATE_DIR"] = tempfile.mkdtemp(prefix="fedadmp-devices-")
     if cfg.federation.ray_address:
         return
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -52,7 +55,8 @@ def ray_environment(cfg: ScenarioConfig) -> None:
 
 
 def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, verbose: bool = False) -> None:
-    """Start the Simulation Engine with one virtual SuperNode per device and run the ServerApp.
+    """Start the Simulation Engine and run the ServerApp: the fleet's virtual devices run on a pool of
+    SuperNodes (``federation.simulation_nodes``: as many as one exchange asks), not one node each.
 
     Ray gets a fresh temp dir per run and binds to loopback only (``ray_environment``); with
     ``federation.ray_address`` it joins that cluster instead. Settings and the checkpoint to resume
@@ -71,9 +75,12 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
-    run_simulation(
-        server_app=make_server_app(cfg, resume),
-        client_app=client_app,
-        num_supernodes=task.num_devices,
-        backend_config=backend_config(cfg),
-    )
+    try:
+        run_simulation(
+            server_app=make_server_app(cfg, resume, virtual=True),
+            client_app=client_app,
+            num_supernodes=cfg.federation.simulation_nodes(task.num_devices),
+            backend_config=backend_config(cfg),
+        )
+    finally:  # the virtual devices' own state lives as long as the run's simulation
+        shutil.rmtree(os.environ.pop("FEDADMP_DEVICE_STATE_DIR", ""), ignore_errors=True)

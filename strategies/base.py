@@ -20,6 +20,7 @@ from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
 from strategies.privacy import Privacy
 from strategies.robust import Defence
+from strategies.roster import FixedRoster, Roster
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
 log = logging.getLogger("fedadmp.strategy")
@@ -55,11 +56,11 @@ class Delivery:
 class Fleet:
     """What every strategy of a run shares: the devices, the seed, the teacher and the rejections.
 
-    ``devices`` maps a stable device id (the simulation's partition id, or a real device's id)
-    to its Flower node id.
+    ``devices`` is the fleet's ``Roster`` (a simulation's virtual devices on its slots), or a
+    deployed fleet's {stable device id: Flower node id}; ``roster`` is it as a ``Roster``.
     """
 
-    devices: dict[int, int]
+    devices: Roster | dict[int, int]
     seed: int
     delivery: Delivery
     base_config: dict[str, Any]  # sent with every message (scenario, hyper-parameters)
@@ -71,6 +72,9 @@ class Fleet:
     available: Callable[[int, int], bool] | None = None  # (round, device) -> may it train this round; None: all
     over_selection: float = 0.0  # training rounds ask ceil(k (1 + o)) devices (the clock keeps the k fastest)
     privacy: Privacy | None = None  # client-level DP of the training rounds (federation.privacy); None: off
+
+    def __post_init__(self) -> None:
+        self.roster = self.devices if isinstance(self.devices, Roster) else FixedRoster(self.devices)
 
     def rejected(self, server_round: int) -> int:
         """How many replies of ``server_round`` were rejected so far."""
@@ -108,14 +112,14 @@ class FleetStrategy(Strategy):
         self.fleet = fleet
         self.policy = policy
         self.collect_stats = False  # the evaluation under way seeds the fleet's aggregates
-        self.asked: set[int] = set()  # node ids of the messages last sent: the only replies accepted
+        self.asked: dict[int, int] = {}  # {node id: device} of the exchange under way: the only replies accepted
         self.claims: dict[str, list[float]] = {}  # metric -> what the replies under validation claim
 
     # --- sampling and messages -------------------------------------------------------------
     def sample(self, server_round: int, count: int, salt: str = "train") -> list[int]:
         """Sorted device ids for this round: a seeded draw without replacement (0: every device). A
         training round draws among the devices available in that round, and over-selects."""
-        ids = sorted(self.fleet.devices)
+        ids = self.fleet.roster.ids()
         if salt == "train" and self.fleet.available is not None:
             ids = [i for i in ids if self.fleet.available(server_round, i)]
         if salt == "train" and count > 0 and self.fleet.over_selection > 0:
@@ -144,8 +148,9 @@ class FleetStrategy(Strategy):
             config = config | self.fleet.privacy.device_config()
             self.fleet.privacy.asked(device_ids)
         out = []
-        self.asked = {self.fleet.devices[d] for d in device_ids}
-        for device in device_ids:
+        nodes = self.fleet.roster.route(device_ids)
+        self.asked = dict(zip(nodes, device_ids, strict=True))
+        for device, node in zip(device_ids, nodes, strict=True):
             content = RecordDict(dict(records) | prior)
             content[P.CONFIG] = P.make_config(
                 self.fleet.base_config
@@ -156,7 +161,7 @@ class FleetStrategy(Strategy):
                 content[P.TEACHER] = delivery.teacher
                 delivery.sends[device] = delivery.sends.get(device, 0) + 1
                 delivery.holders.add(device)
-            out.append(Message(content, dst_node_id=self.fleet.devices[device], message_type=message_type))
+            out.append(Message(content, dst_node_id=node, message_type=message_type))
         return out
 
     # --- replies ------------------------------------------------------------------------------
@@ -165,14 +170,13 @@ class FleetStrategy(Strategy):
 
         Error replies are logged as rejections; a device that reports a missing teacher gets it
         again the next time it is sampled. A reply from a node that was not asked, or a second
-        reply from one node, is rejected.
+        reply from one node, is rejected; a reply is the device's its node was asked for.
         """
-        by_node = {node: dev for dev, node in self.fleet.devices.items()}
         good: list[tuple[int, RecordDict]] = []
         seen: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
-            device = by_node.get(node, -1)
+            device = self.asked.get(node, -1)
             if node not in self.asked or node in seen:
                 self.reject(server_round, device, node, "a second reply" if node in seen else "not asked this round")
                 continue
@@ -204,11 +208,15 @@ class FleetStrategy(Strategy):
             try:
                 parsed.append(parse(device, content))
             except (ReplyError, KeyError) as exc:
-                self.reject(server_round, device, self.fleet.devices.get(device, -1), f"invalid reply: {exc}")
+                self.reject(server_round, device, self.node_of(device), f"invalid reply: {exc}")
             except Exception as exc:  # a malformed record (unknown dtype, bad bytes) names its type
                 reason = f"invalid reply: {type(exc).__name__}: {exc}"[:300]
-                self.reject(server_round, device, self.fleet.devices.get(device, -1), reason)
+                self.reject(server_round, device, self.node_of(device), reason)
         return parsed
+
+    def node_of(self, device: int) -> int:
+        """The node ``device`` was asked through in the exchange under way (-1: not asked)."""
+        return next((node for node, asked in self.asked.items() if asked == device), -1)
 
     def examples_bound(self, device: int, split: str, metric: str = P.NUM_EXAMPLES) -> int | None:
         """The most samples ``device`` can report for its ``split`` ("train" or "test"): its known size,

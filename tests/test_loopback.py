@@ -23,6 +23,7 @@ def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
     for key in (
         "RAY_TMPDIR",
         "FEDADMP_CACHE_DIR",
+        "FEDADMP_DEVICE_STATE_DIR",
         "RAY_DEDUP_LOGS",
         "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",

@@ -32,7 +32,8 @@ def no_ray(monkeypatch):
     ("override", "message"),
     [
         ("federation.clients_per_round=5", "federation.clients_per_round: 5 exceeds the fleet's 4 devices"),
-        ("federation.eval_clients=9", "federation.eval_clients: 9 exceeds the fleet's 4 devices"),
+        ("federation.sim_nodes=9", "federation.sim_nodes: 9 exceeds the fleet's 4 devices"),
+        ("federation.sim_nodes=2", "federation.sim_nodes: 2 nodes cannot run the 4 devices one exchange asks"),
         ("federation.faults.hostile_devices=[7]", r"federation.faults.hostile_devices: \[7\] are not in a fleet of 4"),
     ],
 )
