@@ -32,13 +32,21 @@ def backend_config(cfg: ScenarioConfig) -> dict[str, dict[str, Any]]:
     return {"client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": 0.0}, "init_args": init_args}
 
 
+def _on_loopback(address: str) -> bool:
+    """Whether a Ray address (``host:port``) is on this host's loopback."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def ray_environment(cfg: ScenarioConfig) -> None:
     """The environment a local Ray cluster starts in: a fresh temp dir per run (``RAY_TMPDIR``, so it
     never joins a stale local cluster) and, unless ``federation.ray_address`` joins a real cluster,
     loopback only. Ray 2.55 turns a requested node address of 127.0.0.1 into the host's address
     and binds its servers (GCS, raylet, workers) to every interface, unless multi-node clusters are
     off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by ``ray._private.services.get_node_ip_address``):
-    then the node address is 127.0.0.1 and every server listens on loopback only."""
+    then the node address is 127.0.0.1 and every server listens on loopback only. The same holds for a
+    driver joining a cluster at a loopback ``ray_address`` (a head started with ``--node-ip-address
+    127.0.0.1``): otherwise Ray rewrites 127.0.0.1 into the host's address, where nothing listens."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="fedadmp-ray-")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -46,8 +54,9 @@ def ray_environment(cfg: ScenarioConfig) -> None:
     os.environ["FEDADMP_CACHE_DIR"] = str(Path(cfg.run.out_dir).resolve() / ".device_cache")
     # what each virtual device keeps between its rounds (per-client duals): one file per device, per run
     os.environ["FEDADMP_DEVICE_STATE_DIR"] = tempfile.mkdtemp(prefix="fedadmp-devices-")
-    if cfg.federation.ray_address:
-        return
+    if cfg.federation.ray_address and not _on_loopback(cfg.federation.ray_address):
+        return  # a real cluster: its nodes' addresses are what they are
+    # our own local cluster, or one on this host's loopback (joined as 127.0.0.1, not as the host's address)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:  # Ray already imported in this process: its constant was read at import

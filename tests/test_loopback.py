@@ -1,5 +1,12 @@
 """A simulation's Ray cluster listens on loopback only (issue 11): the servers of the node it starts
-(GCS, raylet, driver, workers, agents) are listed by their listening sockets."""
+(GCS, raylet, driver, workers, agents) are listed by their listening sockets. A run also joins an
+existing two-node cluster through ``federation.ray_address`` (issue 13 item 6)."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 
@@ -43,3 +50,16 @@ def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
         assert ray.util.get_node_ip_address() == "127.0.0.1"
     finally:
         ray.shutdown()
+
+
+def test_a_run_joins_an_existing_two_node_cluster_on_loopback(tmp_path):
+    script = Path(__file__).with_name("ray_cluster_run.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["returncode"] == 0, figures["output"]
+    assert figures["live_nodes"] == 2 and set(figures["listening"]) <= LOOPBACK, figures["listening"]
+    # two 1-CPU client actors at once: one on the head, one on the worker (each node has 1 CPU)
+    assert len(set(re.findall(r"ClientAppActor pid=(\d+)", figures["output"]))) == 2, figures["output"]
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert json.loads((run / "summary.json").read_text())["student"]["target_acc"] is not None
