@@ -39,6 +39,7 @@ from admp.configbase import ConfigError, Section, SectionError, parse_section
 from admp.faults import FaultSpec
 from admp.privacy import PrivacySpec
 from admp.profiles import ProfileSpec
+from admp.secure import SecureSpec
 
 __all__ = [
     "AdmpHyper",
@@ -289,6 +290,8 @@ class FederationSpec(Section):
     #   (admp/profiles.py): off while empty
     evaluate_labels: bool = True  # false: no device reads its labels (a deployment without them); runs report
     #   the label-free figures only, and no accuracy
+    secure_aggregation: SecureSpec = Field(default_factory=SecureSpec)  # SecAgg+ over the training rounds
+    #   (admp/secure.py): off by default
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)  # client-level DP of the training rounds
     #   (admp/privacy.py, strategies/privacy.py): off by default
     device_data: DeviceData = "scenario"  # scenario: each device's data is its partition of the scenario (the
@@ -357,7 +360,28 @@ class FederationSpec(Section):
                 "the noise is calibrated to the mean of clipped contributions, and per-client duals would leave "
                 "the devices unclipped",
             )
+        if self.secure_aggregation.enabled:
+            self._check_secure()
         return self
+
+    def _check_secure(self) -> None:
+        """What secure aggregation cannot do: see single replies (robust aggregation, per-client duals,
+        server-side clipping for DP, the clock's per-reply timing, injected corruptions) or sum fewer than 2."""
+        clash = {
+            "aggregation": self.aggregation != "mean",
+            "dual": self.dual != "global",
+            "privacy": self.privacy.active,
+            "profiles": self.profiles.active,
+            "faults": self.faults.active,
+            "clients_per_round": self.clients_per_round < 2,
+        }
+        for key, bad in clash.items():
+            if bad:
+                raise SectionError(
+                    "secure_aggregation",
+                    f"cannot be combined with {{p}}{key} = {getattr(self, key)!r}: the server sees only the sum of "
+                    "at least 2 replies (needs mean aggregation, the global dual, no privacy, profiles or faults)",
+                )
 
 
 class ScenarioConfig(Section):

@@ -48,6 +48,7 @@ from clients.device import (
 from clients.faults import fault_mod
 from clients.local_data import local_device
 from clients.privacy import local_dp_mod
+from clients.secure import secure_aggregation_mod
 from strategies import protocol as P
 
 
@@ -66,7 +67,7 @@ def error_reply_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return reply
 
 
-app = ClientApp(mods=[error_reply_mod, fault_mod, local_dp_mod])  # the first mod is the outermost
+app = ClientApp(mods=[error_reply_mod, fault_mod, local_dp_mod, secure_aggregation_mod])  # the first is outermost
 Records = dict[str, ArrayRecord | MetricRecord | ConfigRecord]  # the contents of a reply
 
 

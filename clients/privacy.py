@@ -30,7 +30,7 @@ from admp.privacy import (
     project_sums,
     released,
 )
-from clients.device import config_float, config_record
+from clients.device import config_float
 from strategies import protocol as P
 
 
@@ -39,8 +39,8 @@ def local_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     reply = call_next(msg, context)
     if reply.has_error() or not str(msg.metadata.message_type).startswith("train"):
         return reply
-    config = config_record(msg.content)
-    if "privacy-clip" not in config:
+    config = msg.content.config_records.get(P.CONFIG)  # absent from SecAgg+'s stage messages
+    if config is None or "privacy-clip" not in config:
         return reply
     clip, z = config_float(config, "privacy-clip"), config_float(config, "privacy-z")
     generator = torch.Generator().manual_seed(secrets.randbits(63))  # the device's own: the server must not know it

@@ -18,7 +18,8 @@ from admp.config import FederationSpec
 from admp.data.tasks import CrossDomainTask
 from admp.profiles import is_available, read_trace
 from admp.trainer import named_batchnorms
-from server.rounds import RoundRunner, send_and_wait
+from server.exchange import send_and_wait
+from server.rounds import RoundRunner
 from strategies import protocol as P
 from strategies.aggregation import bn_statistics, check_arrays, check_examples
 from strategies.base import FleetStrategy

@@ -134,6 +134,7 @@ def discover(grid: Grid, run: RunSetup, virtual: bool = False) -> Session:
     local_bn = fed.bn_recalibration == "local"
     clock = FleetClock.from_spec(fed.profiles, cfg.run.seed)
     runner = RoundRunner(grid, run.run_dir, run.console, fed.round_timeout, fed.eval_every, local_bn, clock=clock)
+    runner.secure = fed.secure_aggregation if fed.secure_aggregation.enabled else None
     run.console.print(
         f"[bold]FedADMP federated[/bold] strategy={fed.strategy} dataset={run.task.name} "
         f"arch={run.arch} devices={len(fleet.roster)} -> {run.run_dir.path}"

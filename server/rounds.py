@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +12,14 @@ from flwr.app import ConfigRecord, Message, MetricRecordValues
 from flwr.serverapp import Grid
 from rich.console import Console
 
+from admp.secure import SecureSpec
 from server.clock import FleetClock
+from server.exchange import payload_bytes, send_and_wait
 from server.report import RunDirectory
+from server.secure import secure_exchange
 from strategies import protocol as P
 from strategies.base import FleetStrategy
+from strategies.secure import SecureRounds
 
 Weights = dict[str, torch.Tensor]
 LABEL_FREE = ("label-free-score", "class-balance", "prediction-entropy")  # strategies.selftraining.label_free_metrics
@@ -27,30 +31,6 @@ def _number(value: MetricRecordValues, name: str) -> float:
     if not isinstance(value, (int, float)):
         raise P.RecordTypeError(f"{P.METRICS}.{name}: expected a number, got a {type(value).__name__}")
     return float(value)
-
-
-def send_and_wait(grid: Grid, messages: list[Message], timeout: float, poll: float = 0.05) -> list[Message]:
-    """Push ``messages`` and pull their replies every ``poll`` seconds until all came or ``timeout`` passed.
-
-    What ``Grid.send_and_receive`` does, without its fixed 3 s sleep between pulls in Flower 1.41's
-    deployed grid (``superlink/grid/http_grid.py``): a deployed exchange would otherwise wait up to 3 s
-    after its last reply. A pull of replies not yet there is one cheap call to the SuperLink."""
-    waiting = set(grid.push_messages(messages))
-    end = time.monotonic() + timeout
-    replies: list[Message] = []
-    while waiting:
-        pulled = list(grid.pull_messages(waiting))
-        replies += pulled
-        waiting -= {m.metadata.reply_to_message_id for m in pulled}
-        if not waiting or time.monotonic() >= end:
-            break
-        time.sleep(poll)
-    return replies
-
-
-def payload_bytes(messages: Iterable[Message]) -> int:
-    """Array bytes carried by the messages that did not fail."""
-    return sum(P.content_bytes(m.content) for m in messages if not m.has_error())
 
 
 @dataclass
@@ -68,6 +48,7 @@ class RoundRunner:
     aggregated: bool = False  # whether the last round aggregated any reply
     clock: FleetClock | None = None  # the simulated fleet clock (federation.profiles), if any
     privacy_stop: int | None = None  # the round before which privacy.max_epsilon stopped training
+    secure: SecureSpec | None = None  # training rounds through SecAgg+ (federation.secure_aggregation)
 
     def exchange(self, messages: list[Message]) -> list[Message]:
         """Send and wait for the replies (or the timeout)."""
@@ -153,11 +134,17 @@ class RoundRunner:
         delivery = strategy.fleet.delivery
         sends_before = delivery.total_sends
         msgs = list(strategy.configure_train(rnd, P.to_record(weights), ConfigRecord(), self.grid))
-        replies = self.exchange(msgs)
         timing: dict[str, float] = {}
-        if self.clock is not None:  # stragglers past the deadline are dropped before aggregation
-            replies, timing = self.clock.time_round(strategy, rnd, msgs, replies)
-        new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+        if self.secure is not None and isinstance(strategy, SecureRounds):  # the server sees only the sum
+            result = secure_exchange(self.grid, msgs, self.secure, rnd, self.timeout, self._max_weight(strategy))
+            replies, down, up = result.replies, result.bytes_down, result.bytes_up
+            new_arrays, metrics = strategy.aggregate_secure(rnd, replies, result.mean)
+        else:
+            replies = self.exchange(msgs)
+            if self.clock is not None:  # stragglers past the deadline are dropped before aggregation
+                replies, timing = self.clock.time_round(strategy, rnd, msgs, replies)
+            new_arrays, metrics = strategy.aggregate_train(rnd, replies)
+            down, up = payload_bytes(msgs), payload_bytes(replies)
         self.aggregated = new_arrays is not None
         if new_arrays is not None:
             weights = P.from_record(new_arrays)
@@ -167,8 +154,8 @@ class RoundRunner:
             "step": rnd,
             "round": rnd,
             "clients": len(msgs),
-            "bytes_down": payload_bytes(msgs),
-            "bytes_up": payload_bytes(replies),
+            "bytes_down": down,
+            "bytes_up": up,
             "teacher_sends": sends,
             "bytes_down_teacher": sends * delivery.teacher.count_bytes(),
         }
@@ -182,6 +169,15 @@ class RoundRunner:
         self.run_dir.log_metrics(row)
         self._print(row)
         return weights
+
+    def _max_weight(self, strategy: FleetStrategy) -> float:
+        """SecAgg+'s max_weight for a round: ``secure_aggregation.max_weight``, else the largest training
+        split among the asked devices where the server knows their sizes, else 1,000 (Flower's default)."""
+        if self.secure is not None and self.secure.max_weight > 0:
+            return self.secure.max_weight
+        bounds = [strategy.examples_bound(device, "train") for device in strategy.asked.values()]
+        known = [b for b in bounds if b is not None]
+        return float(max(known)) if known else 1000.0
 
     def _print(self, row: dict[str, Any]) -> None:
         acc = f"{row['target_acc']:.2f}" if row["target_acc"] is not None else "-"

@@ -222,6 +222,8 @@ class FleetStrategy(Strategy):
         """The most samples ``device`` can report for its ``split`` ("train" or "test"): its known size,
         or, for a device whose data the server does not know, 10 x the median of what the round's
         replies claim under the same ``metric``."""
+        if device < 0:  # the rebuilt aggregate of a secure round: its devices' counts were each bounded
+            return None
         if self.fleet.capacity is not None:
             train, test = self.fleet.capacity(device)
             return train if split == "train" else test

@@ -21,9 +21,10 @@ from strategies.aggregation import (
     check_update,
     specs_of,
 )
-from strategies.base import Fleet, FleetStrategy, RoundPolicy, log
+from strategies.base import Fleet, RoundPolicy, log
 from strategies.privacy import private_round
 from strategies.robust import Defence, aggregate
+from strategies.secure import SecureRounds
 from strategies.selftraining import DeviceStats
 
 TensorDict = dict[str, torch.Tensor]
@@ -99,7 +100,7 @@ def weighted_mean(values: Iterable[tuple[float, int]]) -> float:
     return sum(v * n for v, n in pairs) / total if total else 0.0
 
 
-class FedADMP(FleetStrategy):
+class FedADMP(SecureRounds[AdmpReply]):
     """Federated ADMP mask phase.
 
     Sends (message type ``train``): ``arrays`` (dense student), ``masks`` with ``m.*``, ``s.*``,
@@ -199,6 +200,10 @@ class FedADMP(FleetStrategy):
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
+        return self.combine(server_round, parsed)
+
+    def combine(self, server_round: int, parsed: list[AdmpReply]) -> tuple[ArrayRecord, MetricRecord]:
+        """W, m, s of the validated replies combined, the ADMM step after the warm-up."""
         defence = self.fleet.defence
         if self.fleet.privacy is not None:
             weights, masks, extra = private_round(self, server_round, parsed, {"m": self.state.m, "s": self.state.s})
@@ -223,7 +228,7 @@ class FedADMP(FleetStrategy):
         return {P.MASKS: P.masks_to_record(m=self.state.m)}
 
 
-class FedKD(FleetStrategy):
+class FedKD(SecureRounds[KdReply]):
     """Federated KD adaptation of a plain student (dense, or pruned as given by ``keep``).
 
     Sends (message type ``train.kd``): ``arrays``, ``masks`` with ``keep.*`` when pruned (the
@@ -284,6 +289,10 @@ class FedKD(FleetStrategy):
         parsed = self.validated(server_round, replies, self.parse_train_reply)
         if len(parsed) < self.policy.min_replies:
             return None, MetricRecord({"valid-replies": len(parsed), "rejected": self.fleet.rejected(server_round)})
+        return self.combine(server_round, parsed)
+
+    def combine(self, server_round: int, parsed: list[KdReply]) -> tuple[ArrayRecord, MetricRecord]:
+        """The validated replies' weights combined (and shared statistics updated)."""
         if self.fleet.privacy is not None:
             weights, _, extra = private_round(self, server_round, parsed, {})
             metrics = round_metrics(parsed) | extra

@@ -184,6 +184,7 @@ class Sent:
 
 
 TRAINING = (str(TRAIN_ADMP), TRAIN_KD)
+SECAGG, SECAGG_RECORD = (str(TRAIN_ADMP),), "secaggplus_configs"  # Flower's message type and record for SecAgg+
 EVERY = (*TRAINING, QUERY_BN, QUERY_ID, str(EVALUATE))
 DEVICE_SENDS: tuple[Sent, ...] = (
     Sent(TRAINING, ARRAYS, "<model state>", "the global model's", "the locally trained student, for FedAvg"),
@@ -209,6 +210,24 @@ DEVICE_SENDS: tuple[Sent, ...] = (
     Sent((str(EVALUATE),), METRICS, "entropy", "scalar", "mean prediction entropy: label-free score"),
     Sent((str(EVALUATE),), METRICS, "unlabeled", "scalar", "unlabeled samples behind the label-free figures"),
     Sent(EVERY, METRICS, "seconds", "scalar", "handler wall time"),
+    # federation.secure_aggregation: Flower's SecAgg+ stages, all of message type train
+    Sent(SECAGG, SECAGG_RECORD, "pk1", "bytes", "set-up: public key for the pairwise masks"),
+    Sent(SECAGG, SECAGG_RECORD, "pk2", "bytes", "set-up: public key for encrypting key shares"),
+    Sent(SECAGG, SECAGG_RECORD, "dsts", "[node ids]", "key sharing: the neighbours its shares are for"),
+    Sent(SECAGG, SECAGG_RECORD, "ctxts", "[bytes]", "key sharing: its key shares, each encrypted to one neighbour"),
+    Sent(SECAGG, SECAGG_RECORD, "masked_params", "[bytes]", "the summed entries quantized and masked: only the sum"),
+    Sent(SECAGG, SECAGG_RECORD, "nids", "[node ids]", "unmasking: whose shares it returns"),
+    Sent(
+        SECAGG,
+        SECAGG_RECORD,
+        "shares",
+        "[bytes]",
+        "unmasking: shares of live neighbours' masks, dropped ones' keys",
+    ),
+    Sent(SECAGG, "secure-layout", "names", "[str]", "the names of the summed entries (strategies/secure.py), no value"),
+    Sent(SECAGG, "fitres.num_examples", "num_examples", "scalar", "SecAgg+'s weight: num-examples again"),
+    Sent(SECAGG, "fitres.status", "code", "scalar", "Flower's legacy status code"),
+    Sent(SECAGG, "fitres.status", "message", "str", "Flower's legacy status message (empty)"),
 )
 
 

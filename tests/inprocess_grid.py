@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 
 from clients.app import app as client_app
@@ -55,7 +56,8 @@ class InProcessGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = msg.object_id  # what Flower's grids set on push
             self.sent.append(msg)
-            reply = self.tamper(msg, client_app(msg, self.contexts[msg.metadata.dst_node_id]))
+            delivered = message_from_proto(message_to_proto(msg))  # a transport's copy, never a shared object
+            reply = self.tamper(msg, client_app(delivered, self.contexts[msg.metadata.dst_node_id]))
             if reply is not None:
                 self.waiting.append((msg.metadata.message_id, reply))
             ids.append(msg.metadata.message_id)

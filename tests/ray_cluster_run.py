@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,15 +57,19 @@ def main(out_dir: str) -> None:
         for item in args:
             cmd += ["--set", item]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        actors = cluster.global_state.actor_table(None).values()  # every actor the cluster ran, dead ones too
+        client_nodes = {a["Address"]["NodeID"] for a in actors if "ClientAppActor" in str(a.get("ActorClassName"))}
         figures = {
             "returncode": run.returncode,
             "live_nodes": len(cluster.global_state._live_node_ids()),
+            "nodes_with_client_actors": len(client_nodes),
             "listening": listening(),
             "output": run.stdout[-3000:] + run.stderr[-3000:],
         }
         print(json.dumps(figures))
     finally:
         cluster.shutdown()
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from server.rounds import send_and_wait
+from server.exchange import send_and_wait
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 existing two-node cluster through ``federation.ray_address`` (issue 13 item 6)."""
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +58,6 @@ def test_a_run_joins_an_existing_two_node_cluster_on_loopback(tmp_path):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["returncode"] == 0, figures["output"]
     assert figures["live_nodes"] == 2 and set(figures["listening"]) <= LOOPBACK, figures["listening"]
-    # two 1-CPU client actors at once: one on the head, one on the worker (each node has 1 CPU)
-    assert len(set(re.findall(r"ClientAppActor pid=(\d+)", figures["output"]))) == 2, figures["output"]
+    assert figures["nodes_with_client_actors"] == 2  # the head and the worker each ran a client actor
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert json.loads((run / "summary.json").read_text())["student"]["target_acc"] is not None
