@@ -154,8 +154,20 @@ def plot_vs_ratio(rows: list[dict[str, Any]], task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Path) -> None:
-    """Federated evaluation accuracy per round (first seed) for the federated methods.
+def _points(metrics: list[dict[str, Any]], clock: bool) -> list[tuple[float, float]]:
+    """(round, accuracy) of the evaluated rounds; ``clock``: (fleet seconds so far, accuracy) instead."""
+    points, elapsed = [], 0.0
+    for m in metrics:
+        elapsed += float(m.get("fleet_seconds") or 0.0)
+        if m.get("target_acc") is not None:
+            points.append((elapsed if clock else m["round"], m["target_acc"]))
+    return points
+
+
+def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Path, clock: bool = False) -> bool:
+    """Federated evaluation accuracy per round (first seed) for the federated methods; ``clock``: against
+    the simulated fleet time instead (``federation.profiles``; nothing drawn for runs without it).
+    Returns whether the plot exists.
 
     The per-round figures live in each run's directory, which is not committed: when one of them is
     gone (a study resumed on another machine), an existing plot is kept rather than redrawn short."""
@@ -172,20 +184,22 @@ def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Pat
         if sel:
             series[method] = Path(sel[0]["run_dir"]) / "metrics.json"
     if path.exists() and not all(f.is_file() for f in series.values()):
-        return
+        return True
+    runs = {method: json.loads(file.read_text()) for method, file in series.items() if file.is_file()}
+    if clock and not any(m.get("fleet_seconds") for metrics in runs.values() for m in metrics):
+        return False
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method, file in series.items():
-        if not file.is_file():
-            continue
-        metrics = json.loads(file.read_text())
-        points = [(m["round"], m["target_acc"]) for m in metrics if m.get("target_acc") is not None]
+    for method, metrics in runs.items():
+        points = _points(metrics, clock)
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=LABELS[method])
-    ax.set(xlabel="round", ylabel="target test accuracy (%)", title=f"{task}, p = {ratio}, seed {seed}")
+    xlabel = "simulated fleet time (s)" if clock else "round"
+    ax.set(xlabel=xlabel, ylabel="target test accuracy (%)", title=f"{task}, p = {ratio}, seed {seed}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 PUBLISHED = {  # single-machine source-free adaptation with a LeNet-class network, cited where known
@@ -281,12 +295,11 @@ def write_report(out: Path, spec: Any) -> Path:
             ]
         plot_vs_ratio(task_rows, task, out / f"{task}_acc_vs_pruning.png")
         plot_vs_round(task_rows, task, ratio, out / f"{task}_acc_vs_round.png")
-        parts += [
-            "",
-            f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)",
-            f"![{task}: accuracy vs round]({task}_acc_vs_round.png)",
-            "",
-        ]
+        parts += ["", f"![{task}: accuracy vs pruning]({task}_acc_vs_pruning.png)"]
+        parts += [f"![{task}: accuracy vs round]({task}_acc_vs_round.png)"]
+        if plot_vs_round(task_rows, task, ratio, out / f"{task}_acc_vs_fleet_time.png", clock=True):
+            parts += [f"![{task}: accuracy vs fleet time]({task}_acc_vs_fleet_time.png)"]
+        parts += [""]
     parts[2:2] = [
         f"Mean target accuracy % at p = {ratio} and FedADMP's distances in points (goals in brackets):\n",
         overview_table(means_by_task),
