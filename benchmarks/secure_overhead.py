@@ -6,7 +6,8 @@ evaluation only at each phase's end, and reads each run's ``metrics.csv``: mean 
 round (mask and fine-tune), bytes down and up per training round (every SecAgg+ stage counted: keys,
 encrypted shares, masked vectors), and the deployed accuracy. Writes JSON.
 
-    python benchmarks/secure_overhead.py [--scenario PATH] [--set key=value ...] [--out benchmarks/results/secure_overhead.json]
+    python benchmarks/secure_overhead.py [--scenario PATH] [--set key=value ...]
+        [--out benchmarks/results/secure_overhead.json]
 """
 
 from __future__ import annotations

@@ -52,8 +52,6 @@ def ray_environment(cfg: ScenarioConfig) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # the virtual devices' teacher cache: one content-addressed store beside the runs (kept for --resume)
     os.environ["FEDADMP_CACHE_DIR"] = str(Path(cfg.run.out_dir).resolve() / ".device_cache")
-    # what each virtual device keeps between its rounds (per-client duals): one file per device, per run
-    os.environ["FEDADMP_DEVICE_STATE_DIR"] = tempfile.mkdtemp(prefix="fedadmp-devices-")
     if cfg.federation.ray_address and not _on_loopback(cfg.federation.ray_address):
         return  # a real cluster: its nodes' addresses are what they are
     # our own local cluster, or one on this host's loopback (joined as 127.0.0.1, not as the host's address)
@@ -84,6 +82,8 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
+    # what each virtual device keeps between its rounds (per-client duals): one file per device, per run
+    os.environ["FEDADMP_DEVICE_STATE_DIR"] = state_dir = tempfile.mkdtemp(prefix="fedadmp-devices-")
     try:
         run_simulation(
             server_app=make_server_app(cfg, resume, virtual=True),
@@ -91,5 +91,7 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
             num_supernodes=cfg.federation.simulation_nodes(task.num_devices),
             backend_config=backend_config(cfg),
         )
-    finally:  # the virtual devices' own state lives as long as the run's simulation
-        shutil.rmtree(os.environ.pop("FEDADMP_DEVICE_STATE_DIR", ""), ignore_errors=True)
+    finally:  # the virtual devices' own state and Ray's temp dir (logs, sockets) live as long as the run
+        os.environ.pop("FEDADMP_DEVICE_STATE_DIR", None)
+        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(os.environ.get("RAY_TMPDIR", "") or state_dir, ignore_errors=True)
