@@ -8,6 +8,8 @@ a node's reply, or drop it (None), on the way back.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,6 +22,7 @@ from clients.app import app as client_app
 
 NODE_BASE = 100  # node id of device i is NODE_BASE + i
 CACHE = Path(tempfile.mkdtemp(prefix="fedadmp-test-devices-"))  # the devices' teacher store (content-addressed)
+atexit.register(shutil.rmtree, CACHE, True)  # gone with the test session
 
 
 class InProcessGrid(Grid):

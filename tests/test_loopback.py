@@ -3,6 +3,8 @@
 existing two-node cluster through ``federation.ray_address`` (issue 13 item 6)."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,7 @@ def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
         assert ray.util.get_node_ip_address() == "127.0.0.1"
     finally:
         ray.shutdown()
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_a_run_joins_an_existing_two_node_cluster_on_loopback(tmp_path):
