@@ -120,14 +120,21 @@ class FleetStrategy(Strategy):
         """Sorted device ids for this round: a seeded draw without replacement (0: every device). A
         training round draws among the devices available in that round, and over-selects."""
         ids = self.fleet.roster.ids()
-        if salt == "train" and self.fleet.available is not None:
-            ids = [i for i in ids if self.fleet.available(server_round, i)]
         if salt == "train" and count > 0 and self.fleet.over_selection > 0:
             count = math.ceil(count * (1 + self.fleet.over_selection))
-        count = min(count, len(ids)) if count > 0 else len(ids)
         rng = numpy_rng(self.fleet.seed, "sample", salt, server_round)
         if self.fleet.privacy is not None and self.fleet.privacy.spec.noise == "os":  # amplification by sampling
             rng = np.random.default_rng(secrets.randbits(63))  # needs a sample nobody can predict from the seed
+        available = self.fleet.available
+        if salt == "train" and available is not None:  # the fleet in a seeded random order, each device's
+            chosen: list[int] = []  # availability asked until enough answered: ~count / p draws, not N
+            for index in rng.permutation(len(ids)):
+                if available(server_round, ids[index]):
+                    chosen.append(int(ids[index]))
+                    if len(chosen) == count:
+                        break
+            return sorted(chosen)
+        count = min(count, len(ids)) if count > 0 else len(ids)
         return sorted(int(i) for i in rng.choice(ids, size=count, replace=False))
 
     def messages(

@@ -135,3 +135,22 @@ def test_training_rounds_sample_only_available_devices():
         asked = strategy.sample(rnd, 2)
         assert len(asked) == 3 and all(d % 3 == 0 for d in asked)
     assert len(strategy.sample(1, 0, salt="evaluate")) == 10  # evaluation asks every device, available or not
+
+
+def test_a_large_fleet_s_availability_is_asked_of_a_few_devices_only():
+    from strategies.roster import SlotRoster
+    from tests.test_hostile import _fedadmp
+
+    strategy = _fedadmp(clients=10)
+    strategy.fleet.roster = SlotRoster(100_000, list(range(10)))
+    asked: list[int] = []
+
+    def half(rnd: int, device: int) -> bool:  # every other device is available
+        asked.append(device)
+        return device % 2 == 0
+
+    strategy.fleet.available = half
+    first = strategy.sample(3, 10)
+    assert len(first) == 10 and all(d % 2 == 0 for d in first)
+    assert len(asked) < 100  # about 10 / 0.5 draws, not 100,000
+    assert strategy.sample(3, 10) == first  # seeded: the same round draws the same devices
