@@ -137,10 +137,9 @@ class _OurMessages(SecAggPlusWorkflow):
     """Flower's SecAgg+ workflow whose training stage sends our messages' records."""
 
     def __init__(self, contents: dict[int, RecordDict], spec: SecureSpec, max_weight: float, timeout: float) -> None:
-        threshold = min(spec.threshold, spec.num_shares)
         super().__init__(
             spec.num_shares,
-            threshold,
+            spec.threshold,
             max_weight=max_weight,
             clipping_range=spec.clipping_range,
             timeout=timeout,

@@ -93,5 +93,6 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
         )
     finally:  # the virtual devices' own state and Ray's temp dir (logs, sockets) live as long as the run
         os.environ.pop("FEDADMP_DEVICE_STATE_DIR", None)
-        shutil.rmtree(state_dir, ignore_errors=True)
-        shutil.rmtree(os.environ.get("RAY_TMPDIR", "") or state_dir, ignore_errors=True)
+        for folder in (state_dir, os.environ.get("RAY_TMPDIR", "")):
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)

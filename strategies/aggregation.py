@@ -143,3 +143,8 @@ def bn_statistics(items: Sequence[tuple[TensorDict, TensorDict, int]]) -> tuple[
     seconds = weighted_average([(sq, n) for _, sq, n in items])
     variances = {k: (seconds[k] - firsts[k] ** 2).clamp_min(0.0) for k in firsts}
     return firsts, variances
+
+
+def check_divergence(value: float) -> float:
+    """A reply's ``metrics.divergence``: a finite, non-negative number of sane size (a KL term), or ReplyError."""
+    return check_between(value, 0.0, 1e6, "metrics.divergence", "a finite divergence")

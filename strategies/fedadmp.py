@@ -15,7 +15,7 @@ from strategies import protocol as P
 from strategies.aggregation import (
     ReplyError,
     check_arrays,
-    check_between,
+    check_divergence,
     check_examples,
     check_range,
     check_update,
@@ -86,11 +86,6 @@ def check_alive(m: MaskDict) -> None:
 def check_duals(u: MaskDict, z_steps: int) -> None:
     """|U_k| <= Z-steps + 1: each dual step adds m - Z in [-1, 1] (a rho increase only shrinks U)."""
     check_range(u, -(z_steps + 1.0), z_steps + 1.0, "masks.u")
-
-
-def check_divergence(content: RecordDict) -> float:
-    """The reply's KD divergence: a finite, non-negative number of sane size (a KL term), or ReplyError."""
-    return check_between(P.metric(content, "divergence"), 0.0, 1e6, "metrics.divergence", "a finite divergence")
 
 
 def weighted_mean(values: Iterable[tuple[float, int]]) -> float:
@@ -191,7 +186,7 @@ class FedADMP(SecureRounds[AdmpReply]):
             check_duals(u, self.state.z_steps)
         n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=self.examples_bound(device, "train"))
         stats = self.fleet.shared.parse(content, n)
-        return AdmpReply(weights, n, check_divergence(content), stats, m, s, u)
+        return AdmpReply(weights, n, check_divergence(P.metric(content, "divergence")), stats, m, s, u)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -279,7 +274,7 @@ class FedKD(SecureRounds[KdReply]):
         weights = P.from_record(P.array_record(content, P.ARRAYS))
         check_weights(weights, self.sent, self.fleet.defence)
         n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=self.examples_bound(device, "train"))
-        divergence = check_divergence(content)
+        divergence = check_divergence(P.metric(content, "divergence"))
         return KdReply(weights, n, divergence, self.fleet.shared.parse(content, n))
 
     def aggregate_train(

@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from strategies import protocol as P
-from strategies.aggregation import ReplyError, check_between, check_examples
+from strategies.aggregation import ReplyError, check_divergence, check_examples
 from strategies.base import FleetStrategy
 
 Parsed = TypeVar("Parsed")
@@ -109,9 +109,7 @@ def parse_clear(strategy: FleetStrategy) -> Callable[[int, RecordDict], ClearPar
 
     def parse(device: int, content: RecordDict) -> ClearPart:
         n = check_examples(P.metric(content, P.NUM_EXAMPLES), maximum=strategy.examples_bound(device, "train"))
-        divergence = check_between(
-            P.metric(content, "divergence"), 0.0, 1e6, "metrics.divergence", "a finite divergence"
-        )
+        divergence = check_divergence(P.metric(content, "divergence"))
         layout = content.config_records.get(LAYOUT)
         names = layout.get("names") if layout is not None else None
         if not isinstance(names, list) or not all(isinstance(v, str) for v in names):

@@ -16,3 +16,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def flower_task():
+    """The task identity Flower's Message constructor reads outside a running app (in-process runs)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture
+def quiet_console(monkeypatch):
+    """A run's console prints nothing."""
+    from rich.console import Console
+
+    monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))

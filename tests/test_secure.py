@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from rich.console import Console
 
 from admp.config import ConfigError, config_from_overrides
 from server.app import run_federated
@@ -20,11 +18,7 @@ from strategies.secure import aggregate_reply, secure_vector
 from tests.inprocess_grid import InProcessGrid
 from tests.test_server import TINY
 
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch):
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
+pytestmark = pytest.mark.usefixtures("flower_task", "quiet_console")
 
 
 def _reply(w: float, m: float, n: int, sums: float) -> RecordDict:

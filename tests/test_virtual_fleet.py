@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
-from rich.console import Console
 
 from admp.config import ConfigError, config_from_overrides
 from clients.device import device_id, load_dual, save_dual
@@ -18,15 +16,7 @@ from strategies.roster import FixedRoster, SlotRoster
 from tests.inprocess_grid import NODE_BASE, InProcessGrid
 from tests.test_server import TINY
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-
-
-@pytest.fixture(autouse=True)
-def quiet_console(monkeypatch):
-    monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
+pytestmark = pytest.mark.usefixtures("flower_task", "quiet_console")
 
 
 def test_slots_are_distinct_within_an_exchange_and_rotate_across_them():
