@@ -26,6 +26,8 @@ from admp.choices import (
     Dual,
     ImageMode,
     ImMarginal,
+    KeepInit,
+    MergeRecovery,
     Partition,
     PseudoLabels,
     ScheduleBudget,
@@ -202,6 +204,16 @@ class AdmpHyper(Section):
     rho_max: Annotated[float, Field(gt=0)] = 10.0
     prune_ramp: Annotated[int, Field(ge=0)] = 0  # Z-steps over which the pruned share grows linearly to p (0 or 1:
     #   all at once)
+    keep_init: KeepInit = "none"  # where Z and m start (admp/warmstart.py): none: ones, the first Z-step prunes
+    #   p at once | l1: the cloud's L1-norm keep set, the student recovered on the source under it (naive's
+    #   start), penalty on from round 1, so only target evidence changes the choice | file: keep_path's set
+    keep_path: str = ""  # keep_init file: a run's pruned_model.pt whose keep set both fedadmp and naive start from
+    z_frozen: bool = False  # Z never moves from its start: a given keep set on FedADMP's schedule (ablation)
+    merge_recovery: MergeRecovery = "student"  # at the merge: student: the mask phase's student, pruned, is
+    #   recovered on the labeled source with naive's recipe (rule: every pruned model gets the same cloud-side
+    #   repair right after its cut; naive always had it) | none: the pruned student as merged | teacher: the
+    #   teacher pruned to the mask phase's keep set and recovered (the devices choose only the channels);
+    #   always student under trainable norm (devices cannot repair the cut)
     adversary: bool = True  # the soft-mask adversary on/off (ablation)
     adv_lr: Annotated[float, Field(ge=0)] = 0.02  # largest per-step change of s (gradient normalised per group)
     adv_eps: Annotated[float, Field(ge=0, le=1)] = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group
@@ -210,6 +222,17 @@ class AdmpHyper(Section):
     #   2016): local: re-estimated on the unlabeled data of the device it labels | fleet: re-estimated
     #   once on the whole fleet's data (pooled moments) | source: as trained | auto: local when devices
     #   are domains of their own, else fleet (resolved by admp.config.resolve_bn_modes)
+
+    @model_validator(mode="after")
+    def _keep_start(self) -> AdmpHyper:
+        """A keep set to start from is whole at the first round: no ramp, and a file to read it from."""
+        if self.keep_init == "file" and not self.keep_path:
+            raise SectionError("keep_path", "required for {p}keep_init file (a run's pruned_model.pt)")
+        if self.keep_init != "none" and self.prune_ramp > 1:
+            raise SectionError("prune_ramp", "ramps the first Z-steps from ones; {p}keep_init starts at the full p")
+        if self.z_frozen and self.keep_init == "none":
+            raise SectionError("z_frozen", "needs {p}keep_init l1 or file: a frozen Z of ones prunes nothing")
+        return self
 
 
 class ScheduleSpec(Section):
@@ -244,7 +267,9 @@ class FederationSpec(Section):
     SuperNode each.
     """
 
-    strategy: Strategy = "fedadmp"  # fedadmp | fedkd (no pruning) | naive (L1 prune on cloud, then fedkd)
+    strategy: Strategy = "fedadmp"  # fedadmp | fedkd (no pruning) | naive (L1 prune on cloud, then fedkd) |
+    #   fedtiny (FedTiny's adaptive-BN selection among L1 candidates on the devices, then fedkd; server.starts)
+    fedtiny_candidates: Annotated[int, Field(ge=1)] = 8  # fedtiny: candidate keep sets the devices score
     clients_per_round: Annotated[int, Field(ge=1)] = 5
     teacher_rounds: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"  # rounds of the dense teacher's
     #   own federated self-training (IM + centroid pseudo labels, no KD) before any method starts from it;
@@ -288,6 +313,9 @@ class FederationSpec(Section):
     faults: FaultSpec = Field(default_factory=FaultSpec)  # injected faults, simulation only (admp/faults.py)
     profiles: ProfileSpec = Field(default_factory=ProfileSpec)  # device classes and the simulated fleet clock
     #   (admp/profiles.py): off while empty
+    teacher_fallback: bool = True  # export the dense teacher when every pruned candidate's label-free score is
+    #   worse than the teacher's by more than server.guards.FLAG_MARGIN (a collapsed run); false: the best
+    #   pruned candidate ships anyway, flagged in the summary
     evaluate_labels: bool = True  # false: no device reads its labels (a deployment without them); runs report
     #   the label-free figures only, and no accuracy
     secure_aggregation: SecureSpec = Field(default_factory=SecureSpec)  # SecAgg+ over the training rounds

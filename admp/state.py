@@ -34,11 +34,12 @@ class AdmmSettings:
     rho_gamma: float  # rho <- min(rho_gamma * rho, rho_max) after every later Z-step
     rho_max: float
     prune_ramp: int = 0  # Z-steps over which the pruned share grows linearly to p
+    z_frozen: bool = False  # Z keeps its start (the transplant of a given keep set); U still steps
 
     @classmethod
     def from_hyper(cls, hp: AdmpHyper) -> AdmmSettings:
         """The ADMM knobs of a run's ``admp`` section."""
-        return cls(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp)
+        return cls(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp, hp.z_frozen)
 
 
 @dataclass
@@ -57,6 +58,14 @@ class AdmpState:
     def initial(cls, settings: AdmmSettings, sizes: dict[str, int]) -> AdmpState:
         """m = s = Z = 1, U = 0, rho = 0 (no penalty until the first Z-step)."""
         return cls(settings, ones_masks(sizes), ones_masks(sizes), ones_masks(sizes), zeros_masks(sizes))
+
+    @classmethod
+    def warm_started(cls, settings: AdmmSettings, keep: MaskDict) -> AdmpState:
+        """m = Z = ``keep`` (a binary keep set, ``admp.warmstart``), s = 1, U = 0 and rho = rho0: the
+        student starts as the pruned model and the penalty holds m there from the first round."""
+        sizes = {g: v.numel() for g, v in keep.items()}
+        rho = settings.rho0 if settings.rho0 > 0 else 0.0
+        return cls(settings, clone_masks(keep), ones_masks(sizes), clone_masks(keep), zeros_masks(sizes), rho)
 
     @property
     def admm_on(self) -> bool:
@@ -81,9 +90,10 @@ class AdmpState:
         self.z_steps += 1
         ratio = admm.ramped_ratio(self.settings.prune_ratio, self.z_steps, self.settings.prune_ramp)
         if consensus is None:
-            self.z = admm.z_step(self.m, self.u, ratio)
+            if not self.settings.z_frozen:
+                self.z = admm.z_step(self.m, self.u, ratio)
             self.u = admm.u_step(self.u, self.m, self.z)
-        else:
+        elif not self.settings.z_frozen:
             self.z = admm.z_step(consensus, zeros_masks({g: v.numel() for g, v in consensus.items()}), ratio)
         first = self.rho == 0
         new_rho = (
@@ -100,7 +110,10 @@ class AdmpState:
         self.u = admm.rescale_dual(admm.u_step(self.u, last_m, self.z), last_rho, self.rho)
 
     def merge_mask(self) -> MaskDict:
-        """The binary keep mask of the merge: a last projection of m + U at the full ratio p."""
+        """The binary keep mask of the merge: a last projection of m + U at the full ratio p (Z itself
+        when Z is frozen)."""
+        if self.settings.z_frozen:
+            return clone_masks(self.z)
         return admm.z_step(self.m, self.u, self.settings.prune_ratio)
 
     def metrics(self) -> dict[str, float]:

@@ -47,11 +47,11 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, vi
     start: Start | None = None
     if self_train_teacher(session):  # the dense teacher adapts itself first (federation.teacher_rounds)
         start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
-    student = finetune_phase(session, start) if start is not None else None
-    if start is None or student is None:
+    chosen = finetune_phase(session, start) if start is not None else None  # the student the rule exports
+    if chosen is None:
         run.console.print(f"paused; continue with: fedadmp simulate --resume {run.run_dir.path}")
         return
-    finish(session, student, start.keep)  # evaluation, export, summary
+    finish(session, *chosen)  # evaluation, export, summary
 
 
 def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None, virtual: bool = False) -> ServerApp:

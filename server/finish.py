@@ -56,11 +56,12 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
             "target_acc": acc,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,
-            "kd_phase_kept": session.selection.get("kept"),
+            "candidate": session.selection.get("chosen"),  # the label-free choice (server.selection)
             "evaluated_devices": accs.get("evaluated_devices"),  # the sample the accuracy is over (eval_clients)
             "evaluated_examples": accs.get("evaluated_examples"),
         },
         "label_free": label_free,
+        "selection": session.selection,  # every candidate's label-free score (and accuracy, reported only), why
         "first_round_at": session.runner.first_round_at,
         "bytes_per_client_round": _bytes_per_client_round(run.run_dir.rows, with_teacher=True),
         "bytes_per_client_round_without_teacher": _bytes_per_client_round(run.run_dir.rows, with_teacher=False),

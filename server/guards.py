@@ -30,3 +30,28 @@ def student_flag(teacher_score: float | None, student_score: float | None) -> di
     teacher's by more than ``FLAG_MARGIN`` (a warning that the run may have ended below its start)."""
     flagged = teacher_score is not None and student_score is not None and student_score > teacher_score + FLAG_MARGIN
     return {"teacher_score": teacher_score, "student_score": student_score, "below_start_warning": flagged}
+
+
+def choose_export(pruned: list[tuple[str, float | None]], teacher_score: float | None) -> tuple[str, str]:
+    """The label-free choice of what a run exports: (name, reason).
+
+    ``pruned`` lists the pruned candidates with their label-free scores (lower is better), in order of
+    preference: the trained result first, then the phase's start (the merge), then the cloud's start
+    (naive's L1 choice recovered on the source). The first candidate within ``KEEP_MARGIN`` of the
+    best score wins, so training is kept unless a start is clearly better. If even that candidate
+    scores worse than the teacher by more than ``FLAG_MARGIN`` (the run's own below-start warning),
+    the dense ``teacher`` is exported instead: a flagged model never ships as if nothing happened.
+    Candidates without a score (no evaluation answered) are passed over; with none scored, the first.
+    """
+    scored = [(name, score) for name, score in pruned if score is not None]
+    if not scored:
+        return pruned[0][0], "no label-free score to compare: the trained result"
+    best = min(score for _, score in scored)
+    name, score = next((n, s) for n, s in scored if s <= best + KEEP_MARGIN)
+    reason = f"label-free score {score:.3f}, within {KEEP_MARGIN} of the best pruned candidate ({best:.3f})"
+    if teacher_score is not None and score > teacher_score + FLAG_MARGIN:
+        return "teacher", (
+            f"every pruned candidate scores worse than the teacher by more than {FLAG_MARGIN} "
+            f"(best {best:.3f} vs {teacher_score:.3f}): the dense teacher is exported"
+        )
+    return name, reason

@@ -35,8 +35,9 @@ from server.fleet import (
 )
 from server.guards import keeps_result
 from server.rounds import OnRound, RoundRunner, Weights
+from server.selection import select_export, start_candidates
 from server.setup import RunSetup
-from server.starts import Start, recover_on_source
+from server.starts import Start, mask_start, recover_on_source
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
@@ -232,13 +233,19 @@ def mask_phase(session: Session) -> Start | None:
     ckpt = run.checkpoint
     if ckpt is not None and ckpt.phase != "mask":
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
-    state = AdmpState.initial(AdmmSettings.from_hyper(run.cfg.admp), group_sizes(run.teacher, run.groups))
+    settings = AdmmSettings.from_hyper(run.cfg.admp)
+    state = AdmpState.initial(settings, group_sizes(run.teacher, run.groups))
     session.fleet.shared.start_phase(feature_dim(run.teacher))
     offset = fed.self_training_rounds()  # round numbers continue after the teacher's self-training
-    weights, first = run.teacher.state_dict(), offset + 1
+    first, cloud = offset + 1, None
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)
         weights, first = ckpt.student, ckpt.round + 1
+    else:
+        weights, start_keep = mask_start(run)  # the teacher, or the cloud's keep set recovered on the source
+        if start_keep is not None:
+            state = AdmpState.warm_started(settings, start_keep)
+            cloud = Start(_pruned_weights(run, weights, start_keep), start_keep, offset + fed.mask_rounds)
     strategy = FedADMP(
         weights=weights,
         state=state,
@@ -258,21 +265,30 @@ def mask_phase(session: Session) -> Start | None:
     if not finished:
         return None
     keep = state.merge_mask()
+    recovery = "student" if run.cfg.admp.trainable == "norm" else run.cfg.admp.merge_recovery
     dense = run.model()
-    dense.load_state_dict(weights)
-    pruned = prune_model(dense, run.groups, keep, example_input(dense))
-    if run.cfg.admp.trainable == "norm":
-        run.console.print(
-            f"merged student recovered on the source: val acc {recover_on_source(run, pruned, 'merge'):.2f}%"
-        )
+    dense.load_state_dict(run.teacher.state_dict() if recovery == "teacher" else weights)
+    pruned = prune_model(dense, run.groups, keep, example_input(dense))  # m = Z folded, channels removed
+    if recovery != "none":
+        val_acc = recover_on_source(run, pruned, "merge")
+        run.console.print(f"merged {recovery} recovered on the source: val acc {val_acc:.2f}%")
     pruned_share = pruned_fraction(keep)
     run.run_dir.log_metrics({"phase": "merge", "step": last, "round": last, "channels_pruned": pruned_share})
     run.console.print(f"merged: {pruned_share:.0%} of channels physically removed")
-    return Start(pruned.state_dict(), keep, last)
+    return Start(pruned.state_dict(), keep, last, cloud)
 
 
-def finetune_phase(session: Session, start: Start) -> nn.Module | None:
-    """KD rounds on the plain (pruned or dense) student, then BN statistics pooled from the devices.
+def _pruned_weights(run: RunSetup, weights: Weights, keep: MaskDict) -> Weights:
+    """The physically pruned copy of a dense (gated) student's weights."""
+    dense = run.model()
+    dense.load_state_dict(weights)
+    return prune_model(dense, run.groups, keep, example_input(dense)).state_dict()
+
+
+def finetune_phase(session: Session, start: Start) -> tuple[nn.Module, MaskDict | None] | None:
+    """KD rounds on the plain (pruned or dense) student, the label-free choice of what to export
+    (``server.selection``), then BN statistics pooled from the devices; returns the model and its keep
+    set (None: dense).
 
     The baselines get the mask phase's rounds too, so every method spends the same round budget.
     """
@@ -284,11 +300,10 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     session.fleet.shared.start_phase(feature_dim(run.model(start.keep)))
     offset, first = start.mask_rounds_done, start.mask_rounds_done + 1
     if run.checkpoint is not None and run.checkpoint.phase == "kd":
-        first, phase_start = run.checkpoint.round + 1, run.checkpoint.phase_start
-    else:  # the phase's start and its label-free score, kept if the rounds make it worse
-        figures = session.runner.evaluate_all(strategy, offset, start.weights, session.runner.local_bn, True)
-        phase_start = {"weights": start.weights, "score": figures.get("label-free-score")}
-    extra = {"keep": start.keep or {}, "mask_rounds_done": offset, "phase_start": phase_start}
+        first, starts = run.checkpoint.round + 1, run.checkpoint.phase_start
+    else:  # the candidates the phase's result must beat, scored before it trains
+        starts = start_candidates(session, strategy, start, offset)
+    extra = {"keep": start.keep or {}, "mask_rounds_done": offset, "phase_start": starts}
     weights, finished = session.runner.run_rounds(
         strategy,
         "finetune",
@@ -299,18 +314,13 @@ def finetune_phase(session: Session, start: Start) -> nn.Module | None:
     )
     if not finished:
         return None
-    last = session.runner.last_figures.get("label-free-score")
-    session.selection = {"start_score": phase_start["score"], "end_score": last, "kept": "end"}
-    if not keeps_result(phase_start["score"], last):
-        weights, session.selection["kept"] = phase_start["weights"], "start"
-        run.console.print(
-            f"[yellow]fine-tune rounds discarded: label-free score {last:.3f} > {phase_start['score']:.3f}"
-        )
-    model = run.model(start.keep)
+    weights, keep = select_export(session, weights, start.keep, starts, offset + rounds)
+    model = run.model(keep)
     model.load_state_dict(weights)
+    strategy = session.kd_strategy(weights, keep)
     if fed.bn_recalibration in ("global", "local") and not fed.privacy.active:  # private: devices adapt BN
         pool_bn_statistics(session.runner, strategy, model, offset + rounds + 1)
-    return model.eval()
+    return model.eval(), keep
 
 
 def final_round(run: RunSetup) -> int:

@@ -15,11 +15,12 @@ from torch import nn
 
 from admp.config import ConfigError, ScenarioConfig, to_yaml
 from admp.data.tasks import CrossDomainTask, build_task
-from admp.masks import MaskDict
+from admp.masks import MaskDict, group_sizes
 from admp.models import GroupSpec, example_input, groups_of
 from admp.seeding import seed_everything
 from admp.surgery import prune_model
 from admp.teacher import initial_model, prepare_teacher, resolve_arch
+from admp.warmstart import read_keep
 from server.report import RunDirectory
 
 CHECKPOINT = "checkpoint.pt"
@@ -94,6 +95,15 @@ def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomain
     return ckpt, teacher.eval()
 
 
+def given_keep(cfg: ScenarioConfig, task: CrossDomainTask) -> MaskDict | None:
+    """The keep set of ``admp.keep_path`` under ``keep_init: file`` (checked against the run's model and
+    ratio: ``DataError`` naming the file), else None."""
+    if cfg.admp.keep_init != "file":
+        return None
+    model = initial_model(cfg, task.num_classes, task.input_shape)
+    return read_keep(cfg.admp.keep_path, group_sizes(model, groups_of(model)), cfg.admp.prune_ratio)
+
+
 @dataclass
 class RunSetup:
     """Config, task, architecture, teacher and run directory of one run (new or resumed)."""
@@ -106,6 +116,7 @@ class RunSetup:
     run_dir: RunDirectory
     console: Console
     checkpoint: Checkpoint | None = None  # set when resuming
+    given_keep: MaskDict | None = None  # admp.keep_init file: the keep set read from admp.keep_path
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -125,17 +136,19 @@ class RunSetup:
         task = build_task(cfg.data, cfg.run.seed)  # the server reads only the labeled source
         if federated:
             cfg.federation.check_fleet(task.num_devices)
+        given = given_keep(cfg, task)  # a bad keep file fails here, before the teacher trains
         console = console or Console()
         if resume:
             ckpt, teacher = check_resumable(cfg, resume, task)
             run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)
             arch = resolve_arch(cfg, task.input_shape)
-            return cls(cfg, task, arch, teacher, dict(ckpt.teacher_info), run_dir, console, ckpt)
+            return cls(cfg, task, arch, teacher, dict(ckpt.teacher_info), run_dir, console, ckpt, given)
         run_dir = RunDirectory(cfg.run.out_dir, cfg.run.name)
         run_dir.write_text("config.yaml", to_yaml(cfg))
         teacher, info = prepare_teacher(cfg, task)
         torch.save(teacher.state_dict(), run_dir.file("teacher.pt"))
-        return cls(cfg, task, resolve_arch(cfg, task.input_shape), teacher, info, run_dir, console)
+        arch = resolve_arch(cfg, task.input_shape)
+        return cls(cfg, task, arch, teacher, info, run_dir, console, given_keep=given)
 
     @property
     def groups(self) -> GroupSpec:

@@ -3,19 +3,20 @@ baseline's start — fedkd's dense teacher copy, naive's cloud-pruned student re
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from torch import nn
+from torch import Tensor, nn
 
-from admp.admm import z_step
-from admp.masks import MaskDict, zeros_masks
+from admp.masks import MaskDict, gated
 from admp.metrics import accuracy
 from admp.models import example_input
 from admp.seeding import torch_generator
 from admp.source import train_supervised
-from admp.surgery import l1_filter_scores, prune_model
-from server.rounds import Weights
+from admp.surgery import prune_model
+from admp.warmstart import cloud_keep, layerwise_keeps
 from server.setup import RunSetup
 
 if TYPE_CHECKING:
@@ -26,9 +27,10 @@ if TYPE_CHECKING:
 class Start:
     """The plain student that the KD phase starts from."""
 
-    weights: Weights
+    weights: dict[str, Tensor]
     keep: MaskDict | None  # None: dense
     mask_rounds_done: int  # KD round numbers continue after these
+    cloud: Start | None = None  # FedADMP: the cloud's start (naive's), a candidate for the export
 
 
 def baseline_start(session: Session) -> Start:
@@ -39,13 +41,75 @@ def baseline_start(session: Session) -> Start:
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     if cfg.federation.strategy == "fedkd":
         return Start(run.teacher.state_dict(), None, offset)
+    if cfg.federation.strategy == "fedtiny":
+        return fedtiny_start(session, offset)
+    return cloud_start(run, offset)
+
+
+def fedtiny_start(session: Session, offset: int) -> Start:
+    """FedTiny's adaptive batch-normalisation selection (Huang et al. 2023, arXiv 2212.01977), at channel
+    level and without labels: the cloud prunes the teacher into ``federation.fedtiny_candidates`` keep sets
+    (L1 norm, different layer-wise ratios, the same total of channels: ``admp.warmstart.layerwise_keeps``),
+    every evaluated device re-estimates each candidate's BN statistics on its own data and scores it, and
+    the candidate with the best fleet label-free score (FedTiny: the lowest loss; no label here) is
+    recovered on the source as naive's start is. FedTiny's progressive pruning is not part of it."""
+    run = session.run
     example = example_input(run.teacher)
-    scores = l1_filter_scores(run.teacher, run.groups, example)
-    keep = z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), cfg.admp.prune_ratio)
-    pruned = prune_model(run.teacher, run.groups, keep, example)
+    gen = torch_generator(run.cfg.run.seed, "fedtiny")
+    keeps = layerwise_keeps(
+        run.teacher, run.groups, run.cfg.admp.prune_ratio, example, run.cfg.federation.fedtiny_candidates, gen
+    )
+    scored: list[tuple[float, int, MaskDict, nn.Module]] = []
+    for keep in keeps:
+        pruned = prune_model(run.teacher, run.groups, keep, example)
+        probe = session.kd_strategy(pruned.state_dict(), keep)
+        figures = session.runner.evaluate_all(probe, offset, pruned.state_dict(), local_bn=True)
+        scored.append((figures.get("label-free-score", math.inf), len(scored), keep, pruned))
+    score, index, keep, pruned = min(scored, key=lambda item: item[:2])
+    run.teacher_info["fedtiny_selection"] = {"scores": [s for s, *_ in scored], "chosen": index}
     val_acc = recover_on_source(run, pruned, "naive")
-    run.console.print(f"naive: L1-pruned on the cloud, source val acc {val_acc:.2f}%")
+    run.console.print(
+        f"fedtiny: candidate {index} of {len(keeps)} (label-free {score:.3f}), source val acc {val_acc:.2f}%"
+    )
     return Start(pruned.state_dict(), keep, offset)
+
+
+def cloud_start(run: RunSetup, offset: int) -> Start:
+    """naive's start: the teacher pruned to the cloud's keep set (``cloud_choice``) and recovered on the
+    source. Also a candidate of every FedADMP run's export."""
+    keep = cloud_choice(run)
+    pruned = prune_model(run.teacher, run.groups, keep, example_input(run.teacher))
+    val_acc = recover_on_source(run, pruned, "naive")
+    run.console.print(f"cloud start: {_choice_name(run)}, source val acc {val_acc:.2f}%")
+    return Start(pruned.state_dict(), keep, offset)
+
+
+def cloud_choice(run: RunSetup) -> MaskDict:
+    """The keep set decided on the cloud without device data: L1-norm channel pruning of the teacher
+    at ratio p, or the keep set of ``admp.keep_path`` under ``keep_init: file`` (the transplant)."""
+    if run.given_keep is not None:
+        return run.given_keep
+    return cloud_keep(run.teacher, run.groups, run.cfg.admp.prune_ratio, example_input(run.teacher))
+
+
+def _choice_name(run: RunSetup) -> str:
+    return f"keep set of {run.cfg.admp.keep_path}" if run.given_keep is not None else "L1-pruned"
+
+
+def mask_start(run: RunSetup) -> tuple[dict[str, Tensor], MaskDict | None]:
+    """The mask phase's dense student and the keep set that m and Z start from (``admp.keep_init``).
+
+    ``none``: the teacher, no keep set (m = Z = 1). Otherwise the cloud's keep set, and the teacher
+    recovered on the source under it exactly as naive's pruned copy is (the same stream of batches;
+    a gated channel outputs 0, so the gated dense model computes what the pruned one does)."""
+    if run.cfg.admp.keep_init == "none":
+        return run.teacher.state_dict(), None
+    keep = cloud_choice(run)
+    student = copy.deepcopy(run.teacher)
+    with gated(student, run.groups, keep):
+        val_acc = recover_on_source(run, student, "naive")
+    run.console.print(f"mask phase starts from the {_choice_name(run)} keep set, source val acc {val_acc:.2f}%")
+    return student.state_dict(), keep
 
 
 def recover_on_source(run: RunSetup, pruned: nn.Module, stream: str) -> float:

@@ -29,6 +29,7 @@ from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
 from server.setup import RunSetup
+from server.starts import mask_start
 from server.summary import INFERENCE, write_summary
 from simulations.budget import matched_schedule
 
@@ -109,11 +110,18 @@ def mask_phase(
     sizes: list[int],
     targets: torch.Tensor,
     test: tuple[torch.Tensor, torch.Tensor],
+    start_keep: MaskDict | None = None,
 ) -> AdmpState:
     """ADMP epochs on the pooled data, the state stepped after each epoch as the server does after
-    each round; returns the final state (the student is trained in place)."""
+    each round; returns the final state (the student is trained in place). ``start_keep``: the keep
+    set m and Z start from (``admp.keep_init``), else ones."""
     cfg, hp, groups = run.cfg, run.cfg.admp, run.groups
-    state = AdmpState.initial(AdmmSettings.from_hyper(hp), group_sizes(student, groups))
+    settings = AdmmSettings.from_hyper(hp)
+    state = (
+        AdmpState.warm_started(settings, start_keep)
+        if start_keep is not None
+        else AdmpState.initial(settings, group_sizes(student, groups))
+    )
     gen = torch_generator(cfg.run.seed, "admp")
     for epoch in range(cfg.schedule.mask_epochs):
         start = time.perf_counter()
@@ -208,7 +216,9 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
         run.console.print(f"teacher self-trained: target test {run.teacher_info['target_acc_self_trained']:.2f}%")
     targets = kd_targets(run, devices, train.x)
     student = copy.deepcopy(run.teacher)
-    state = mask_phase(run, student, train.x, sizes, targets, test)
+    start_weights, start_keep = mask_start(run)  # the teacher, or the cloud's keep set recovered on the source
+    student.load_state_dict(start_weights)
+    state = mask_phase(run, student, train.x, sizes, targets, test, start_keep)
     keep = state.merge_mask()  # m = Z: a final projection of m + U
     torch.save({"student": student.state_dict(), "keep": keep}, run.run_dir.file("student_masked.pt"))
     pruned = prune_model(student, run.groups, keep, example_input(student))

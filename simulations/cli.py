@@ -44,6 +44,31 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transplant(args: argparse.Namespace) -> int:
+    from simulations.transplant import run_transplant
+
+    table = run_transplant(args.scenario, args.task, args.ratio, args.seeds, Path(args.out).resolve(), args.set)
+    print(f"table: {table}")
+    return 0
+
+
+def _add_transplant(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``fedadmp transplant``: the mask-transplant ablation (simulations/transplant.py)."""
+    tp = sub.add_parser(
+        "transplant",
+        help="mask-transplant ablation: whose keep set, whose training (where FedADMP loses to naive)",
+        description="Per seed: naive, FedADMP from ones, each one's keep set under the other's training, and "
+        "FedADMP from the L1 keep set; resumable; writes transplant.csv and transplant.md.",
+    )
+    tp.add_argument("scenario", help="scenario YAML")
+    tp.add_argument("--task", required=True, help="the task's name in the table and run names")
+    tp.add_argument("--ratio", type=float, default=0.9, help="pruning ratio p (default 0.9)")
+    tp.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="root seeds (default 0 1 2)")
+    tp.add_argument("--out", default="results/diagnosis", help="output folder (default results/diagnosis)")
+    tp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tp.set_defaults(func=_transplant)
+
+
 def _adapt_bn(args: argparse.Namespace) -> int:
     from admp.deploy import adapt_bn, load_bundle, read_local_inputs
     from admp.models import example_input
@@ -215,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
+    _add_transplant(sub)
     _add_adapt_bn(sub)
     _add_device_tools(sub)
     _add_export_npz(sub)

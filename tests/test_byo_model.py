@@ -81,7 +81,7 @@ def test_federated_admp_prunes_a_users_model_end_to_end(tmp_path, monkeypatch, t
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
     setup = [f"model.arch={MOBILE}", "data.num_devices=3", "data.samples_per_device=40", "teacher.epochs=2"]
     fed = ["federation.clients_per_round=2", "federation.mask_rounds=2", "federation.warmup_rounds=1"]
-    fed += ["federation.finetune_rounds=1", "federation.teacher_rounds=0"]
+    fed += ["federation.finetune_rounds=1", "federation.teacher_rounds=0", "federation.teacher_fallback=false"]
     cfg = config_from_overrides([*setup, *fed, "run.threads=2", f"run.out_dir={tmp_path}"])
     run_federated(InProcessGrid(3), cfg, None)
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]

@@ -35,7 +35,8 @@ def test_flwr_run_simulation_on_own_superlink(tmp_path):
     run_config = (
         f'overrides="data.num_devices=4; data.samples_per_device=40; teacher.epochs=2; '
         f"federation.clients_per_round=2; federation.mask_rounds=1; federation.warmup_rounds=0; "
-        f'federation.finetune_rounds=1; federation.min_local_steps=0; federation.teacher_rounds=0" out-dir="{out}"'
+        f"federation.finetune_rounds=1; federation.min_local_steps=0; federation.teacher_rounds=0; "
+        f'federation.teacher_fallback=false" out-dir="{out}"'
     )
     cli_out = tmp_path / "flwr-run.out"
     link, survivors = None, []

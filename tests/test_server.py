@@ -33,6 +33,7 @@ TINY = [
     "federation.finetune_rounds=1",
     "federation.min_local_steps=2",  # 28 samples per device, 1 step per epoch: 2 local epochs
     "federation.teacher_rounds=0",  # the teacher's self-training has its own test
+    "federation.teacher_fallback=false",  # 3 tiny rounds leave a student the fallback would replace (own test)
     "run.threads=2",
 ]
 
@@ -70,8 +71,8 @@ def fedadmp_run(tmp_path_factory) -> Path:
 
 def test_fedadmp_phases_rounds_and_pruning(fedadmp_run):
     rows = _rows(fedadmp_run)
-    assert [r["phase"] for r in rows] == ["mask"] * 3 + ["merge", "finetune", "final"]
-    assert [r["round"] for r in rows] == [1, 2, 3, 3, 4, 5]
+    assert [r["phase"] for r in rows] == ["mask"] * 3 + ["merge", "start", "finetune", "final"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 3, 3, 4, 5]  # "start": the merged student, scored
     mask = rows[:3]
     assert [r["rho"] for r in mask] == pytest.approx([0.0, 1.0, 1.2])  # warm-up, rho0, rho0 * gamma
     # LeNet at width 0.5: groups of 16 and 32 channels; p = 0.6 keeps ceil(6.4) = 7 and ceil(12.8) = 13
@@ -128,7 +129,7 @@ def test_resume_in_the_kd_phase_and_of_a_baseline(fedadmp_run, tmp_path):
         config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}", "federation.strategy=naive"]),
         str(naive),
     )
-    assert [r["round"] for r in _rows(naive)] == [1, 2, 3, 4, 5]  # no round lost or repeated
+    assert [r["round"] for r in _rows(naive)] == [0, 1, 2, 3, 4, 5]  # the scored start (0), no round lost or repeated
 
 
 def test_cli_resume_reloads_the_run_config_without_the_pause(tmp_path, monkeypatch):
@@ -167,7 +168,7 @@ def test_fleet_aggregates_are_logged_checkpointed_and_resumed(tmp_path):
 def test_fedkd_baseline_trains_the_dense_student_for_the_whole_budget(tmp_path):
     run = _run(tmp_path, "federation.strategy=fedkd")
     rows = _rows(run)
-    assert [r["phase"] for r in rows] == ["finetune"] * 4 + ["final"]  # 3 mask + 1 fine-tune rounds of KD
+    assert [r["phase"] for r in rows] == ["start"] + ["finetune"] * 4 + ["final"]  # 3 mask + 1 fine-tune rounds
     summary = _summary(run)
     assert summary["prune_ratio"] == 0.0 and summary["student"]["params"] == summary["teacher"]["params"]
 
@@ -176,7 +177,7 @@ def test_naive_baseline_prunes_on_the_cloud_by_l1_norm(tmp_path):
     run = _run(tmp_path, "federation.strategy=naive")
     summary = _summary(run)
     assert summary["student"]["channels"] == {"conv1": 7, "conv2": 13}
-    assert [r["phase"] for r in _rows(run)] == ["finetune"] * 4 + ["final"]
+    assert [r["phase"] for r in _rows(run)] == ["start"] + ["finetune"] * 4 + ["final"]
     assert summary["student"]["params"] < summary["teacher"]["params"] / 2
 
 
@@ -236,8 +237,8 @@ def test_the_teacher_self_trains_first_and_every_later_round_follows_it(fedadmp_
     the same model as one that was not."""
     full = _run(tmp_path / "a", "federation.teacher_rounds=2")
     rows = _rows(full)
-    assert [r["phase"] for r in rows] == ["teacher"] * 2 + ["mask"] * 3 + ["merge", "finetune", "final"]
-    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 5, 6, 7]
+    assert [r["phase"] for r in rows] == ["teacher"] * 2 + ["mask"] * 3 + ["merge", "start", "finetune", "final"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 5, 5, 6, 7]
     assert [r["rho"] for r in rows[2:5]] == pytest.approx([0.0, 1.0, 1.2])
     summary = _summary(full)
     assert 0 <= summary["teacher"]["target_acc_self_trained"] <= 100
@@ -264,11 +265,26 @@ def test_label_free_scores_are_logged_and_the_guards_discard_worse_results(fedad
     assert all(0 <= r["class_balance"] <= 1 + 1e-6 for r in rows)
     summary = _summary(fedadmp_run)
     assert summary["label_free"]["teacher_score"] is not None and summary["label_free"]["student_score"] is not None
-    assert summary["student"]["kd_phase_kept"] in ("start", "end")
+    assert summary["student"]["candidate"] in ("final", "start", "cloud", "teacher")
+    scored = summary["selection"]["candidates"]
+    assert set(scored) == {"final", "start", "cloud"} and summary["selection"]["reason"]
 
-    from server import phases
+    from server import phases, selection
 
     monkeypatch.setattr(phases, "keeps_result", lambda before, after: False)
+    monkeypatch.setattr(selection, "choose_export", lambda pruned, teacher: ("start", "forced by the test"))
     guarded = _summary(_run(tmp_path, "federation.teacher_rounds=1"))
     assert guarded["teacher"]["self_training"] == "discarded" and max(guarded["teacher_sends"].values()) == 1
-    assert guarded["student"]["kd_phase_kept"] == "start"
+    assert guarded["student"]["candidate"] == "start" and guarded["selection"]["reason"] == "forced by the test"
+
+
+def test_fedtiny_baseline_picks_one_of_its_candidates_by_adaptive_bn(tmp_path):
+    """FedTiny's selection: 3 candidates (uniform L1 first), each scored by the devices after their own BN
+    re-estimation; the chosen one keeps the uniform total of 7 + 13 = 20 channels and trains for the whole
+    budget (3 mask + 1 fine-tune rounds)."""
+    run = _run(tmp_path, "federation.strategy=fedtiny", "federation.fedtiny_candidates=3")
+    summary = _summary(run)
+    chosen = summary["teacher"]["fedtiny_selection"]
+    assert len(chosen["scores"]) == 3 and chosen["scores"][chosen["chosen"]] == min(chosen["scores"])
+    assert sum(summary["student"]["channels"].values()) == 20
+    assert [r["phase"] for r in _rows(run)] == ["start"] + ["finetune"] * 4 + ["final"]

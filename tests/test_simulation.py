@@ -23,6 +23,7 @@ TINY = [
     "federation.warmup_rounds=1",
     "federation.finetune_rounds=1",
     "federation.teacher_rounds=0",
+    "federation.teacher_fallback=false",  # two tiny mask rounds: the fallback would ship the dense teacher
     "federation.min_local_steps=0",  # one local epoch: this test checks the engine, not the schedule
     "federation.ray_num_cpus=2",
     "run.threads=1",
@@ -55,7 +56,7 @@ def test_teacher_reached_each_device_once_across_workers(run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["teacher_sends"] == {"0": 1, "1": 1, "2": 1, "3": 1} and not summary["rejections"]
     rows = json.loads((run / "metrics.json").read_text())
-    assert [r["phase"] for r in rows] == ["mask", "mask", "merge", "finetune", "final"]
+    assert [r["phase"] for r in rows] == ["mask", "mask", "merge", "start", "finetune", "final"]
     trained = [r for r in rows if r["phase"] in ("mask", "finetune")]
     assert sum(r["teacher_sends"] for r in trained) == 4
     for r in trained:  # rounds that send no teacher carry about clients x (student + masks)

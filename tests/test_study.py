@@ -27,7 +27,7 @@ def test_plan_covers_the_grid_and_fedkd_once(tmp_path):
         )
     )
     ids = [r["run_id"] for r in study_mod.plan(spec)]
-    assert len(ids) == 2 * (1 + 2 + 2 + 2)  # per seed: fedkd once, naive/fedadmp/centralized per ratio
+    assert len(ids) == 2 * (1 + 2 + 2 + 2 + 2)  # per seed: fedkd once, naive/fedtiny/fedadmp/centralized per ratio
     assert "a-fedkd-p0-s1" in ids and "a-fedadmp-p0.6-s0" in ids and len(set(ids)) == len(ids)
 
 
@@ -63,7 +63,7 @@ def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
         tmp_path, "name: s\nprune_ratios: [0.6]\nseeds: [0, 1]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n"
     )
     calls = []
-    accs = {"fedkd": 90.0, "naive": 80.0, "fedadmp": 88.0, "centralized": 89.0}
+    accs = {"fedkd": 90.0, "naive": 80.0, "fedtiny": 81.0, "fedadmp": 88.0, "centralized": 89.0}
 
     def fake_execute(run, base, runs_dir, teachers, console):
         calls.append(run["run_id"])
@@ -96,14 +96,17 @@ def test_interrupted_study_resumes_and_reports(tmp_path, monkeypatch):
     out = study_mod.run_study(path)
     assert seen[0] == {}  # the finished runs' directories hold no teacher.pt: none is reused
     assert calls[2] == calls[3]  # the interrupted run is the first one redone; finished ones are skipped
-    assert len(calls) == 9  # 8 runs + the interrupted attempt
+    assert len(calls) == 11  # 10 runs + the interrupted attempt
     with (out / "runs.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 8
+        assert len(list(csv.DictReader(handle))) == 10
     report = (out / "report.md").read_text()
     assert "| FedADMP (ours) | 88.50 ± 0.71 (n=2)" in report
     # the overview: no teacher + target BN here, no published anchor for task "a"
-    assert "| a | 70.00 | — | 90.50 | 80.50 | 88.50 | 89.50 | — | -2.00 | +8.00 | -1.00 | — |" in report
-    assert "| 0.6 | 80.50 | 88.50 | 89.50 | -10.00 | +8.00 |" in report  # by ratio: naive - dense 90.50, lead
+    assert "| a | 70.00 | — | 90.50 | 80.50 | 81.50 | 88.50 | 89.50 | — | -2.00 | +8.00 | +7.00 | -1.00 | — |" in report
+    # by ratio, seeds 0 and 1 (+0, +1): mean ± std; naive - dense 90.50 = -10, lead +8, FedADMP - dense -2
+    cells = " | ".join(f"{m:.2f} ± 0.71 (n=2)" for m in (80.5, 81.5, 88.5, 89.5))
+    row = f"| 0.6 | {cells} | -10.00 | +8.00 | -2.00 |"
+    assert row in report
     assert "FedADMP − federated KD, no pruning: -2.00 points" in report
     assert "FedADMP − naive: L1 prune on cloud + fed. KD: +8.00 points" in report
     assert (out / "a_acc_vs_pruning.png").is_file() and (out / "a_acc_vs_round.png").is_file()
@@ -206,7 +209,7 @@ def test_ablation_table_compares_variants_with_default_on_the_same_seeds():
         ),
         (
             "methods: [fedkd, fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
-            "methods: 'fedavg' is not one of fedkd, naive, fedadmp, centralized",
+            "methods: 'fedavg' is not one of fedkd, naive, fedtiny, fedadmp, centralized",
         ),
     ],
 )

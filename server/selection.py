@@ -1,0 +1,84 @@
+"""What a federated run exports: the label-free choice between its candidate students.
+
+Candidates, each scored by one federated evaluation of the fleet's label-free score (no target label):
+the fine-tune phase's result (``final``), the model it started from (``start``: FedADMP's merge,
+naive's cloud start, fedkd's dense copy), the cloud's start (``cloud``: the teacher pruned to the L1
+keep set and recovered on the source, what naive starts from; FedADMP runs only), and the dense
+``teacher`` as the fallback when every pruned candidate is flagged. The rule is
+``server.guards.choose_export``; the summary's ``selection`` entry lists every candidate's score, its
+accuracy (reported, never used) and the reason for the choice.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from admp.masks import MaskDict
+from server.guards import choose_export
+from server.rounds import Weights
+from server.starts import Start, cloud_start
+from strategies.fedadmp import FedKD
+
+if TYPE_CHECKING:
+    from server.phases import Session
+
+
+def _score(session: Session, weights: Weights, keep: MaskDict | None, rnd: int) -> dict[str, Any]:
+    """One federated evaluation of a candidate: its weights, keep set, label-free score and accuracy."""
+    probe = session.kd_strategy(weights, keep)
+    figures = session.runner.evaluate_all(probe, rnd, weights, session.runner.local_bn)
+    return {
+        "weights": weights,
+        "keep": keep or {},
+        "score": figures.get("label-free-score"),
+        "acc": figures.get("accuracy"),
+    }
+
+
+def start_candidates(session: Session, strategy: FedKD, start: Start, rnd: int) -> dict[str, Any]:
+    """The phase's start scored (its evaluation also sets the fleet's statistics for the first round)
+    and, in a FedADMP run, the cloud's start scored too: the candidates the phase's result must beat."""
+    run = session.run
+    figures = session.runner.evaluate_all(strategy, rnd, start.weights, session.runner.local_bn, True)
+    row = {"phase": "start", "step": rnd, "round": rnd, "target_acc": figures.get("accuracy")}
+    run.run_dir.log_metrics(row | {"label_free_score": figures.get("label-free-score")})  # merge / cloud start
+    kept = {"weights": start.weights, "keep": start.keep or {}, "score": figures.get("label-free-score")}
+    candidates: dict[str, Any] = {"start": kept | {"acc": figures.get("accuracy")}}
+    if run.cfg.federation.strategy == "fedadmp":
+        with torch.random.fork_rng():  # the cloud's repair draws no number a resumed run would not draw
+            cloud = start.cloud or cloud_start(run, start.mask_rounds_done)
+        candidates["cloud"] = _score(session, cloud.weights, cloud.keep, rnd)
+    return candidates
+
+
+def select_export(
+    session: Session, weights: Weights, keep: MaskDict | None, starts: dict[str, Any], rnd: int
+) -> tuple[Weights, MaskDict | None]:
+    """The candidate the label-free rule exports, as (weights, keep; None: dense); the choice and every
+    score go to ``session.selection``."""
+    run = session.run
+    last = session.runner.last_figures  # the last round's evaluation of these weights
+    final = {"weights": weights, "keep": keep or {}, "score": last.get("label-free-score"), "acc": last.get("accuracy")}
+    if "label-free-score" not in last:  # resumed after the phase's last round: nothing evaluated them here
+        final = _score(session, weights, keep, rnd)
+    candidates = {"final": final, **starts}
+    info = run.teacher_info
+    teacher_score = info.get(
+        "label_free_score_self_trained" if info.get("self_training") == "kept" else "label_free_score"
+    )
+    fallback = teacher_score if run.cfg.federation.teacher_fallback else None
+    name, reason = choose_export([(n, c["score"]) for n, c in candidates.items()], fallback)
+    session.selection = {
+        "chosen": name,
+        "reason": reason,
+        "teacher_score": teacher_score,
+        "candidates": {n: {"score": c["score"], "accuracy": c.get("acc")} for n, c in candidates.items()},
+    }
+    if name != "final":
+        run.console.print(f"[yellow]exporting the {name} candidate: {reason}")
+    if name == "teacher":
+        return run.teacher.state_dict(), None
+    chosen = candidates[name]
+    return chosen["weights"], chosen["keep"] or None
