@@ -29,7 +29,7 @@ from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
 from server.setup import RunSetup
-from server.starts import mask_start
+from server.starts import mask_start, recover_on_source
 from server.summary import INFERENCE, write_summary
 from simulations.budget import matched_schedule
 
@@ -221,7 +221,10 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
     state = mask_phase(run, student, train.x, sizes, targets, test, start_keep)
     keep = state.merge_mask()  # m = Z: a final projection of m + U
     torch.save({"student": student.state_dict(), "keep": keep}, run.run_dir.file("student_masked.pt"))
-    pruned = prune_model(student, run.groups, keep, example_input(student))
+    recovery = "student" if hp.trainable == "norm" else hp.merge_recovery  # as the federated merge does
+    pruned = prune_model(run.teacher if recovery == "teacher" else student, run.groups, keep, example_input(student))
+    if recovery != "none":
+        recover_on_source(run, pruned, "merge")
     recalibrate_bn(pruned, train.x)
     merged_acc = accuracy(pruned, *test)
     pruned_share = pruned_fraction(keep)

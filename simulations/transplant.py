@@ -1,12 +1,14 @@
 """``fedadmp transplant SCENARIO``: the mask-transplant ablation that says where FedADMP loses to naive.
 
-Per seed, five federated runs on the same splits, teacher and round budget:
+Per seed, six federated runs on the same splits, teacher and round budget:
 
 - ``naive``: the cloud's L1 keep set, recovered on the source, then KD rounds (the baseline);
-- ``fedadmp_ones``: FedADMP with m = Z = 1 at the start (``admp.keep_init none``);
+- ``fedadmp_ones``: FedADMP with m = Z = 1 at the start and the merged student as it is
+  (``admp.keep_init none``, ``merge_recovery none``);
 - ``ones_keep_naive_recipe``: ``fedadmp_ones``'s final keep set, trained with naive's recipe;
 - ``l1_keep_fedadmp_schedule``: naive's L1 keep set, frozen, trained on FedADMP's schedule;
-- ``fedadmp_l1``: FedADMP with m = Z started from the L1 keep set (``keep_init l1``).
+- ``fedadmp_l1``: FedADMP with m = Z started from the L1 keep set (``keep_init l1``);
+- ``fedadmp_repaired``: ``fedadmp_ones`` with the merged student repaired on the source (the default).
 
 If a keep set does well under the other's training, the choice of channels is not what loses; if
 it does badly everywhere, it is. Each row also gives the accuracy of the student the KD phase
@@ -31,10 +33,11 @@ from admp.warmstart import keep_overlap
 
 ARMS: dict[str, tuple[str, list[str]]] = {  # name: (strategy, overrides); {ones} = fedadmp_ones's keep file
     "naive": ("naive", []),
-    "fedadmp_ones": ("fedadmp", ["admp.keep_init=none"]),
+    "fedadmp_ones": ("fedadmp", ["admp.keep_init=none", "admp.merge_recovery=none"]),
     "ones_keep_naive_recipe": ("naive", ["admp.keep_init=file", "admp.keep_path={ones}"]),
-    "l1_keep_fedadmp_schedule": ("fedadmp", ["admp.keep_init=l1", "admp.z_frozen=true"]),
-    "fedadmp_l1": ("fedadmp", ["admp.keep_init=l1"]),
+    "l1_keep_fedadmp_schedule": ("fedadmp", ["admp.keep_init=l1", "admp.z_frozen=true", "admp.merge_recovery=none"]),
+    "fedadmp_l1": ("fedadmp", ["admp.keep_init=l1", "admp.merge_recovery=none"]),
+    "fedadmp_repaired": ("fedadmp", ["admp.keep_init=none", "admp.merge_recovery=student"]),  # the fix
 }
 COLUMNS = [
     "task",
