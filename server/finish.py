@@ -11,7 +11,8 @@ from torch import nn
 from admp.masks import MaskDict
 from server.clock import fleet_summary
 from server.guards import student_flag
-from server.phases import Session, final_round
+from server.phases import final_round
+from server.session import Session
 from server.summary import INFERENCE, write_summary
 
 

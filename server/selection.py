@@ -22,7 +22,7 @@ from server.starts import Start, cloud_start
 from strategies.fedadmp import FedKD
 
 if TYPE_CHECKING:
-    from server.phases import Session
+    from server.session import Session
 
 
 def _score(session: Session, weights: Weights, keep: MaskDict | None, rnd: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from admp.warmstart import cloud_keep, layerwise_keeps
 from server.setup import RunSetup
 
 if TYPE_CHECKING:
-    from server.phases import Session
+    from server.session import Session
 
 
 @dataclass
