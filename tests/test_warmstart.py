@@ -142,3 +142,23 @@ def test_layerwise_candidates_keep_the_uniform_total():
     for keep in keeps[1:]:
         assert sum(int(v.sum()) for v in keep.values()) == total and all(v.sum() >= 1 for v in keep.values())
     assert any(any(not torch.equal(k[g], uniform[g]) for g in uniform) for k in keeps[1:])  # ratios differ
+
+
+def test_transplant_table_averages_each_arm_over_seeds(tmp_path):
+    from simulations.transplant import ARMS, COLUMNS, write_table
+
+    rows = [
+        {"task": "t", "arm": "naive", "prune_ratio": 0.9, "seed": 0, "start_acc": 90.0, "final_acc": 94.0},
+        {"task": "t", "arm": "naive", "prune_ratio": 0.9, "seed": 1, "start_acc": 92.0, "final_acc": 96.0},
+        {"task": "t", "arm": "fedadmp_ones", "prune_ratio": 0.9, "seed": 0, "start_acc": "", "final_acc": 93.0},
+    ]
+    lines = [",".join(COLUMNS)]
+    for r in rows:
+        overlap = 1.0 if r["arm"] == "naive" else 0.5
+        lines.append(",".join(str(v) for v in (*r.values(), 12, overlap, "dir")))
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    table = write_table(tmp_path / "t.csv", tmp_path / "t.md").read_text()
+    # naive: starts 90, 92 -> 91.00 +- 1.41; finals 94, 96 -> 95.00 +- 1.41 (std of two values 2 apart: sqrt(2))
+    assert "| t | 0.9 | naive | 91.00 ± 1.41 (n=2) | 95.00 ± 1.41 (n=2) | 12 | 1.00 |" in table
+    assert "| t | 0.9 | fedadmp_ones | — | 93.00 ± 0.00 (n=1) | 12 | 0.50 |" in table
+    assert list(ARMS)[:2] == ["naive", "fedadmp_ones"]  # fedadmp_ones's keep file feeds a later arm
