@@ -268,6 +268,8 @@ def finetune_phase(session: Session, start: Start) -> tuple[nn.Module, MaskDict 
     offset, first = start.mask_rounds_done, start.mask_rounds_done + 1
     if run.checkpoint is not None and run.checkpoint.phase == "kd":
         first, starts = run.checkpoint.round + 1, run.checkpoint.phase_start
+        if "weights" in starts:  # a checkpoint that held only the phase's start and its score
+            starts = {"start": starts | {"keep": start.keep or {}}}
     else:  # the candidates the phase's result must beat, scored before it trains
         starts = start_candidates(session, strategy, start, offset)
     extra = {"keep": start.keep or {}, "mask_rounds_done": offset, "phase_start": starts}
