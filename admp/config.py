@@ -178,14 +178,14 @@ class AdmpHyper(Section):
     #   published value (beta = 0.3), not tuned here
     pseudo_labels: PseudoLabels = "centroid"  # centroid: nearest class centroid of the student's features,
     #   the centroids aggregated over the fleet each round (SHOT's self-labelling, federated) |
-    #   teacher: the teacher's argmax where its confidence >= pl_threshold (before issue 9)
+    #   teacher: the teacher's argmax where its confidence >= pl_threshold
     centroids: CentroidScope = "auto"  # whose class centroids label a device's data: fleet (the server's
     #   aggregate of every device's sums: one target domain shared by the fleet) | device (its own data's:
     #   every device a domain of its own, where pooled features would mix domains; nothing leaves the
     #   device) | auto: by the same label-free rule as teacher_bn
     pl_threshold: Annotated[float, Field(ge=0, le=1)] = 0.9  # teacher confidence for a pseudo label (teacher)
     lambda_im: Annotated[float, Field(ge=0)] = 1.0  # weight of the information-maximisation term: SHOT's
-    #   published value (Liang et al. 2020), not tuned here; 0 turns self-training off (pure KD, as before stop 7)
+    #   published value (Liang et al. 2020), not tuned here; 0 turns self-training off (pure KD)
     freeze_classifier: bool = False  # true: the classifier (last Linear) keeps its source weights in every target
     #   phase of every method, the features adapt to it: SHOT's hypothesis transfer (Liang et al. 2020). Off,
     #   as the study's rule had it: in one check (pooled self-training, MNIST->USPS, seed 0) both ended at

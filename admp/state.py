@@ -64,8 +64,7 @@ class AdmpState:
         """m = Z = ``keep`` (a binary keep set, ``admp.warmstart``), s = 1, U = 0 and rho = rho0: the
         student starts as the pruned model and the penalty holds m there from the first round."""
         sizes = {g: v.numel() for g, v in keep.items()}
-        rho = settings.rho0 if settings.rho0 > 0 else 0.0
-        return cls(settings, clone_masks(keep), ones_masks(sizes), clone_masks(keep), zeros_masks(sizes), rho)
+        return cls(settings, clone_masks(keep), ones_masks(sizes), clone_masks(keep), zeros_masks(sizes), settings.rho0)
 
     @property
     def admm_on(self) -> bool:

@@ -206,7 +206,7 @@ def plot_vs_round(rows: list[dict[str, Any]], task: str, ratio: float, path: Pat
 PUBLISHED = {  # single-machine source-free adaptation with a LeNet-class network, cited where known
     "mnist_usps": "98.0 (SHOT)",
     "usps_mnist": "98.4 (SHOT)",
-}  # Liang et al. 2020 (arXiv 2002.08546), digit results as quoted in issue 9
+}  # Liang et al. 2020 (arXiv 2002.08546), table of digit results
 
 
 def overview_table(means_by_task: dict[str, dict[str, float]]) -> str:
