@@ -32,8 +32,8 @@ PseudoLabels = Literal["centroid", "teacher"]
 CentroidScope = Literal["auto", "fleet", "device"]
 ScheduleBudget = Literal["epochs", "federation"]
 DeviceData = Literal["scenario", "own"]  # federation.device_data
-KeepInit = Literal["none", "l1", "file"]  # admp.keep_init (admp.warmstart)
-MergeRecovery = Literal["none", "student", "teacher"]  # admp.merge_recovery (server.phases.mask_phase)
+KeepInit = Literal["none", "l1", "fisher", "file"]  # admp.keep_init (admp.warmstart)
+MergeRecovery = Literal["auto", "none", "student", "teacher"]  # admp.merge_recovery (server.phases.mask_phase)
 Aggregation = Literal["mean", "clip", "median", "trimmed_mean"]  # strategies.robust
 
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # model.arch: a user's "package.module:factory"

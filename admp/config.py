@@ -206,14 +206,19 @@ class AdmpHyper(Section):
     #   all at once)
     keep_init: KeepInit = "none"  # where Z and m start (admp/warmstart.py): none: ones, the first Z-step prunes
     #   p at once | l1: the cloud's L1-norm keep set, the student recovered on the source under it (naive's
-    #   start), penalty on from round 1, so only target evidence changes the choice | file: keep_path's set
+    #   start), penalty on from round 1, so only target evidence changes the choice | fisher: the keep set
+    #   of the largest channel-gate Fisher information on the devices' unlabeled data (admp/importance.py),
+    #   recovered on the source the same way | file: keep_path's set
     keep_path: str = ""  # keep_init file: a run's pruned_model.pt whose keep set both fedadmp and naive start from
+    fisher_steps: Annotated[int, Field(ge=1)] = 3  # keep_init fisher: steps, each removing the same share of the
+    #   channels left and re-measured under the last step's gates
     z_frozen: bool = False  # Z never moves from its start: a given keep set on FedADMP's schedule (ablation)
-    merge_recovery: MergeRecovery = "student"  # at the merge: student: the mask phase's student, pruned, is
-    #   recovered on the labeled source with naive's recipe (rule: every pruned model gets the same cloud-side
-    #   repair right after its cut; naive always had it) | none: the pruned student as merged | teacher: the
-    #   teacher pruned to the mask phase's keep set and recovered (the devices choose only the channels);
-    #   always student under trainable norm (devices cannot repair the cut)
+    merge_recovery: MergeRecovery = "auto"  # at the merge: student: the mask phase's student, pruned, is
+    #   recovered on the labeled source with naive's recipe (a cut that removes channels m still used needs
+    #   the repair naive's cut gets) | none: the pruned student as merged | teacher: the teacher pruned to
+    #   the mask phase's keep set and recovered (the devices choose only the channels) | auto: student from
+    #   ones (keep_init none), none from a keep set (m = Z from round 1: the cut removes only closed gates
+    #   and the student was repaired at its start); always student under trainable norm
     adversary: bool = True  # the soft-mask adversary on/off (ablation)
     adv_lr: Annotated[float, Field(ge=0)] = 0.02  # largest per-step change of s (gradient normalised per group)
     adv_eps: Annotated[float, Field(ge=0, le=1)] = 0.1  # budget: mean(1 - s_g) <= adv_eps for every group
@@ -437,8 +442,9 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
     ``local``); devices that share one target domain and differ only in label mix adapt BN on the
     whole fleet (teacher: ``fleet``, inference: ``global``). The rule uses no label. Under
     ``federation.privacy`` BN is always adapted on each device (pooled moments would be releases
-    outside the accounted rounds: ``fleet`` / ``global`` are an error) and ``admp.trainable`` ``auto``
-    is ``norm`` (else ``all``).
+    outside the accounted rounds: ``fleet`` / ``global`` are an error, as is ``keep_init: fisher``) and
+    ``admp.trainable`` ``auto`` is ``norm`` (else ``all``). ``admp.merge_recovery`` ``auto`` follows
+    ``keep_init`` (its comment says why).
     """
     own_domains = cfg.data.devices_are_domains()
     private = cfg.federation.privacy.active
@@ -452,6 +458,12 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
         cfg.federation.bn_recalibration = "local" if own_domains or private else "global"
     if cfg.admp.trainable == "auto":
         cfg.admp.trainable = "norm" if private else "all"
+    if cfg.admp.merge_recovery == "auto":
+        cfg.admp.merge_recovery = "student" if cfg.admp.keep_init == "none" else "none"
+    if private and cfg.admp.keep_init == "fisher":
+        raise SectionError(
+            "", "admp.keep_init: fisher releases per-channel statistics of device data outside the accounted rounds"
+        )
     pooled = [
         ("admp.teacher_bn", cfg.admp.teacher_bn, "fleet"),
         ("federation.bn_recalibration", cfg.federation.bn_recalibration, "global"),

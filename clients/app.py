@@ -25,6 +25,7 @@ from admp.centroids import FeatureSums, class_sums, features_and_probs, student_
 from admp.config import AdmpHyper, parse_section
 from admp.data.tasks import Device
 from admp.deploy import adapt_bn
+from admp.importance import measured_fisher
 from admp.losses import entropy
 from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
@@ -268,6 +269,21 @@ def bn_statistics(msg: Message, context: Context) -> Message:
     moments = bn_moments(job.student(msg), x)
     return Message(
         RecordDict({P.ARRAYS: P.to_record(moments), P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}),
+        reply_to=msg,
+    )
+
+
+@app.query("gatefisher")
+def gate_fisher_query(msg: Message, context: Context) -> Message:
+    """Per-channel sums of squared gate gradients over the local unlabeled data (``admp.importance``):
+    the student gated by the message's ``m`` (the keep set of the last step), BN statistics of this
+    device's data under those gates, labels drawn from its own predictions (none is read)."""
+    job = Job.read(msg, context)
+    x = job.data().train.x
+    student, m = job.student(msg), P.message_masks(msg.content, "m")
+    sums = measured_fisher(student, groups_of(student), x, job.generator("gatefisher"), m or None)
+    return Message(
+        RecordDict({P.ARRAYS: P.masks_to_record(fisher=sums), P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}),
         reply_to=msg,
     )
 

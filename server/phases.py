@@ -31,6 +31,7 @@ from server.fleet import (
     wait_for_nodes,
 )
 from server.guards import keeps_result
+from server.importance import fleet_choice
 from server.rounds import RoundRunner, Weights
 from server.selection import select_export, start_candidates
 from server.session import Session
@@ -209,9 +210,10 @@ def mask_phase(session: Session) -> Start | None:
         state.load_state_dict(ckpt.admp)
         weights, first = ckpt.student, ckpt.round + 1
     else:
-        weights, start_keep = mask_start(run)  # the teacher, or the cloud's keep set recovered on the source
+        weights, start_keep = mask_start(run, fleet_choice(session, offset))  # ones, or a keep set, recovered
         if start_keep is not None:
             state = AdmpState.warm_started(settings, start_keep)
+        if start_keep is not None and run.cfg.admp.keep_init != "fisher":  # its start is the cloud's own
             cloud = Start(_pruned_weights(run, weights, start_keep), start_keep, offset + fed.mask_rounds)
     strategy = FedADMP(
         weights=weights,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from admp.seeding import torch_generator
 from admp.source import train_supervised
 from admp.surgery import prune_model
 from admp.warmstart import cloud_keep, layerwise_keeps
+from server.importance import fleet_choice
 from server.setup import RunSetup
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ def baseline_start(session: Session) -> Start:
         return Start(run.teacher.state_dict(), None, offset)
     if cfg.federation.strategy == "fedtiny":
         return fedtiny_start(session, offset)
+    if cfg.admp.keep_init == "fisher":  # naive's recipe on the fleet's choice of channels (the ablation)
+        return cloud_start(run, offset, fleet_choice(session, offset)())
     return cloud_start(run, offset)
 
 
@@ -74,10 +78,10 @@ def fedtiny_start(session: Session, offset: int) -> Start:
     return Start(pruned.state_dict(), keep, offset)
 
 
-def cloud_start(run: RunSetup, offset: int) -> Start:
-    """naive's start: the teacher pruned to the cloud's keep set (``cloud_choice``) and recovered on the
-    source. Also a candidate of every FedADMP run's export."""
-    keep = cloud_choice(run)
+def cloud_start(run: RunSetup, offset: int, keep: MaskDict | None = None) -> Start:
+    """naive's start: the teacher pruned to the cloud's keep set (``cloud_choice``; or ``keep``) and
+    recovered on the source. Also a candidate of every FedADMP run's export."""
+    keep = cloud_choice(run) if keep is None else keep
     pruned = prune_model(run.teacher, run.groups, keep, example_input(run.teacher))
     val_acc = recover_on_source(run, pruned, "naive")
     run.console.print(f"cloud start: {_choice_name(run)}, source val acc {val_acc:.2f}%")
@@ -96,19 +100,28 @@ def _choice_name(run: RunSetup) -> str:
     return f"keep set of {run.cfg.admp.keep_path}" if run.given_keep is not None else "L1-pruned"
 
 
-def mask_start(run: RunSetup) -> tuple[dict[str, Tensor], MaskDict | None]:
+def mask_start(
+    run: RunSetup, fleet_choice: Callable[[], MaskDict] | None = None
+) -> tuple[dict[str, Tensor], MaskDict | None]:
     """The mask phase's dense student and the keep set that m and Z start from (``admp.keep_init``).
 
-    ``none``: the teacher, no keep set (m = Z = 1). Otherwise the cloud's keep set, and the teacher
-    recovered on the source under it exactly as naive's pruned copy is (the same stream of batches;
-    a gated channel outputs 0, so the gated dense model computes what the pruned one does)."""
-    if run.cfg.admp.keep_init == "none":
+    ``none``: the teacher, no keep set (m = Z = 1). Otherwise the cloud's keep set (``l1``, ``file``) or
+    the fleet's (``fisher``: ``fleet_choice()``), and the teacher recovered on the source under it exactly
+    as naive's pruned copy is (the same stream of batches; a gated channel outputs 0, so the gated dense
+    model computes what the pruned one does)."""
+    init = run.cfg.admp.keep_init
+    if init == "none":
         return run.teacher.state_dict(), None
-    keep = cloud_choice(run)
+    if init == "fisher":
+        if fleet_choice is None:
+            raise ValueError("keep_init fisher needs the fleet's choice (a federated or pooled measurement)")
+        keep, name = fleet_choice(), "fleet's gate-Fisher"
+    else:
+        keep, name = cloud_choice(run), _choice_name(run)
     student = copy.deepcopy(run.teacher)
     with gated(student, run.groups, keep):
         val_acc = recover_on_source(run, student, "naive")
-    run.console.print(f"mask phase starts from the {_choice_name(run)} keep set, source val acc {val_acc:.2f}%")
+    run.console.print(f"mask phase starts from the {name} keep set, source val acc {val_acc:.2f}%")
     return student.state_dict(), keep
 
 

@@ -20,6 +20,7 @@ from admp.centroids import student_pseudo_labels
 from admp.config import AdmpHyper, ScenarioConfig, to_yaml
 from admp.data.sources import Split
 from admp.data.tasks import Device
+from admp.importance import measured_fisher, stepped_keep
 from admp.masks import MaskDict, gated, group_sizes, pruned_fraction
 from admp.metrics import accuracy
 from admp.models import GroupSpec, example_input
@@ -216,7 +217,7 @@ def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict
         run.console.print(f"teacher self-trained: target test {run.teacher_info['target_acc_self_trained']:.2f}%")
     targets = kd_targets(run, devices, train.x)
     student = copy.deepcopy(run.teacher)
-    start_weights, start_keep = mask_start(run)  # the teacher, or the cloud's keep set recovered on the source
+    start_weights, start_keep = mask_start(run, lambda: pooled_fisher_keep(run, train.x))  # ones, or a keep set
     student.load_state_dict(start_weights)
     state = mask_phase(run, student, train.x, sizes, targets, test, start_keep)
     keep = state.merge_mask()  # m = Z: a final projection of m + U
@@ -286,3 +287,14 @@ def _finish(
         f"Centralized ADMP on {run.task.name} (p = {cfg.admp.prune_ratio})",
         exports=("student_masked.pt",),
     )
+
+
+def pooled_fisher_keep(run: RunSetup, x: torch.Tensor) -> MaskDict:
+    """``keep_init: fisher`` on the pooled target data: the keep set of the teacher's largest gate Fisher
+    (``admp.importance``), as the fleet's choice of a federated run measures it device by device."""
+    gen = torch_generator(run.cfg.run.seed, "gatefisher")
+
+    def measure(keep: MaskDict | None) -> MaskDict:
+        return {g: v / len(x) for g, v in measured_fisher(run.teacher, run.groups, x, gen, keep).items()}
+
+    return stepped_keep(measure, run.cfg.admp.prune_ratio, run.cfg.admp.fisher_steps)

@@ -1,6 +1,6 @@
 """``fedadmp transplant SCENARIO``: the mask-transplant ablation that says where FedADMP loses to naive.
 
-Per seed, six federated runs on the same splits, teacher and round budget:
+Per seed, eight federated runs on the same splits, teacher and round budget:
 
 - ``naive``: the cloud's L1 keep set, recovered on the source, then KD rounds (the baseline);
 - ``fedadmp_ones``: FedADMP with m = Z = 1 at the start and the merged student as it is
@@ -8,7 +8,10 @@ Per seed, six federated runs on the same splits, teacher and round budget:
 - ``ones_keep_naive_recipe``: ``fedadmp_ones``'s final keep set, trained with naive's recipe;
 - ``l1_keep_fedadmp_schedule``: naive's L1 keep set, frozen, trained on FedADMP's schedule;
 - ``fedadmp_l1``: FedADMP with m = Z started from the L1 keep set (``keep_init l1``);
-- ``fedadmp_repaired``: ``fedadmp_ones`` with the merged student repaired on the source (the default).
+- ``fedadmp_repaired``: ``fedadmp_ones`` with the merged student repaired on the source;
+- ``fedadmp_fisher``: FedADMP with m = Z started from the fleet's gate-Fisher keep set (``keep_init
+  fisher``, ``admp.importance``): the choice of channels made on target data;
+- ``fisher_keep_naive_recipe``: ``fedadmp_fisher``'s final keep set, trained with naive's recipe.
 
 If a keep set does well under the other's training, the choice of channels is not what loses; if
 it does badly everywhere, it is. Each row also gives the accuracy of the student the KD phase
@@ -31,13 +34,16 @@ from admp.config import load_config
 from admp.masks import MaskDict
 from admp.warmstart import keep_overlap
 
-ARMS: dict[str, tuple[str, list[str]]] = {  # name: (strategy, overrides); {ones} = fedadmp_ones's keep file
+# name: (strategy, overrides); {ones}, {fisher}: the keep file of fedadmp_ones, fedadmp_fisher
+ARMS: dict[str, tuple[str, list[str]]] = {
     "naive": ("naive", []),
     "fedadmp_ones": ("fedadmp", ["admp.keep_init=none", "admp.merge_recovery=none"]),
     "ones_keep_naive_recipe": ("naive", ["admp.keep_init=file", "admp.keep_path={ones}"]),
     "l1_keep_fedadmp_schedule": ("fedadmp", ["admp.keep_init=l1", "admp.z_frozen=true", "admp.merge_recovery=none"]),
     "fedadmp_l1": ("fedadmp", ["admp.keep_init=l1", "admp.merge_recovery=none"]),
-    "fedadmp_repaired": ("fedadmp", ["admp.keep_init=none", "admp.merge_recovery=student"]),  # the fix
+    "fedadmp_repaired": ("fedadmp", ["admp.keep_init=none", "admp.merge_recovery=student"]),
+    "fedadmp_fisher": ("fedadmp", ["admp.keep_init=fisher", "admp.merge_recovery=none"]),
+    "fisher_keep_naive_recipe": ("naive", ["admp.keep_init=file", "admp.keep_path={fisher}"]),
 }
 COLUMNS = [
     "task",
@@ -77,7 +83,7 @@ def _row(task: str, arm: str, ratio: float, seed: int, run_dir: Path, l1: MaskDi
 
 
 def run_transplant(scenario: str, task: str, ratio: float, seeds: list[int], out: Path, extra: list[str]) -> Path:
-    """Run (or resume) the five arms for every seed; returns the markdown table's path."""
+    """Run (or resume) every arm for every seed; returns the markdown table's path."""
     from simulations.federated import run_federated_simulation
 
     out.mkdir(parents=True, exist_ok=True)
@@ -93,8 +99,8 @@ def run_transplant(scenario: str, task: str, ratio: float, seeds: list[int], out
                 teacher = teacher or [f"teacher.checkpoint={dirs[arm] / 'teacher.pt'}"]
                 continue
             name = f"{task}-{arm}-p{ratio:g}-s{seed}"
-            ones = dirs.get("fedadmp_ones", Path()) / "pruned_model.pt"
-            overrides = [o.replace("{ones}", str(ones)) for o in arm_overrides]
+            ones, fisher = (dirs.get(a, Path()) / "pruned_model.pt" for a in ("fedadmp_ones", "fedadmp_fisher"))
+            overrides = [o.replace("{ones}", str(ones)).replace("{fisher}", str(fisher)) for o in arm_overrides]
             run_keys = [f"run.seed={seed}", f"run.out_dir={out / 'runs'}", f"run.name={name}"]
             arm_keys = [f"federation.strategy={strategy}", f"admp.prune_ratio={ratio}", *overrides]
             cfg = load_config(scenario, overrides=[*extra, *arm_keys, *teacher, *run_keys])

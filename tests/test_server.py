@@ -14,7 +14,9 @@ from rich.console import Console
 from admp.config import config_from_overrides, to_yaml
 from admp.data.tasks import build_task
 from admp.deploy import load_bundle
+from admp.importance import measured_fisher, pooled_fisher, stepped_keep
 from admp.metrics import accuracy
+from admp.seeding import torch_generator
 from admp.teacher import initial_model, state_hash
 from admp.trainer import per_device_bn_accuracy
 from server.app import run_federated
@@ -288,3 +290,33 @@ def test_fedtiny_baseline_picks_one_of_its_candidates_by_adaptive_bn(tmp_path):
     assert len(chosen["scores"]) == 3 and chosen["scores"][chosen["chosen"]] == min(chosen["scores"])
     assert sum(summary["student"]["channels"].values()) == 20
     assert [r["phase"] for r in _rows(run)] == ["start"] + ["finetune"] * 4 + ["final"]
+
+
+def test_fleet_fisher_keep_set_is_the_pooled_measurement_of_every_device(tmp_path):
+    """keep_init fisher, Z frozen: the exported keep set is the one the devices' gate-Fisher sums choose.
+    Recomputed here from teacher.pt and each device's own data with its own generator (round 0), pooled
+    by example count, in fisher_steps = 2 steps; the run logs the query's 4 devices and skips the merge
+    repair (merge_recovery auto from a keep set)."""
+    run = _run(tmp_path, "admp.keep_init=fisher", "admp.z_frozen=true", "admp.fisher_steps=2")
+    cfg = config_from_overrides([*TINY, "admp.fisher_steps=2"])
+    task = build_task(cfg.data, cfg.run.seed)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
+    teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
+    groups = teacher.channel_groups()
+    devices = [task.device(i) for i in range(4)]
+
+    def measure(keep):
+        sums = [
+            (
+                measured_fisher(teacher, groups, d.train.x, torch_generator(cfg.run.seed, "gatefisher", i, 0), keep),
+                len(d.train),
+            )
+            for i, d in enumerate(devices)
+        ]
+        return pooled_fisher(sums)
+
+    expected = stepped_keep(measure, cfg.admp.prune_ratio, 2)
+    keep = torch.load(run / "pruned_model.pt", weights_only=True)["keep"]
+    assert {g: keep[g].tolist() for g in keep} == {g: expected[g].tolist() for g in expected}
+    assert [r["devices"] for r in _rows(run) if r["phase"] == "keep-choice"] == [4]
+    assert "merge_recovery: none" in (run / "config.yaml").read_text()
