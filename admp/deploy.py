@@ -22,6 +22,7 @@ from admp.augment import InputNorm
 from admp.data.sources import DataError
 from admp.masks import MaskDict
 from admp.models import build_model, example_input, groups_of
+from admp.onnx_infer import MAX_INPUT
 from admp.surgery import prune_model
 from admp.trainer import recalibrate_bn
 
@@ -129,13 +130,18 @@ def read_local_inputs(path: str | Path, key: str = "x") -> torch.Tensor:
         with np.load(path, allow_pickle=False) as data:
             if key not in data:
                 raise DataError(f"{path}: no array {key!r} (arrays: {', '.join(data.files)})")
-            x = torch.as_tensor(np.asarray(data[key], dtype=np.float32))
+            raw = np.asarray(data[key])
+            if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_):
+                raise DataError(f"{path}: {key} holds {raw.dtype} values, not numbers")
+            x = torch.as_tensor(raw.astype(np.float32))
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc})") from exc
-    if len(x) < 2 or not bool(torch.isfinite(x).all()):
+    if x.dim() < 2 or len(x) < 2 or not bool(torch.isfinite(x).all()):
         raise DataError(f"{path}: {key} needs at least 2 finite samples, got shape {tuple(x.shape)}")
+    if float(x.abs().max()) > MAX_INPUT:
+        raise DataError(f"{path}: {key} reaches {float(x.abs().max()):.3g}; no recorded value is that large")
     return x
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from admp.data.sources import DataError
 
@@ -74,6 +75,8 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     from admp.models import example_input
     from admp.surgery import export_onnx
 
+    out = Path(args.out)
+    _device_checks(out)
     model = load_bundle(args.bundle)
     x = read_local_inputs(args.data, args.key)
     expected = tuple(example_input(model).shape[1:])
@@ -81,10 +84,33 @@ def _adapt_bn(args: argparse.Namespace) -> int:
         raise DataError(
             f"{args.data}: {args.key} has samples of shape {tuple(x.shape[1:])}, the model takes {expected}"
         )
-    out = export_onnx(adapt_bn(model, x), example_input(model), Path(args.out))
+    _check_range(Path(args.bundle).with_name("pruned_model.onnx"), x.numpy(), Path(args.data))
+    out = export_onnx(adapt_bn(model, x), example_input(model), out)
     _copy_contract(Path(args.bundle).with_name("pruned_model.onnx"), out, device_step="done")
     print(f"adapted BatchNorm statistics on {len(x)} local samples -> {out}")
     return 0
+
+
+def _device_checks(out: Path) -> None:
+    """The output folder of a device tool, checked before any work (DataError: one line, exit 2)."""
+    from admp.onnx_infer import InputError, check_output_path
+
+    try:
+        check_output_path(out)
+    except InputError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _check_range(model: Path, x: Any, data: Path) -> None:
+    """The inputs against the contract next to ``model`` (value range, magnitude), where there is one."""
+    from admp.onnx_infer import InputError, check_values, contract_path, read_contract
+
+    if not contract_path(model).is_file():
+        return
+    try:
+        check_values(x, read_contract(model), data)
+    except InputError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _copy_contract(source: Path, out: Path, **changes: str) -> None:
@@ -99,11 +125,23 @@ def _copy_contract(source: Path, out: Path, **changes: str) -> None:
 
 def _quantize(args: argparse.Namespace) -> int:
     from admp.deploy import quantize_int8, read_local_inputs
+    from admp.onnx_infer import InputError, open_session
 
     source, out = Path(args.model), Path(args.out)
-    if not source.is_file():
-        raise DataError(f"{source}: model not found")
+    _device_checks(out)
+    try:
+        session = open_session(source)
+    except InputError as exc:
+        raise DataError(str(exc)) from None
     x = read_local_inputs(args.data, args.key).numpy()
+    expected = session.get_inputs()[0].shape[1:]
+    if len(expected) != x.ndim - 1 or any(
+        isinstance(d, int) and d != n for d, n in zip(expected, x.shape[1:], strict=False)
+    ):
+        raise DataError(
+            f"{args.data}: {args.key} has samples of shape {tuple(x.shape[1:])}, the model takes {tuple(expected)}"
+        )
+    _check_range(source, x, Path(args.data))
     quantize_int8(source, out, x)
     _copy_contract(source, out, weights="int8 (ONNX Runtime static quantization, QDQ, per channel)")
     kb = out.stat().st_size / 1e3, source.stat().st_size / 1e3

@@ -99,7 +99,7 @@ def test_an_int8_copy_is_smaller_and_agrees_with_the_float_model(exported, tmp_p
     assert fedadmp(["quantize", str(onnx), "--data", str(tmp_path / "calib.npz"), "--out", str(out)]) == 0
     assert out.stat().st_size < 0.5 * onnx.stat().st_size  # int8 weights: about a quarter of float32
     assert json.loads(out.with_suffix(".json").read_text())["model"] == "model_int8.onnx"
-    logits, _, _ = onnx_infer.run(out, x)
+    logits, _, _ = onnx_infer.run(onnx_infer.open_session(out), x)
     assert (logits.argmax(axis=1) == y).mean() >= 0.75  # 12 samples: at most 3 flipped by rounding
 
 
