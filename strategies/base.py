@@ -113,6 +113,7 @@ class FleetStrategy(Strategy):
         self.policy = policy
         self.collect_stats = False  # the evaluation under way seeds the fleet's aggregates
         self.asked: dict[int, int] = {}  # {node id: device} of the exchange under way: the only replies accepted
+        self.outbox: dict[int, Message] = {}  # {node id: the message it was sent}: what its reply must answer
         self.claims: dict[str, list[float]] = {}  # metric -> what the replies under validation claim
 
     # --- sampling and messages -------------------------------------------------------------
@@ -157,6 +158,7 @@ class FleetStrategy(Strategy):
         out = []
         nodes = self.fleet.roster.route(device_ids)
         self.asked = dict(zip(nodes, device_ids, strict=True))
+        self.outbox = {}
         for device, node in zip(device_ids, nodes, strict=True):
             content = RecordDict(dict(records) | prior)
             content[P.CONFIG] = P.make_config(
@@ -169,6 +171,7 @@ class FleetStrategy(Strategy):
                 delivery.sends[device] = delivery.sends.get(device, 0) + 1
                 delivery.holders.add(device)
             out.append(Message(content, dst_node_id=node, message_type=message_type))
+            self.outbox[node] = out[-1]  # the grid sets its id on push: a reply must answer this one
         return out
 
     # --- replies ------------------------------------------------------------------------------
@@ -176,8 +179,10 @@ class FleetStrategy(Strategy):
         """(device id, content) of the replies without an error, sorted by device id.
 
         Error replies are logged as rejections; a device that reports a missing teacher gets it
-        again the next time it is sampled. A reply from a node that was not asked, or a second
-        reply from one node, is rejected; a reply is the device's its node was asked for.
+        again the next time it is sampled. A reply from a node that was not asked, a second reply
+        from one node, or a reply that does not answer the message its node was sent (another
+        message's id: a stale or cross-round reply; another message type) is rejected; a reply is
+        the device's its node was asked for.
         """
         good: list[tuple[int, RecordDict]] = []
         seen: set[int] = set()
@@ -188,6 +193,10 @@ class FleetStrategy(Strategy):
                 self.reject(server_round, device, node, "a second reply" if node in seen else "not asked this round")
                 continue
             seen.add(node)
+            mismatch = _unbound(reply, self.outbox.get(node))
+            if mismatch:
+                self.reject(server_round, device, node, mismatch)
+                continue
             if reply.has_error():
                 lines = str(reply.error.reason or "").strip().splitlines()
                 reason = (lines or ["error"])[-1][:300]
@@ -300,3 +309,15 @@ class FleetStrategy(Strategy):
     def summary(self) -> None:
         """Log the strategy's settings (Flower's Strategy interface)."""
         log.info("%s: %s clients/round", type(self).__name__, self.policy.clients_per_round)
+
+
+def _unbound(reply: Message, sent: Message | None) -> str:
+    """Why ``reply`` does not answer ``sent`` (its id, once the grid set one, and its type); "" if it does."""
+    if sent is None:
+        return ""
+    sent_id, reply_to = sent.metadata.message_id, reply.metadata.reply_to_message_id
+    if sent_id and reply_to != sent_id:
+        return "a reply to another message (stale, duplicated or of another round)"
+    if not reply.has_error() and reply.metadata.message_type != sent.metadata.message_type:
+        return f"a reply of type {reply.metadata.message_type} to a {sent.metadata.message_type} message"
+    return ""

@@ -205,3 +205,28 @@ def test_without_known_sizes_a_claim_is_bounded_by_ten_times_the_round_median():
     assert int(metrics["valid-replies"]) == 3
     (rejection,) = strategy.fleet.rejections
     assert rejection.node_id == nodes[3] and "more than this device holds (120)" in rejection.reason
+
+
+def test_a_reply_must_answer_the_message_its_node_was_sent():
+    """Bound replies: a reply to the node's message of an earlier round (another id) and a reply of another
+    type are rejected with their reasons; the reply to this round's message is aggregated."""
+    strategy = _fedadmp(clients=3)
+    earlier = _send(strategy, rnd=2)
+    for i, msg in enumerate(earlier.values()):
+        msg.metadata.__dict__["_message_id"] = f"round-2-{i}"  # what a grid sets on push
+    sent = _send(strategy, rnd=3)
+    for i, msg in enumerate(sent.values()):
+        msg.metadata.__dict__["_message_id"] = f"round-3-{i}"
+    first, second, third = sorted(sent)
+    stale = _reply(earlier[second])  # the same node's reply to round 2's message
+    evaluate = Message(RecordDict({}), dst_node_id=third, message_type=str(P.EVALUATE))
+    evaluate.metadata.__dict__["_message_id"] = "round-3-2"
+    cross = _reply(evaluate)  # answers round 3's id, but as an evaluate reply to a train message
+    cross.metadata.__dict__["_src_node_id"] = third
+    arrays, metrics = strategy.aggregate_train(3, [_reply(sent[first]), stale, cross])
+    assert arrays is not None and int(metrics["valid-replies"]) == 1 and int(metrics["rejected"]) == 2
+    reasons = sorted(r.reason for r in strategy.fleet.rejections)
+    assert reasons == [
+        "a evaluate reply to a train message",
+        "a reply to another message (stale, duplicated or of another round)",
+    ]
