@@ -227,6 +227,6 @@ def test_a_reply_must_answer_the_message_its_node_was_sent():
     assert arrays is not None and int(metrics["valid-replies"]) == 1 and int(metrics["rejected"]) == 2
     reasons = sorted(r.reason for r in strategy.fleet.rejections)
     assert reasons == [
-        "a evaluate reply to a train message",
+        "a reply of type evaluate to a train message",
         "a reply to another message (stale, duplicated or of another round)",
     ]
