@@ -22,6 +22,7 @@ from admp.surgery import prune_model
 from admp.teacher import initial_model, prepare_teacher, resolve_arch
 from admp.warmstart import read_keep
 from server.report import RunDirectory
+from server.resume import check_metrics, check_schema, state_digest
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -56,7 +57,7 @@ class Checkpoint:
         crash nor a power cut leaves half a checkpoint."""
         tmp, final = run_dir.file(CHECKPOINT + ".tmp"), run_dir.file(CHECKPOINT)
         with open(tmp, "wb") as handle:
-            torch.save(self.__dict__, handle)
+            torch.save(self.__dict__ | {"digest": state_digest(self.__dict__)}, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
@@ -66,32 +67,52 @@ class Checkpoint:
         finally:
             os.close(folder)
 
-    @classmethod
-    def load(cls, run_path: str | Path) -> Checkpoint:
-        """Read a run directory's checkpoint (tensors and primitives only: ``weights_only=True``)."""
+    @staticmethod
+    def read(run_path: str | Path) -> dict[str, Any]:
+        """A run directory's checkpoint as stored (tensors and primitives only: ``weights_only=True``), its
+        digest checked (ConfigError: missing, unreadable, or contents that are not what was written)."""
         path = Path(run_path) / CHECKPOINT
         if not path.is_file():
             raise ConfigError(f"{path}: no checkpoint to resume from")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            return cls(**state)
-        except Exception as exc:  # unreadable, truncated, foreign or from an older version
+        except Exception as exc:  # unreadable, truncated or foreign
             raise ConfigError(
                 f"{path}: not a checkpoint this version can resume ({type(exc).__name__}: {exc})"
             ) from exc
+        digest = state.pop("digest", None) if isinstance(state, dict) else None
+        if digest is None:
+            raise ConfigError(f"{path}: not a checkpoint this version can resume (no digest of its contents)")
+        if digest != state_digest(state):
+            raise ConfigError(f"{path}: damaged: its contents do not match their digest")
+        return dict(state)
+
+    @classmethod
+    def load(cls, run_path: str | Path) -> Checkpoint:
+        """``read``, as a Checkpoint (ConfigError for entries this version does not know)."""
+        state = cls.read(run_path)
+        try:
+            return cls(**state)
+        except TypeError as exc:
+            path = Path(run_path) / CHECKPOINT
+            raise ConfigError(f"{path}: not a checkpoint this version can resume ({exc})") from exc
 
 
 def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomainTask) -> tuple[Checkpoint, nn.Module]:
     """The checkpoint of ``run_path`` and its teacher, checked before any expensive start (Ray,
-    devices): it exists, loads, and its teacher fits the config's model on the task's data
-    (ConfigError otherwise)."""
+    devices) and before anything in the directory is rewritten: it exists, loads, matches its digest,
+    its teacher fits the config's model on the task's data, its schema fits the run
+    (``server.resume.check_schema``) and the metrics it covers are readable (ConfigError otherwise)."""
     ckpt = Checkpoint.load(run_path)
     teacher = initial_model(cfg, task.num_classes, task.input_shape)
+    path = Path(run_path) / CHECKPOINT
     try:
         teacher.load_state_dict(ckpt.teacher)
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{Path(run_path) / CHECKPOINT}: does not match the run's config.yaml ({first})") from exc
+        raise ConfigError(f"{path}: does not match the run's config.yaml ({first})") from exc
+    check_schema(cfg, ckpt.__dict__, teacher, path)
+    check_metrics(Path(run_path), ckpt.rows)
     return ckpt, teacher.eval()
 
 

@@ -1,6 +1,8 @@
 """Checks that run before anything expensive: fleet-size settings, the checkpoint to resume from, and
 a resumed run that does not send the teacher again to devices that hold it."""
 
+import shutil
+
 import pytest
 import torch
 from flwr.supercore.task_identity import TaskIdentity
@@ -84,3 +86,70 @@ def test_a_phase_that_aggregates_nothing_is_an_error(tmp_path):
 
     with pytest.raises(RuntimeError, match="mask phase: none of its 3 rounds had enough valid replies"):
         _run(tmp_path, "federation.round_timeout=0.2", grid=InProcessGrid(4, replies=drop_training))
+
+
+@pytest.fixture(scope="module")
+def paused_run(tmp_path_factory):
+    """A tiny FedADMP run paused after round 2 (the mask phase)."""
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    return _run(tmp_path_factory.mktemp("paused"), "federation.stop_after_round=2")
+
+
+def _nan_student(state):
+    name = next(k for k, v in state["student"].items() if v.is_floating_point())
+    state["student"][name] = torch.full_like(state["student"][name], float("nan"))
+
+
+def _wrong_shape(state):
+    name = next(k for k, v in state["student"].items() if v.dim() == 4)
+    state["student"][name] = state["student"][name][:1]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s.update(phase="warmup"), "phase 'warmup' is not one of teacher, mask, kd, done"),
+        (lambda s: s.update(round="2"), "round '2' is not a round count"),
+        (lambda s: s.update(admp={}), "ADMP state lacks m, s, z, u, rho or z_steps"),
+        (_wrong_shape, r"student\.conv1\.weight is \(1, .*the run's model has"),
+        (_nan_student, "holds NaN or infinite values"),
+        (lambda s: s.update(phase="kd", keep={}), "the KD phase holds a dense student; a fedadmp run does not export"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_the_run_is_refused_whole(paused_run, tmp_path, no_ray, damage, message):
+    """Each damage, re-digested so that the schema check is what refuses it, stops the resume before Ray
+    with one error naming the entry; the run directory's files are left as they were."""
+    from server.resume import state_digest
+
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state.pop("digest")
+    damage(state)
+    torch.save(state | {"digest": state_digest(state)}, run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    cfg = config_from_overrides([*TINY, f"run.out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=message):
+        federated.run_federated_simulation(cfg, resume=str(run))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_flipped_bytes_a_missing_digest_and_broken_metrics_are_refused(paused_run, tmp_path, no_ray):
+    cfg = config_from_overrides([*TINY, f"run.out_dir={tmp_path}"])
+    run = tmp_path / "run"
+    shutil.copytree(paused_run, run)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    name = next(k for k, v in state["student"].items() if v.is_floating_point())
+    state["student"][name].view(-1)[0] += 2990.0  # a weight damaged after the digest was taken
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="damaged: its contents do not match their digest"):
+        federated.run_federated_simulation(cfg, resume=str(run))
+    state.pop("digest")
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(ConfigError, match="no digest of its contents"):
+        federated.run_federated_simulation(cfg, resume=str(run))
+    shutil.copy(paused_run / "checkpoint.pt", run / "checkpoint.pt")
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"metrics\.json: not readable JSON"):
+        federated.run_federated_simulation(cfg, resume=str(run))
+    assert (run / "metrics.json").read_text() == "{not json"
