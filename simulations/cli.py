@@ -15,11 +15,25 @@ DEFAULT_CENTRALIZED = Path(__file__).parent / "scenarios" / "centralized_digits.
 DEFAULT_FEDERATED = Path(__file__).parent / "scenarios" / "federated_digits.yaml"
 
 
+def _scenario(path: str | None, overrides: list[str], default: Path) -> Any:
+    """The config of ``path``; without one, the demo scenario ``default``, unless the overrides name their
+    own dataset: then the built-in defaults, so that none of the demo's data settings (its
+    ``samples_per_device``, partition, sizes) are carried onto another dataset."""
+    from admp.config import config_from_overrides, load_config
+
+    if path is not None:
+        return load_config(path, overrides=overrides)
+    if any(o.partition("=")[0].strip() == "data.dataset" for o in overrides):
+        print("no scenario file: the built-in defaults with your --set keys", file=sys.stderr)
+        return config_from_overrides(overrides)
+    print(f"no scenario file: the demo scenario {default.name}", file=sys.stderr)
+    return load_config(default, overrides=overrides)
+
+
 def _centralized(args: argparse.Namespace) -> int:
-    from admp.config import load_config
     from simulations.centralized import run_centralized
 
-    cfg = load_config(args.config, overrides=args.set)
+    cfg = _scenario(args.config, args.set, DEFAULT_CENTRALIZED)
     run_centralized(cfg)
     return 0
 
@@ -32,7 +46,7 @@ def _simulate(args: argparse.Namespace) -> int:
         path = Path(args.resume) / "config.yaml"
         cfg = load_config(path, overrides=["federation.stop_after_round=0", *args.set])
     else:
-        cfg = load_config(args.scenario, overrides=args.set)
+        cfg = _scenario(args.scenario, args.set, DEFAULT_FEDERATED)
     cfg.run.out_dir = str(Path(cfg.run.out_dir).resolve())
     run_federated_simulation(cfg, resume=args.resume, verbose=args.verbose)
     return 0
@@ -239,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         "unlabeled target data, prune, fine-tune, evaluate and export.",
     )
     cen.add_argument(
-        "--config", default=str(DEFAULT_CENTRALIZED), help=f"scenario YAML (default: {DEFAULT_CENTRALIZED.name})"
+        "--config",
+        default=None,
+        help=f"scenario YAML (default: {DEFAULT_CENTRALIZED.name}, or the built-in defaults with --set data.dataset)",
     )
     cen.add_argument(
         "--set",
@@ -256,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         "mask phase, merge, fine-tune, BN recalibration, export.",
     )
     sim.add_argument(
-        "scenario", nargs="?", default=str(DEFAULT_FEDERATED), help=f"scenario YAML (default: {DEFAULT_FEDERATED.name})"
+        "scenario",
+        nargs="?",
+        default=None,
+        help=f"scenario YAML (default: {DEFAULT_FEDERATED.name}, or the built-in defaults with --set data.dataset)",
     )
     sim.add_argument(
         "--set",

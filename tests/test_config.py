@@ -150,7 +150,7 @@ def test_an_empty_or_non_utf8_config_file_is_one_error(tmp_path):
 
 def test_cross_field_checks_spare_other_strategies_and_empty_sections(tmp_path):
     cfg = load_config(_write(tmp_path, "admp:\nfederation:\n  strategy: fedkd\n  mask_rounds: 0\n"))
-    auto = {k: getattr(cfg.admp, k) for k in ("teacher_bn", "centroids", "trainable")}
+    auto = {k: getattr(cfg.admp, k) for k in ("teacher_bn", "centroids", "trainable", "merge_recovery")}
     assert cfg.admp == AdmpHyper(**auto) and cfg.admp.trainable == "all"  # auto resolved (no privacy: all)
     assert cfg.federation.mask_rounds == 0
 

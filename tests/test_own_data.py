@@ -277,3 +277,26 @@ def test_the_own_data_examples_are_written_in_the_format(tmp_path, shared_data):
     feats = load_npz(own_data_examples.features(shared_data, tmp_path))
     assert feats.source.x.shape == (10000, 784) and feats.target.x.shape == (7291, 784)
     assert feats.target_test is not None and len(feats.target_test) == 2007
+
+
+def test_fleet_sizes_the_target_pool_cannot_serve_are_refused_before_training(features_npz, tmp_path):
+    with pytest.raises(DataError, match=r"data\.samples_per_device: 300 exceeds the target pool of 120 samples"):
+        build_task(DataSpec(dataset="npz", path=str(features_npz), num_devices=3, samples_per_device=300), seed=0)
+    xs, ys = _blobs(40, 16, 3, 0.0, 0)
+    one = _write(tmp_path / "one.npz", x_source=xs, y_source=ys, x_target=xs[:1], y_target=ys[:1])
+    with pytest.raises(
+        DataError, match=r"data\.num_devices: 4 devices need at least 4 target samples; the data holds 1$"
+    ):
+        build_task(DataSpec(dataset="npz", path=str(one), num_devices=4), seed=0)
+
+
+def test_simulate_without_a_scenario_does_not_carry_the_demo_s_data_settings(features_npz, monkeypatch, capsys):
+    """--set data.dataset=npz without a scenario file: the built-in defaults (no samples_per_device of the
+    digits demo); without data.dataset: the demo scenario, named."""
+    seen = []
+    monkeypatch.setattr("simulations.federated.run_federated_simulation", lambda cfg, **_: seen.append(cfg))
+    assert main(["simulate", "--set", "data.dataset=npz", "--set", f"data.path={features_npz}"]) == 0
+    assert seen[-1].data.samples_per_device == 0 and seen[-1].data.dataset == "npz"
+    assert "built-in defaults" in capsys.readouterr().err
+    assert main(["simulate", "--set", "federation.mask_rounds=3"]) == 0
+    assert seen[-1].data.dataset == "digits" and "federated_digits.yaml" in capsys.readouterr().err

@@ -191,6 +191,17 @@ def default_shift_kinds(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     return IMAGE_SHIFTS + COLOUR_SHIFTS if sample_shape[0] == 3 else IMAGE_SHIFTS
 
 
+def _check_fleet_size(spec: DataSpec, pool: int) -> None:
+    """DataError, before any training, when the target pool cannot give every device its data."""
+    if spec.samples_per_device > pool:
+        raise DataError(f"data.samples_per_device: {spec.samples_per_device} exceeds the target pool of {pool} samples")
+    if spec.samples_per_device == 0 and pool < spec.num_devices:
+        raise DataError(
+            f"data.num_devices: {spec.num_devices} devices need at least {spec.num_devices} target samples; "
+            f"the data holds {pool}"
+        )
+
+
 def _check_shift_kinds(kinds: tuple[str, ...], sample_shape: tuple[int, ...]) -> None:
     """Every shift named in ``data.shift_kinds`` applies to samples of this shape (DataError otherwise)."""
     if len(sample_shape) == 3:
@@ -246,6 +257,7 @@ def build_task(spec: DataSpec, seed: int) -> CrossDomainTask:
     else:
         target = _cap(target, spec.max_target, rng)
         n = spec.num_devices
+        _check_fleet_size(spec, len(target))
         if spec.samples_per_device > 0 and spec.partition == "iid":
             train_parts = None  # drawn per device on demand: fleets of any size cost nothing here
         elif spec.partition == "iid":
