@@ -81,10 +81,11 @@ def fedtiny_start(session: Session, offset: int) -> Start:
 def cloud_start(run: RunSetup, offset: int, keep: MaskDict | None = None) -> Start:
     """naive's start: the teacher pruned to the cloud's keep set (``cloud_choice``; or ``keep``) and
     recovered on the source. Also a candidate of every FedADMP run's export."""
+    name = _choice_name(run) if keep is None else "the fleet's gate-Fisher keep set"
     keep = cloud_choice(run) if keep is None else keep
     pruned = prune_model(run.teacher, run.groups, keep, example_input(run.teacher))
     val_acc = recover_on_source(run, pruned, "naive")
-    run.console.print(f"cloud start: {_choice_name(run)}, source val acc {val_acc:.2f}%")
+    run.console.print(f"cloud start: {name}, source val acc {val_acc:.2f}%")
     return Start(pruned.state_dict(), keep, offset)
 
 
@@ -101,21 +102,21 @@ def _choice_name(run: RunSetup) -> str:
 
 
 def mask_start(
-    run: RunSetup, fleet_choice: Callable[[], MaskDict] | None = None
+    run: RunSetup, choose_keep: Callable[[], MaskDict] | None = None
 ) -> tuple[dict[str, Tensor], MaskDict | None]:
     """The mask phase's dense student and the keep set that m and Z start from (``admp.keep_init``).
 
     ``none``: the teacher, no keep set (m = Z = 1). Otherwise the cloud's keep set (``l1``, ``file``) or
-    the fleet's (``fisher``: ``fleet_choice()``), and the teacher recovered on the source under it exactly
+    the fleet's (``fisher``: ``choose_keep()``), and the teacher recovered on the source under it exactly
     as naive's pruned copy is (the same stream of batches; a gated channel outputs 0, so the gated dense
     model computes what the pruned one does)."""
     init = run.cfg.admp.keep_init
     if init == "none":
         return run.teacher.state_dict(), None
     if init == "fisher":
-        if fleet_choice is None:
+        if choose_keep is None:
             raise ValueError("keep_init fisher needs the fleet's choice (a federated or pooled measurement)")
-        keep, name = fleet_choice(), "fleet's gate-Fisher"
+        keep, name = choose_keep(), "fleet's gate-Fisher"
     else:
         keep, name = cloud_choice(run), _choice_name(run)
     student = copy.deepcopy(run.teacher)
