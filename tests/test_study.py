@@ -231,3 +231,61 @@ def test_teacher_with_target_bn_comes_from_a_federated_run():
     for order in (rows, rows[::-1]):
         _, means = study_report.task_table(order, 0.6)
         assert means["source_only_bn"] == 93.0
+
+
+def test_the_start_rule_ranks_the_exported_models_label_free_scores(tmp_path):
+    """simulations.start_rule: per task, the start whose exported model scores lowest wins the task (the
+    teacher's score where the run fell back to it); most tasks won wins, ties by mean rank."""
+    from simulations.start_rule import settle
+
+    def run(name, chosen, scores, teacher=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        selection = {
+            "chosen": chosen,
+            "teacher_score": teacher,
+            "candidates": {k: {"score": v} for k, v in scores.items()},
+        }
+        (folder / "summary.json").write_text(json.dumps({"selection": selection}))
+        return str(folder)
+
+    rows = []
+    for task, (none, l1, fisher) in {"a": (-2.0, -2.2, -2.1), "b": (-1.0, -1.1, -1.3), "c": (-0.5, -0.7, -0.6)}.items():
+        for variant, score in (("", none), ("fedadmp_l1", l1), ("fedadmp_fisher", fisher)):
+            rows.append(
+                {
+                    "task": task,
+                    "method": "fedadmp",
+                    "variant": variant,
+                    "prune_ratio": "0.9",
+                    "seed": "0",
+                    "run_dir": run(f"{task}-{variant or 'none'}", "final", {"final": score, "start": 0.0}),
+                }
+            )
+    rows.append({"task": "a", "method": "naive", "variant": "", "prune_ratio": "0.9", "seed": "0", "run_dir": "x"})
+    winner, table = settle(rows, 0.9, 0)
+    # l1 is lowest on a and c, fisher on b: l1 wins 2 tasks to 1
+    assert winner == "l1" and table["b"] == {"none": -1.0, "l1": -1.1, "fisher": -1.3}
+    fallback = run("d-none", "teacher", {"final": -9.0}, teacher=-0.1)  # the teacher shipped: its score counts
+    rows += [
+        {"task": "d", "method": "fedadmp", "variant": "", "prune_ratio": "0.9", "seed": "0", "run_dir": fallback},
+        {
+            "task": "d",
+            "method": "fedadmp",
+            "variant": "fedadmp_l1",
+            "prune_ratio": "0.9",
+            "seed": "0",
+            "run_dir": run("d-l1", "final", {"final": -0.05}),
+        },
+        {
+            "task": "d",
+            "method": "fedadmp",
+            "variant": "fedadmp_fisher",
+            "prune_ratio": "0.9",
+            "seed": "0",
+            "run_dir": run("d-fisher", "final", {"final": -0.3}),
+        },
+    ]
+    winner, table = settle(rows, 0.9, 0)
+    # wins: l1 2 (a, c), fisher 2 (b, d); ranks (0 best): l1 0 + 1 + 0 + 2 = 3, fisher 1 + 0 + 1 + 0 = 2
+    assert table["d"]["none"] == -0.1 and winner == "fisher"
