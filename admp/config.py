@@ -204,9 +204,11 @@ class AdmpHyper(Section):
     rho_max: Annotated[float, Field(gt=0)] = 10.0
     prune_ramp: Annotated[int, Field(ge=0)] = 0  # Z-steps over which the pruned share grows linearly to p (0 or 1:
     #   all at once)
-    keep_init: KeepInit = "none"  # where Z and m start (admp/warmstart.py): none: ones, the first Z-step prunes
-    #   p at once | l1: the cloud's L1-norm keep set, the student recovered on the source under it (naive's
-    #   start), penalty on from round 1, so only target evidence changes the choice | fisher: the keep set
+    keep_init: KeepInit = "l1"  # where Z and m start (admp/warmstart.py; l1 by the label-free rule of
+    #   studies/pruning.yaml: the fleet's score of the exported model, no target label): none: ones, the first
+    #   Z-step prunes p at once | l1: the cloud's L1-norm keep set, the student recovered on the source
+    #   under it (naive's start), penalty on from round 1, so only target evidence changes the choice |
+    #   fisher: the keep set
     #   of the largest channel-gate Fisher information on the devices' unlabeled data (admp/importance.py),
     #   recovered on the source the same way | file: keep_path's set
     keep_path: str = ""  # keep_init file: a run's pruned_model.pt whose keep set both fedadmp and naive start from
