@@ -18,6 +18,7 @@ from simulations.cli import DEFAULT_CENTRALIZED
 
 # 3 mask epochs, a Z-step after each (warm-up 1, every epoch), 1 KD epoch; pooled BN statistics
 SMALL = [
+    "admp.keep_init=none",  # the schedule from ones: warm-up, then the first Z-step prunes p
     "schedule.mask_epochs=3",
     "schedule.warmup_epochs=1",
     "schedule.admm_every=1",

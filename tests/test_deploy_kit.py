@@ -34,7 +34,7 @@ TINY = (
     "data.num_devices=2; data.samples_per_device=40; teacher.epochs=2; federation.clients_per_round=2; "
     "federation.mask_rounds=1; federation.warmup_rounds=0; federation.finetune_rounds=0; "
     "federation.teacher_rounds=0; federation.min_local_steps=0; federation.eval_every=10; "
-    "federation.bn_recalibration=local; "
+    "federation.bn_recalibration=local; federation.teacher_fallback=false; "
     "model.width=0.5; run.threads=1"
 )
 

@@ -16,15 +16,18 @@ from admp.data.tasks import build_task
 from admp.deploy import load_bundle
 from admp.importance import measured_fisher, pooled_fisher, stepped_keep
 from admp.metrics import accuracy
+from admp.models import example_input
 from admp.seeding import torch_generator
 from admp.teacher import initial_model, state_hash
 from admp.trainer import per_device_bn_accuracy
+from admp.warmstart import cloud_keep
 from server.app import run_federated
 from server.fleet import discover_devices
 from strategies import protocol as P
 from tests.inprocess_grid import CACHE, NODE_BASE, InProcessGrid
 
 TINY = [
+    "admp.keep_init=none",  # the mask phase from ones (warm-up, Z-steps, merge repair); the default: own test
     "data.num_devices=4",
     "data.samples_per_device=40",
     "teacher.epochs=3",
@@ -320,3 +323,19 @@ def test_fleet_fisher_keep_set_is_the_pooled_measurement_of_every_device(tmp_pat
     assert {g: keep[g].tolist() for g in keep} == {g: expected[g].tolist() for g in expected}
     assert [r["devices"] for r in _rows(run) if r["phase"] == "keep-choice"] == [4]
     assert "merge_recovery: none" in (run / "config.yaml").read_text()
+
+
+def test_the_default_start_is_the_cloud_l1_keep_set(tmp_path):
+    """keep_init l1 (the default): the mask phase starts from the teacher's L1 keep set with the penalty on,
+    so after 3 tiny rounds with Z free the exported keep set is still the L1 one (no device evidence moved a
+    channel here), and the merge skips the source repair (merge_recovery auto: none)."""
+    run = _run(tmp_path, "admp.keep_init=l1")
+    cfg = config_from_overrides([*TINY, "admp.keep_init=l1"])
+    task = build_task(cfg.data, cfg.run.seed)
+    teacher = initial_model(cfg, task.num_classes, task.input_shape)
+    teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
+    expected = cloud_keep(teacher, teacher.channel_groups(), cfg.admp.prune_ratio, example_input(teacher))
+    keep = torch.load(run / "pruned_model.pt", weights_only=True)["keep"]
+    assert {g: keep[g].tolist() for g in keep} == {g: expected[g].tolist() for g in expected}
+    assert "merge_recovery: none" in (run / "config.yaml").read_text()
+    assert config_from_overrides([]).admp.keep_init == "l1"
