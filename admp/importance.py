@@ -108,12 +108,9 @@ def _batch_gate_grads(
 
 
 def _gate_corrected(grads: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """Per-sample gradients w.r.t. the gate from those w.r.t. the ungated output: d/dm = (d/do) * o / m for
-    an open gate; a closed gate's channel reads 0 (it is not a candidate to keep within this step)."""
-    open_ = gate > 0
-    corrected = torch.zeros_like(grads)
-    corrected[:, open_] = grads[:, open_] / gate[open_]
-    return corrected
+    """Per-sample gradients w.r.t. a binary gate from those w.r.t. the ungated output: d/dm = (d/do) o / m is
+    (d/do) o for an open gate; a closed gate's channel reads 0 (not a candidate within this step)."""
+    return grads * (gate > 0)
 
 
 def pooled_fisher(items: Sequence[tuple[MaskDict, int]]) -> MaskDict:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from admp.data.sources import DataError
+from admp.onnx_infer import InputError, check_output_path, open_session
 
 DEFAULT_CENTRALIZED = Path(__file__).parent / "scenarios" / "centralized_digits.yaml"
 DEFAULT_FEDERATED = Path(__file__).parent / "scenarios" / "federated_digits.yaml"
@@ -90,7 +91,7 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     from admp.surgery import export_onnx
 
     out = Path(args.out)
-    _device_checks(out)
+    check_output_path(out)
     model = load_bundle(args.bundle)
     x = read_local_inputs(args.data, args.key)
     expected = tuple(example_input(model).shape[1:])
@@ -105,26 +106,12 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_checks(out: Path) -> None:
-    """The output folder of a device tool, checked before any work (DataError: one line, exit 2)."""
-    from admp.onnx_infer import InputError, check_output_path
-
-    try:
-        check_output_path(out)
-    except InputError as exc:
-        raise DataError(str(exc)) from None
-
-
 def _check_range(model: Path, x: Any, data: Path) -> None:
     """The inputs against the contract next to ``model`` (value range, magnitude), where there is one."""
-    from admp.onnx_infer import InputError, check_values, contract_path, read_contract
+    from admp.onnx_infer import check_values, contract_path, read_contract
 
-    if not contract_path(model).is_file():
-        return
-    try:
+    if contract_path(model).is_file():
         check_values(x, read_contract(model), data)
-    except InputError as exc:
-        raise DataError(str(exc)) from None
 
 
 def _copy_contract(source: Path, out: Path, **changes: str) -> None:
@@ -139,14 +126,10 @@ def _copy_contract(source: Path, out: Path, **changes: str) -> None:
 
 def _quantize(args: argparse.Namespace) -> int:
     from admp.deploy import quantize_int8, read_local_inputs
-    from admp.onnx_infer import InputError, open_session
 
     source, out = Path(args.model), Path(args.out)
-    _device_checks(out)
-    try:
-        session = open_session(source)
-    except InputError as exc:
-        raise DataError(str(exc)) from None
+    check_output_path(out)
+    session = open_session(source)
     x = read_local_inputs(args.data, args.key).numpy()
     expected = session.get_inputs()[0].shape[1:]
     if len(expected) != x.ndim - 1 or any(
@@ -305,14 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fedadmp`` console script; config and data errors exit with code 2."""
+    """Entry point of the ``fedadmp`` console script; config, data and device-input errors exit with code 2."""
     args = build_parser().parse_args(argv)
     from admp.config import ConfigError
 
     try:
         command: Callable[[argparse.Namespace], int] = args.func
         return command(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, InputError) as exc:
         print(f"fedadmp: error: {exc}", file=sys.stderr)
         return 2
 
