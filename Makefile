@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCENARIO ?= simulations/scenarios/federated_digits.yaml
 
 
-.PHONY: install run test gate bench flwr-run clean
+.PHONY: install run test gate bench flwr-run docs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # deploy/flwr_run.py starts on a free loopback port and stops afterwards (with everything it started).
 flwr-run: $(STAMP)
 	$(PY) deploy/flwr_run.py $(SCENARIO) --out-dir $(CURDIR)/runs
+
+# The documentation site (docs/ + mkdocs.yml) into site/; --strict fails on any warning.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) runs

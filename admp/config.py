@@ -76,7 +76,7 @@ class DataSpec(Section):
 
     dataset: Dataset = "digits"
     data_dir: str = ""  # folder holding mnist/, usps/, hapt/ npz files, or the image-folder root
-    path: str = ""  # npz: the user's file (x_source, y_source, x_target, ...; admp.data.npz, README)
+    path: str = ""  # npz: the user's file (x_source, y_source, x_target, ...; admp.data.npz, docs/data.md)
     source_domain: str = ""  # imagefolder: source domain folder name
     target_domain: str = ""  # imagefolder: target domain folder name
     image_size: Annotated[int, Field(ge=8, le=512)] = 32  # imagefolder: images are resized to image_size x image_size
@@ -161,7 +161,7 @@ class TeacherSpec(Section):
 
 
 class AdmpHyper(Section):
-    """Hyper-parameters of the ADMP losses and optimisers (our reconstruction; see README)."""
+    """Hyper-parameters of the ADMP losses and optimisers (our reconstruction; see docs/method.md)."""
 
     prune_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.6  # p: share of channels removed per group
     lr: Annotated[float, Field(gt=0)] = 0.01  # SGD learning rate of the student's weights
@@ -523,7 +523,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Scenari
     """Read a YAML file (plus ``key=value`` overrides) into a validated scenario; errors are ConfigError."""
     data = read_yaml(path)
     if data is None:
-        raise ConfigError(f"{path}: empty config file (a scenario has at least one section; see README)")
+        raise ConfigError(f"{path}: empty config file (a scenario has at least one section; see docs/configuration.md)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return parse_section(ScenarioConfig, apply_overrides(data, overrides or []))

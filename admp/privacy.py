@@ -31,7 +31,7 @@ class PrivacySpec(Section):
     (it sees clipped but un-noised replies: trust in the server's code). ``local``: each device clips
     and noises its released weights, masks and statistics before they leave (the same epsilon then
     costs far more noise in the average). Outside the guarantee in both: evaluation replies and the
-    training metrics (example counts, divergence, loss, epochs, handler time; README).
+    training metrics (example counts, divergence, loss, epochs, handler time; docs/privacy.md).
     """
 
     mode: Literal["off", "central", "local"] = "off"

@@ -1,7 +1,8 @@
 """Round time of the same scenario deployed (SuperLink + SuperNodes on loopback, the deployment kit) and
 simulated (``fedadmp simulate``), and where a deployed round's time goes.
 
-    python benchmarks/deployed_rounds.py [--devices 3] [--workers on|off|both] [--device-threads N] [--out FILE.json]
+    python benchmarks/deployed_rounds.py [--devices 3] [--workers on|off|both] [--device-threads N]
+        [--set KEY=VALUE ...] [--out FILE.json]
 
 Both runs use the default digits scenario cut to ``--devices`` devices (every device sampled each
 round, short rounds) and write their per-round ``round_seconds``; the report gives the median
@@ -27,12 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, simulate
+
 PY = sys.executable
 
 
-def overrides(devices: int) -> list[str]:
-    """A short run of the default scenario on ``devices`` devices, every device in every round."""
+def overrides(devices: int, extra: list[str]) -> list[str]:
+    """A short run of the default scenario on ``devices`` devices, every device in every round (then the
+    caller's ``--set`` items)."""
     return [
         f"data.num_devices={devices}",
         f"federation.clients_per_round={devices}",
@@ -40,6 +43,7 @@ def overrides(devices: int) -> list[str]:
         "federation.warmup_rounds=1",
         "federation.finetune_rounds=2",
         "teacher.epochs=5",
+        *extra,
     ]
 
 
@@ -50,16 +54,14 @@ def rounds(run: Path) -> tuple[list[float], float]:
     return times, float(json.loads((run / "summary.json").read_text())["student"]["target_acc"])
 
 
-def simulated(devices: int, out: Path) -> Path:
+def simulated(settings: list[str], out: Path) -> Path:
     """The scenario through ``fedadmp simulate``; its run directory."""
-    cmd = [str(Path(PY).parent / "fedadmp"), "simulate", "--set", f"run.out_dir={out}"]
-    for item in overrides(devices):
-        cmd += ["--set", item]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    return next(p for p in out.iterdir() if (p / "summary.json").is_file())
+    return simulate(settings, out, "simulated")
 
 
-def deployed(devices: int, work: Path, out: Path, workers: bool, threads: int = 0) -> dict[str, Any]:
+def deployed(
+    devices: int, settings: list[str], work: Path, out: Path, workers: bool, threads: int = 0
+) -> dict[str, Any]:
     """The scenario on a loopback fleet (insecure) brought up and down by the kit, with or without the
     devices' workers: its round times, accuracy, and who served the messages (the kit's logs)."""
     fleet = [PY, str(ROOT / "deploy" / "fleet.py")]
@@ -67,7 +69,7 @@ def deployed(devices: int, work: Path, out: Path, workers: bool, threads: int = 
     up += ["--device-threads", str(threads)] + ([] if workers else ["--no-workers"])
     subprocess.run(up, check=True)
     try:
-        spec = "; ".join(overrides(devices))
+        spec = "; ".join(settings)
         subprocess.run([*fleet, "run", "--workdir", str(work), "--out-dir", str(out), "--overrides", spec], check=True)
     finally:
         subprocess.run([*fleet, "down", "--workdir", str(work)], check=False)
@@ -107,19 +109,21 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=3)
     parser.add_argument("--workers", choices=("on", "off", "both"), default="on", help="the devices' workers")
     parser.add_argument("--device-threads", type=int, default=0, help="fleet.py up --device-threads (0: torch's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra scenario overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployed_rounds.json")
     args = parser.parse_args()
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.workers]
+    settings = overrides(args.devices, args.set)
     with tempfile.TemporaryDirectory(prefix="fedadmp-bench-") as tmp:
-        sim_times, sim_acc = rounds(simulated(args.devices, Path(tmp) / "sim"))
+        sim_times, sim_acc = rounds(simulated(settings, Path(tmp) / "sim"))
         runs = [
-            deployed(args.devices, Path(tmp) / f"fleet{k}", Path(tmp) / f"dep{k}", w, args.device_threads)
+            deployed(args.devices, settings, Path(tmp) / f"fleet{k}", Path(tmp) / f"dep{k}", w, args.device_threads)
             for k, w in enumerate(modes)
         ]
     sim_median = statistics.median(sim_times)
     result: dict[str, object] = {
         "devices": args.devices,
-        "overrides": overrides(args.devices),
+        "overrides": settings,
         "simulated": {"round_seconds": sim_times, "median": sim_median, "accuracy": sim_acc},
         "deployed": runs[0],
         "ratio": float(runs[0]["median"]) / sim_median,

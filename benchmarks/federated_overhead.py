@@ -17,39 +17,20 @@ import argparse
 import copy
 import json
 import pickle
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def simulate(rounds: int, out: Path, extra: list[str]) -> tuple[Path, float]:
-    """Run the simulation; returns its run directory and the wall-clock start time."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulations.cli",
-        "simulate",
-        *extra,
-        "--set",
-        f"federation.mask_rounds={rounds}",
-        "--set",
-        "federation.finetune_rounds=1",
-        "--set",
-        "federation.eval_every=1000",
-        "--set",
-        f"run.out_dir={out}",
-        "--set",
-        "run.name=overhead",
-    ]
+def simulate_rounds(rounds: int, out: Path, sets: list[str]) -> tuple[Path, float]:
+    """Run the simulation (the mask phase from ones, as the plain loop runs it); returns its run
+    directory and the wall-clock start time."""
+    own = ["admp.keep_init=none", f"federation.mask_rounds={rounds}", "federation.finetune_rounds=1"]
     start = time.time()
-    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    run = simulate([*own, *sets, "federation.eval_every=1000"], out, "overhead")
     return run, start
 
 
@@ -136,7 +117,7 @@ def context_costs(run: Path) -> dict:
 def main() -> None:
     """Run the three measurements and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=6, help="mask rounds (at least 2: the last one evaluates)")
     parser.add_argument(
         "--set",
         action="append",
@@ -146,9 +127,10 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/federated_overhead.json")
     args = parser.parse_args()
-    extra = [x for item in args.set for x in ("--set", item)]
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the last mask round evaluates and is not compared)")
     with tempfile.TemporaryDirectory() as tmp:
-        run, started = simulate(args.rounds, Path(tmp), extra)
+        run, started = simulate_rounds(args.rounds, Path(tmp), args.set)
         rows = json.loads((run / "metrics.json").read_text())
         summary = json.loads((run / "summary.json").read_text())
         sim = [r["round_seconds"] for r in rows if r["phase"] == "mask"][:-1]  # the last one evaluates

@@ -8,7 +8,8 @@ from launch to the first round (the teacher's training included, the same at eve
 time is the mean wall time of the training rounds (their evaluation included). Writes JSON and a
 PNG of the curves. Usage:
 
-    python benchmarks/fleet_memory.py [--fleets 10 100 1000 10000 100000] [--out benchmarks/results/fleet_memory.json]
+    python benchmarks/fleet_memory.py [--fleets 10 100 1000 10000 100000] [--set KEY=VALUE ...]
+        [--out benchmarks/results/fleet_memory.json]
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import argparse
 import csv
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import run_directory, simulate_command
 
 
 def _children(pid: int) -> list[int]:
@@ -52,34 +54,19 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def measure(fleet: int, out_dir: Path) -> dict:
+def measure(fleet: int, out_dir: Path, sets: list[str]) -> dict:
     """Run one simulation and return its peak tree PSS, process count and wall time."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulations.cli",
-        "simulate",
-        "--set",
+    own = [
         f"data.num_devices={fleet}",
-        "--set",
         "data.samples_per_device=50",
-        "--set",
         "federation.clients_per_round=10",
-        "--set",
         "federation.eval_clients=10",
-        "--set",
         "federation.mask_rounds=2",
-        "--set",
         "federation.warmup_rounds=1",
-        "--set",
         "federation.finetune_rounds=1",
-        "--set",
         "teacher.epochs=3",
-        "--set",
-        f"run.out_dir={out_dir}",
-        "--set",
-        f"run.name=fleet{fleet}",
     ]
+    cmd = simulate_command([*own, *sets], out_dir, f"fleet{fleet}")
     start, launched = time.perf_counter(), time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_kib, peak_procs = 0, 0
@@ -91,7 +78,7 @@ def measure(fleet: int, out_dir: Path) -> dict:
     output = proc.stdout.read() if proc.stdout else ""
     if proc.returncode != 0:
         raise RuntimeError(f"fleet {fleet} failed:\n{output[-3000:]}")
-    (run_dir,) = [p for p in out_dir.iterdir() if p.name.startswith(f"fleet{fleet}-")]
+    run_dir = run_directory(out_dir, f"fleet{fleet}")
     summary = json.loads((run_dir / "summary.json").read_text())
     with (run_dir / "metrics.csv").open() as f:
         rounds = [float(r["round_seconds"]) for r in csv.DictReader(f) if r["phase"] in ("mask", "finetune")]
@@ -138,17 +125,18 @@ def main() -> None:
     """Measure every fleet size and write the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fleets", type=int, nargs="+", default=[10, 100, 1000, 10000, 100000])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra scenario overrides")
     parser.add_argument("--out", default="benchmarks/results/fleet_memory.json")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for fleet in args.fleets:
-            row = measure(fleet, Path(tmp))
+            row = measure(fleet, Path(tmp), args.set)
             results.append(row)
             print(json.dumps(row))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"clients_per_round": 10, "results": results}, indent=2) + "\n")
+    out.write_text(json.dumps({"clients_per_round": 10, "overrides": args.set, "results": results}, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -15,24 +15,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, simulate
 
 
 def run(scenario: str, sets: list[str], secure: bool, out: Path) -> dict[str, float]:
     """One simulation; its per-round time and bytes, and its deployed accuracy."""
     args = [*sets, "federation.eval_every=1000", f"federation.secure_aggregation.enabled={str(secure).lower()}"]
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate", *([scenario] if scenario else [])]
-    for item in [*args, f"run.out_dir={out}"]:
-        cmd += ["--set", item]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"secure={secure} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    run_dir = simulate(args, out, "secure" if secure else "plain", scenario)
     with (run_dir / "metrics.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["phase"] in ("mask", "finetune")]
     summary = json.loads((run_dir / "summary.json").read_text())

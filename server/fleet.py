@@ -21,8 +21,9 @@ from admp.trainer import named_batchnorms
 from server.exchange import send_and_wait
 from server.rounds import RoundRunner
 from strategies import protocol as P
-from strategies.aggregation import bn_statistics, check_arrays, check_examples
+from strategies.aggregation import check_arrays, check_examples
 from strategies.base import FleetStrategy
+from strategies.robust import pooled_moments
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -96,7 +97,7 @@ def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model
     """Set every BatchNorm's running mean/var from moments pooled over the devices' data (one query).
 
     Asks the strategy's evaluation devices (0: all) for per-channel E[x], E[x^2] at each BN
-    input under the current model, pools them by example count (``bn_statistics``), and
+    input under the current model, pools them by the fleet's mode (``pooled_moments``), and
     returns how many devices counted.
     """
     bns = named_batchnorms(model)
@@ -109,7 +110,7 @@ def recalibrate_from_clients(runner: RoundRunner, strategy: FleetStrategy, model
     items = strategy.validated(rnd, runner.exchange(msgs), _parse_moments(expected, strategy))
     if not items:
         return 0
-    means, variances = bn_statistics(items)
+    means, variances = pooled_moments(items, strategy.fleet.defence)
     with torch.no_grad():
         for name, bn in bns.items():
             if bn.running_mean is None or bn.running_var is None:

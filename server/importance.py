@@ -16,6 +16,7 @@ from server.rounds import RoundRunner, Weights
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_arrays, check_examples
 from strategies.base import FleetStrategy
+from strategies.robust import combine_statistics
 
 if TYPE_CHECKING:
     from server.session import Session
@@ -59,7 +60,10 @@ def fleet_fisher_keep(
         if not items:
             raise RuntimeError(f"keep_init fisher: no device returned gate Fisher sums in step {len(counted) + 1}")
         counted.append(len(items))
-        return pooled_fisher(items)
+        defence = strategy.fleet.defence
+        if defence.aggregation == "mean":
+            return pooled_fisher(items)
+        return combine_statistics([({g: v / n for g, v in sums.items()}, n) for sums, n in items], defence)
 
     return stepped_keep(measure, hp.prune_ratio, hp.fisher_steps), counted
 

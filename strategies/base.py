@@ -296,7 +296,7 @@ class FleetStrategy(Strategy):
             metrics[key] = sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1)
         label_free = [lf for _, _, lf in results if lf is not None]
         if label_free and len(label_free) == len(results):
-            metrics |= label_free_metrics(label_free)
+            metrics |= label_free_metrics(label_free, self.fleet.defence)
         if total == 0 and "label-free-score" not in metrics:
             return None  # nothing to report (no labeled test data and no label-free figures)
         return MetricRecord(metrics)
@@ -304,7 +304,7 @@ class FleetStrategy(Strategy):
     def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
         """Make the replies' (stats, n) the fleet's aggregates for the next round; returns the
         label-free signals logged per round (``SharedStats.update``)."""
-        return self.fleet.shared.update(list(items))
+        return self.fleet.shared.update(list(items), self.fleet.defence)
 
     def summary(self) -> None:
         """Log the strategy's settings (Flower's Strategy interface)."""

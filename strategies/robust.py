@@ -14,6 +14,12 @@ choose how the replies are combined:
 
 The median and the trimmed mean ignore example counts (a claimed count cannot buy influence).
 Integer buffers (BatchNorm's ``num_batches_tracked``) take the maximum in every mode.
+
+The fleet's statistics (mean prediction, class feature sums, pooled BatchNorm moments, gate Fisher
+information, the label-free score's figures) follow the same mode through ``combine_statistics``:
+a statistic has no global value to clip against, so ``clip`` clips each device's per-example
+statistics towards their coordinate-wise median, to the median distance (centred clipping,
+Karimireddy et al. 2021), before the weighted mean.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import numpy as np
 import torch
 from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_avg
 
-from strategies.aggregation import float_norm, weighted_average
+from strategies.aggregation import bn_statistics, float_norm, weighted_average
 
 TensorDict = dict[str, torch.Tensor]
 MODES = ("mean", "clip", "median", "trimmed_mean")
@@ -55,6 +61,37 @@ def aggregate(
     if mode not in MODES:
         raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(MODES)}")
     return _coordinatewise(items, mode, defence.trim)
+
+
+def combine_statistics(items: Sequence[tuple[TensorDict, int]], defence: Defence) -> TensorDict:
+    """Per-example statistics of the devices, (statistics, examples) each, combined by the fleet's mode:
+    ``mean`` is the example-weighted mean (exactly ``weighted_average``); ``clip`` the weighted mean of
+    each device's statistics moved towards the coordinate-wise median to at most the median distance;
+    ``median`` / ``trimmed_mean`` per coordinate, ignoring counts. Every entry is float."""
+    mode = defence.aggregation
+    if mode == "mean" or len(items) == 1:
+        return weighted_average(items)
+    if mode not in MODES:
+        raise ValueError(f"unknown aggregation {mode!r}; choose one of {', '.join(MODES)}")
+    keys = list(items[0][0])
+    rows = np.stack([np.concatenate([stats[k].double().reshape(-1).numpy() for k in keys]) for stats, _ in items])
+    if mode == "clip":
+        centre = np.median(rows, axis=0)
+        distances = np.linalg.norm(rows - centre, axis=1)
+        bound = float(np.median(distances))
+        scale = np.minimum(1.0, bound / np.maximum(distances, 1e-12))
+        weights = np.array([n for _, n in items], dtype=np.float64)
+        combined = ((centre + (rows - centre) * scale[:, None]) * weights[:, None]).sum(axis=0) / weights.sum()
+    elif mode == "median":
+        combined = np.median(rows, axis=0)
+    else:
+        combined = np.asarray(aggregate_trimmed_avg([([row], 1) for row in rows], defence.trim)[0])
+    out, start = {}, 0
+    for k in keys:
+        like = items[0][0][k]
+        out[k] = torch.from_numpy(combined[start : start + like.numel()].copy()).reshape(like.shape).to(like.dtype)
+        start += like.numel()
+    return out
 
 
 def clipped_mean(items: Sequence[tuple[TensorDict, int]], reference: TensorDict, clip_norm: float) -> TensorDict:
@@ -90,3 +127,17 @@ def _integer_maxima(items: Sequence[tuple[TensorDict, int]]) -> TensorDict:
     first = items[0][0]
     ints = [k for k, v in first.items() if not v.is_floating_point()]
     return {k: torch.stack([arrays[k] for arrays, _ in items]).max(dim=0).values for k in ints}
+
+
+def pooled_moments(
+    items: Sequence[tuple[TensorDict, TensorDict, int]], defence: Defence
+) -> tuple[TensorDict, TensorDict]:
+    """BatchNorm (mean, variance) per layer from the devices' (E[x], E[x^2], n), by the fleet's mode:
+    the pooled moments of the union of their data under ``mean`` (``bn_statistics``); otherwise both
+    moments of every layer combined at once by ``combine_statistics`` (one device's reply is one row)."""
+    if defence.aggregation == "mean":
+        return bn_statistics(items)
+    rows = [({f"m.{k}": v for k, v in mean.items()} | {f"s.{k}": v for k, v in sq.items()}, n) for mean, sq, n in items]
+    combined = combine_statistics(rows, defence)
+    means = {k: combined[f"m.{k}"] for k in items[0][0]}
+    return means, {k: (combined[f"s.{k}"] - means[k] ** 2).clamp_min(0.0) for k in means}

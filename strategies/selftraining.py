@@ -19,8 +19,10 @@ from flwr.app import ArrayRecord, MetricRecordValues, RecordDict
 
 from admp.centroids import FeatureSums, add_sums
 from admp.losses import entropy
+from admp.privacy import project_distribution
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_arrays, check_examples, check_range, weighted_average
+from strategies.robust import Defence, combine_statistics
 
 
 @dataclass
@@ -64,14 +66,20 @@ class LabelFree:
     n: int
 
 
-def label_free_metrics(items: list[LabelFree]) -> dict[str, MetricRecordValues]:
+def label_free_metrics(items: list[LabelFree], defence: Defence | None = None) -> dict[str, MetricRecordValues]:
     """The fleet's label-free view of a model, no label used: ``prediction-entropy`` (mean per-sample
     entropy, nats: confidence), ``class-balance`` (entropy of the fleet's mean prediction over log K:
     1 = every class predicted alike, 0 = one class) and ``label-free-score`` = prediction-entropy -
-    H(mean prediction), the information-maximisation objective (lower is better)."""
-    total = sum(i.n for i in items)
-    mean_entropy = sum(i.entropy * i.n for i in items) / total
-    p = torch.stack([i.mean_prediction * (i.n / total) for i in items]).sum(dim=0)  # (K,)
+    H(mean prediction), the information-maximisation objective (lower is better). The devices' figures
+    are combined by the fleet's ``defence`` (the export rule reads them: one device must not choose)."""
+    if defence is None or defence.aggregation == "mean":
+        total = sum(i.n for i in items)
+        mean_entropy = sum(i.entropy * i.n for i in items) / total
+        p = torch.stack([i.mean_prediction * (i.n / total) for i in items]).sum(dim=0)  # (K,)
+    else:
+        rows = [({"entropy": torch.tensor([i.entropy]), "p": i.mean_prediction.double()}, i.n) for i in items]
+        combined = combine_statistics(rows, defence)
+        mean_entropy, p = float(combined["entropy"][0]), project_distribution(combined["p"].float())
     marginal_entropy = float(entropy(p))
     return {
         "prediction-entropy": mean_entropy,
@@ -153,16 +161,26 @@ class SharedStats:
         n = check_examples(P.metric(content, "unlabeled"), maximum=unlabeled, what="metrics.unlabeled")
         return LabelFree(value, p, n)
 
-    def update(self, items: list[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:
-        """The round's replies (stats, n) become the fleet's aggregates; returns label-free signals:
-        the marginal's entropy (nats, class balance) and how many classes have a centroid."""
+    def update(
+        self, items: list[tuple[DeviceStats, int]], defence: Defence | None = None
+    ) -> dict[str, MetricRecordValues]:
+        """The round's replies (stats, n) become the fleet's aggregates, combined by the fleet's
+        ``defence`` (the example-weighted mean and the plain sums without one, or under ``mean``);
+        returns label-free signals: the marginal's entropy (nats, class balance) and how many classes
+        have a centroid."""
+        defence = defence or Defence()
         marginals = [(s.mean_prediction, n) for s, n in items if s.mean_prediction is not None]
-        if marginals:
+        if marginals and defence.aggregation == "mean":
             self.marginal = weighted_average([({"p": p}, n) for p, n in marginals])["p"]
-            self.marginal_examples = sum(n for _, n in marginals)
-        parts = [s.sums for s, _ in items if s.sums is not None]
-        if parts:
-            self.sums = add_sums(parts)
+        elif marginals:  # a median or a clipped mean of distributions is made one again
+            rows = [({"p": p.double()}, n) for p, n in marginals]
+            self.marginal = project_distribution(combine_statistics(rows, defence)["p"].float())
+        self.marginal_examples = sum(n for _, n in marginals) if marginals else self.marginal_examples
+        parts = [(s.sums, n) for s, n in items if s.sums is not None]
+        if parts and defence.aggregation != "mean":
+            self.sums = _combined_sums(parts, defence)
+        elif parts:
+            self.sums = add_sums([sums for sums, _ in parts])
         metrics: dict[str, MetricRecordValues] = {}
         if self.marginal is not None:
             p = self.marginal
@@ -200,3 +218,12 @@ class SharedStats:
             self.marginal, self.marginal_examples = state["marginal"], int(state["examples"])
         if "feature-sums" in state:
             self.sums = FeatureSums(state["feature-sums"], state["feature-mass"])
+
+
+def _combined_sums(parts: list[tuple[FeatureSums, int]], defence: Defence) -> FeatureSums:
+    """The fleet's class feature sums under a robust mode: each device's sums and masses per example,
+    combined by ``defence``, times the fleet's examples (what ``add_sums`` gives under the mean)."""
+    rows = [({"sums": sums.sums.double() / n, "mass": sums.mass.double() / n}, n) for sums, n in parts]
+    combined = combine_statistics(rows, defence)
+    total = sum(n for _, n in parts)
+    return FeatureSums((combined["sums"] * total).float(), (combined["mass"].clamp_min(0) * total).float())

@@ -14,7 +14,8 @@ from admp.state import AdmmSettings, AdmpState
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
-from strategies.robust import Defence, aggregate
+from strategies.robust import Defence, aggregate, combine_statistics, pooled_moments
+from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
 DEVICES = {i: 100 + i for i in range(10)}
 PLAIN = Defence()  # weighted mean, with the default bounds
@@ -230,3 +231,47 @@ def test_a_reply_must_answer_the_message_its_node_was_sent():
         "a reply of type evaluate to a train message",
         "a reply to another message (stale, duplicated or of another round)",
     ]
+
+
+def test_fleet_statistics_follow_the_mode_by_hand():
+    """Per-example statistics (0.5, 0.5), (0.6, 0.4) and a claim of (1, 0) on 1000 examples."""
+    items = [({"p": torch.tensor(v)}, n) for v, n in (([0.5, 0.5], 10), ([0.6, 0.4], 10), ([1.0, 0.0], 1000))]
+    assert combine_statistics(items, PLAIN)["p"].tolist() == pytest.approx([1011 / 1020, 9 / 1020], abs=1e-6)
+    assert combine_statistics(items, Defence("median"))["p"].tolist() == pytest.approx([0.6, 0.4])
+    assert combine_statistics(items, Defence("trimmed_mean", trim=0.34))["p"].tolist() == pytest.approx([0.6, 0.4])
+    # clip: centre (0.6, 0.4); distances 0.1414, 0, 0.5657; the median bound 0.1414 moves the claim a quarter
+    # of the way, to (0.7, 0.3); weighted mean (10 x 0.5 + 10 x 0.6 + 1000 x 0.7) / 1020
+    clipped = combine_statistics(items, Defence("clip"))["p"]
+    assert clipped.tolist() == pytest.approx([711 / 1020, 309 / 1020], abs=1e-6)
+
+
+def test_pooled_bn_moments_follow_the_mode_by_hand():
+    """E[x] = 1, 2, 100 and E[x^2] = 2, 5, 10001: the median pools mean 2 and E[x^2] 5, variance 5 - 4 = 1;
+    the mean pools the union (n = 1 each): mean 103/3, variance 10008/3 - (103/3)^2."""
+    items = [
+        ({"bn": torch.tensor([m])}, {"bn": torch.tensor([s])}, 1) for m, s in ((1.0, 2.0), (2.0, 5.0), (100.0, 10001.0))
+    ]
+    means, variances = pooled_moments(items, Defence("median"))
+    assert means["bn"].item() == 2.0 and variances["bn"].item() == pytest.approx(1.0)
+    means, variances = pooled_moments(items, PLAIN)
+    assert means["bn"].item() == pytest.approx(103 / 3) and variances["bn"].item() == pytest.approx(
+        10008 / 3 - (103 / 3) ** 2, rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("mode", ["clip", "median", "trimmed_mean"])
+def test_one_plausible_claim_cannot_move_the_fleet_marginal_or_its_label_free_score(mode):
+    """Nine devices predict (0.5, 0.5) with entropy 0.6 on 50 samples; a tenth claims (1, 0) and entropy 0
+    on 50. The mean moves the marginal to (0.55, 0.45); a robust mode keeps it at (0.5, 0.5) (the clip's
+    median distance is 0: the claim is moved onto the median), and the label-free score with it."""
+    shared = SharedStats(2, marginal_on=True)
+    honest = [(DeviceStats(mean_prediction=torch.tensor([0.5, 0.5])), 50) for _ in range(9)]
+    claim = (DeviceStats(mean_prediction=torch.tensor([1.0, 0.0])), 50)
+    shared.update([*honest, claim], Defence(mode, trim=0.1))
+    assert shared.marginal.tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+    shared.update([*honest, claim])
+    assert shared.marginal.tolist() == pytest.approx([0.55, 0.45], abs=1e-6)
+    views = [LabelFree(0.6, torch.tensor([0.5, 0.5]), 50)] * 9 + [LabelFree(0.0, torch.tensor([1.0, 0.0]), 50)]
+    robust = label_free_metrics(views, Defence(mode, trim=0.1))
+    assert robust["prediction-entropy"] == pytest.approx(0.6) and robust["class-balance"] == pytest.approx(1.0)
+    assert label_free_metrics(views)["prediction-entropy"] == pytest.approx(0.54)

@@ -62,3 +62,17 @@ def test_teacher_reached_each_device_once_across_workers(run):
     for r in trained:  # rounds that send no teacher carry about clients x (student + masks)
         if r["teacher_sends"] == 0:
             assert r["bytes_down"] < r["clients"] * summary["dense_student_bytes"] * 1.05
+
+
+def test_the_run_benchmarks_reproduce_its_summary(run, tmp_path):
+    """benchmarks/deployed_accuracy.py and int8.py on this run: what the devices get is the summary's figure."""
+    from tests.test_benchmarks import bench, report
+
+    bench("deployed_accuracy.py", str(run))
+    measured = report(run / "deployed_accuracy.json", "deployed_acc", "summary_target_acc", "as_exported_acc")
+    assert measured["deployed_acc"] == pytest.approx(measured["summary_target_acc"], abs=1e-6)
+    assert measured["as_exported_acc"] == pytest.approx(measured["summary_target_acc_as_exported"], abs=1e-6)
+    bench("int8.py", str(run), "--out", str(tmp_path / "int8.json"))
+    models = report(tmp_path / "int8.json", "models")["models"]
+    assert models["pruned"]["accuracy"] == pytest.approx(measured["deployed_acc"], abs=1e-6)
+    assert models["pruned-int8"]["bytes"] < models["pruned"]["bytes"] < models["dense"]["bytes"]

@@ -289,3 +289,37 @@ def test_the_start_rule_ranks_the_exported_models_label_free_scores(tmp_path):
     winner, table = settle(rows, 0.9, 0)
     # wins: l1 2 (a, c), fisher 2 (b, d); ranks (0 best): l1 0 + 1 + 0 + 2 = 3, fisher 1 + 0 + 1 + 0 = 2
     assert table["d"]["none"] == -0.1 and winner == "fisher"
+
+
+def test_the_aggregation_rule_takes_the_cheapest_mode_that_holds_a_boosted_device():
+    """simulations.aggregation_rule by hand. Task x, clean mean 96 / 95 over seeds 0-1 (mean 95.5):
+    clip boosted 95.0 (gap 0.5), clean 95.35 (cost 0.15); trimmed boosted 95.2 (0.3), clean 95.45 (0.05);
+    median boosted 93 (2.5: fails); mean boosted 40 (fails). Trimmed_mean costs least (0.05; clip's 0.15
+    is beyond the 0.05 tie) and wins; a seed missing an arm is left out."""
+    from simulations.aggregation_rule import gaps, settle
+
+    accs = {
+        "": (96.0, 95.0),
+        "boosted_mean": (40.0, 40.0),
+        "boosted_clip": (95.0, 95.0),
+        "clean_clip": (95.35, 95.35),
+        "boosted_trimmed_mean": (95.2, 95.2),
+        "clean_trimmed_mean": (95.45, 95.45),
+        "boosted_median": (93.0, 93.0),
+        "clean_median": (95.5, 95.5),
+    }
+    rows = [
+        {"task": "x", "variant": v, "seed": str(s), "student_acc": str(a)}
+        for v, pair in accs.items()
+        for s, a in enumerate(pair)
+    ]
+    rows.append({"task": "x", "variant": "", "seed": "2", "student_acc": "10.0"})  # seed 2 lacks the other arms
+    table = gaps(rows)
+    assert table["x"]["clip"] == pytest.approx({"boosted_gap": 0.5, "clean_cost": 0.15, "seeds": 2})
+    assert table["x"]["median"]["boosted_gap"] == pytest.approx(2.5)
+    assert settle(table) == "trimmed_mean"
+    table["x"]["trimmed_mean"]["clean_cost"] = 0.12  # clip's 0.15 is within 0.05 of it: the tie goes to clip
+    assert settle(table) == "clip"
+    for figures in table["x"].values():
+        figures["boosted_gap"] = 5.0
+    assert settle(table) == "mean"  # nothing holds the boosted device: the mean stays

@@ -138,7 +138,7 @@ def load_usps(path: Path, split: str = "train", layout: str = "resize") -> Split
     """USPS from an npz with x_train/y_train/x_test/y_test (uint8 16x16) as 28x28 images.
 
     ``layout="resize"`` stretches the digit over the whole frame; ``"box"`` puts it in a centred
-    20x20 box, the layout of MNIST (a much smaller domain gap, see README).
+    20x20 box, the layout of MNIST (a much smaller domain gap, see docs/data.md).
     """
     if layout not in USPS_LAYOUTS:
         raise DataError(f"usps layout must be one of {', '.join(USPS_LAYOUTS)}, got {layout!r}")

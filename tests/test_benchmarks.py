@@ -1,0 +1,127 @@
+"""Every committed benchmark runs: each script in ``benchmarks/`` once, with its smallest arguments and a
+tiny scenario, and writes the report its README figure comes from (keys present, numbers finite).
+
+``deployed_accuracy.py`` and ``int8.py`` read a finished run; they are run on the simulation test's
+run (tests/test_simulation.py), which already exists there, rather than on one more simulation here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+# The smallest run every simulating benchmark accepts: 4 devices, a one-epoch teacher, two mask rounds.
+TINY = [
+    "data.num_devices=4",
+    "data.samples_per_device=40",
+    "teacher.epochs=1",
+    "federation.clients_per_round=3",
+    "federation.eval_clients=3",
+    "federation.mask_rounds=2",
+    "federation.warmup_rounds=1",
+    "federation.finetune_rounds=1",
+    "federation.teacher_rounds=0",
+    "federation.teacher_fallback=false",
+    "federation.min_local_steps=0",
+    "federation.ray_num_cpus=2",
+    "run.threads=1",
+]
+
+
+def bench(script: str, *args: str, sets: list[str] | None = None, timeout: float = 300) -> str:
+    """Run ``benchmarks/script`` from the repository root; its stdout, or the failure with its output."""
+    cmd = [sys.executable, str(BENCH / script), *args]
+    for item in sets or []:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def numbers(value: object) -> list[float]:
+    """Every number inside a JSON value."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int | float):
+        return [float(value)]
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers(v)]
+    return []
+
+
+def report(path: Path, *keys: str) -> dict:
+    """The JSON report at ``path``: it has ``keys`` and every number in it is finite."""
+    data = json.loads(path.read_text())
+    assert set(keys) <= set(data), f"{path.name} lacks {set(keys) - set(data)}"
+    assert all(math.isfinite(n) for n in numbers(data)), f"{path.name} holds a non-finite number"
+    return data
+
+
+def test_inference_latency(tmp_path):
+    out = tmp_path / "latency.json"
+    bench("inference_latency.py", "--ratios", "0.5", "--repeats", "1", "--out", str(out))
+    rows = report(out, "results")["results"]
+    assert {r["arch"] for r in rows} == {"lenet", "resnet", "cnn1d"}
+    for arch in ("lenet", "resnet", "cnn1d"):
+        dense, pruned = (r for r in rows if r["arch"] == arch)
+        assert pruned["params"] < dense["params"] and pruned["macs"] < dense["macs"]
+
+
+def test_privacy_utility(tmp_path):
+    runs = tmp_path / "runs.csv"
+    shutil.copy(ROOT / "results" / "privacy" / "runs.csv", runs)
+    bench("privacy_utility.py", "--runs", str(runs))
+    assert (tmp_path / "privacy_utility.md").read_text().startswith("|")
+    assert (tmp_path / "accuracy_vs_epsilon.png").stat().st_size > 0
+    report(tmp_path / "privacy_utility.json")
+
+
+def test_source_teacher(tmp_path, shared_data):
+    out = tmp_path / "teacher.json"
+    args = ["--data-dir", str(shared_data), "--seeds", "0", "--tasks", "usps_mnist", "--layouts", "resize"]
+    bench("source_teacher.py", *args, "--out", str(out), sets=["teacher.epochs=1", "data.max_source=600"])
+    (row,) = report(out, "runs")["runs"]
+    assert row["task"] == "usps_mnist" and row["epochs"] == 1
+    assert 0 <= row["target_test_acc"] <= 100 and row["target_test_size"] > 0
+
+
+def test_federated_overhead(tmp_path):
+    out = tmp_path / "overhead.json"
+    bench("federated_overhead.py", "--rounds", "2", "--out", str(out), sets=TINY)
+    data = report(out, "simulation_mean_s", "plain_mean_s", "bytes_per_client_round", "context")
+    assert data["rounds_compared"] == 1 and data["simulation_mean_s"] > 0 and data["plain_mean_s"] > 0
+    context = data["context"]
+    assert context["teacher_in_state"]["pickled_bytes"] > context["hash_only"]["pickled_bytes"]
+
+
+def test_fleet_memory(tmp_path):
+    out = tmp_path / "fleet.json"
+    bench("fleet_memory.py", "--fleets", "10", "--out", str(out), sets=[*TINY, "data.num_devices=10"])
+    (row,) = report(out, "results")["results"]
+    assert row["virtual_devices"] == 10 and row["peak_pss_mib"] > 0 and row["peak_processes"] >= 2
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_secure_overhead(tmp_path):
+    out = tmp_path / "secure.json"
+    bench("secure_overhead.py", "--out", str(out), sets=TINY)
+    data = report(out, "plain", "secure", "ratio")
+    assert data["secure"]["training_rounds"] == data["plain"]["training_rounds"] == 3
+    assert data["ratio"]["mb_up_per_round"] > 1  # SecAgg+ sends keys and shares besides the masked vector
+
+
+def test_deployed_rounds(tmp_path):
+    out = tmp_path / "deployed.json"
+    bench("deployed_rounds.py", "--devices", "2", "--out", str(out), sets=TINY[1:5], timeout=600)
+    data = report(out, "simulated", "deployed", "ratio", "entry_import_seconds")
+    assert data["deployed"]["workers"] is True and data["deployed"]["round_seconds"]
+    assert len(data["deployed"]["round_seconds"]) == len(data["simulated"]["round_seconds"])
