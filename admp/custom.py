@@ -26,7 +26,7 @@ import torch_pruning as tp
 from torch import nn
 
 from admp.augment import InputNorm
-from admp.models import GroupSpec, classifier_of
+from admp.groups import GroupSpec, classifier_of
 
 
 class UserModel(nn.Module):

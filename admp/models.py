@@ -16,8 +16,9 @@ from torch import nn
 
 from admp.augment import InputNorm
 from admp.choices import ARCHS, FACTORY_PATH
+from admp.groups import GroupSpec, classifier_of
 
-GroupSpec = dict[str, list[str]]  # group name -> names of the BatchNorm modules it gates
+__all__ = ["ARCHITECTURES", "GroupSpec", "build_model", "classifier_of", "example_input", "groups_of"]
 
 
 def _shape(family: str, input_shape: tuple[int, ...], dims: int, minimum: int, what: str) -> tuple[int, ...]:
@@ -203,14 +204,6 @@ def build_model(
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)} or 'package.module:factory'")
     extra = {"input_shape": tuple(input_shape)} if input_shape is not None else {}
     return ARCHITECTURES[arch](num_classes=num_classes, width=width, **extra)
-
-
-def classifier_of(model: nn.Module) -> nn.Linear:
-    """The model's classifier: its last ``nn.Linear`` module (the features are its input)."""
-    linears = [mod for mod in model.modules() if isinstance(mod, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear classifier to take features from")
-    return linears[-1]
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:

@@ -268,10 +268,14 @@ def run(session: Any, x: np.ndarray, batch: int = 64) -> tuple[np.ndarray, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: predictions, accuracy where labels exist, latency. Every argument, the model, its
-    contract, the inputs, the labels and the output folder are checked before inference: a failure is
-    one line on stderr and exit 2, with nothing written."""
+    """Command line: predictions, accuracy where labels exist, latency (``infer``)."""
     parser = argparse.ArgumentParser(prog="onnx_infer", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return infer(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``infer`` (this script's, and ``fedadmp infer``'s)."""
     parser.add_argument("model", type=Path, help="pruned_model.onnx, or a device's adapted model")
     parser.add_argument("--data", type=Path, required=True, help="npz (array x, labels y), image folder or CSV")
     parser.add_argument("--key", default="x", help="the npz array of the inputs (default x)")
@@ -280,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="batch size for throughput (default 64)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="write one predicted class per line here")
-    args = parser.parse_args(argv)
+
+
+def infer(args: argparse.Namespace) -> int:
+    """Predictions, accuracy where labels exist, latency. Every argument, the model, its contract, the
+    inputs, the labels and the output folder are checked before inference: a failure is one line on
+    stderr and exit 2, with nothing written."""
     try:
         check_positive(args.batch, "--batch")
         check_positive(args.threads, "--threads")

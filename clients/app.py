@@ -49,7 +49,7 @@ from clients.device import (
 from clients.faults import fault_mod
 from clients.local_data import local_device
 from clients.privacy import local_dp_mod
-from clients.secure import secure_aggregation_mod
+from clients.secure import secure_aggregation
 from strategies import protocol as P
 
 
@@ -68,7 +68,8 @@ def error_reply_mod(msg: Message, context: Context, call_next: ClientAppCallable
     return reply
 
 
-app = ClientApp(mods=[error_reply_mod, fault_mod, local_dp_mod, secure_aggregation_mod])  # the first is outermost
+# the first mod is outermost; train_kd (below) resolves when a secure KD round calls it
+app = ClientApp(mods=[error_reply_mod, fault_mod, local_dp_mod, secure_aggregation(lambda m, c: train_kd(m, c))])
 Records = dict[str, ArrayRecord | MetricRecord | ConfigRecord]  # the contents of a reply
 
 
@@ -234,7 +235,6 @@ def train_admp(msg: Message, context: Context) -> Message:
     return Message(RecordDict(reply | job.stats(student, x, sums, state.m)), reply_to=msg)
 
 
-@app.train("kd")
 def train_kd(msg: Message, context: Context) -> Message:
     """KD adaptation of a plain student (dense, or pruned to the sent keep masks)."""
     job = Job.read(msg, context)
@@ -259,6 +259,9 @@ def train_kd(msg: Message, context: Context) -> Message:
         P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
     }
     return Message(RecordDict(reply | job.stats(student, x, sums)), reply_to=msg)
+
+
+app.train("kd")(train_kd)  # registered after its definition: the secure mod above calls it by name
 
 
 @app.query("bnstats")

@@ -13,9 +13,11 @@ and the clear metrics leave the device.
 
 from __future__ import annotations
 
+import functools
+
 from flwr.app import Context, Message
 from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
@@ -25,26 +27,28 @@ from strategies import protocol as P
 from strategies.secure import LAYOUT, layout_record, secure_vector
 
 
-def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Run a SecAgg+ stage message through Flower's mod; any other message goes on as it is."""
-    if RECORD_KEY_CONFIGS not in msg.content.config_records:
-        return call_next(msg, context)
+def secure_aggregation(train_kd: ClientAppCallable) -> Mod:
+    """The mod that runs a SecAgg+ stage message through Flower's ``secaggplus_mod`` (any other message
+    goes on as it is); ``train_kd`` answers the KD phase's training messages, the app's other handler."""
 
-    def train(inner: Message, ctx: Context) -> Message:
-        handler = call_next
-        if str(config_record(inner.content).get("phase", "")) == "kd":
-            from clients.app import train_kd  # the module that registers this mod: imported by now
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        if RECORD_KEY_CONFIGS not in msg.content.config_records:
+            return call_next(msg, context)
+        return secaggplus_mod(msg, context, functools.partial(_masked_reply, call_next, train_kd))
 
-            handler = train_kd
-        reply = handler(inner, ctx)
-        if reply.has_error():
-            return reply
-        names, arrays = secure_vector(reply.content, inner.content)
-        n = int(P.metric(reply.content, P.NUM_EXAMPLES))
-        legacy = fitres_to_recorddict(FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {}), False)
-        for key, record in legacy.items():
-            reply.content[key] = record
-        reply.content[LAYOUT] = layout_record(names)
+    return mod
+
+
+def _masked_reply(call_next: ClientAppCallable, train_kd: ClientAppCallable, inner: Message, ctx: Context) -> Message:
+    """The device's training reply to a SecAgg+ round, with its vector laid out for the masking."""
+    handler = train_kd if str(config_record(inner.content).get("phase", "")) == "kd" else call_next
+    reply = handler(inner, ctx)
+    if reply.has_error():
         return reply
-
-    return secaggplus_mod(msg, context, train)
+    names, arrays = secure_vector(reply.content, inner.content)
+    n = int(P.metric(reply.content, P.NUM_EXAMPLES))
+    legacy = fitres_to_recorddict(FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {}), False)
+    for key, record in legacy.items():
+        reply.content[key] = record
+    reply.content[LAYOUT] = layout_record(names)
+    return reply

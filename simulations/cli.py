@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from admp import onnx_infer
 from admp.data.sources import DataError
 from admp.onnx_infer import InputError, check_output_path, open_session
 
@@ -147,9 +148,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
-    from admp import onnx_infer
-
-    return onnx_infer.main(args.args)
+    return onnx_infer.infer(args)
 
 
 def _export_npz(args: argparse.Namespace) -> int:
@@ -203,11 +202,10 @@ def _add_device_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     infer = sub.add_parser(
         "infer",
         help="device-side inference with an exported ONNX model (numpy + ONNX Runtime)",
-        description="fedadmp infer MODEL.onnx --data (npz | image folder | CSV) [--key x] [--label-column N] "
-        "[--batch 64] [--threads 1] [--out predictions.txt]: predictions, accuracy where labels exist, latency. "
-        "The same code runs on a device as 'python onnx_infer.py' (admp/onnx_infer.py, no torch needed).",
+        description="Predictions, accuracy where labels exist, latency. The same code runs on a device as "
+        "'python onnx_infer.py' (admp/onnx_infer.py, no torch needed).",
     )
-    infer.add_argument("args", nargs=argparse.REMAINDER, help="MODEL.onnx --data PATH [options]")
+    onnx_infer.add_arguments(infer)
     infer.set_defaults(func=_infer)
     quant = sub.add_parser(
         "quantize",
@@ -222,12 +220,23 @@ def _add_device_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     quant.set_defaults(func=_quantize)
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml's, through the package metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fedadmp")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser with one subcommand per run type."""
     parser = argparse.ArgumentParser(
         prog="fedadmp",
         description="Unsupervised cross-domain compression (ADMP) for device fleets.",
     )
+    parser.add_argument("--version", action="version", version=f"fedadmp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     cen = sub.add_parser(
         "centralized",

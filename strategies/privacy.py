@@ -22,7 +22,7 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from flwr.app import MetricRecordValues
@@ -46,9 +46,6 @@ from admp.privacy import (
 )
 from admp.seeding import torch_generator
 from strategies.selftraining import DeviceStats, SharedStats
-
-if TYPE_CHECKING:
-    from strategies.base import Fleet
 
 
 def _accountant(mode: str, population: int, delta: float) -> RdpAccountant:
@@ -277,10 +274,21 @@ def private_aggregate(
     return weights, {name: out[name] for name in masks}, stats_of(out)
 
 
+class PrivateFleet(Protocol):
+    """What ``private_round`` reads of a strategy's fleet (``strategies.base.Fleet``)."""
+
+    privacy: Privacy | None
+    shared: SharedStats
+
+
 class PrivateStrategy(Protocol):
     """What ``private_round`` needs of a strategy (``strategies.fedadmp.FedADMP`` / ``FedKD``)."""
 
-    fleet: Fleet
+    @property
+    def fleet(self) -> PrivateFleet:
+        """The strategy's fleet: its privacy accountant and shared statistics."""
+        ...
+
     sent: TensorDict  # the global model last sent
 
     def share_stats(self, items: Sequence[tuple[DeviceStats, int]]) -> dict[str, MetricRecordValues]:

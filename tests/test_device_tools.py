@@ -1,6 +1,7 @@
 """Every bad input to a device tool (``infer``, ``adapt-bn``, ``quantize``) is one line naming the problem,
 exit 2, no traceback and nothing written: the cases of issue 24, each by hand."""
 
+import importlib.metadata
 import json
 import shutil
 
@@ -145,3 +146,15 @@ def test_adapt_bn_and_quantize_check_before_they_write(model_dir, tmp_path, caps
         ),
     )
     assert "does not exist" in err
+
+
+def test_the_command_line_shows_every_option_and_its_version(capsys):
+    """``fedadmp infer --help`` lists infer's own options (not a pass-through), ``--version`` the package's."""
+    with pytest.raises(SystemExit) as done:
+        fedadmp(["infer", "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert all(option in shown for option in ("--data", "--key", "--label-column", "--batch", "--threads", "--out"))
+    with pytest.raises(SystemExit):
+        fedadmp(["--version"])
+    assert capsys.readouterr().out.strip() == f"fedadmp {importlib.metadata.version('fedadmp')}"

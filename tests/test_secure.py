@@ -70,7 +70,13 @@ def _run(*extra: str, replies=None) -> tuple[list[dict], list[tuple[Message, Mes
 def test_a_secure_run_reports_what_the_plain_run_does_and_no_reply_shows_an_array():
     plain, _ = _run()
     secure, seen = _run("federation.secure_aggregation.enabled=true")
-    assert [r.get("target_acc") for r in secure] == [r.get("target_acc") for r in plain]
+    # SecAgg+ quantizes every summed value: a model within that noise of the plain one may flip one of the
+    # 48 test predictions (100 / 48 = 2.08 points), never more on this tiny run
+    for ours, theirs in zip(secure, plain, strict=True):
+        if theirs.get("target_acc") is None:
+            assert ours.get("target_acc") is None
+        else:
+            assert ours["target_acc"] == pytest.approx(theirs["target_acc"], abs=100 / 48 + 1e-9)
     assert [r.get("valid_replies") for r in secure] == [r.get("valid_replies") for r in plain]
     trained = [(m, r) for m, r in seen if m.metadata.message_type == "train" and not r.has_error()]
     assert {str(m.content["secaggplus_configs"]["stage"]) for m, _ in trained} == {
