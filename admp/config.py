@@ -496,7 +496,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({yaml_problem(exc)})") from exc
     return data
 
 
@@ -516,7 +516,17 @@ def read_yaml(path: str | Path, what: str = "config") -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parser's error as one line: the problem and where (line:column, 1-based), without the
+    parser's multi-line context and source excerpts."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{exc.problem or exc.context or 'malformed'}"
+    return " ".join(str(exc).split())
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ScenarioConfig:

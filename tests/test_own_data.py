@@ -1,6 +1,7 @@
 """A user's own data (the generic npz format) and models that follow its sample shape (issue 10)."""
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,7 @@ BAD = {
     "half a pair": ({"x_source": "xs", "y_source": "ys", "x_target": "xt", "x_target_test": "xt"}, "without its pair"),
     "no labels": ({"x_source": "xs", "y_source": "ys", "x_target": "xt"}, "no target labels to evaluate with"),
     "nan": ({"x_source": "xnan", "y_source": "ys", "x_target": "xt", "y_target": "yt"}, "NaN or infinite"),
+    "1e30": ({"x_source": "xs", "y_source": "ys", "x_target": "xhuge", "y_target": "yt"}, r"x_target reaches 1e\+30"),
     "label count": ({"x_source": "xs", "y_source": "yt", "x_target": "xt", "y_target": "yt"}, "expected 160 integer"),
 }
 
@@ -97,11 +99,30 @@ def test_a_bad_npz_is_one_clear_error_naming_the_array(tmp_path, case):
     xt, yt = _blobs(120, 16, 3, 0.7, 1)
     xnan = xs.copy()
     xnan[3, 2] = np.nan
+    xhuge = xt.copy()
+    xhuge[7, 1] = 1e30  # a unit or file error: training would scale its weights to it
     pool = {"xs": xs, "ys": ys, "xt": xt, "yt": yt, "x9": xt[:, :9], "y5": np.full(120, 5), "xnan": xnan}
+    pool["xhuge"] = xhuge
     arrays, needle = BAD[case]
     path = _write(tmp_path / "bad.npz", **{k: pool[v] for k, v in arrays.items()})
     with pytest.raises(DataError, match=needle):
         load_npz(path)
+
+
+def test_images_far_outside_pixels_over_255_are_a_warning_not_an_error(tmp_path):
+    """Images (N, C, H, W) in [0, 255] as floats: accepted (the model normalises its inputs), with one
+    warning naming the array and its span; features of any scale pass silently."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((30, 1, 8, 8)) * 255).astype(np.float32)
+    y = np.arange(30) % 3
+    path = _write(tmp_path / "img.npz", x_source=x / 255, y_source=y, x_target=x, y_target=y)
+    with pytest.warns(UserWarning, match=r"x_target spans \[0.*, 25\d.*\]; images are expected as pixels / 255"):
+        load_npz(path)
+    xs, ys = _blobs(60, 8, 2, 0.0, 0)
+    features = _write(tmp_path / "f.npz", x_source=xs * 1000, y_source=ys, x_target=xs * 1000, y_target=ys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_npz(features)
 
 
 def test_dirichlet_needs_target_labels_and_shifts_must_fit_the_modality(tmp_path, features_npz):

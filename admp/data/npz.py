@@ -17,6 +17,7 @@ the file is read, before any training, and names the array and what is wrong (``
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,20 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _warn_image_range(path: Path, name: str, x: torch.Tensor) -> None:
+    """A warning for images (N, C, H, W) outside [0, 1] by more than its width: the model normalises its
+    inputs itself, but the simulated shifts (brightness, contrast, noise) and the devices' contract
+    assume pixels / 255. Windows and feature vectors take any scale."""
+    if x.dim() != 4:
+        return
+    low, high = float(x.min()), float(x.max())
+    if low < -1.0 or high > 2.0:
+        warnings.warn(
+            f"{path}: {name} spans [{low:.4g}, {high:.4g}]; images are expected as pixels / 255 in [0, 1]",
+            stacklevel=3,
+        )
+
+
 def load_npz(path: str | Path) -> NpzData:
     """Read and check a user's npz file (see the module docstring)."""
     path = Path(path)
@@ -67,6 +82,8 @@ def load_npz(path: str | Path) -> NpzData:
     names = _class_names(path, arrays, num_classes)
     x_target = check_samples(path, "x_target", arrays["x_target"])
     _same_shape(path, "x_target", x_target, x_source)
+    for name, x in (("x_source", x_source), ("x_target", x_target)):
+        _warn_image_range(path, name, x)
     labeled = "y_target" in arrays
     y_target = (
         check_labels(path, "y_target", arrays["y_target"], len(x_target), num_classes)

@@ -89,8 +89,14 @@ def _open_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     return {k: arrays[k] for k in keys}
 
 
+# No pixel (even 0..255), sensor reading or feature comes near this; a value beyond it is a unit or file
+# error that training would turn into weights of that size (the device tools refuse the same: onnx_infer).
+MAX_VALUE = 1e6
+
+
 def check_samples(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
-    """Samples (N, ...) as float32, uint8 scaled to [0, 1]; 1 to 3 dims per sample, finite, at least one."""
+    """Samples (N, ...) as float32, uint8 scaled to [0, 1]; 1 to 3 dims per sample, finite, at least one,
+    no magnitude above ``MAX_VALUE``."""
     if x.dtype.kind not in "uif" or x.ndim not in (2, 3, 4):
         raise DataError(
             f"{path}: {name} has shape {x.shape} and dtype {x.dtype}; expected numbers of shape (N, D), "
@@ -101,6 +107,9 @@ def check_samples(path: Path, name: str, x: np.ndarray) -> torch.Tensor:
     values = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
     if not np.isfinite(values).all():
         raise DataError(f"{path}: {name} holds NaN or infinite values")
+    largest = float(np.abs(values).max())
+    if largest > MAX_VALUE:
+        raise DataError(f"{path}: {name} reaches {largest:.3g}; no recorded value is that large (limit {MAX_VALUE:g})")
     return torch.from_numpy(np.ascontiguousarray(values))
 
 
