@@ -8,6 +8,11 @@ the weights, are exported with the model (a device feeds raw inputs), and are ne
 image (rotation within +-``degrees``, shift within +-``shift`` of the side; zero fill), or a time
 shift, an amplitude scaling and Gaussian jitter of a sensor window (SHOT's digit recipe for images:
 random crop with padding 4 of 28 and rotation of 10 degrees; Um et al. 2017 for wearable sensors).
+
+``randomise_appearance`` is the source recipe for colour images (``teacher.photometric``): each
+sample gets a random look, so that the teacher learns the strokes and not their colours or the
+background (domain randomisation, Tobin et al. 2017): random stroke and background colours, a
+procedural texture behind the strokes, MNIST-M's |texture - image| blend, inversion and grey.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from admp.data.colour import value_noise
 
 
 class InputNorm(nn.Module):
@@ -82,3 +89,43 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     if x.dim() == 2:
         return _feature_jitter(x, gen, scale=0.1, noise=0.05)
     return x
+
+
+def _random_colours(n: int, c: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, 1, 1) background and stroke colours per sample, at least 0.3 apart in mean level."""
+    bg = torch.rand(n, c, 1, 1, generator=gen)
+    gap = 0.3 + 0.7 * torch.rand(n, 1, 1, 1, generator=gen)
+    towards = torch.where(bg.mean(dim=1, keepdim=True) < 0.5, 1.0, -1.0)
+    fg = (bg + towards * gap * torch.rand(n, c, 1, 1, generator=gen).clamp_min(0.5)).clamp(0.0, 1.0)
+    return bg, fg
+
+
+def randomise_appearance(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Images (N, C, H, W) in [0, 1] with a random look each: kept (1/4), strokes and background in two
+    random colours (1/4), strokes on a random coloured texture (1/4), or |texture - image| (1/4); then
+    inverted with probability 1/4 and, for colour images, made grey with probability 1/5."""
+    n, c, h, w = x.shape
+    strokes = x.mean(dim=1, keepdim=True)  # (N, 1, H, W): the grey level, 1 on a stroke
+    bg, fg = _random_colours(n, c, gen)
+    cells = 3 + int(torch.randint(0, 5, (1,), generator=gen))
+    tint = 0.3 + 0.7 * torch.rand(n, c, 1, 1, generator=gen)
+    tex = value_noise((n, c, h, w), cells, gen) * tint
+    looks = torch.stack(
+        [x, bg * (1 - strokes) + fg * strokes, tex * (1 - strokes) + fg * strokes, (tex - x).abs()]
+    )  # (4, N, C, H, W)
+    pick = torch.randint(0, 4, (n,), generator=gen)
+    out = looks[pick, torch.arange(n)]
+    inverted = torch.rand(n, 1, 1, 1, generator=gen) < 0.25
+    out = torch.where(inverted, 1.0 - out, out)
+    if c == 3:
+        grey = torch.rand(n, 1, 1, 1, generator=gen) < 0.2
+        out = torch.where(grey, out.mean(dim=1, keepdim=True).expand_as(out), out)
+    return out.clamp(0.0, 1.0)
+
+
+def photometric_applies(setting: str, x: torch.Tensor) -> bool:
+    """``teacher.photometric``: ``always`` (images) / ``never``, or ``auto``: colour images (N, 3, H, W)
+    only, where the devices' looks can differ from the source's; grey and sensor tasks keep their recipe."""
+    if setting == "auto":
+        return x.dim() == 4 and x.shape[1] == 3
+    return setting == "always" and x.dim() == 4

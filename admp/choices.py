@@ -10,15 +10,18 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
-Dataset = Literal["digits", "mnist_usps", "usps_mnist", "hapt", "imagefolder", "npz"]
+Dataset = Literal["digits", "mnist_usps", "usps_mnist", "mnist_mnist", "hapt", "imagefolder", "npz"]
 Arch = Literal["lenet", "resnet", "cnn1d", "mlp"]
 ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp.data.tasks.DEFAULT_ARCH)
+Photometric = Literal["auto", "always", "never"]  # teacher.photometric
 Partition = Literal["iid", "dirichlet", "subject"]
 UspsLayout = Literal["resize", "box"]
 ImageMode = Literal["auto", "grey", "rgb"]
 ShiftsMode = Literal["auto", "always", "never"]
 ImageShift = Literal["noise", "blur", "contrast", "rotation", "lowres"]
-ColourShift = Literal["colour", "texture", "invert", "channel_swap"]  # RGB images (texture, invert: grey too)
+ColourShift = Literal[
+    "colour", "texture", "blend", "invert", "channel_swap"
+]  # RGB images (texture, blend, invert: grey too)
 SensorShift = Literal["noise", "gain", "offset"]
 ShiftKind = Literal[ImageShift, ColourShift, SensorShift]  # nested Literals flatten; "noise" appears once
 Strategy = Literal["fedkd", "naive", "fedtiny", "fedadmp"]

@@ -29,6 +29,7 @@ from admp.choices import (
     KeepInit,
     MergeRecovery,
     Partition,
+    Photometric,
     PseudoLabels,
     ScheduleBudget,
     ShiftKind,
@@ -111,7 +112,7 @@ class DataSpec(Section):
             raise SectionError("data_dir", f"required for dataset {self.dataset!r}")
         if self.dataset == "imagefolder" and not (self.source_domain and self.target_domain):
             raise SectionError("source_domain", "imagefolder needs source_domain and target_domain")
-        if self.rgb and self.dataset not in ("digits", "mnist_usps", "usps_mnist"):
+        if self.rgb and self.dataset not in ("digits", "mnist_usps", "usps_mnist", "mnist_mnist"):
             raise SectionError("rgb", f"applies to the digit datasets, not {self.dataset!r}")
         return self
 
@@ -156,6 +157,8 @@ class TeacherSpec(Section):
     checkpoint: str = ""  # path of a saved teacher state_dict to load instead of training
     normalise: bool = True  # per-channel input normalisation from source statistics, inside the model
     augment: bool = True  # images: rotation +-10 deg, shift +-4/28; sensors: time shift, scaling, jitter
+    photometric: Photometric = "auto"  # random looks per source image (admp.augment.randomise_appearance):
+    #   auto = colour images only (grey and sensor tasks keep their recipe) | always (images) | never
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1  # SHOT's source recipe (epsilon 0.1)
     select_on_val: bool = True  # keep the epoch with the best source-validation accuracy (else the last)
 

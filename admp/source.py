@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admp.augment import augment
+from admp.augment import augment, photometric_applies, randomise_appearance
 from admp.config import TeacherSpec
 from admp.metrics import accuracy
 from admp.trainer import batches
@@ -28,8 +28,10 @@ def _supervised_epoch(
     """One epoch of label-smoothed cross-entropy (on augmented batches if the recipe says so); mean loss."""
     model.train()
     total, count = 0.0, 0
+    looks = photometric_applies(recipe.photometric, x)
     for xb, yb in batches(x, recipe.batch_size, gen, y):
         inputs = augment(xb, gen) if recipe.augment else xb
+        inputs = randomise_appearance(inputs, gen) if looks else inputs
         loss = F.cross_entropy(model(inputs), yb, label_smoothing=recipe.label_smoothing)
         opt.zero_grad()
         loss.backward()

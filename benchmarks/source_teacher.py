@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 
 from admp.config import load_config
+from admp.data.sources import Split
 from admp.data.tasks import build_task
 from admp.metrics import accuracy
 from admp.teacher import prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = {"mnist_usps": "mnist_usps.yaml", "usps_mnist": "usps_mnist.yaml"}
+SCENARIOS = {"mnist_usps": "mnist_usps.yaml", "usps_mnist": "usps_mnist.yaml", "mnist_colour": "mnist_colour.yaml"}
 
 
 def measure(task_name: str, layout: str, seed: int, data_dir: str, extra: list[str]) -> dict[str, object]:
@@ -34,6 +35,9 @@ def measure(task_name: str, layout: str, seed: int, data_dir: str, extra: list[s
     start = time.perf_counter()
     teacher, info = prepare_teacher(cfg, task)
     target = task.target_test  # the official test split of the target domain, every sample
+    if cfg.data.shifts_enabled():  # the devices' own looks: their test splits, as each device sees it
+        tests = [task.device(i).test for i in range(task.num_devices)]
+        target = Split(torch.cat([t.x for t in tests]), torch.cat([t.y for t in tests]))
     return {
         "task": task_name,
         "layout": layout,

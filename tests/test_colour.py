@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from admp.augment import photometric_applies, randomise_appearance
 from admp.config import DataSpec
-from admp.data.colour import channel_swap, colour, colour_shift, invert, texture
-from admp.data.tasks import build_task
+from admp.data.colour import blend, channel_swap, colour, colour_shift, invert, texture, value_noise
+from admp.data.tasks import build_task, default_shift_kinds
 from admp.deploy import load_bundle, save_bundle
 from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
@@ -47,7 +48,7 @@ def test_texture_changes_the_background_not_the_strokes():
     assert float(background.std()) > 0.01 and float(background.max()) <= 0.15 * 4 + 1e-6  # blend weight 0.6
 
 
-@pytest.mark.parametrize("name", ["colour", "texture", "invert", "channel_swap"])
+@pytest.mark.parametrize("name", ["colour", "texture", "blend", "invert", "channel_swap"])
 def test_colour_shifts_keep_shape_and_range(name):
     x = torch.rand(5, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     out = colour_shift(x, name, 5, torch.Generator().manual_seed(2))
@@ -75,3 +76,47 @@ def test_rgb_digit_task_gives_each_device_its_colours_and_models_take_three_chan
 def test_rgb_is_for_digit_datasets_only():
     with pytest.raises(Exception, match="rgb"):
         DataSpec(dataset="hapt", data_dir="/x", rgb=True)
+
+
+def test_blend_is_the_absolute_difference_with_a_texture_in_the_device_palette():
+    """MNIST-M's |texture - x|: a black image gives the texture itself, a white one its negative, and the
+    same device generator state gives the same texture."""
+    black, white = torch.zeros(2, 3, 16, 16), torch.ones(2, 3, 16, 16)
+    tex = blend(black, 3, torch.Generator().manual_seed(4))
+    assert torch.allclose(blend(white, 3, torch.Generator().manual_seed(4)), 1 - tex)
+    assert float(tex.std()) > 0.02 and float(tex.min()) >= 0 and float(tex.max()) <= 1
+    noise = value_noise((3, 2, 16, 16), 4, torch.Generator().manual_seed(0))
+    assert noise.amin(dim=(2, 3)).flatten().tolist() == pytest.approx([0.0] * 6, abs=1e-6)  # each spans [0, 1]
+    assert noise.amax(dim=(2, 3)).flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-6)
+    assert "blend" not in default_shift_kinds((3, 28, 28)) and "colour" in default_shift_kinds((3, 28, 28))
+
+
+def test_the_source_recipe_gives_colour_images_random_looks_and_leaves_grey_tasks_alone():
+    """teacher.photometric auto: only (N, 3, H, W); each image gets its own look, in [0, 1], seeded."""
+    x = _digit().repeat(64, 1, 1, 1)
+    out = randomise_appearance(x, torch.Generator().manual_seed(0))
+    again = randomise_appearance(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.shape == x.shape
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    corners = {tuple(round(v, 3) for v in out[i, :, 0, 0].tolist()) for i in range(64)}
+    assert len(corners) > 20  # backgrounds differ from image to image
+    kept = [i for i in range(64) if torch.equal(out[i], x[i])]
+    assert 4 <= len(kept) <= 30  # a quarter keep their look (1/4 kept, less the inverted and grey ones)
+    assert photometric_applies("auto", x) and not photometric_applies("auto", torch.zeros(4, 1, 8, 8))
+    assert not photometric_applies("auto", torch.zeros(4, 3, 50)) and not photometric_applies("never", x)
+    assert photometric_applies("always", torch.zeros(4, 1, 8, 8)) and not photometric_applies(
+        "always", torch.zeros(4, 9)
+    )
+
+
+def test_mnist_mnist_halves_the_official_test_set_and_gives_each_device_its_look(shared_data):
+    spec = DataSpec(
+        dataset="mnist_mnist", data_dir=str(shared_data), rgb=True, shifts="always", shift_kinds=["blend"],
+        num_devices=4, max_source=200,
+    )  # fmt: skip
+    task = build_task(spec, seed=0)
+    pool = sum(len(task.device(i).train) for i in range(4))
+    held_out = sum(len(task.device(i).test) for i in range(4))
+    assert pool == held_out == 5000 and task.source_train.x.shape[1] == 3
+    first = [float(task.device(i).train.x[:, :, 0, 0].mean()) for i in range(4)]
+    assert len({round(v, 3) for v in first}) == 4  # every device its own background

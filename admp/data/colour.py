@@ -3,8 +3,8 @@ housing or a cluttered background does to a device's data. Severity 1 (mild) .. 
 
 Every random choice comes from the device's ``torch.Generator``, so a device keeps one look
 (its colours, its texture's orientation and scale) over all its images; a texture's phase
-varies per image. ``colour`` and ``channel_swap`` are for RGB (``data.rgb``); ``texture`` and
-``invert`` apply to grey images too.
+varies per image. ``colour`` and ``channel_swap`` are for RGB (``data.rgb``); ``texture``, ``blend``
+and ``invert`` apply to grey images too.
 """
 
 from __future__ import annotations
@@ -60,6 +60,31 @@ def texture(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tenso
     return x * (1 - blend) + pattern * blend
 
 
+def value_noise(shape: tuple[int, int, int, int], cells: int, gen: torch.Generator) -> torch.Tensor:
+    """(N, C, H, W) in [0, 1]: smooth random texture, a ``cells`` x ``cells`` grid of uniform values per
+    image and channel, upsampled bicubically (value noise), plus half as much at twice the frequency."""
+    n, c, h, w = shape
+    coarse = torch.rand(n, c, cells, cells, generator=gen)
+    fine = torch.rand(n, c, 2 * cells, 2 * cells, generator=gen)
+    up = torch.nn.functional.interpolate
+    out = up(coarse, size=(h, w), mode="bicubic", align_corners=False)
+    out = out + 0.5 * up(fine, size=(h, w), mode="bicubic", align_corners=False)
+    low = out.amin(dim=(2, 3), keepdim=True)
+    return (out - low) / (out.amax(dim=(2, 3), keepdim=True) - low).clamp_min(1e-6)
+
+
+def blend(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    """MNIST-M's recipe (Ganin & Lempitsky 2015) with procedural textures instead of photo patches:
+    out = |texture - x|, the texture coloured value noise in the device's palette (its own per image),
+    its contrast growing with severity. Dark strokes on light texture become light, and so on."""
+    n, c, h, w = x.shape
+    base = torch.rand(c, generator=gen).view(1, c, 1, 1)
+    spread = 0.2 + 0.15 * severity
+    cells = 3 + int(torch.randint(0, 4, (1,), generator=gen))
+    tex = (base + spread * (value_noise((n, c, h, w), cells, gen) - 0.5)).clamp(0.0, 1.0)
+    return (tex - x).abs()
+
+
 def invert(x: torch.Tensor) -> torch.Tensor:
     """Negative image: dark strokes on a light background."""
     return 1.0 - x
@@ -79,6 +104,8 @@ def colour_shift(x: torch.Tensor, name: str, severity: int, gen: torch.Generator
         out = colour(x, severity, gen)
     elif name == "texture":
         out = texture(x, severity, gen)
+    elif name == "blend":
+        out = blend(x, severity, gen)
     elif name == "invert":
         out = invert(x)
     elif name == "channel_swap":

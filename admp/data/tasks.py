@@ -36,6 +36,7 @@ DEFAULT_ARCH: dict[Dataset, Arch] = {
     "digits": "lenet",
     "mnist_usps": "lenet",
     "usps_mnist": "lenet",
+    "mnist_mnist": "lenet",
     "hapt": "cnn1d",
     "imagefolder": "resnet",
 }  # model.arch: auto; a user's npz file gets the family its samples' shape calls for (arch_for_shape)
@@ -152,6 +153,12 @@ def _source_and_target(spec: DataSpec, seed: int) -> tuple[Split, Split, Split |
 
         load_src, load_tgt = (mnist, usps) if spec.dataset == "mnist_usps" else (usps, mnist)
         return load_src("train"), load_tgt("train"), load_tgt("test"), None
+    if spec.dataset == "mnist_mnist":  # the shift is the devices' own look (data.shifts), e.g. colour + blend
+        mnist_test = load_mnist(root / "mnist" / "mnist.npz", "test")
+        order = numpy_rng(seed, "mnist_mnist").permutation(len(mnist_test))
+        half = len(mnist_test) // 2  # MNIST's test set: half the devices' unlabeled pool, half their test split
+        pool, held_out = mnist_test.subset(order[:half]), mnist_test.subset(order[half:])
+        return load_mnist(root / "mnist" / "mnist.npz", "train"), pool, held_out, None
     if spec.dataset == "hapt":
         hapt = load_hapt(root / "hapt" / "hapt.npz")
         is_src = np.isin(hapt.subject, spec.hapt_source_subjects)
@@ -183,12 +190,14 @@ def _as_rgb(split: Split) -> Split:
 
 def default_shift_kinds(sample_shape: tuple[int, ...]) -> tuple[str, ...]:
     """Every shift of the modality: sensor shifts for windows (C, T), image shifts for (C, H, W),
-    and the colour shifts as well for RGB images; none for feature vectors (D,)."""
+    and the colour shifts as well for RGB images (all but ``blend``, a whole new background that is
+    asked for by name); none for feature vectors (D,)."""
     if len(sample_shape) == 1:
         return ()
     if len(sample_shape) == 2:
         return SENSOR_SHIFTS
-    return IMAGE_SHIFTS + COLOUR_SHIFTS if sample_shape[0] == 3 else IMAGE_SHIFTS
+    colour = tuple(kind for kind in COLOUR_SHIFTS if kind != "blend")
+    return IMAGE_SHIFTS + colour if sample_shape[0] == 3 else IMAGE_SHIFTS
 
 
 def _check_fleet_size(spec: DataSpec, pool: int) -> None:
