@@ -18,12 +18,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def flower_task():
-    """The task identity Flower's Message constructor reads outside a running app (in-process runs)."""
+def set_flower_task() -> None:
+    """Set the task identity Flower's Message constructor reads outside a running app (in-process runs);
+    module-scoped fixtures call it, tests use the ``flower_task`` fixture."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+@pytest.fixture
+def flower_task() -> None:
+    """The task identity Flower's Message constructor reads outside a running app (in-process runs)."""
+    set_flower_task()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
 from admp.config import ConfigError, config_from_overrides
@@ -72,12 +71,7 @@ def test_arch_is_a_family_or_a_factory_path():
     assert config_from_overrides([f"model.arch={MOBILE}"]).model.arch == MOBILE
 
 
-@pytest.fixture
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-
-
-def test_federated_admp_prunes_a_users_model_end_to_end(tmp_path, monkeypatch, task_identity):
+def test_federated_admp_prunes_a_users_model_end_to_end(tmp_path, monkeypatch, flower_task):
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
     setup = [f"model.arch={MOBILE}", "data.num_devices=3", "data.samples_per_device=40", "teacher.epochs=2"]
     fed = ["federation.clients_per_round=2", "federation.mask_rounds=2", "federation.warmup_rounds=1"]

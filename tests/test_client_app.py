@@ -6,7 +6,6 @@ import os
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.config import AdmpHyper, DataSpec
 from admp.masks import group_sizes, ones_masks, zeros_masks
@@ -16,10 +15,7 @@ from clients import app as client
 from clients import device as client_device
 from strategies import protocol as P
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 @pytest.fixture(autouse=True)

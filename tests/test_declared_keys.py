@@ -4,11 +4,11 @@ federation through the real ClientApp, every reply's records and keys checked ag
 import tempfile
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.config import config_from_overrides
 from server.app import run_federated
 from strategies import protocol as P
+from tests.conftest import set_flower_task
 from tests.inprocess_grid import InProcessGrid
 from tests.test_server import TINY
 
@@ -17,7 +17,7 @@ from tests.test_server import TINY
 def quiet(monkeypatch):
     from rich.console import Console
 
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
 
 

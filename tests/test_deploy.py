@@ -5,7 +5,6 @@ import onnxruntime as ort
 import pytest
 import torch
 from flwr.app import Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.augment import set_input_normalisation
 from admp.deploy import adapt_bn, load_bundle, save_bundle
@@ -15,6 +14,7 @@ from simulations.cli import main
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedKD
+from tests.conftest import set_flower_task
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_adapt_bn_names_bad_input(bundle, tmp_path, capsys, arrays, args, needle
 
 
 def test_evaluation_replies_average_both_figures_and_reject_impossible_accuracies():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     fleet = Fleet({0: 10, 1: 11, 2: 12}, 0, Delivery(P.to_record({"t": torch.ones(1)}), "h"), base_config={})
     strategy = FedKD(weights={"w": torch.zeros(1)}, keep=None, fleet=fleet, policy=RoundPolicy(3))
     msgs = {m.metadata.dst_node_id: m for m in strategy.configure_evaluate(1, P.to_record({"w": torch.zeros(1)}),

@@ -5,7 +5,6 @@ import math
 
 import pytest
 from flwr.app import Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.config import config_from_overrides
 from admp.configbase import ConfigError
@@ -14,10 +13,7 @@ from clients import app as client
 from strategies import protocol as P
 from tests.test_server import _rows, _run, _summary
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 def _rate(spec: FaultSpec, fault: str, deadline: float = 600.0, n: int = 4000) -> float:

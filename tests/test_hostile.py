@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.state import AdmmSettings, AdmpState
 from strategies import protocol as P
@@ -17,14 +16,11 @@ from strategies.fedadmp import FedADMP, FedKD
 from strategies.robust import Defence, aggregate, combine_statistics, pooled_moments
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
+pytestmark = pytest.mark.usefixtures("flower_task")
+
 DEVICES = {i: 100 + i for i in range(10)}
 PLAIN = Defence()  # weighted mean, with the default bounds
 GLOBAL = {"w": torch.ones(4), "bn.num_batches_tracked": torch.tensor(5)}
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
 def _fleet(defence: Defence = PLAIN) -> Fleet:

@@ -2,9 +2,9 @@
 (``federation.evaluate_labels: false``, or a node's own ``evaluate-labels=false``)."""
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from strategies import protocol as P
+from tests.conftest import set_flower_task
 from tests.inprocess_grid import InProcessGrid
 from tests.test_server import _rows, _run, _summary
 
@@ -13,7 +13,7 @@ from tests.test_server import _rows, _run, _summary
 def quiet(monkeypatch):
     from rich.console import Console
 
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
 from admp.config import ConfigError, DataSpec, config_from_overrides
@@ -185,13 +184,8 @@ def test_a_family_that_cannot_take_the_data_is_refused_before_training(arch, sha
         initial_model(cfg, 3, shape)
 
 
-@pytest.fixture
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-
-
 @pytest.mark.parametrize("kind", ["features", "sensor"])
-def test_federated_admp_runs_end_to_end_on_a_users_npz(tmp_path, monkeypatch, task_identity, kind):
+def test_federated_admp_runs_end_to_end_on_a_users_npz(tmp_path, monkeypatch, flower_task, kind):
     """Feature vectors (16,) with the MLP, sensor windows of 9 channels x 64 steps with the 1-D CNN:
     teacher, mask rounds, merge, fine-tune and the exported ONNX model, through the real ClientApp."""
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
@@ -263,7 +257,7 @@ def test_mislaid_or_unreadable_files_are_one_clear_error(tmp_path, mislay, needl
         build_task(spec, seed=0)
 
 
-def test_federated_admp_runs_end_to_end_on_a_grey_image_folder(tmp_path, monkeypatch, task_identity):
+def test_federated_admp_runs_end_to_end_on_a_grey_image_folder(tmp_path, monkeypatch, flower_task):
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
     root = _grey_folders(tmp_path / "data")
     data = ["data.dataset=imagefolder", f"data.data_dir={root}", "data.source_domain=studio"]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.config import ConfigError, config_from_overrides
 from admp.privacy import PrivacySpec, add_noise, clip_part, clipped_contribution, l2_norm, mean_parts
@@ -18,10 +17,7 @@ from strategies.privacy import Privacy, calibrate, epsilon_after
 from tests.inprocess_grid import InProcessGrid
 from tests.test_server import TINY
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 def _t(*values: float) -> torch.Tensor:

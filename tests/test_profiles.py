@@ -1,18 +1,14 @@
 """Device profiles and the simulated fleet clock: the maths by hand, and a tiny fleet with a deadline."""
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.configbase import ConfigError
 from admp.profiles import DeviceClass, DeviceRound, device_class, read_classes, round_clock, time_to_accuracy
 from tests.test_server import _rows, _run, _summary
 
+pytestmark = pytest.mark.usefixtures("flower_task")
+
 PHONE = DeviceClass(name="phone", samples_per_s=500, downlink_mbps=20, uplink_mbps=5, joules_per_sample=0.01)
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
 def test_a_device_round_by_hand():

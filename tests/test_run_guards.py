@@ -5,19 +5,16 @@ import shutil
 
 import pytest
 import torch
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.config import ConfigError, config_from_overrides
 from server.app import run_federated
 from simulations import federated
 from strategies import protocol as P
+from tests.conftest import set_flower_task
 from tests.inprocess_grid import NODE_BASE, InProcessGrid
 from tests.test_server import TINY, _run
 
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 
 @pytest.fixture
@@ -91,7 +88,7 @@ def test_a_phase_that_aggregates_nothing_is_an_error(tmp_path):
 @pytest.fixture(scope="module")
 def paused_run(tmp_path_factory):
     """A tiny FedADMP run paused after round 2 (the mask phase)."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     return _run(tmp_path_factory.mktemp("paused"), "federation.stop_after_round=2")
 
 

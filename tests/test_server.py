@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import Error, Message
-from flwr.supercore.task_identity import TaskIdentity
 from rich.console import Console
 
 from admp.config import config_from_overrides, to_yaml
@@ -24,7 +23,10 @@ from admp.warmstart import cloud_keep
 from server.app import run_federated
 from server.fleet import discover_devices
 from strategies import protocol as P
+from tests.conftest import set_flower_task
 from tests.inprocess_grid import CACHE, NODE_BASE, InProcessGrid
+
+pytestmark = pytest.mark.usefixtures("flower_task")
 
 TINY = [
     "admp.keep_init=none",  # the mask phase from ones (warm-up, Z-steps, merge repair); the default: own test
@@ -41,11 +43,6 @@ TINY = [
     "federation.teacher_fallback=false",  # 3 tiny rounds leave a student the fallback would replace (own test)
     "run.threads=2",
 ]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +67,7 @@ def _summary(run: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def fedadmp_run(tmp_path_factory) -> Path:
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     return _run(tmp_path_factory.mktemp("fedadmp"))
 
 

@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.centroids import feature_dim, student_pseudo_labels
 from admp.config import AdmpHyper, DataSpec
@@ -21,6 +20,7 @@ from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP
 from strategies.selftraining import SharedStats
+from tests.conftest import set_flower_task
 
 
 def _state(p: float = 0.5, rho0: float = 0.1, ramp: int = 0) -> AdmpState:
@@ -91,7 +91,7 @@ def test_federated_rounds_with_one_device_equal_the_centralized_loop(tmp_path):
     What the two runs still differ in is outside the state: the centralized run draws its batches
     from one generator for all epochs, and its first Z-step ends epoch ``warmup_epochs`` where the
     federated one ends round ``warmup_rounds + 1``."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     hp = AdmpHyper(
         batch_size=16, teacher_bn="local", lambda_im=0.0, centroids="fleet"
     )  # centroid pseudo labels, no marginal

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 from flwr.app import Error, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from admp.state import AdmmSettings, AdmpState
 from server.guards import keeps_result, student_flag
@@ -14,12 +13,13 @@ from strategies.aggregation import ReplyError, bn_statistics, check_arrays, chec
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
 from strategies.selftraining import LabelFree, SharedStats, label_free_metrics
+from tests.conftest import set_flower_task
 
 
 @pytest.fixture(autouse=True)
 def task_identity():
     """Flower needs a run/task identity to build messages outside a running app."""
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    set_flower_task()
     yield
 
 

@@ -19,19 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from clients import app as client
 from clients import entry, wire
 from strategies import protocol as P
 from tests.test_client_app import _message
 
+pytestmark = pytest.mark.usefixtures("flower_task")
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def task_identity():
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
 
 
 @pytest.fixture(autouse=True)
