@@ -24,7 +24,12 @@ from admp.metrics import accuracy
 from admp.teacher import prepare_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = {"mnist_usps": "mnist_usps.yaml", "usps_mnist": "usps_mnist.yaml", "mnist_colour": "mnist_colour.yaml"}
+SCENARIOS = {
+    "mnist_usps": "mnist_usps.yaml",
+    "usps_mnist": "usps_mnist.yaml",
+    "mnist_colour": "mnist_colour.yaml",
+    "colour_digits": "colour_digits.yaml",
+}
 
 
 def measure(task_name: str, layout: str, seed: int, data_dir: str, extra: list[str]) -> dict[str, object]:
