@@ -17,15 +17,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
-# The smallest run every simulating benchmark accepts: 4 devices, a one-epoch teacher, two mask rounds.
+# The smallest run every simulating benchmark accepts: 4 devices, a one-epoch teacher, one mask round
+# after no warm-up and one fine-tune round.
 TINY = [
     "data.num_devices=4",
     "data.samples_per_device=40",
     "teacher.epochs=1",
     "federation.clients_per_round=3",
     "federation.eval_clients=3",
-    "federation.mask_rounds=2",
-    "federation.warmup_rounds=1",
+    "federation.mask_rounds=1",
+    "federation.warmup_rounds=0",
     "federation.finetune_rounds=1",
     "federation.teacher_rounds=0",
     "federation.teacher_fallback=false",
@@ -96,7 +97,7 @@ def test_source_teacher(tmp_path, shared_data):
 
 def test_federated_overhead(tmp_path):
     out = tmp_path / "overhead.json"
-    bench("federated_overhead.py", "--rounds", "2", "--out", str(out), sets=TINY)
+    bench("federated_overhead.py", "--rounds", "2", "--out", str(out), sets=[*TINY, "federation.mask_rounds=2"])
     data = report(out, "simulation_mean_s", "plain_mean_s", "bytes_per_client_round", "context")
     assert data["rounds_compared"] == 1 and data["simulation_mean_s"] > 0 and data["plain_mean_s"] > 0
     context = data["context"]
@@ -115,13 +116,27 @@ def test_secure_overhead(tmp_path):
     out = tmp_path / "secure.json"
     bench("secure_overhead.py", "--out", str(out), sets=TINY)
     data = report(out, "plain", "secure", "ratio")
-    assert data["secure"]["training_rounds"] == data["plain"]["training_rounds"] == 3
+    assert data["secure"]["training_rounds"] == data["plain"]["training_rounds"] == 2
     assert data["ratio"]["mb_up_per_round"] > 1  # SecAgg+ sends keys and shares besides the masked vector
 
 
 def test_deployed_rounds(tmp_path):
     out = tmp_path / "deployed.json"
-    bench("deployed_rounds.py", "--devices", "2", "--out", str(out), sets=TINY[1:5], timeout=600)
+    sets = [
+        "data.samples_per_device=40",
+        "teacher.epochs=1",
+        "federation.mask_rounds=1",
+        "federation.finetune_rounds=1",
+    ]
+    bench(
+        "deployed_rounds.py",
+        "--devices",
+        "2",
+        "--out",
+        str(out),
+        sets=[*sets, "federation.warmup_rounds=0"],
+        timeout=600,
+    )
     data = report(out, "simulated", "deployed", "ratio", "entry_import_seconds")
     assert data["deployed"]["workers"] is True and data["deployed"]["round_seconds"]
     assert len(data["deployed"]["round_seconds"]) == len(data["simulated"]["round_seconds"])
