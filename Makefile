@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SCENARIO ?= simulations/scenarios/federated_digits.yaml
 
 
-.PHONY: install run test gate bench flwr-run docs clean
+.PHONY: install run test test-deployment gate bench flwr-run docs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ gate: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The suite without the deployment end-to-end tests (marked `deployment`), which `test-deployment` runs.
 test: gate
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not deployment"
+
+test-deployment: $(STAMP)
+	$(PY) -m pytest -q -m deployment
 
 bench: $(STAMP)
 	$(PY) benchmarks/inference_latency.py

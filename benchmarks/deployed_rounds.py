@@ -2,7 +2,7 @@
 simulated (``fedadmp simulate``), and where a deployed round's time goes.
 
     python benchmarks/deployed_rounds.py [--devices 3] [--workers on|off|both] [--device-threads N]
-        [--set KEY=VALUE ...] [--out FILE.json]
+        [--import-repeats N] [--set KEY=VALUE ...] [--out FILE.json]
 
 Both runs use the default digits scenario cut to ``--devices`` devices (every device sampled each
 round, short rounds) and write their per-round ``round_seconds``; the report gives the median
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=3)
     parser.add_argument("--workers", choices=("on", "off", "both"), default="on", help="the devices' workers")
     parser.add_argument("--device-threads", type=int, default=0, help="fleet.py up --device-threads (0: torch's)")
+    parser.add_argument("--import-repeats", type=int, default=3, help="fresh processes timed per import")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra scenario overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "deployed_rounds.json")
     args = parser.parse_args()
@@ -131,8 +132,8 @@ def main() -> None:
     if len(runs) > 1:
         result |= {"deployed_no_workers": runs[1], "ratio_no_workers": float(runs[1]["median"]) / sim_median}
     result |= {
-        "entry_import_seconds": import_seconds("clients.entry"),
-        "clientapp_import_seconds": import_seconds("clients.app"),
+        "entry_import_seconds": import_seconds("clients.entry", args.import_repeats),
+        "clientapp_import_seconds": import_seconds("clients.app", args.import_repeats),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
@@ -120,23 +122,17 @@ def test_secure_overhead(tmp_path):
     assert data["ratio"]["mb_up_per_round"] > 1  # SecAgg+ sends keys and shares besides the masked vector
 
 
+@pytest.mark.deployment
 def test_deployed_rounds(tmp_path):
+    """The benchmark's two runs; its deployed one is the suite's run of the app through the deployment kit
+    (``fleet.py up|run|down``): every message served by a device's worker, none by Flower's own process."""
     out = tmp_path / "deployed.json"
-    sets = [
-        "data.samples_per_device=40",
-        "teacher.epochs=1",
-        "federation.mask_rounds=1",
-        "federation.finetune_rounds=1",
-    ]
-    bench(
-        "deployed_rounds.py",
-        "--devices",
-        "2",
-        "--out",
-        str(out),
-        sets=[*sets, "federation.warmup_rounds=0"],
-        timeout=600,
-    )
+    fleet_sized = ("data.num_devices", "federation.clients_per_round", "federation.eval_")
+    sets = [s for s in TINY if not s.startswith(fleet_sized)]
+    sets += ["federation.eval_every=10", "federation.bn_recalibration=local"]
+    bench("deployed_rounds.py", "--devices", "2", "--import-repeats", "1", "--out", str(out), sets=sets, timeout=600)
     data = report(out, "simulated", "deployed", "ratio", "entry_import_seconds")
-    assert data["deployed"]["workers"] is True and data["deployed"]["round_seconds"]
-    assert len(data["deployed"]["round_seconds"]) == len(data["simulated"]["round_seconds"])
+    deployed = data["deployed"]
+    assert deployed["workers"] is True and deployed["worker_requests"] > 0 and deployed["in_process_fallbacks"] == 0
+    assert len(deployed["round_seconds"]) == len(data["simulated"]["round_seconds"]) == 2
+    assert 0 <= deployed["accuracy"] <= 100

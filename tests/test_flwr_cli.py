@@ -11,9 +11,12 @@ import subprocess
 import tempfile
 import time
 
+import pytest
+
 from deploy.simlink import BIN, ROOT, RUN_TIMEOUT, start_superlink, tail
 
 
+@pytest.mark.deployment
 def test_flwr_run_simulation_on_own_superlink(tmp_path):
     home = tmp_path / "flwr-home"
     home.mkdir()

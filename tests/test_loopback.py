@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from admp.config import config_from_overrides
 from simulations import federated
@@ -54,6 +55,7 @@ def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
         shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
 
 
+@pytest.mark.deployment
 def test_a_run_joins_an_existing_two_node_cluster_on_loopback(tmp_path):
     script = Path(__file__).with_name("ray_cluster_run.py")
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=400)
