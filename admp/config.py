@@ -8,6 +8,7 @@ resolved config next to its results.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -70,6 +71,14 @@ class RunSpec(Section):
     seed: int = 0  # the root seed: partitions, shifts, init and sampling derive from it
     out_dir: str = "runs"  # parent folder of run directories
     threads: Annotated[int, Field(ge=0)] = 0  # torch CPU threads (0: torch's default)
+    tensorboard: bool = False  # also log every per-round metric to <run dir>/tensorboard (the tracking extra)
+
+    @model_validator(mode="after")
+    def _tracker_installed(self) -> RunSpec:
+        """A TensorBoard log needs the ``tensorboard`` package: say so before anything is trained."""
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise SectionError("tensorboard", "needs the tensorboard package (pip install 'fedadmp[tracking]')")
+        return self
 
 
 class DataSpec(Section):

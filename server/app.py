@@ -9,7 +9,7 @@ app around an already-loaded config, which is what ``fedadmp simulate`` uses.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flwr.app import Context
@@ -35,13 +35,14 @@ def config_from_run_config(run_config: Mapping[str, object]) -> ScenarioConfig:
     return cfg
 
 
-def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, virtual: bool = False) -> None:
+def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, virtual: bool = False) -> Path | None:
     """Every phase of a federated run (or what is left of a resumed one) through ``grid``; ``virtual``:
-    the grid's nodes are a simulation's slots for ``data.num_devices`` virtual devices."""
+    the grid's nodes are a simulation's slots for ``data.num_devices`` virtual devices. Returns the run
+    directory once the run has finished (None when it paused)."""
     run = RunSetup.open(cfg, resume, federated=True)  # config, seed, run directory, teacher (or the checkpoint's)
     if run.checkpoint is not None and run.checkpoint.phase == "done":
         run.console.print(f"run already finished: {run.run_dir.path}")
-        return
+        return run.run_dir.path
     session = discover(grid, run, virtual)  # device ids, the teacher's delivery, the round runner
     adapt_teacher(session)  # target BN statistics of the KD teacher, its zero-training accuracy
     start: Start | None = None
@@ -50,20 +51,30 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, vi
     chosen = finetune_phase(session, start) if start is not None else None  # the student the rule exports
     if chosen is None:
         run.console.print(f"paused; continue with: fedadmp simulate --resume {run.run_dir.path}")
-        return
+        return None
     finish(session, *chosen)  # evaluation, export, summary
+    return run.run_dir.path
 
 
-def make_server_app(cfg: ScenarioConfig | None = None, resume: str | None = None, virtual: bool = False) -> ServerApp:
+def make_server_app(
+    cfg: ScenarioConfig | None = None,
+    resume: str | None = None,
+    virtual: bool = False,
+    finished: Callable[[Path], None] | None = None,
+) -> ServerApp:
     """A ServerApp running ``cfg`` (or the config in Flower's run config when ``cfg`` is None); ``virtual``:
-    on a simulation's nodes as slots for its virtual devices (``fedadmp simulate``)."""
+    on a simulation's nodes as slots for its virtual devices (``fedadmp simulate``); ``finished`` is
+    called with the run directory when the run has finished (the simulation's ServerApp runs in the
+    caller's process, so this is how ``run_federated_simulation`` returns the summary)."""
     server = ServerApp()
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
         run_cfg = cfg if cfg is not None else config_from_run_config(dict(context.run_config))
         resume_dir = resume or str(context.run_config.get("resume", "")).strip() or None
-        run_federated(grid, run_cfg, resume_dir, virtual)
+        done = run_federated(grid, run_cfg, resume_dir, virtual)
+        if done is not None and finished is not None:
+            finished(done)
 
     return server
 

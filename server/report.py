@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ class RunDirectory:
         path.mkdir(parents=True)
         self.path = path
         self.rows: list[dict[str, Any]] = []
+        self.tracker: Callable[[dict[str, Any]], None] | None = None  # run.tensorboard: server.tracking
 
     @classmethod
     def reopen(cls, path: str | Path, keep_rows: int | None = None) -> RunDirectory:
@@ -39,6 +41,7 @@ class RunDirectory:
         ``keep_rows`` truncates the rows to those the checkpoint covers.
         """
         run = cls.__new__(cls)
+        run.tracker = None
         run.path = Path(path).resolve()
         if not run.path.is_dir():
             raise FileNotFoundError(f"{run.path}: run directory not found")
@@ -73,6 +76,8 @@ class RunDirectory:
             writer.writeheader()
             writer.writerows(self.rows)
         self.write_json("metrics.json", self.rows)
+        if self.tracker is not None:
+            self.tracker(row)
 
     def plot_training(self, x_key: str = "step", name: str = "training.png") -> Path:
         """Target accuracy and mask sparsity against ``x_key`` (one line per phase)."""

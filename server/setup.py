@@ -27,6 +27,14 @@ from server.resume import check_metrics, check_schema, state_digest
 CHECKPOINT = "checkpoint.pt"
 
 
+def track(cfg: ScenarioConfig, run_dir: RunDirectory) -> None:
+    """``run.tensorboard``: every metrics row also goes to ``<run dir>/tensorboard`` (server.tracking)."""
+    if cfg.run.tensorboard:
+        from server.tracking import TensorBoardLog
+
+        run_dir.tracker = TensorBoardLog(run_dir.file("tensorboard"))
+
+
 @dataclass
 class Checkpoint:
     """Where a federated run stands after a round: enough to resume it exactly.
@@ -162,10 +170,12 @@ class RunSetup:
         if resume:
             ckpt, teacher = check_resumable(cfg, resume, task)
             run_dir = RunDirectory.reopen(resume, keep_rows=ckpt.rows)
+            track(cfg, run_dir)
             arch = resolve_arch(cfg, task.input_shape)
             return cls(cfg, task, arch, teacher, dict(ckpt.teacher_info), run_dir, console, ckpt, given)
         run_dir = RunDirectory(cfg.run.out_dir, cfg.run.name)
         run_dir.write_text("config.yaml", to_yaml(cfg))
+        track(cfg, run_dir)
         teacher, info = prepare_teacher(cfg, task)
         torch.save(teacher.state_dict(), run_dir.file("teacher.pt"))
         arch = resolve_arch(cfg, task.input_shape)

@@ -12,45 +12,41 @@ from typing import Any
 from admp import onnx_infer
 from admp.data.sources import DataError
 from admp.onnx_infer import InputError, check_output_path, open_session
+from simulations.api import SCENARIOS
 
-DEFAULT_CENTRALIZED = Path(__file__).parent / "scenarios" / "centralized_digits.yaml"
-DEFAULT_FEDERATED = Path(__file__).parent / "scenarios" / "federated_digits.yaml"
+DEFAULT_CENTRALIZED = SCENARIOS / "centralized_digits.yaml"
+DEFAULT_FEDERATED = SCENARIOS / "federated_digits.yaml"
 
 
-def _scenario(path: str | None, overrides: list[str], default: Path) -> Any:
-    """The config of ``path``; without one, the demo scenario ``default``, unless the overrides name their
-    own dataset: then the built-in defaults, so that none of the demo's data settings (its
-    ``samples_per_device``, partition, sizes) are carried onto another dataset."""
-    from admp.config import config_from_overrides, load_config
-
-    if path is not None:
-        return load_config(path, overrides=overrides)
-    if any(o.partition("=")[0].strip() == "data.dataset" for o in overrides):
-        print("no scenario file: the built-in defaults with your --set keys", file=sys.stderr)
-        return config_from_overrides(overrides)
-    print(f"no scenario file: the demo scenario {default.name}", file=sys.stderr)
-    return load_config(default, overrides=overrides)
+def _say_start(path: str | None, overrides: list[str], default: Path) -> None:
+    """Without a scenario file, say which config the run starts from (see ``simulations.api.scenario_config``)."""
+    if path is None:
+        named = any(o.partition("=")[0].strip() == "data.dataset" for o in overrides)
+        start = "the built-in defaults with your --set keys" if named else f"the demo scenario {default.name}"
+        print(f"no scenario file: {start}", file=sys.stderr)
 
 
 def _centralized(args: argparse.Namespace) -> int:
-    from simulations.centralized import run_centralized
+    from simulations import api
 
-    cfg = _scenario(args.config, args.set, DEFAULT_CENTRALIZED)
-    run_centralized(cfg)
+    _say_start(args.scenario, args.set, DEFAULT_CENTRALIZED)
+    api.centralized(args.scenario, args.set)
     return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from admp.config import load_config
-    from simulations.federated import run_federated_simulation
+    from simulations import api
 
-    if args.resume:
-        path = Path(args.resume) / "config.yaml"
-        cfg = load_config(path, overrides=["federation.stop_after_round=0", *args.set])
-    else:
-        cfg = _scenario(args.scenario, args.set, DEFAULT_FEDERATED)
-    cfg.run.out_dir = str(Path(cfg.run.out_dir).resolve())
-    run_federated_simulation(cfg, resume=args.resume, verbose=args.verbose)
+    if not args.resume:
+        _say_start(args.scenario, args.set, DEFAULT_FEDERATED)
+    api.simulate(args.scenario, args.set, resume=args.resume, verbose=args.verbose)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from simulations.show import print_run
+
+    print_run(Path(args.run_dir), rows=args.rows)
     return 0
 
 
@@ -245,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "unlabeled target data, prune, fine-tune, evaluate and export.",
     )
     cen.add_argument(
-        "--config",
+        "scenario",
+        nargs="?",
         default=None,
         help=f"scenario YAML (default: {DEFAULT_CENTRALIZED.name}, or the built-in defaults with --set data.dataset)",
     )
@@ -289,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study.add_argument("study", help="study YAML (see studies/)")
     study.set_defaults(func=_study)
+    show = sub.add_parser(
+        "show",
+        help="a finished run's summary and per-round table",
+        description="Print a finished run directory's summary (teacher vs student) and its per-round metrics.",
+    )
+    show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (with summary.json)")
+    show.add_argument("--rows", type=int, default=40, help="the last ROWS metrics rows (default 40; 0: all)")
+    show.set_defaults(func=_show)
     _add_transplant(sub)
     _add_adapt_bn(sub)
     _add_device_tools(sub)

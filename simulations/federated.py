@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -61,7 +62,9 @@ def ray_environment(cfg: ScenarioConfig) -> None:
         constants.ENABLE_RAY_CLUSTER = False  # type: ignore[attr-defined]
 
 
-def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, verbose: bool = False) -> None:
+def run_federated_simulation(
+    cfg: ScenarioConfig, resume: str | None = None, verbose: bool = False
+) -> dict[str, Any] | None:
     """Start the Simulation Engine and run the ServerApp: the fleet's virtual devices run on a pool of
     SuperNodes (``federation.simulation_nodes``: as many as one exchange asks), not one node each.
 
@@ -83,10 +86,11 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
         logging.getLogger("flwr").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
     # what each virtual device keeps between its rounds (per-client duals): one file per device, per run
+    finished: list[Path] = []  # the run directory, once the ServerApp (in this process) has finished
     os.environ["FEDADMP_DEVICE_STATE_DIR"] = state_dir = tempfile.mkdtemp(prefix="fedadmp-devices-")
     try:
         run_simulation(
-            server_app=make_server_app(cfg, resume, virtual=True),
+            server_app=make_server_app(cfg, resume, virtual=True, finished=finished.append),
             client_app=client_app,
             num_supernodes=cfg.federation.simulation_nodes(task.num_devices),
             backend_config=backend_config(cfg),
@@ -96,3 +100,7 @@ def run_federated_simulation(cfg: ScenarioConfig, resume: str | None = None, ver
         for folder in (state_dir, os.environ.get("RAY_TMPDIR", "")):
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
+    if not finished:
+        return None
+    summary: dict[str, Any] = json.loads((finished[0] / "summary.json").read_text())
+    return summary

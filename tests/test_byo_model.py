@@ -16,7 +16,7 @@ from admp.teacher import initial_model
 from server.app import run_federated
 from tests.inprocess_grid import InProcessGrid
 
-MOBILE = "tests.byo_models:tiny_mobilenet"
+MOBILE = "examples.byo_models:tiny_mobilenet"
 
 
 def test_the_dependency_graph_couples_a_residual_add_and_a_depthwise_conv():
@@ -27,13 +27,13 @@ def test_the_dependency_graph_couples_a_residual_add_and_a_depthwise_conv():
         "net.down_bn": ["net.down_bn", "net.block2.project_bn"],
         "net.block2.expand_bn": ["net.block2.expand_bn", "net.block2.depthwise_bn"],
     }
-    assert groups_of(build_model("tests.byo_models:plain_mlp", 3, 1.0, (16,))) == {
+    assert groups_of(build_model("examples.byo_models:plain_mlp", 3, 1.0, (16,))) == {
         "net.2": ["net.2"],
         "net.5": ["net.5"],
     }
 
 
-@pytest.mark.parametrize("arch,shape", [(MOBILE, (3, 20, 20)), ("tests.byo_models:plain_mlp", (16,))])
+@pytest.mark.parametrize("arch,shape", [(MOBILE, (3, 20, 20)), ("examples.byo_models:plain_mlp", (16,))])
 def test_a_users_model_is_gated_pruned_and_exported_exactly(tmp_path, arch, shape):
     torch.manual_seed(0)
     model = build_model(arch, 4, 1.0, shape).eval()
@@ -53,10 +53,10 @@ def test_a_users_model_is_gated_pruned_and_exported_exactly(tmp_path, arch, shap
     "arch,needle",
     [
         ("no_such_package.models:net", "cannot import 'no_such_package.models'"),
-        ("tests.byo_models:missing", "has no callable 'missing'"),
-        ("tests.byo_models:not_a_module", "returned str, not a torch.nn.Module"),
-        ("tests.byo_models:without_batchnorm", "no prunable channels"),
-        ("tests.byo_models:plain_mlp", r"cannot take samples of shape \(1, 28, 28\)"),
+        ("examples.byo_models:missing", "has no callable 'missing'"),
+        ("tests.byo_refused:not_a_module", "returned str, not a torch.nn.Module"),
+        ("tests.byo_refused:without_batchnorm", "no prunable channels"),
+        ("examples.byo_models:plain_mlp", r"cannot take samples of shape \(1, 28, 28\)"),
     ],
 )
 def test_a_model_that_cannot_work_is_refused_before_training(arch, needle):

@@ -27,6 +27,7 @@ SMALL = [
     "data.samples_per_device=60",
     "federation.bn_recalibration=global",
     "run.threads=2",
+    "run.tensorboard=true",
 ]
 
 
@@ -46,6 +47,18 @@ def test_schedule_rho_and_exact_pruning(summary):
     assert all(r["hard_sparsity"] == pytest.approx(57 / 96) for r in rows[:3])
     assert summary["student"]["channels"] == {"conv1": 13, "conv2": 26}
     assert summary["channels_pruned"] == pytest.approx(57 / 96)
+
+
+def test_every_metrics_row_is_in_the_tensorboard_log(summary):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    log = EventAccumulator(str(Path(summary["run_dir"]) / "tensorboard"))
+    log.Reload()
+    for phase in ("mask", "finetune"):
+        logged = [(e.step, e.value) for e in log.Scalars(f"target_acc/{phase}")]
+        expected = [(r["step"], r["target_acc"]) for r in rows if r["phase"] == phase]
+        assert logged == [(step, pytest.approx(acc)) for step, acc in expected]
 
 
 def test_reported_accuracies_are_the_saved_models(summary):

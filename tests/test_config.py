@@ -66,10 +66,10 @@ def test_overrides_apply_and_are_validated(tmp_path):
 
 def test_cli_exits_2_with_one_clear_message(tmp_path, capsys):
     path = _write(tmp_path, "schedule:\n  mask_epochz: 3\n")
-    assert main(["centralized", "--config", str(path)]) == 2
+    assert main(["centralized", str(path)]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'schedule.mask_epochz'" in err and "Traceback" not in err
-    assert main(["centralized", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["centralized", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
 
 

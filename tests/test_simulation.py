@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from simulations.api import show, simulate
 from simulations.cli import main
 
 TINY = [
@@ -32,12 +33,11 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
+    """The run, through the Python API, which returns the summary the run wrote."""
     out = tmp_path_factory.mktemp("sim")
-    args = ["simulate"]
-    for item in [*TINY, f"run.out_dir={out}"]:
-        args += ["--set", item]
-    assert main(args) == 0
+    summary = simulate(None, [*TINY, f"run.out_dir={out}"])
     (run_dir,) = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]  # .device_cache beside it
+    assert summary == json.loads((run_dir / "summary.json").read_text()) and summary["run_dir"] == str(run_dir)
     return run_dir
 
 
@@ -50,6 +50,14 @@ def test_global_model_is_physically_pruned_and_exported(run):
     session = ort.InferenceSession(str(run / "pruned_model.onnx"), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert torch.allclose(exported(x), torch.from_numpy(onnx_out), atol=1e-4)  # both exports agree
+
+
+def test_show_prints_the_runs_rounds_and_summary(run, capsys):
+    assert main(["show", str(run), "--rows", "0"]) == 0
+    printed = capsys.readouterr().out
+    rows = show(run)["metrics"]
+    final = next(r for r in rows if r["phase"] == "final")
+    assert f"{final['target_acc']:.2f}" in printed and "finetune" in printed and str(run) in printed.replace("\n", "")
 
 
 def test_teacher_reached_each_device_once_across_workers(run):

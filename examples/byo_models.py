@@ -1,5 +1,6 @@
-"""Networks written as a user would, none of them ours: the bring-your-own-model tests build them by
-``model.arch: "tests.byo_models:<factory>"``."""
+"""Bring your own model: networks written as a user would, none of them FedADMP's. A run builds one by
+``model.arch: "examples.byo_models:<factory>"`` (importable on the server and on every device); a
+factory takes ``(num_classes, input_shape)`` and may take ``width``. See docs/models.md."""
 
 from __future__ import annotations
 
@@ -61,12 +62,3 @@ def plain_mlp(num_classes: int, input_shape: tuple[int, ...], width: float = 1.0
         nn.ReLU(),
         nn.Linear(h // 2, num_classes),
     )
-
-
-def without_batchnorm(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """Nothing to gate: no layer is followed by a BatchNorm."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), num_classes))
-
-
-def not_a_module(num_classes: int) -> str:
-    return "a string"
