@@ -50,7 +50,7 @@ class FleetClock:
         self, strategy: FleetStrategy, rnd: int, sent: list[Message], replies: list[Message]
     ) -> tuple[list[Message], dict[str, float]]:
         """The replies that count (stragglers dropped and rejected as such) and the round's clock figures."""
-        by_node = dict(strategy.asked)  # {node: the device it was asked for}
+        by_node = dict(strategy.exchange.asked)  # {node: the device it was asked for}
         down = {m.metadata.dst_node_id: P.content_bytes(m.content) for m in sent}
         timed: dict[int, tuple[Message, DeviceRound]] = {}
         for reply in replies:

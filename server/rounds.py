@@ -175,7 +175,7 @@ class RoundRunner:
         split among the asked devices where the server knows their sizes, else 1,000 (Flower's default)."""
         if self.secure is not None and self.secure.max_weight > 0:
             return self.secure.max_weight
-        bounds = [strategy.examples_bound(device, "train") for device in strategy.asked.values()]
+        bounds = [strategy.examples_bound(device, "train") for device in strategy.exchange.asked.values()]
         known = [b for b in bounds if b is not None]
         return float(max(known)) if known else 1000.0
 

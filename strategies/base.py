@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import Strategy
 from admp.seeding import numpy_rng
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
+from strategies.exchange import Exchange
 from strategies.privacy import Privacy
 from strategies.robust import Defence
 from strategies.roster import FixedRoster, Roster
@@ -111,10 +112,7 @@ class FleetStrategy(Strategy):
     def __init__(self, *, fleet: Fleet, policy: RoundPolicy) -> None:
         self.fleet = fleet
         self.policy = policy
-        self.collect_stats = False  # the evaluation under way seeds the fleet's aggregates
-        self.asked: dict[int, int] = {}  # {node id: device} of the exchange under way: the only replies accepted
-        self.outbox: dict[int, Message] = {}  # {node id: the message it was sent}: what its reply must answer
-        self.claims: dict[str, list[float]] = {}  # metric -> what the replies under validation claim
+        self.exchange = Exchange(0)  # what the exchange under way sent (messages() starts a new one)
 
     # --- sampling and messages -------------------------------------------------------------
     def sample(self, server_round: int, count: int, salt: str = "train") -> list[int]:
@@ -146,8 +144,10 @@ class FleetStrategy(Strategy):
         config: dict[str, Any],
         message_type: str,
         with_teacher: bool,
+        collect_stats: bool = False,
     ) -> list[Message]:
-        """One message per device with the records, the merged config and (once) the teacher."""
+        """One message per device with the records, the merged config and (once) the teacher; starts the
+        round's ``Exchange`` (``collect_stats``: the replies' statistics become the fleet's aggregates)."""
         delivery = self.fleet.delivery
         prior = self.fleet.shared.records() if with_teacher else {}  # training messages carry the aggregates
         if prior:
@@ -157,8 +157,7 @@ class FleetStrategy(Strategy):
             self.fleet.privacy.asked(device_ids)
         out = []
         nodes = self.fleet.roster.route(device_ids)
-        self.asked = dict(zip(nodes, device_ids, strict=True))
-        self.outbox = {}
+        self.exchange = Exchange(server_round, dict(zip(nodes, device_ids, strict=True)), collect_stats=collect_stats)
         for device, node in zip(device_ids, nodes, strict=True):
             content = RecordDict(dict(records) | prior)
             content[P.CONFIG] = P.make_config(
@@ -171,7 +170,7 @@ class FleetStrategy(Strategy):
                 delivery.sends[device] = delivery.sends.get(device, 0) + 1
                 delivery.holders.add(device)
             out.append(Message(content, dst_node_id=node, message_type=message_type))
-            self.outbox[node] = out[-1]  # the grid sets its id on push: a reply must answer this one
+            self.exchange.outbox[node] = out[-1]  # the grid sets its id on push: a reply must answer this one
         return out
 
     # --- replies ------------------------------------------------------------------------------
@@ -188,14 +187,11 @@ class FleetStrategy(Strategy):
         seen: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
-            device = self.asked.get(node, -1)
-            if node not in self.asked or node in seen:
-                self.reject(server_round, device, node, "a second reply" if node in seen else "not asked this round")
-                continue
+            device = self.exchange.asked.get(node, -1)
+            refusal = self.exchange.refusal(server_round, reply, seen)
             seen.add(node)
-            mismatch = _unbound(reply, self.outbox.get(node))
-            if mismatch:
-                self.reject(server_round, device, node, mismatch)
+            if refusal:
+                self.reject(server_round, device, node, refusal)
                 continue
             if reply.has_error():
                 lines = str(reply.error.reason or "").strip().splitlines()
@@ -219,7 +215,8 @@ class FleetStrategy(Strategy):
         that reply (whatever it raises: no reply may crash the server's round)."""
         parsed: list[Parsed] = []
         good = self.triage(server_round, replies)
-        self.claims = {key: [_claimed(content, key) for _, content in good] for key in (P.NUM_EXAMPLES, "unlabeled")}
+        claims = {key: [_claimed(content, key) for _, content in good] for key in (P.NUM_EXAMPLES, "unlabeled")}
+        self.exchange.claims = claims
         for device, content in good:
             try:
                 parsed.append(parse(device, content))
@@ -232,7 +229,7 @@ class FleetStrategy(Strategy):
 
     def node_of(self, device: int) -> int:
         """The node ``device`` was asked through in the exchange under way (-1: not asked)."""
-        return next((node for node, asked in self.asked.items() if asked == device), -1)
+        return self.exchange.node_of(device)
 
     def examples_bound(self, device: int, split: str, metric: str = P.NUM_EXAMPLES) -> int | None:
         """The most samples ``device`` can report for its ``split`` ("train" or "test"): its known size,
@@ -243,7 +240,7 @@ class FleetStrategy(Strategy):
         if self.fleet.capacity is not None:
             train, test = self.fleet.capacity(device)
             return train if split == "train" else test
-        finite = sorted(c for c in self.claims.get(metric, []) if math.isfinite(c) and c > 0)
+        finite = sorted(c for c in self.exchange.claims.get(metric, []) if math.isfinite(c) and c > 0)
         return int(10 * finite[len(finite) // 2]) if finite else None
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -257,10 +254,10 @@ class FleetStrategy(Strategy):
         aggregates, as a training round's do: a phase's first round then trains on the fleet's
         marginal and centroids of its starting model, not on each device's own).
         """
-        self.collect_stats = bool(config.get("fleet-stats", False))
+        collect = bool(config.get("fleet-stats", False))
         devices = self.sample(server_round, self.policy.eval_clients, salt="evaluate")
         records = {P.ARRAYS: arrays} | self.evaluation_records()
-        return self.messages(server_round, devices, records, dict(config), P.EVALUATE, with_teacher=False)
+        return self.messages(server_round, devices, records, dict(config), P.EVALUATE, False, collect_stats=collect)
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
         """Extra records the evaluating device needs (masks or keep masks)."""
@@ -280,11 +277,12 @@ class FleetStrategy(Strategy):
             label_free = None
             if P.STATS in content:
                 unlabeled = self.examples_bound(device, "train", "unlabeled")
-                label_free = aggregates.parse_label_free(content, unlabeled, self.collect_stats)
-            if label_free is not None and self.collect_stats:  # last: only a reply that passed every check
+                label_free = aggregates.parse_label_free(content, unlabeled, collect)
+            if label_free is not None and collect:  # last: only a reply that passed every check
                 stats.append((aggregates.parse(content, label_free.n, evaluation=True), label_free.n))
             return figures, n, label_free
 
+        collect = self.exchange.collect_stats
         stats: list[tuple[DeviceStats, int]] = []
         results = self.validated(server_round, replies, parse)
         if stats:
@@ -309,15 +307,3 @@ class FleetStrategy(Strategy):
     def summary(self) -> None:
         """Log the strategy's settings (Flower's Strategy interface)."""
         log.info("%s: %s clients/round", type(self).__name__, self.policy.clients_per_round)
-
-
-def _unbound(reply: Message, sent: Message | None) -> str:
-    """Why ``reply`` does not answer ``sent`` (its id, once the grid set one, and its type); "" if it does."""
-    if sent is None:
-        return ""
-    sent_id, reply_to = sent.metadata.message_id, reply.metadata.reply_to_message_id
-    if sent_id and reply_to != sent_id:
-        return "a reply to another message (stale, duplicated or of another round)"
-    if not reply.has_error() and reply.metadata.message_type != sent.metadata.message_type:
-        return f"a reply of type {reply.metadata.message_type} to a {sent.metadata.message_type} message"
-    return ""

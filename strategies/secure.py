@@ -130,7 +130,7 @@ def secure_aggregate(
     """The round's aggregate as one validated reply (``parse`` under device ``AGGREGATE``), and how many
     devices it sums; None when too few clear replies passed, their layouts differ, the protocol gave no
     mean, or the aggregate fails a check (logged as a rejection of ``AGGREGATE``)."""
-    strategy.outbox = {}  # the replies answer the SecAgg+ workflow's own messages (Flower binds those)
+    strategy.exchange.outbox = {}  # the replies answer the SecAgg+ workflow's own messages (Flower binds those)
     clear = strategy.validated(server_round, replies, parse_clear(strategy))
     if mean is None or len(clear) < max(strategy.policy.min_replies, 2):
         return None, len(clear)

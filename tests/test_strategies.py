@@ -138,6 +138,11 @@ def test_aggregation_validation_and_admm_round():
     reasons = {r.device: r.reason for r in strategy.fleet.rejections}
     assert set(reasons) == {2, 3}
     assert "masks.m.g: values in [0, 1.5]" in reasons[2] and "sensor offline" in reasons[3]
+    stale = _reply(msgs[100], [1.0, 1.0], [1.0] * 4, [1.0] * 4, 1)  # round 2's exchange, aggregated in round 3
+    assert strategy.aggregate_train(3, [stale])[0] is None and strategy.fleet.rejections[-1].reason == (
+        "not asked this round"
+    )
+    msgs = _messages(strategy, 3)
     strategy.aggregate_train(3, [_reply(msgs[100], [1.0, 1.0], [1.0] * 4, [1.0] * 4, 1)])
     assert strategy.state.rho == pytest.approx(0.2)  # rho schedule: x2
 
@@ -246,11 +251,10 @@ def test_rho_zero_is_plain_l1_without_admm_steps():
 
 def test_prune_ramp_prunes_part_of_the_share_at_the_first_z_step():
     strategy = _strategy(prune_ramp=2, clients=4)  # p = 0.5 over 4 channels: 1 pruned at the first Z-step, then 2
-    msgs = _messages(strategy, 2)
-    reply = lambda: [_reply(msgs[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]  # noqa: E731
-    strategy.aggregate_train(2, reply())
+    reply = lambda rnd: [_reply(_messages(strategy, rnd)[100], [1.0, 1.0], [0.9, 0.1, 0.4, 0.3], [1.0] * 4, 1)]  # noqa: E731
+    strategy.aggregate_train(2, reply(2))
     assert strategy.state.z["g"].tolist() == [1.0, 0.0, 1.0, 1.0]  # keep ceil(0.75 * 4) = 3
-    strategy.aggregate_train(3, reply())
+    strategy.aggregate_train(3, reply(3))
     assert strategy.state.z["g"].sum() == 2 and strategy.state.merge_mask()["g"].sum() == 2
 
 
@@ -338,8 +342,12 @@ def test_evaluation_replies_carry_a_validated_label_free_view():
     fleet = Fleet({0: 100, 1: 101}, 7, Delivery(P.to_record({"t": torch.ones(3)}), "abc"), {},
                   shared=SharedStats(2))  # fmt: skip
     strategy = FedKD(weights={"w": torch.zeros(2)}, keep=None, fleet=fleet, policy=RoundPolicy(2))
-    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_evaluate(1, P.to_record({"w": torch.zeros(2)}),
-                                                                           P.make_config({}), None)}  # fmt: skip
+
+    def ask(rnd):
+        return {m.metadata.dst_node_id: m for m in strategy.configure_evaluate(rnd, P.to_record({"w": torch.zeros(2)}),
+                                                                               P.make_config({}), None)}  # fmt: skip
+
+    msgs = ask(1)
 
     def reply(node, entropy, p):
         metrics = {"accuracy": 50.0, P.NUM_EXAMPLES: 10, "entropy": entropy, "unlabeled": 4}
@@ -351,6 +359,7 @@ def test_evaluation_replies_carry_a_validated_label_free_view():
     assert float(good["label-free-score"]) == pytest.approx(
         math.log(2) / 2 + 0.75 * math.log(0.75) + 0.25 * math.log(0.25)
     )
+    msgs = ask(2)
     bad = strategy.aggregate_evaluate(2, [reply(100, 0.0, [1.0, 0.0]), reply(101, 0.9, [0.5, 0.5])])
     assert int(bad["devices"]) == 1 and "outside [0, log 2]" in fleet.rejections[-1].reason  # 0.9 > ln 2: rejected
 
@@ -367,7 +376,7 @@ def test_an_evaluation_asked_for_fleet_stats_seeds_the_aggregates_of_the_first_r
     def reply(msgs, node, p, sums, mass, n):
         metrics = {"accuracy": 50.0, P.NUM_EXAMPLES: 10, "entropy": 0.1, "unlabeled": n}
         stats = {"mean-prediction": torch.tensor(p)}
-        if strategy.collect_stats:  # a device sends its sums only when asked
+        if strategy.exchange.collect_stats:  # a device sends its sums only when asked
             stats |= {"feature-sums": torch.tensor(sums), "feature-mass": torch.tensor(mass)}
         return Message(RecordDict({P.METRICS: P.metrics_record(metrics), P.STATS: P.to_record(stats)}),
                        reply_to=msgs[node])  # fmt: skip
