@@ -37,7 +37,7 @@ ScheduleBudget = Literal["epochs", "federation"]
 DeviceData = Literal["scenario", "own"]  # federation.device_data
 KeepInit = Literal["none", "l1", "fisher", "file"]  # admp.keep_init (admp.warmstart)
 MergeRecovery = Literal["auto", "none", "student", "teacher"]  # admp.merge_recovery (server.phases.mask_phase)
-Aggregation = Literal["mean", "clip", "median", "trimmed_mean"]  # strategies.robust
+Aggregation = Literal["auto", "mean", "clip", "median", "trimmed_mean"]  # strategies.robust (auto: resolved)
 
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # model.arch: a user's "package.module:factory"
 

@@ -322,8 +322,10 @@ class FederationSpec(Section):
     ray_num_cpus: Annotated[int, Field(ge=0)] = 0  # CPUs given to Ray (0: all)
     ray_address: str = ""  # join an existing Ray cluster at this address ("" : start a local one)
     stop_after_round: Annotated[int, Field(ge=0)] = 0  # pause after this round (0: run to the end); --resume goes on
-    aggregation: Aggregation = "mean"  # how replies are combined (strategies/robust.py): mean = FedAvg |
-    #   clip (updates clipped to clip_norm) | median | trimmed_mean (coordinate-wise, Yin et al. 2018)
+    aggregation: Aggregation = "auto"  # how replies and every fleet aggregate are combined (strategies/
+    #   robust.py): mean = FedAvg | clip (updates clipped to clip_norm) | median | trimmed_mean (coordinate-
+    #   wise, Yin et al. 2018) | auto: trimmed_mean, or mean under privacy or secure_aggregation (which need
+    #   the mean). trimmed_mean was chosen by the rule of studies/aggregation.yaml, fixed before its runs
     trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # trimmed_mean: share cut at each end per
     #   coordinate (int(share x replies) values: 0.2 cuts one of 5, the default clients per round)
     clip_norm: Annotated[float, Field(ge=0)] = 0.0  # clip: update norm bound; 0: the round's median update norm
@@ -381,7 +383,10 @@ class FederationSpec(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> FederationSpec:
-        """Settings under which rounds would run but could never do their job."""
+        """Settings under which rounds would run but could never do their job (``aggregation: auto`` is
+        resolved first: DP noise and SecAgg+'s sum are calibrated to the mean)."""
+        if self.aggregation == "auto":
+            self.aggregation = "mean" if self.privacy.active or self.secure_aggregation.enabled else "trimmed_mean"
         if self.min_replies > self.clients_per_round:
             raise SectionError(
                 "min_replies",

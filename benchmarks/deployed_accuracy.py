@@ -3,9 +3,11 @@
 For every device of a finished run (rebuilt from its ``config.yaml``, as the devices build their
 data): with ``bn_recalibration: local``, the device-side tool itself (``fedadmp adapt-bn`` on the
 device's unlabeled data, written to npz) makes the device's ONNX model; otherwise the device runs
-``pruned_model.onnx``. ONNX Runtime then scores the device's labeled test split. The
-example-weighted mean is compared with ``student.target_acc`` (and the exported model without the
-device step with ``student.target_acc_as_exported``). Writes ``deployed_accuracy.json`` into the run.
+``pruned_model.onnx``. ONNX Runtime then scores the device's labeled test split. The devices'
+accuracies, combined by the run's aggregation mode as the server combines their claims
+(``strategies.robust.combine_figure``), are compared with ``student.target_acc``, their accuracy over
+every test sample with ``student.target_acc_pooled``, and the exported model without the device step
+with ``student.target_acc_as_exported``. Writes ``deployed_accuracy.json`` into the run.
 
     python benchmarks/deployed_accuracy.py runs/federated-digits-YYYYmmdd-HHMMSS
 """
@@ -24,6 +26,7 @@ import torch
 from admp.config import load_config
 from admp.data.tasks import build_task
 from simulations.cli import main as fedadmp
+from strategies.robust import Defence, combine_figure
 
 
 def onnx_correct(path: Path, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -36,32 +39,37 @@ def onnx_correct(path: Path, x: torch.Tensor, y: torch.Tensor) -> int:
 def measure(run: Path) -> dict[str, object]:
     """Deployed and as-exported accuracy over the run's devices, beside the summary's figures."""
     cfg = load_config(run / "config.yaml")
+    fed = cfg.federation
+    defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm)
     task = build_task(cfg.data, cfg.run.seed)
-    local = cfg.federation.bn_recalibration == "local"
-    correct = {"deployed": 0, "as_exported": 0}
-    total = 0
+    local = fed.bn_recalibration == "local"
+    figures: dict[str, list[tuple[float, int]]] = {"deployed": [], "as_exported": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(task.num_devices):
             device = task.device(i)
             model = run / "pruned_model.onnx"
-            correct["as_exported"] += onnx_correct(model, device.test.x, device.test.y)
+            n = len(device.test)
+            figures["as_exported"].append((100.0 * onnx_correct(model, device.test.x, device.test.y) / max(n, 1), n))
             if local:  # the device-side step, through the shipped command
                 np.savez(Path(tmp) / "local.npz", x=device.train.x.numpy())
                 model = Path(tmp) / f"device{i}.onnx"
                 command = ["adapt-bn", str(run / "pruned_model.pt"), "--data", f"{tmp}/local.npz", "--out", str(model)]
                 if fedadmp(command) != 0:
                     raise RuntimeError(f"fedadmp adapt-bn failed on device {i}")
-            correct["deployed"] += onnx_correct(model, device.test.x, device.test.y)
-            total += len(device.test)
+            figures["deployed"].append((100.0 * onnx_correct(model, device.test.x, device.test.y) / max(n, 1), n))
     summary = json.loads((run / "summary.json").read_text())["student"]
+    pooled = Defence("mean")
     return {
         "run": str(run),
         "devices": task.num_devices,
-        "test_samples": total,
+        "test_samples": sum(n for _, n in figures["deployed"]),
         "device_step": "adapt-bn" if local else None,
-        "deployed_acc": 100.0 * correct["deployed"] / total,
+        "aggregation": fed.aggregation,
+        "deployed_acc": combine_figure(figures["deployed"], defence),
         "summary_target_acc": summary["target_acc"],
-        "as_exported_acc": 100.0 * correct["as_exported"] / total,
+        "deployed_acc_pooled": combine_figure(figures["deployed"], pooled),
+        "summary_target_acc_pooled": summary.get("target_acc_pooled"),
+        "as_exported_acc": combine_figure(figures["as_exported"], defence),
         "summary_target_acc_as_exported": summary.get("target_acc_as_exported"),
     }
 

@@ -54,7 +54,9 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "devices": len(session.fleet.roster),
         "nodes": session.fleet.roster.node_count(),  # the Flower nodes that carried them (simulation slots)
         "student": {
-            "target_acc": acc,
+            "target_acc": acc,  # the devices' accuracies combined by the run's aggregation mode
+            "target_acc_pooled": accs.get("accuracy-pooled"),  # over every test sample (their claims' mean)
+            "aggregation": fed.aggregation,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,
             "candidate": session.selection.get("chosen"),  # the label-free choice (server.selection)

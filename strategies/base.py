@@ -20,7 +20,7 @@ from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
 from strategies.exchange import Exchange
 from strategies.privacy import Privacy
-from strategies.robust import Defence
+from strategies.robust import Defence, combine_figure
 from strategies.roster import FixedRoster, Roster
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
@@ -264,8 +264,9 @@ class FleetStrategy(Strategy):
         return {}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Example-weighted accuracy over the devices that answered, and the label-free score of the
-        model where every device reported its predictions' statistics (``SharedStats.label_free``)."""
+        """Accuracy over the devices that answered, combined by the fleet's mode (``combine_figure``; and
+        ``accuracy-pooled``, the example-weighted mean of the claims), and the label-free score of the model
+        where every device reported its predictions' statistics (``SharedStats.label_free``)."""
 
         def parse(device: int, content: RecordDict) -> tuple[dict[str, float], int, LabelFree | None]:
             # a device without a test split counts with weight 0 (not a rejection)
@@ -291,7 +292,8 @@ class FleetStrategy(Strategy):
         metrics: dict[str, MetricRecordValues] = {"devices": len(results), P.NUM_EXAMPLES: total}
         for key in sorted({k for acc, n, _ in results if n > 0 for k in acc}):  # over the devices that report it
             pairs = [(acc[key], n) for acc, n, _ in results if key in acc]
-            metrics[key] = sum(v * n for v, n in pairs) / max(sum(n for _, n in pairs), 1)
+            metrics[key] = combine_figure(pairs, self.fleet.defence)
+            metrics[f"{key}-pooled"] = combine_figure(pairs, Defence("mean"))
         label_free = [lf for _, _, lf in results if lf is not None]
         if label_free and len(label_free) == len(results):
             metrics |= label_free_metrics(label_free, self.fleet.defence)

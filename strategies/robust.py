@@ -4,19 +4,21 @@ One device must not be able to take over the global model. Validation (``strateg
 rejects what is out of bounds; what stays inside the bounds can still pull an average, so a run can
 choose how the replies are combined:
 
-- ``mean``: FedAvg, the example-weighted mean (the default; no defence beyond validation);
+- ``mean``: FedAvg, the example-weighted mean (no defence beyond validation; the default under DP and
+  SecAgg+, whose noise and sum are calibrated to it);
 - ``clip``: every reply's update (reply - global) clipped to a norm bound, then the weighted mean;
   the bound is ``clip_norm``, or the round's median update norm where ``clip_norm`` is 0, so a few
   large updates cannot outweigh the rest (after Sun et al. 2019, "Can you really backdoor FL?");
 - ``median``: the coordinate-wise median (Yin et al. 2018), Flower's ``aggregate_median``;
 - ``trimmed_mean``: per coordinate, the mean after cutting ``trim`` of the values at each end
-  (Yin et al. 2018), Flower's ``aggregate_trimmed_avg``.
+  (Yin et al. 2018), Flower's ``aggregate_trimmed_avg``; the default otherwise (``studies/aggregation.yaml``).
 
 The median and the trimmed mean ignore example counts (a claimed count cannot buy influence).
 Integer buffers (BatchNorm's ``num_batches_tracked``) take the maximum in every mode.
 
 The fleet's statistics (mean prediction, class feature sums, pooled BatchNorm moments, gate Fisher
-information, the label-free score's figures) follow the same mode through ``combine_statistics``:
+information, the label-free score's figures, the evaluation figures) follow the same mode through
+``combine_statistics``:
 a statistic has no global value to clip against, so ``clip`` clips each device's per-example
 statistics towards their coordinate-wise median, to the median distance (centred clipping,
 Karimireddy et al. 2021), before the weighted mean.
@@ -92,6 +94,20 @@ def combine_statistics(items: Sequence[tuple[TensorDict, int]], defence: Defence
         out[k] = torch.from_numpy(combined[start : start + like.numel()].copy()).reshape(like.shape).to(like.dtype)
         start += like.numel()
     return out
+
+
+def combine_figure(pairs: Sequence[tuple[float, int]], defence: Defence) -> float:
+    """One evaluation figure (accuracy, %) from the devices' (figure, test examples) by the fleet's mode,
+    over the devices that tested something: the example-weighted mean under ``mean`` (the accuracy over
+    every test sample), else ``combine_statistics`` of the per-device figures, so that one device's
+    claim moves the fleet's figure no more than its update moves the model."""
+    tested = [(float(value), n) for value, n in pairs if n > 0]
+    if not tested:
+        return 0.0
+    if defence.aggregation == "mean":
+        return sum(v * n for v, n in tested) / sum(n for _, n in tested)
+    combined = combine_statistics([({"v": torch.tensor([v], dtype=torch.float64)}, n) for v, n in tested], defence)
+    return float(combined["v"][0])
 
 
 def clipped_mean(items: Sequence[tuple[TensorDict, int]], reference: TensorDict, clip_norm: float) -> TensorDict:

@@ -125,7 +125,10 @@ def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, in
             "schedule.warmup_epochs: 3 exceeds schedule.mask_epochs (2), "
             "which include the warm-up: no Z-step would run",
         ),
-        ("federation:\n  aggregation: average\n", "federation.aggregation: 'average' is not one of mean, clip, median"),
+        (
+            "federation:\n  aggregation: average\n",
+            "federation.aggregation: 'average' is not one of auto, mean, clip, median",
+        ),
         ("federation:\n  trim_fraction: 0.5\n", "federation.trim_fraction: 0.5 is out of range [0, 0.5)"),
         ("federation:\n  faults:\n    crash: 1.5\n", "federation.faults.crash: 1.5 is out of range [0, 1)"),
         (
@@ -196,3 +199,13 @@ def test_one_choice_list_for_config_and_code():
     assert DataSpec.model_fields["dataset"].annotation is choices.Dataset
     with pytest.raises(ConfigError, match=r"model\.arch: 'vgg' is not one of auto, lenet, resnet, cnn1d, mlp"):
         config_from_overrides(["model.arch=vgg"])
+
+
+def test_the_default_aggregation_is_the_trimmed_mean_unless_dp_or_secagg_need_the_mean():
+    """auto (studies/aggregation.yaml's rule): trimmed_mean; mean under DP or SecAgg+; a choice stays."""
+    assert config_from_overrides([]).federation.aggregation == "trimmed_mean"
+    private = ["federation.privacy.mode=central", "federation.privacy.target_epsilon=8"]
+    assert config_from_overrides(private).federation.aggregation == "mean"
+    secure = ["federation.secure_aggregation.enabled=true", "federation.clients_per_round=3"]
+    assert config_from_overrides(secure).federation.aggregation == "mean"
+    assert config_from_overrides(["federation.aggregation=clip"]).federation.aggregation == "clip"

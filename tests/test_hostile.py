@@ -13,7 +13,7 @@ from admp.state import AdmmSettings, AdmpState
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
-from strategies.robust import Defence, aggregate, combine_statistics, pooled_moments
+from strategies.robust import Defence, aggregate, combine_figure, combine_statistics, pooled_moments
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 
 pytestmark = pytest.mark.usefixtures("flower_task")
@@ -271,3 +271,29 @@ def test_one_plausible_claim_cannot_move_the_fleet_marginal_or_its_label_free_sc
     robust = label_free_metrics(views, Defence(mode, trim=0.1))
     assert robust["prediction-entropy"] == pytest.approx(0.6) and robust["class-balance"] == pytest.approx(1.0)
     assert label_free_metrics(views)["prediction-entropy"] == pytest.approx(0.54)
+
+
+@pytest.mark.parametrize("mode", ["clip", "median", "trimmed_mean"])
+def test_one_plausible_claim_cannot_move_the_fleet_accuracy(mode):
+    """Nine devices report 80 % on 20 test samples, a tenth claims 0 % on its 20 (inside every bound). The mean
+    (``accuracy-pooled``, and ``accuracy`` under mean) falls to 72 %; a robust mode keeps 80 %."""
+    fleet = _fleet(Defence(mode, trim=0.1))
+    strategy = FedKD(weights=dict(GLOBAL), keep=None, fleet=fleet, policy=RoundPolicy(10, 1, eval_clients=10))
+    sent = strategy.configure_evaluate(3, P.to_record(GLOBAL), P.make_config({}), None)
+    replies = [
+        Message(RecordDict({P.METRICS: P.metrics_record({"accuracy": acc, P.NUM_EXAMPLES: 20})}), reply_to=m)
+        for m, acc in zip(sent, [80.0] * 9 + [0.0], strict=True)
+    ]
+    metrics = strategy.aggregate_evaluate(3, replies)
+    assert metrics is not None and int(metrics["devices"]) == 10
+    assert float(metrics["accuracy"]) == pytest.approx(80.0) and float(metrics["accuracy-pooled"]) == pytest.approx(72)
+
+
+def test_evaluation_figures_by_hand():
+    """(90 %, 100), (90 %, 100), (60 %, 300), (50 %, 0): the untested device does not count. mean:
+    (90 + 90 + 180) / 5 = 72; median of 90, 90, 60 = 90; trimmed (a third at each end) = 90."""
+    pairs = [(90.0, 100), (90.0, 100), (60.0, 300), (50.0, 0)]
+    assert combine_figure(pairs, PLAIN) == pytest.approx(72.0)
+    assert combine_figure(pairs, Defence("median")) == pytest.approx(90.0)
+    assert combine_figure(pairs, Defence("trimmed_mean", trim=0.34)) == pytest.approx(90.0)
+    assert combine_figure([(50.0, 0)], Defence("median")) == 0.0
