@@ -3,11 +3,11 @@
 For every device of a finished run (rebuilt from its ``config.yaml``, as the devices build their
 data): with ``bn_recalibration: local``, the device-side tool itself (``fedadmp adapt-bn`` on the
 device's unlabeled data, written to npz) makes the device's ONNX model; otherwise the device runs
-``pruned_model.onnx``. ONNX Runtime then scores the device's labeled test split. The devices'
-accuracies, combined by the run's aggregation mode as the server combines their claims
-(``strategies.robust.combine_figure``), are compared with ``student.target_acc``, their accuracy over
-every test sample with ``student.target_acc_pooled``, and the exported model without the device step
-with ``student.target_acc_as_exported``. Writes ``deployed_accuracy.json`` into the run.
+``pruned_model.onnx``. ONNX Runtime then scores the device's labeled test split. The accuracy over
+every test sample is compared with ``student.target_acc``, the devices' accuracies combined by the
+run's aggregation mode as the server combines their claims (``strategies.robust.combine_figure``)
+with ``student.target_acc_robust``, and the exported model without the device step with
+``student.target_acc_as_exported``. Writes ``deployed_accuracy.json`` into the run.
 
     python benchmarks/deployed_accuracy.py runs/federated-digits-YYYYmmdd-HHMMSS
 """
@@ -65,11 +65,11 @@ def measure(run: Path) -> dict[str, object]:
         "test_samples": sum(n for _, n in figures["deployed"]),
         "device_step": "adapt-bn" if local else None,
         "aggregation": fed.aggregation,
-        "deployed_acc": combine_figure(figures["deployed"], defence),
+        "deployed_acc": combine_figure(figures["deployed"], pooled),
         "summary_target_acc": summary["target_acc"],
-        "deployed_acc_pooled": combine_figure(figures["deployed"], pooled),
-        "summary_target_acc_pooled": summary.get("target_acc_pooled"),
-        "as_exported_acc": combine_figure(figures["as_exported"], defence),
+        "deployed_acc_robust": combine_figure(figures["deployed"], defence) if fed.aggregation != "mean" else None,
+        "summary_target_acc_robust": summary.get("target_acc_robust"),
+        "as_exported_acc": combine_figure(figures["as_exported"], pooled),
         "summary_target_acc_as_exported": summary.get("target_acc_as_exported"),
     }
 

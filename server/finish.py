@@ -54,8 +54,8 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "devices": len(session.fleet.roster),
         "nodes": session.fleet.roster.node_count(),  # the Flower nodes that carried them (simulation slots)
         "student": {
-            "target_acc": acc,  # the devices' accuracies combined by the run's aggregation mode
-            "target_acc_pooled": accs.get("accuracy-pooled"),  # over every test sample (their claims' mean)
+            "target_acc": acc,  # over every test sample: the example-weighted mean of the devices' claims
+            "target_acc_robust": accs.get("accuracy-robust"),  # their accuracies combined by the mode (not mean)
             "aggregation": fed.aggregation,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,

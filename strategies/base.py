@@ -264,9 +264,11 @@ class FleetStrategy(Strategy):
         return {}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Accuracy over the devices that answered, combined by the fleet's mode (``combine_figure``; and
-        ``accuracy-pooled``, the example-weighted mean of the claims), and the label-free score of the model
-        where every device reported its predictions' statistics (``SharedStats.label_free``)."""
+        """Accuracy over the devices that answered: the example-weighted mean of their bounded claims (the
+        accuracy over every test sample: what the fleet gets), and under a robust mode ``accuracy-robust``,
+        the devices' accuracies combined by that mode (``combine_figure``: what one device's claim cannot
+        move; a trimmed mean of honest devices drops the worst, so it is not the headline); and the
+        label-free score where every device reported its predictions' statistics (``SharedStats.label_free``)."""
 
         def parse(device: int, content: RecordDict) -> tuple[dict[str, float], int, LabelFree | None]:
             # a device without a test split counts with weight 0 (not a rejection)
@@ -292,8 +294,9 @@ class FleetStrategy(Strategy):
         metrics: dict[str, MetricRecordValues] = {"devices": len(results), P.NUM_EXAMPLES: total}
         for key in sorted({k for acc, n, _ in results if n > 0 for k in acc}):  # over the devices that report it
             pairs = [(acc[key], n) for acc, n, _ in results if key in acc]
-            metrics[key] = combine_figure(pairs, self.fleet.defence)
-            metrics[f"{key}-pooled"] = combine_figure(pairs, Defence("mean"))
+            metrics[key] = combine_figure(pairs, Defence("mean"))
+            if self.fleet.defence.aggregation != "mean":
+                metrics[f"{key}-robust"] = combine_figure(pairs, self.fleet.defence)
         label_free = [lf for _, _, lf in results if lf is not None]
         if label_free and len(label_free) == len(results):
             metrics |= label_free_metrics(label_free, self.fleet.defence)

@@ -80,9 +80,9 @@ def test_the_run_benchmarks_reproduce_its_summary(run, tmp_path):
     measured = report(run / "deployed_accuracy.json", "deployed_acc", "summary_target_acc", "as_exported_acc")
     assert measured["deployed_acc"] == pytest.approx(measured["summary_target_acc"], abs=1e-6)
     assert measured["as_exported_acc"] == pytest.approx(measured["summary_target_acc_as_exported"], abs=1e-6)
-    assert measured["aggregation"] == "trimmed_mean"  # the default: the devices' figures are combined by it
-    assert measured["deployed_acc_pooled"] == pytest.approx(measured["summary_target_acc_pooled"], abs=1e-6)
+    assert measured["aggregation"] == "trimmed_mean"  # the default: the robust figure combines by it
+    assert measured["deployed_acc_robust"] == pytest.approx(measured["summary_target_acc_robust"], abs=1e-6)
     bench("int8.py", str(run), "--out", str(tmp_path / "int8.json"))
     models = report(tmp_path / "int8.json", "models")["models"]
-    assert models["pruned"]["accuracy"] == pytest.approx(measured["deployed_acc_pooled"], abs=1e-6)
+    assert models["pruned"]["accuracy"] == pytest.approx(measured["deployed_acc"], abs=1e-6)
     assert models["pruned-int8"]["bytes"] < models["pruned"]["bytes"] < models["dense"]["bytes"]
