@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admp.data.colour import value_noise
+from admp_data.colour import value_noise
 
 
 class InputNorm(nn.Module):

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from admp.augment import InputNorm
-from admp.choices import ARCHS, FACTORY_PATH
 from admp.groups import GroupSpec, classifier_of
+from admp_config.choices import ARCHS, FACTORY_PATH
 
 __all__ = ["ARCHITECTURES", "GroupSpec", "build_model", "classifier_of", "example_input", "groups_of"]
 
@@ -171,13 +171,13 @@ class FeatureMLP(nn.Module):
         return {"fc1": ["bn1"], "fc2": ["bn2"]}
 
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {  # keys: admp.choices.Arch
+ARCHITECTURES: dict[str, type[nn.Module]] = {  # keys: admp_config.choices.Arch
     "lenet": LeNet,
     "resnet": ResNetSmall,
     "cnn1d": SensorCNN1D,
     "mlp": FeatureMLP,
 }
-assert set(ARCHITECTURES) == set(ARCHS), "admp.choices.Arch and the model builders must name the same families"
+assert set(ARCHITECTURES) == set(ARCHS), "admp_config.choices.Arch and the model builders must name the same families"
 
 
 def groups_of(model: nn.Module) -> GroupSpec:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admp.config import AdmpHyper
 from admp.losses import information_maximisation, kd_divergence, pseudo_label_ce
+from admp_config.sections import AdmpHyper
 
 
 def uses_centroids(hp: AdmpHyper) -> bool:

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from admp.augment import augment, photometric_applies, randomise_appearance
-from admp.config import TeacherSpec
 from admp.metrics import accuracy
 from admp.trainer import batches
+from admp_config.sections import TeacherSpec
 
 
 def _supervised_epoch(

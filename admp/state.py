@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from admp import admm
-from admp.config import AdmpHyper
 from admp.masks import MaskDict, clone_masks, mask_sparsity, ones_masks, zeros_masks
+from admp_config.sections import AdmpHyper
 
 MASK_NAMES = ("m", "s", "z", "u")
 

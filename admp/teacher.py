@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from admp.augment import set_input_normalisation
-from admp.config import ConfigError, ScenarioConfig
-from admp.data.tasks import DEFAULT_ARCH, CrossDomainTask, arch_for_shape
 from admp.metrics import accuracy
 from admp.models import build_model
-from admp.seeding import derive_seed, torch_generator
 from admp.source import train_supervised
+from admp_config.base import ConfigError
+from admp_config.schema import ScenarioConfig
+from admp_config.seeding import derive_seed, torch_generator
+from admp_data.tasks import DEFAULT_ARCH, CrossDomainTask, arch_for_shape
 
 
 def resolve_arch(cfg: ScenarioConfig, input_shape: tuple[int, ...]) -> str:

@@ -17,13 +17,13 @@ from typing import overload
 import torch
 from torch import nn
 
-from admp.config import AdmpHyper
 from admp.losses import adversary_step, kd_divergence
 from admp.masks import MaskDict, clone_masks, gated
 from admp.metrics import accuracy
 from admp.models import GroupSpec, classifier_of
 from admp.objective import FleetPrior, adaptation_loss
 from admp.state import AdmpState
+from admp_config.sections import AdmpHyper
 
 
 @overload

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from admp.admm import keep_count, project_topk, z_step
-from admp.data.sources import DataError
 from admp.masks import MaskDict, zeros_masks
 from admp.models import GroupSpec
 from admp.surgery import l1_filter_scores
+from admp_data.sources import DataError
 
 
 def cloud_keep(model: nn.Module, groups: GroupSpec, prune_ratio: float, example: torch.Tensor) -> MaskDict:

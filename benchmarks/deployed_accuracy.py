@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from admp.config import load_config
-from admp.data.tasks import build_task
+from admp_config.schema import load_config
+from admp_data.tasks import build_task
 from simulations.cli import main as fedadmp
 from strategies.robust import Defence, combine_figure
 
@@ -39,10 +39,10 @@ def onnx_correct(path: Path, x: torch.Tensor, y: torch.Tensor) -> int:
 def measure(run: Path) -> dict[str, object]:
     """Deployed and as-exported accuracy over the run's devices, beside the summary's figures."""
     cfg = load_config(run / "config.yaml")
-    fed = cfg.federation
-    defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm)
+    robust = cfg.federation.robust
+    defence = Defence(robust.aggregation, robust.trim_fraction, robust.clip_norm)
     task = build_task(cfg.data, cfg.run.seed)
-    local = fed.bn_recalibration == "local"
+    local = cfg.federation.bn_recalibration == "local"
     figures: dict[str, list[tuple[float, int]]] = {"deployed": [], "as_exported": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(task.num_devices):
@@ -64,10 +64,10 @@ def measure(run: Path) -> dict[str, object]:
         "devices": task.num_devices,
         "test_samples": sum(n for _, n in figures["deployed"]),
         "device_step": "adapt-bn" if local else None,
-        "aggregation": fed.aggregation,
+        "aggregation": robust.aggregation,
         "deployed_acc": combine_figure(figures["deployed"], pooled),
         "summary_target_acc": summary["target_acc"],
-        "deployed_acc_robust": combine_figure(figures["deployed"], defence) if fed.aggregation != "mean" else None,
+        "deployed_acc_robust": combine_figure(figures["deployed"], defence) if robust.aggregation != "mean" else None,
         "summary_target_acc_robust": summary.get("target_acc_robust"),
         "as_exported_acc": combine_figure(figures["as_exported"], pooled),
         "summary_target_acc_as_exported": summary.get("target_acc_as_exported"),

@@ -36,13 +36,13 @@ def simulate_rounds(rounds: int, out: Path, sets: list[str]) -> tuple[Path, floa
 
 def plain_loop(run: Path, rounds: int) -> list[float]:
     """The same mask-phase rounds without Flower or Ray (same AdmpState steps); seconds per round."""
-    from admp.config import load_config
-    from admp.data.tasks import build_task
     from admp.masks import clone_masks, group_sizes
-    from admp.seeding import numpy_rng, torch_generator
     from admp.state import AdmmSettings, AdmpState
     from admp.teacher import initial_model
     from admp.trainer import admp_local_train, teacher_targets
+    from admp_config.schema import load_config
+    from admp_config.seeding import numpy_rng, torch_generator
+    from admp_data.tasks import build_task
     from strategies.aggregation import weighted_average
 
     cfg = load_config(run / "config.yaml")

@@ -24,12 +24,12 @@ import onnxruntime as ort
 import torch
 from deployed_accuracy import onnx_correct  # this folder is on the path of a script run from it
 
-from admp.config import load_config
-from admp.data.tasks import build_task
-from admp.deploy import save_bundle
 from admp.models import example_input
-from admp.surgery import export_onnx
 from admp.teacher import initial_model, resolve_arch
+from admp_config.schema import load_config
+from admp_data.tasks import build_task
+from admp_export.bundle import save_bundle
+from admp_export.formats import export_onnx
 from simulations.cli import main as fedadmp
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from admp.config import load_config
-from admp.data.sources import Split
-from admp.data.tasks import build_task
 from admp.metrics import accuracy
 from admp.teacher import prepare_teacher
+from admp_config.schema import load_config
+from admp_data.sources import Split
+from admp_data.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = {

@@ -22,18 +22,19 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable
 
 from admp.centroids import FeatureSums, class_sums, features_and_probs, student_pseudo_labels
-from admp.config import AdmpHyper, parse_section
-from admp.data.tasks import Device
-from admp.deploy import adapt_bn
 from admp.importance import measured_fisher
 from admp.losses import entropy
 from admp.masks import MaskDict, gated, group_sizes
 from admp.metrics import accuracy
 from admp.models import groups_of
 from admp.objective import FleetPrior, mean_prediction, predictions, shares_centroids, uses_centroids
-from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import admp_local_train, kd_finetune, local_epochs_for, recalibrate_bn, teacher_targets
+from admp_config.base import parse_section
+from admp_config.sections import AdmpHyper
+from admp_config.seeding import torch_generator
+from admp_data.tasks import Device
+from admp_export.bundle import adapt_bn
 from clients.device import (
     bn_moments,
     build_student,

@@ -22,13 +22,14 @@ import torch
 from flwr.app import ConfigRecord, ConfigScalar, Context, RecordDict
 from torch import nn
 
-from admp.config import DataSpec, parse_section
-from admp.data.tasks import CrossDomainTask, Device, build_task
 from admp.masks import MaskDict
 from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
 from admp.teacher import state_hash
 from admp.trainer import named_batchnorms
+from admp_config.base import parse_section
+from admp_config.sections import DataSpec
+from admp_data.tasks import CrossDomainTask, Device, build_task
 from strategies import protocol as P
 
 _TEACHERS: dict[str, dict[str, torch.Tensor]] = {}  # content hash -> state dict

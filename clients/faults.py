@@ -1,4 +1,4 @@
-"""The ClientApp mod that injects a simulated fleet's faults (``admp.faults``) into training replies.
+"""The ClientApp mod that injects a simulated fleet's faults (``admp_fleet.faults``) into training replies.
 
 The server puts the run's ``faults`` in the config of every message only when faults are on (a
 simulation setting); the mod draws this device's fault for the round from the root seed and acts
@@ -15,7 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp.faults import FaultSpec, corruptions_for, draw_fault
+from admp_fleet.faults import FaultSpec, corruptions_for, draw_fault
 from clients.device import config_float, config_int
 from strategies import protocol as P
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from admp.data.sources import DataError, Split, check_labels, check_samples, read_npz
-from admp.data.tasks import Device
-from admp.onnx_infer import InputError, read_images
+from admp_data.sources import DataError, Split, check_labels, check_samples, read_npz
+from admp_data.tasks import Device
+from admp_device.infer import InputError, read_images
 
 
 def _npz_split(path: Path, shape: tuple[int, ...], num_classes: int, test: bool) -> tuple[Split, Split | None]:

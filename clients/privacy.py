@@ -4,7 +4,7 @@ clips and noises what a training reply contributes before it leaves the device.
 The contribution is the reply's difference from what the server sent (weights, masks ``m`` and
 ``s``) and its self-training statistics per sample (the mean prediction against the fleet marginal it
 received; feature sums and masses over its sample count), clipped and noised by the same maths as the
-server's central mode (``admp/privacy.py``), then projected back to the ranges the server checks
+server's central mode (``admp_privacy/dp.py``), then projected back to the ranges the server checks
 (post-processing keeps the guarantee). Flower's ``LocalDpMod`` does the same for a single
 ArrayRecord; our replies carry several, so it cannot be used as is.
 """
@@ -19,7 +19,7 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp.privacy import (
+from admp_privacy.dp import (
     Parts,
     TensorDict,
     add_noise,

@@ -1,8 +1,10 @@
 """Run the FedADMP app on a real Flower 1.41 SuperLink and SuperNodes: ``up``, ``run``, ``down``.
 
-    python deploy/fleet.py up   --workdir /tmp/fleet --devices 2 --tls --auth
-    python deploy/fleet.py run  --workdir /tmp/fleet --out-dir /tmp/fleet/runs --overrides "data.num_devices=2"
-    python deploy/fleet.py down --workdir /tmp/fleet
+    fedadmp fleet up   --workdir /tmp/fleet --devices 2 --tls --auth
+    fedadmp fleet run  --workdir /tmp/fleet --out-dir /tmp/fleet/runs --overrides "data.num_devices=2"
+    fedadmp fleet down --workdir /tmp/fleet
+
+(``python deploy/fleet.py ...`` from a source tree is the same.)
 
 ``up`` writes what the fleet needs into the work directory (certificates, SuperNode keys, the
 Flower configuration ``flwr-home/config.toml``) and starts a supervisor, detached in a session
@@ -47,6 +49,7 @@ from deploy.spec import (
     STOP_TIMEOUT,
     Layout,
     Spec,
+    app_dir,
     flower_env,
     quoted,
     read_json,
@@ -105,7 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"{lay.root} is inside the app folder: `flwr run .` would pack its files into the app bundle")
         return 2
     if running(lay):
-        print(f"a fleet already runs in {lay.root}: `fleet.py down --workdir {lay.root}` first")
+        print(f"a fleet already runs in {lay.root}: `fedadmp fleet down --workdir {lay.root}` first")
         return 2
     spec = spec_from_args(args)
     if spec.workers and not socket_path_fits(sock := worker_socket(lay, max(spec.devices - 1, 0))):
@@ -158,8 +161,8 @@ def print_ready(lay: Layout, spec: Spec) -> None:
         cmd = ["flower-supernode", "--superlink", f"{host}:{link['port']}", *tls, *key]
         cmd += ["--node-config", f'device-id={i} data-path="/data/local.npz" cache-dir="/var/cache/fedadmp"']
         print(f"remote device {i} (copy ca.crt and keys/supernode-{i} to it): " + " ".join(shell_word(c) for c in cmd))
-    print(f"run:  {sys.executable} {Path(__file__).resolve()} run --workdir {lay.root} --out-dir DIR --overrides '...'")
-    print(f"stop: {sys.executable} {Path(__file__).resolve()} down --workdir {lay.root}")
+    print(f"run:  fedadmp fleet run --workdir {lay.root} --out-dir DIR --overrides '...'")
+    print(f"stop: fedadmp fleet down --workdir {lay.root}")
 
 
 def cmd_supervise(args: argparse.Namespace) -> int:
@@ -192,7 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cmd += ["--run-config", config]
     before = set(out.glob("*/summary.json")) if out is not None else set()
     print(" ".join(shell_word(c) for c in cmd), flush=True)
-    rc = subprocess.run(cmd, env=flower_env(lay.home), cwd=ROOT, stdin=subprocess.DEVNULL).returncode
+    app = app_dir(lay.root)
+    rc = subprocess.run(cmd, env=flower_env(lay.home), cwd=app, stdin=subprocess.DEVNULL).returncode
     if rc != 0 or out is None:
         return rc
     new = sorted(set(out.glob("*/summary.json")) - before)
@@ -234,13 +238,14 @@ def cmd_env(args: argparse.Namespace) -> int:
     spec = Spec(**read_json(lay.root / "spec.json"))
     print(f"export PATH={shell_word(str(BIN))}:$PATH FLWR_HOME={shell_word(str(lay.home))}")
     print("export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1")
-    print(f"# cd {shell_word(str(ROOT))} && flwr run . {spec.federation} --stream --run-config 'out-dir=\"/abs/runs\"'")
+    app = shell_word(str(app_dir(lay.root)))
+    print(f"# cd {app} && flwr run . {spec.federation} --stream --run-config 'out-dir=\"/abs/runs\"'")
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line (see the module docstring)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line (see the module docstring); ``prog``: the name it is called by."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     cmds = {
         "up": (cmd_up, "start a SuperLink and SuperNodes"),
@@ -284,9 +289,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python deploy/fleet.py {up,run,down,status,env} --workdir DIR ...``."""
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Entry point: ``fedadmp fleet`` or ``python deploy/fleet.py`` ``{up,run,down,status,env} --workdir DIR ...``."""
+    args = parser(prog).parse_args(argv)
     return int(args.func(args))
 
 

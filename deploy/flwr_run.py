@@ -43,8 +43,8 @@ def flower_env(home: Path, ray_tmp: str) -> dict[str, str]:
 
 def fleet_size(scenario: Path) -> int:
     """The scenario's number of devices (one simulated SuperNode each)."""
-    from admp.config import load_config
-    from admp.data.tasks import build_task
+    from admp_config.schema import load_config
+    from admp_data.tasks import build_task
 
     cfg = load_config(scenario)
     return build_task(cfg.data, cfg.run.seed).num_devices

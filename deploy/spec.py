@@ -20,6 +20,21 @@ if __package__ in (None, ""):  # run as a script (python deploy/fleet.py): make 
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_dir(workdir: Path) -> Path:
+    """The folder ``flwr run .`` builds the app bundle from: the source tree, whose pyproject.toml
+    declares the app; or, for an installed wheel (no source tree), ``<workdir>/app`` with
+    ``flower_app.toml`` as its pyproject.toml."""
+    source = ROOT / "pyproject.toml"
+    if source.is_file() and "[tool.flwr.app]" in source.read_text(encoding="utf-8"):
+        return ROOT
+    app = workdir / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    (app / "pyproject.toml").write_text(Path(__file__).with_name("flower_app.toml").read_text(encoding="utf-8"))
+    return app
+
+
 BIN = Path(sys.executable).parent
 STARTUP_TIMEOUT = 90.0  # two shared cores: importing the SuperLink alone takes seconds
 ONLINE_TIMEOUT = 180.0

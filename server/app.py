@@ -15,7 +15,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from admp.config import ScenarioConfig, config_from_overrides, load_config
+from admp_config.schema import ScenarioConfig, config_from_overrides, load_config
 from server.finish import finish
 from server.phases import adapt_teacher, discover, finetune_phase, mask_phase, self_train_teacher
 from server.setup import RunSetup

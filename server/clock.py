@@ -12,7 +12,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 from flwr.app import Message
 
-from admp.profiles import (
+from admp_fleet.profiles import (
     DeviceClass,
     DeviceRound,
     ProfileSpec,

@@ -9,7 +9,7 @@ from torch import nn
 
 from admp.metrics import cpu_latency_ms, model_report
 from admp.models import GroupSpec, example_input
-from admp.surgery import export_onnx, export_torchscript, onnx_max_abs_diff
+from admp_export.formats import export_onnx, export_torchscript, onnx_max_abs_diff
 from server.report import RunDirectory
 
 

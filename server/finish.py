@@ -56,7 +56,7 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "student": {
             "target_acc": acc,  # over every test sample: the example-weighted mean of the devices' claims
             "target_acc_robust": accs.get("accuracy-robust"),  # their accuracies combined by the mode (not mean)
-            "aggregation": fed.aggregation,
+            "aggregation": fed.robust.aggregation,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,
             "candidate": session.selection.get("chosen"),  # the label-free choice (server.selection)
@@ -72,7 +72,7 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "teacher_sends": {str(k): v for k, v in sorted(delivery.sends.items())},
         "rejected_replies": len(session.fleet.rejections),
         "rejections": [dataclasses.asdict(r) for r in session.fleet.rejections],
-        "aggregation": fed.aggregation,
+        "aggregation": fed.robust.aggregation,
         "fleet_clock": fleet_summary(run.run_dir.rows, run.run_dir.file("accuracy_vs_fleet_time.png")),
         "faults": fed.faults.model_dump() if fed.faults.active else None,
         "privacy": _privacy_summary(session),

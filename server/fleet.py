@@ -14,10 +14,10 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from torch import nn
 
-from admp.config import FederationSpec
-from admp.data.tasks import CrossDomainTask
-from admp.profiles import is_available, read_trace
 from admp.trainer import named_batchnorms
+from admp_config.federation import FederationSpec
+from admp_data.tasks import CrossDomainTask
+from admp_fleet.profiles import is_available, read_trace
 from server.exchange import send_and_wait
 from server.rounds import RoundRunner
 from strategies import protocol as P

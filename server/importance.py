@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 from flwr.app import RecordDict
 
-from admp.config import AdmpHyper
 from admp.importance import pooled_fisher, stepped_keep
 from admp.masks import MaskDict, group_sizes
+from admp_config.sections import AdmpHyper
 from server.rounds import RoundRunner, Weights
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_arrays, check_examples

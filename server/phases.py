@@ -13,7 +13,6 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from admp.centroids import feature_dim
-from admp.configbase import ConfigError
 from admp.masks import MaskDict, group_sizes, pruned_fraction
 from admp.models import example_input
 from admp.objective import shares_centroids
@@ -21,6 +20,7 @@ from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.teacher import state_hash
 from admp.trainer import norm_layers
+from admp_config.base import ConfigError
 from server.clock import FleetClock
 from server.fleet import (
     availability,
@@ -86,7 +86,9 @@ def discover(grid: Grid, run: RunSetup, virtual: bool = False) -> Session:
         if held.get("hash") == delivery.teacher_hash:  # the devices keep it in their cache: not sent again
             delivery.holders = {int(d) for d in held["devices"]}
     local_noise = fed.privacy.mode == "local"  # noised replies are longer than any update bound expects
-    defence = Defence(fed.aggregation, fed.trim_fraction, fed.clip_norm, 0.0 if local_noise else fed.max_update_ratio)
+    robust = fed.robust
+    update_bound = 0.0 if local_noise else robust.max_update_ratio
+    defence = Defence(robust.aggregation, robust.trim_fraction, robust.clip_norm, update_bound)
     sizes = device_sizes(task) if fed.device_data == "scenario" else None  # own data: sizes the server cannot know
     fleet = Fleet(devices, cfg.run.seed, delivery, base_config, shared=shared, defence=defence, capacity=sizes)
     fleet.available, fleet.over_selection = availability(fed, cfg.run.seed), fed.profiles.over_selection

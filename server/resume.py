@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from admp.config import ConfigError, ScenarioConfig
 from admp.masks import group_sizes
 from admp.models import example_input, groups_of
 from admp.surgery import prune_model
+from admp_config.base import ConfigError
+from admp_config.schema import ScenarioConfig
 
 PHASES = ("teacher", "mask", "kd", "done")
 ADMP_ENTRIES = ("m", "s", "z", "u")

@@ -13,14 +13,15 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from admp.config import ConfigError, ScenarioConfig, to_yaml
-from admp.data.tasks import CrossDomainTask, build_task
 from admp.masks import MaskDict, group_sizes
 from admp.models import GroupSpec, example_input, groups_of
-from admp.seeding import seed_everything
 from admp.surgery import prune_model
 from admp.teacher import initial_model, prepare_teacher, resolve_arch
 from admp.warmstart import read_keep
+from admp_config.base import ConfigError
+from admp_config.schema import ScenarioConfig, to_yaml
+from admp_config.seeding import seed_everything
+from admp_data.tasks import CrossDomainTask, build_task
 from server.report import RunDirectory
 from server.resume import check_metrics, check_schema, state_digest
 

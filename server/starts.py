@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from admp.masks import MaskDict, gated
 from admp.metrics import accuracy
 from admp.models import example_input
-from admp.seeding import torch_generator
 from admp.source import train_supervised
 from admp.surgery import prune_model
 from admp.warmstart import cloud_keep, layerwise_keeps
+from admp_config.seeding import torch_generator
 from server.importance import fleet_choice
 from server.setup import RunSetup
 

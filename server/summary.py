@@ -11,9 +11,9 @@ from typing import Any
 
 from torch import nn
 
-from admp.data.tasks import input_preprocessing
-from admp.deploy import model_contract, save_bundle
 from admp.masks import MaskDict
+from admp_data.tasks import input_preprocessing
+from admp_export.bundle import model_contract, save_bundle
 from server.export import export_and_measure
 from server.report import print_summary
 from server.setup import RunSetup

@@ -1,4 +1,4 @@
-"""The rule of ``studies/aggregation.yaml`` that settles the default ``federation.aggregation``.
+"""The rule of ``studies/aggregation.yaml`` that settles the default ``federation.robust.aggregation``.
 
 Per task, over the seeds where every arm ran: boosted gap(M) = clean - boosted_M and clean cost(M) =
 clean - clean_M (3-seed means of the deployed accuracy, points; ``clean`` is FedADMP under the mean on

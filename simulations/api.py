@@ -7,8 +7,8 @@
 
 Each run writes its directory exactly as the command line does (config, metrics, summary, plots,
 checkpoints, exports); the functions return what a notebook needs from it, so that nobody has to
-find the newest folder by hand. Config and data errors raise ``admp.config.ConfigError`` or
-``admp.data.sources.DataError`` before anything is trained.
+find the newest folder by hand. Config and data errors raise ``admp_config.schema.ConfigError`` or
+``admp_data.sources.DataError`` before anything is trained.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from admp.config import ScenarioConfig, config_from_overrides, load_config
+from admp_config.schema import ScenarioConfig, config_from_overrides, load_config
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -75,7 +75,7 @@ def study(path: str | Path) -> dict[str, Any]:
 def show(run_dir: str | Path) -> dict[str, Any]:
     """A finished run's summary and per-round metrics rows (``fedadmp show``); one clear error when the
     folder is not a finished run."""
-    from admp.config import ConfigError
+    from admp_config.base import ConfigError
 
     path = Path(run_dir)
     summary_file, metrics_file = path / "summary.json", path / "metrics.json"

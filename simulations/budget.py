@@ -8,8 +8,9 @@ data per round; the centralized phases take E epochs per round of the federated 
 
 from __future__ import annotations
 
-from admp.config import ScenarioConfig, ScheduleSpec
 from admp.trainer import local_epochs_for
+from admp_config.schema import ScenarioConfig
+from admp_config.sections import ScheduleSpec
 
 
 def epochs_per_round(cfg: ScenarioConfig, sizes: list[int]) -> float:

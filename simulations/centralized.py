@@ -17,18 +17,19 @@ from rich.console import Console
 from torch import nn
 
 from admp.centroids import student_pseudo_labels
-from admp.config import AdmpHyper, ScenarioConfig, to_yaml
-from admp.data.sources import Split
-from admp.data.tasks import Device
 from admp.importance import measured_fisher, stepped_keep
 from admp.masks import MaskDict, gated, group_sizes, pruned_fraction
 from admp.metrics import accuracy
 from admp.models import GroupSpec, example_input
 from admp.objective import uses_centroids
-from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
+from admp_config.schema import ScenarioConfig, to_yaml
+from admp_config.sections import AdmpHyper
+from admp_config.seeding import torch_generator
+from admp_data.sources import Split
+from admp_data.tasks import Device
 from server.setup import RunSetup
 from server.starts import mask_start, recover_on_source
 from server.summary import INFERENCE, write_summary

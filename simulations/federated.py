@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from admp.config import ScenarioConfig
-from admp.data.tasks import build_task
+from admp_config.schema import ScenarioConfig
+from admp_data.tasks import build_task
 from server.setup import check_resumable
 
 
@@ -24,13 +24,13 @@ def backend_config(cfg: ScenarioConfig) -> dict[str, dict[str, Any]]:
         "logging_level": logging.ERROR,
         "log_to_driver": True,
     }
-    if cfg.federation.ray_address:
-        init_args["address"] = cfg.federation.ray_address
+    if cfg.federation.ray.address:
+        init_args["address"] = cfg.federation.ray.address
     else:
         init_args["_node_ip_address"] = "127.0.0.1"
-        if cfg.federation.ray_num_cpus:
-            init_args["num_cpus"] = cfg.federation.ray_num_cpus
-    return {"client_resources": {"num_cpus": cfg.federation.client_cpus, "num_gpus": 0.0}, "init_args": init_args}
+        if cfg.federation.ray.num_cpus:
+            init_args["num_cpus"] = cfg.federation.ray.num_cpus
+    return {"client_resources": {"num_cpus": cfg.federation.ray.client_cpus, "num_gpus": 0.0}, "init_args": init_args}
 
 
 def _on_loopback(address: str) -> bool:
@@ -41,7 +41,7 @@ def _on_loopback(address: str) -> bool:
 
 def ray_environment(cfg: ScenarioConfig) -> None:
     """The environment a local Ray cluster starts in: a fresh temp dir per run (``RAY_TMPDIR``, so it
-    never joins a stale local cluster) and, unless ``federation.ray_address`` joins a real cluster,
+    never joins a stale local cluster) and, unless ``federation.ray.address`` joins a real cluster,
     loopback only. Ray 2.55 turns a requested node address of 127.0.0.1 into the host's address
     and binds its servers (GCS, raylet, workers) to every interface, unless multi-node clusters are
     off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read by ``ray._private.services.get_node_ip_address``):
@@ -53,7 +53,7 @@ def ray_environment(cfg: ScenarioConfig) -> None:
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     # the virtual devices' teacher cache: one content-addressed store beside the runs (kept for --resume)
     os.environ["FEDADMP_CACHE_DIR"] = str(Path(cfg.run.out_dir).resolve() / ".device_cache")
-    if cfg.federation.ray_address and not _on_loopback(cfg.federation.ray_address):
+    if cfg.federation.ray.address and not _on_loopback(cfg.federation.ray.address):
         return  # a real cluster: its nodes' addresses are what they are
     # our own local cluster, or one on this host's loopback (joined as 127.0.0.1, not as the host's address)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -69,7 +69,7 @@ def run_federated_simulation(
     SuperNodes (``federation.simulation_nodes``: as many as one exchange asks), not one node each.
 
     Ray gets a fresh temp dir per run and binds to loopback only (``ray_environment``); with
-    ``federation.ray_address`` it joins that cluster instead. Settings and the checkpoint to resume
+    ``federation.ray.address`` it joins that cluster instead. Settings and the checkpoint to resume
     from are checked before Ray starts.
     """
     task = build_task(cfg.data, cfg.run.seed)

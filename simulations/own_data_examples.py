@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from admp.data.npz import write_npz
-from admp.data.sources import Split, load_hapt, load_mnist, load_usps
+from admp_data.npz import write_npz
+from admp_data.sources import Split, load_hapt, load_mnist, load_usps
 
 
 def _subset(split: Split, n: int, seed: int) -> Split:

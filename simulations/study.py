@@ -17,9 +17,9 @@ from typing import Annotated, Any, get_args
 from pydantic import Field, model_validator
 from rich.console import Console
 
-from admp.choices import METHODS, Method, VariantMethod
-from admp.config import load_config, parse_section, read_yaml
-from admp.configbase import Section, SectionError
+from admp_config.base import Section, SectionError, parse_section
+from admp_config.choices import METHODS, Method, VariantMethod
+from admp_config.schema import load_config, read_yaml
 
 COLUMNS = [
     "run_id",

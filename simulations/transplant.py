@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 
-from admp.config import load_config
 from admp.masks import MaskDict
 from admp.warmstart import keep_overlap
+from admp_config.schema import load_config
 
 # name: (strategy, overrides); {ones}, {fisher}: the keep file of fedadmp_ones, fedadmp_fisher
 ARMS: dict[str, tuple[str, list[str]]] = {

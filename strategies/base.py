@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, MetricRec
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from admp.seeding import numpy_rng
+from admp_config.seeding import numpy_rng
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_examples, check_percent
 from strategies.exchange import Exchange

@@ -1,5 +1,5 @@
 """Client-level DP of the training rounds (``federation.privacy``): the server's side of the Gaussian
-mechanism (``admp/privacy.py``) and its accountant.
+mechanism (``admp_privacy/dp.py``) and its accountant.
 
 The accountant is Flower's ``RdpAccountant`` (``flwr.serverapp``, backed by Google's
 ``dp-accounting``). Central mode composes one sampled Gaussian release per aggregated training round:
@@ -29,9 +29,10 @@ from flwr.app import MetricRecordValues
 from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
 from admp.centroids import FeatureSums
-from admp.configbase import ConfigError
 from admp.masks import MaskDict
-from admp.privacy import (
+from admp_config.base import ConfigError
+from admp_config.seeding import torch_generator
+from admp_privacy.dp import (
     Parts,
     PrivacySpec,
     TensorDict,
@@ -44,7 +45,6 @@ from admp.privacy import (
     project_sums,
     released,
 )
-from admp.seeding import torch_generator
 from strategies.selftraining import DeviceStats, SharedStats
 
 

@@ -53,7 +53,7 @@ EVALUATE = MessageType.EVALUATE  # accuracy on the local labeled test split (eva
 # error codes of a failed reply: Flower's own, plus one of ours above Flower's range
 CLIENT_ERROR = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 TEACHER_MISSING = 1001  # the device holds no (valid) copy of the announced teacher
-DEVICE_DROPPED = 1002  # simulated fault: the device did not take part in the round (admp.faults)
+DEVICE_DROPPED = 1002  # simulated fault: the device did not take part in the round (admp_fleet.faults)
 DEVICE_LATE = 1003  # simulated fault: the device's reply came after the round's deadline
 
 

@@ -1,4 +1,4 @@
-"""Robust aggregation of the devices' replies (``federation.aggregation``): pure tensor maths.
+"""Robust aggregation of the devices' replies (``federation.robust.aggregation``): pure tensor maths.
 
 One device must not be able to take over the global model. Validation (``strategies.aggregation``)
 rejects what is out of bounds; what stays inside the bounds can still pull an average, so a run can
@@ -42,7 +42,7 @@ MODES = ("mean", "clip", "median", "trimmed_mean")
 
 @dataclass(frozen=True)
 class Defence:
-    """How replies are bounded and combined (``federation.aggregation`` and its companions)."""
+    """How replies are bounded and combined (``federation.robust.aggregation`` and its companions)."""
 
     aggregation: str = "mean"  # one of MODES
     trim: float = 0.2  # trimmed_mean: share cut at each end, per coordinate

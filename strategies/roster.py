@@ -92,7 +92,7 @@ class SlotRoster(Roster):
         if len(devices) > len(self.slots):
             raise ValueError(
                 f"one exchange asks {len(devices)} devices but the simulation has {len(self.slots)} nodes "
-                "(federation.sim_nodes)"
+                "(federation.ray.sim_nodes)"
             )
         outside = [d for d in devices if not 0 <= d < self.size]
         if outside:

@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord, MetricRecordValues, RecordDict
 
 from admp.centroids import FeatureSums, add_sums
 from admp.losses import entropy
-from admp.privacy import project_distribution
+from admp_privacy.dp import project_distribution
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_arrays, check_examples, check_range, weighted_average
 from strategies.robust import Defence, combine_statistics

@@ -1,5 +1,5 @@
 """Start a two-node Ray cluster on this host (a head and a worker, 1 CPU each, via Ray's own test
-``Cluster``), run a tiny ``fedadmp simulate`` that joins it through ``federation.ray_address``, and
+``Cluster``), run a tiny ``fedadmp simulate`` that joins it through ``federation.ray.address``, and
 print what the cluster saw as JSON. Every Ray process it starts is ended by ``Cluster.shutdown``.
 
     python tests/ray_cluster_run.py OUT_DIR
@@ -52,7 +52,7 @@ def main(out_dir: str) -> None:
     try:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
-        args = [*TINY, f"federation.ray_address={cluster.address}", f"run.out_dir={out_dir}"]
+        args = [*TINY, f"federation.ray.address={cluster.address}", f"run.out_dir={out_dir}"]
         cmd = [sys.executable, "-m", "simulations.cli", "simulate"]
         for item in args:
             cmd += ["--set", item]

@@ -33,7 +33,7 @@ TINY = [
     "federation.teacher_rounds=0",
     "federation.teacher_fallback=false",
     "federation.min_local_steps=0",
-    "federation.ray_num_cpus=2",
+    "federation.ray.num_cpus=2",
     "run.threads=1",
 ]
 

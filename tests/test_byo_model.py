@@ -7,12 +7,14 @@ import pytest
 import torch
 from rich.console import Console
 
-from admp.config import ConfigError, config_from_overrides
-from admp.deploy import load_bundle
 from admp.masks import gated, group_sizes
 from admp.models import build_model, example_input, groups_of
-from admp.surgery import export_onnx, onnx_max_abs_diff, prune_model
+from admp.surgery import prune_model
 from admp.teacher import initial_model
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_export.bundle import load_bundle
+from admp_export.formats import export_onnx, onnx_max_abs_diff
 from server.app import run_federated
 from tests.inprocess_grid import InProcessGrid
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from admp.config import config_from_overrides, load_config
-from admp.data.tasks import build_task
 from admp.metrics import accuracy
 from admp.teacher import initial_model
+from admp_config.schema import config_from_overrides, load_config
+from admp_data.tasks import build_task
 from simulations.budget import epochs_per_round, matched_schedule
 from simulations.centralized import run_centralized
 from simulations.cli import DEFAULT_CENTRALIZED

@@ -7,10 +7,10 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
-from admp.config import AdmpHyper, DataSpec
 from admp.masks import group_sizes, ones_masks, zeros_masks
 from admp.models import build_model
 from admp.teacher import state_hash
+from admp_config.sections import AdmpHyper, DataSpec
 from clients import app as client
 from clients import device as client_device
 from strategies import protocol as P

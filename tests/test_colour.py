@@ -1,4 +1,4 @@
-"""Colour and texture shifts (admp.data.colour), RGB digit tasks and RGB models end to end."""
+"""Colour and texture shifts (admp_data.colour), RGB digit tasks and RGB models end to end."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from admp.augment import photometric_applies, randomise_appearance
-from admp.config import DataSpec
-from admp.data.colour import blend, channel_swap, colour, colour_shift, invert, texture, value_noise
-from admp.data.tasks import build_task, default_shift_kinds
-from admp.deploy import load_bundle, save_bundle
 from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
+from admp_config.sections import DataSpec
+from admp_data.colour import blend, channel_swap, colour, colour_shift, invert, texture, value_noise
+from admp_data.tasks import build_task, default_shift_kinds
+from admp_export.bundle import load_bundle, save_bundle
 
 
 def _digit(channels: int = 3) -> torch.Tensor:

@@ -2,20 +2,12 @@ import json
 
 import pytest
 
-from admp import choices
-from admp.config import (
-    AdmpHyper,
-    ConfigError,
-    DataSpec,
-    ScenarioConfig,
-    config_from_overrides,
-    load_config,
-    parse_section,
-    to_yaml,
-)
-from admp.configbase import interval
-from admp.data.tasks import DEFAULT_ARCH
 from admp.models import ARCHITECTURES
+from admp_config import choices
+from admp_config.base import ConfigError, interval, parse_section
+from admp_config.schema import ScenarioConfig, config_from_overrides, load_config, to_yaml
+from admp_config.sections import AdmpHyper, DataSpec
+from admp_data.tasks import DEFAULT_ARCH
 from simulations.cli import DEFAULT_FEDERATED, main
 
 
@@ -126,10 +118,14 @@ def test_auto_bn_modes_follow_the_fleet_structure(tmp_path, data, teacher_bn, in
             "which include the warm-up: no Z-step would run",
         ),
         (
-            "federation:\n  aggregation: average\n",
-            "federation.aggregation: 'average' is not one of auto, mean, clip, median",
+            "federation:\n  robust:\n    aggregation: average\n",
+            "federation.robust.aggregation: 'average' is not one of auto, mean, clip, median",
         ),
-        ("federation:\n  trim_fraction: 0.5\n", "federation.trim_fraction: 0.5 is out of range [0, 0.5)"),
+        (
+            "federation:\n  robust:\n    trim_fraction: 0.5\n",
+            "federation.robust.trim_fraction: 0.5 is out of range [0, 0.5)",
+        ),
+        ("federation:\n  aggregation: mean\n", "unknown key 'federation.aggregation'"),
         ("federation:\n  faults:\n    crash: 1.5\n", "federation.faults.crash: 1.5 is out of range [0, 1)"),
         (
             "admp:\n  tau: x\n  prune_ratoi: 1\n",
@@ -203,9 +199,9 @@ def test_one_choice_list_for_config_and_code():
 
 def test_the_default_aggregation_is_the_trimmed_mean_unless_dp_or_secagg_need_the_mean():
     """auto (studies/aggregation.yaml's rule): trimmed_mean; mean under DP or SecAgg+; a choice stays."""
-    assert config_from_overrides([]).federation.aggregation == "trimmed_mean"
+    assert config_from_overrides([]).federation.robust.aggregation == "trimmed_mean"
     private = ["federation.privacy.mode=central", "federation.privacy.target_epsilon=8"]
-    assert config_from_overrides(private).federation.aggregation == "mean"
+    assert config_from_overrides(private).federation.robust.aggregation == "mean"
     secure = ["federation.secure_aggregation.enabled=true", "federation.clients_per_round=3"]
-    assert config_from_overrides(secure).federation.aggregation == "mean"
-    assert config_from_overrides(["federation.aggregation=clip"]).federation.aggregation == "clip"
+    assert config_from_overrides(secure).federation.robust.aggregation == "mean"
+    assert config_from_overrides(["federation.robust.aggregation=clip"]).federation.robust.aggregation == "clip"

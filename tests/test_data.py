@@ -2,13 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from admp.choices import IMAGE_SHIFTS, SENSOR_SHIFTS
-from admp.config import DataSpec
-from admp.data import partition as part
-from admp.data.images import load_image_folder
-from admp.data.shifts import ShiftSpec, apply_shift_mix
-from admp.data.sources import DataError, load_embedded_digits, load_hapt, load_mnist, load_usps
-from admp.data.tasks import build_task
+from admp_config.choices import IMAGE_SHIFTS, SENSOR_SHIFTS
+from admp_config.sections import DataSpec
+from admp_data import partition as part
+from admp_data.images import load_image_folder
+from admp_data.shifts import ShiftSpec, apply_shift_mix
+from admp_data.sources import DataError, load_embedded_digits, load_hapt, load_mnist, load_usps
+from admp_data.tasks import build_task
 
 
 def test_iid_partition_covers_disjointly():

@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-from admp.config import config_from_overrides
+from admp_config.schema import config_from_overrides
 from server.app import run_federated
 from strategies import protocol as P
 from tests.conftest import set_flower_task

@@ -7,9 +7,9 @@ import torch
 from flwr.app import Message, RecordDict
 
 from admp.augment import set_input_normalisation
-from admp.deploy import adapt_bn, load_bundle, save_bundle
 from admp.models import build_model, example_input
 from admp.surgery import prune_model
+from admp_export.bundle import adapt_bn, load_bundle, save_bundle
 from simulations.cli import main
 from strategies import protocol as P
 from strategies.base import Delivery, Fleet, RoundPolicy

@@ -6,7 +6,7 @@ The app's own run through the kit (``fleet.py run``, every message served by a d
 the deployed half of ``benchmarks/deployed_rounds.py``, whose smoke test (tests/test_benchmarks.py)
 checks it; one deployed run in the suite, not two.
 
-Everything runs as separate processes, as a user would type it (``python deploy/fleet.py ...``).
+Everything runs as separate processes, as a user would type it (``fedadmp fleet ...``).
 The unregistered SuperNode is started by this test in a session of its own, with the very
 command line the kit gives its own SuperNodes (same TLS flags, only another key), and is ended
 by this test; nothing else is signalled here.
@@ -28,7 +28,7 @@ from deploy import spec as kit
 from deploy.certs import make_supernode_key
 
 ROOT = Path(__file__).resolve().parents[1]
-FLEET = [sys.executable, str(ROOT / "deploy" / "fleet.py")]
+FLEET = [sys.executable, "-m", "simulations.cli", "fleet"]  # `fedadmp fleet`, the console script's code
 UP_TIMEOUT = 400.0
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from admp.augment import set_input_normalisation
-from admp.deploy import model_contract, save_bundle
 from admp.models import build_model, example_input
-from admp.surgery import export_onnx
+from admp_export.bundle import model_contract, save_bundle
+from admp_export.formats import export_onnx
 from simulations.cli import main as fedadmp
 
 

@@ -6,9 +6,9 @@ import math
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from admp.config import config_from_overrides
-from admp.configbase import ConfigError
-from admp.faults import FaultSpec, corruptions_for, draw_fault
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_fleet.faults import FaultSpec, corruptions_for, draw_fault
 from clients import app as client
 from strategies import protocol as P
 from tests.test_server import _rows, _run, _summary
@@ -81,7 +81,7 @@ def test_a_faulty_fleet_still_trains_and_reports_every_rejection(tmp_path):
         tmp_path,
         "federation.faults.dropout=0.3",
         "federation.faults.hostile_devices=[1]",
-        "federation.aggregation=median",
+        "federation.robust.aggregation=median",
         "federation.clients_per_round=4",
     )
     summary = _summary(run)

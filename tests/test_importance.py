@@ -7,10 +7,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
-from admp.config import ConfigError, config_from_overrides
 from admp.importance import fisher_keep, fisher_ratios, gate_fisher, pooled_fisher, stepped_keep
 from admp.masks import gated, group_sizes
 from admp.models import build_model
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
 from server.importance import _parse_fisher
 from strategies import protocol as P
 from strategies.aggregation import ReplyError

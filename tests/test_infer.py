@@ -1,4 +1,4 @@
-"""Device-side inference (``fedadmp infer`` / ``admp/onnx_infer.py``) on the exported ONNX model and its
+"""Device-side inference (``fedadmp infer`` / ``admp_device/infer.py``) on the exported ONNX model and its
 contract: npz, CSV and image-folder inputs, labels, and inputs that do not fit."""
 
 import json
@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from admp import onnx_infer
 from admp.augment import set_input_normalisation
-from admp.deploy import model_contract
 from admp.models import build_model, example_input
-from admp.surgery import export_onnx
+from admp_device import infer
+from admp_export.bundle import model_contract
+from admp_export.formats import export_onnx
 from simulations.cli import main as fedadmp
 
 
@@ -64,15 +64,15 @@ def test_infer_on_csv_windows_and_an_image_folder(exported, tmp_path, capsys):
     onnx, _, x, y = exported
     rows = np.concatenate([y[:, None].astype(np.float32), x.reshape(12, -1)], axis=1)
     np.savetxt(tmp_path / "w.csv", rows, delimiter=",", header="label," + ",".join(f"p{i}" for i in range(784)))
-    assert onnx_infer.main([str(onnx), "--data", str(tmp_path / "w.csv"), "--label-column", "0"]) == 0
+    assert infer.main([str(onnx), "--data", str(tmp_path / "w.csv"), "--label-column", "0"]) == 0
     assert "accuracy: 100.00 % (12/12)" in capsys.readouterr().out
     # 8-bit images in class folders: the labels are the folder names, pixels / 255 as the loader reads them
     pixels = (x[:, 0] * 255).round().astype(np.uint8)
     for i, (image, label) in enumerate(zip(pixels, y, strict=True)):
         (tmp_path / "img" / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image, mode="L").save(tmp_path / "img" / str(label) / f"{i}.png")
-    assert onnx_infer.main([str(onnx), "--data", str(tmp_path / "img")]) == 0
-    read, labels = onnx_infer.read_inputs(tmp_path / "img", exported[1])
+    assert infer.main([str(onnx), "--data", str(tmp_path / "img")]) == 0
+    read, labels = infer.read_inputs(tmp_path / "img", exported[1])
     assert read.shape == (12, 1, 28, 28)  # files in path order: each read image is one of the written ones
     assert all(np.abs(pixels / 255.0 - image[0]).max(axis=(1, 2)).min() < 1e-6 for image in read)
     assert labels is not None and sorted(labels.tolist()) == sorted(y.tolist())
@@ -88,7 +88,7 @@ def test_infer_on_csv_windows_and_an_image_folder(exported, tmp_path, capsys):
 )
 def test_inputs_that_do_not_fit_are_one_error(exported, tmp_path, capsys, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
-    assert onnx_infer.main([str(exported[0]), "--data", str(tmp_path / "bad.npz")]) == 2
+    assert infer.main([str(exported[0]), "--data", str(tmp_path / "bad.npz")]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -99,7 +99,7 @@ def test_an_int8_copy_is_smaller_and_agrees_with_the_float_model(exported, tmp_p
     assert fedadmp(["quantize", str(onnx), "--data", str(tmp_path / "calib.npz"), "--out", str(out)]) == 0
     assert out.stat().st_size < 0.5 * onnx.stat().st_size  # int8 weights: about a quarter of float32
     assert json.loads(out.with_suffix(".json").read_text())["model"] == "model_int8.onnx"
-    logits, _, _ = onnx_infer.run(onnx_infer.open_session(out), x)
+    logits, _, _ = infer.run(infer.open_session(out), x)
     assert (logits.argmax(axis=1) == y).mean() >= 0.75  # 12 samples: at most 3 flipped by rounding
 
 
@@ -111,16 +111,16 @@ def test_raw_sensor_windows_get_the_contract_s_standardisation(tmp_path):
     }
     x = np.array([[[1.0, 3.0, 5.0], [-2.0, -1.5, -3.0]]], np.float32)  # (1, 2, 3)
     np.savez(tmp_path / "w.npz", x=x)
-    out, _ = onnx_infer.read_inputs(tmp_path / "w.npz", contract, raw=True)
+    out, _ = infer.read_inputs(tmp_path / "w.npz", contract, raw=True)
     # channel 0: (1, 3, 5) - 1 = (0, 2, 4), / 2 = (0, 1, 2); channel 1: (0, 0.5, -1) / 0.5 = (0, 1, -2)
     assert out.tolist() == [[[0.0, 1.0, 2.0], [0.0, 1.0, -2.0]]]
-    same, _ = onnx_infer.read_inputs(tmp_path / "w.npz", contract)  # already preprocessed: as given
+    same, _ = infer.read_inputs(tmp_path / "w.npz", contract)  # already preprocessed: as given
     assert np.array_equal(same, x)
 
 
 def test_hapt_contract_records_its_standardisation(shared_data):
-    from admp.config import DataSpec
-    from admp.data.tasks import input_preprocessing
+    from admp_config.sections import DataSpec
+    from admp_data.tasks import input_preprocessing
 
     prep = input_preprocessing(DataSpec(dataset="hapt", data_dir=str(shared_data), partition="subject"))
     assert prep is not None and prep["kind"] == "standardise" and len(prep["mean"]) == len(prep["std"]) == 6

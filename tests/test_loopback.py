@@ -1,6 +1,6 @@
 """A simulation's Ray cluster listens on loopback only (issue 11): the servers of the node it starts
 (GCS, raylet, driver, workers, agents) are listed by their listening sockets. A run also joins an
-existing two-node cluster through ``federation.ray_address`` (issue 13 item 6)."""
+existing two-node cluster through ``federation.ray.address`` (issue 13 item 6)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from admp.config import config_from_overrides
+from admp_config.schema import config_from_overrides
 from simulations import federated
 
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
@@ -38,7 +38,7 @@ def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
     ):
         monkeypatch.setenv(key, "")  # restored after the test
-    cfg = config_from_overrides(["federation.ray_num_cpus=1"])
+    cfg = config_from_overrides(["federation.ray.num_cpus=1"])
     federated.ray_environment(cfg)
     import ray
 

@@ -9,14 +9,17 @@ import pytest
 import torch
 from rich.console import Console
 
-from admp.config import ConfigError, DataSpec, config_from_overrides
-from admp.data.npz import UNLABELED, load_npz
-from admp.data.sources import DataError, load_hapt
-from admp.data.tasks import arch_for_shape, build_task, load_domains
 from admp.masks import group_sizes
 from admp.models import build_model, example_input, groups_of
-from admp.surgery import export_onnx, onnx_max_abs_diff, prune_model
+from admp.surgery import prune_model
 from admp.teacher import initial_model
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_config.sections import DataSpec
+from admp_data.npz import UNLABELED, load_npz
+from admp_data.sources import DataError, load_hapt
+from admp_data.tasks import arch_for_shape, build_task, load_domains
+from admp_export.formats import export_onnx, onnx_max_abs_diff
 from server.app import run_federated
 from simulations import own_data_examples
 from simulations.cli import main

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from admp.config import ConfigError, config_from_overrides
-from admp.privacy import PrivacySpec, add_noise, clip_part, clipped_contribution, l2_norm, mean_parts
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_privacy.dp import PrivacySpec, add_noise, clip_part, clipped_contribution, l2_norm, mean_parts
 from server.app import run_federated
 from strategies.privacy import Privacy, calibrate, epsilon_after
 from tests.inprocess_grid import InProcessGrid
@@ -68,9 +69,13 @@ def test_central_release_is_the_mean_of_clipped_differences_plus_noise():
 def test_private_runs_need_noise_and_the_mean_and_keep_bn_on_the_devices():
     with pytest.raises(ConfigError, match=r"federation\.privacy\.noise_multiplier: set exactly one"):
         config_from_overrides(["federation.privacy.mode=central"])
-    with pytest.raises(ConfigError, match=r"federation\.privacy: needs federation\.aggregation mean"):
+    with pytest.raises(ConfigError, match=r"federation\.privacy: needs federation\.robust\.aggregation mean"):
         config_from_overrides(
-            ["federation.privacy.mode=central", "federation.privacy.target_epsilon=8", "federation.aggregation=median"]
+            [
+                "federation.privacy.mode=central",
+                "federation.privacy.target_epsilon=8",
+                "federation.robust.aggregation=median",
+            ]
         )
     with pytest.raises(ConfigError, match=r"admp\.teacher_bn: fleet pools BN moments"):
         config_from_overrides(

@@ -2,8 +2,8 @@
 
 import pytest
 
-from admp.configbase import ConfigError
-from admp.profiles import DeviceClass, DeviceRound, device_class, read_classes, round_clock, time_to_accuracy
+from admp_config.base import ConfigError
+from admp_fleet.profiles import DeviceClass, DeviceRound, device_class, read_classes, round_clock, time_to_accuracy
 from tests.test_server import _rows, _run, _summary
 
 pytestmark = pytest.mark.usefixtures("flower_task")
@@ -75,7 +75,7 @@ def test_a_fleet_with_a_slow_class_and_a_deadline(tmp_path):
 
 
 def test_availability_patterns_are_seeded_and_have_their_rates(tmp_path):
-    from admp.profiles import ProfileSpec, is_available, read_trace
+    from admp_fleet.profiles import ProfileSpec, is_available, read_trace
 
     random = ProfileSpec(availability="random", availability_p=0.6)
     draws = [is_available(random, 3, r, d, frozenset()) for r in range(40) for d in range(50)]
@@ -101,7 +101,7 @@ def test_over_selection_asks_more_and_keeps_the_fastest():
     assert [d.device for d in kept.accepted] == [0, 1] and [d.device for d in spare] == [2, 3]
     assert kept.seconds == pytest.approx(2.0)  # the round ends with its 2nd fastest reply
     with pytest.raises(ConfigError, match="over_selection: needs device classes"):
-        from admp.config import config_from_overrides
+        from admp_config.schema import config_from_overrides
 
         config_from_overrides(["federation.profiles.over_selection=0.5"])
 

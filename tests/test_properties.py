@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from admp import onnx_infer
 from admp.admm import keep_count
-from admp.config import ConfigError, config_from_overrides
 from admp.importance import fisher_keep
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_device import infer
 from server.resume import state_digest
 from strategies.aggregation import MAX_ABS, ReplyError, check_arrays
 
@@ -109,10 +110,10 @@ CONTRACT = {"input": {"shape": ["batch", 3], "value_range": [0.0, 1.0]}, "output
 def test_the_device_readers_checks_pass_only_what_the_model_can_take(x, y):
     path = Path("local.npz")
     try:
-        onnx_infer.check_values(x, CONTRACT, path)
+        infer.check_values(x, CONTRACT, path)
         if y is not None:
-            onnx_infer.check_labels(y, len(x), 4, path)
-    except onnx_infer.InputError:
+            infer.check_labels(y, len(x), 4, path)
+    except infer.InputError:
         return
     assert len(x) > 0 and np.isfinite(x).all() and x.min() >= -1.0 and x.max() <= 2.0  # within the range's slack
     assert y is None or (len(y) == len(x) and (y >= 0).all() and (y < 4).all())

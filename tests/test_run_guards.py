@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from admp.config import ConfigError, config_from_overrides
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
 from server.app import run_federated
 from simulations import federated
 from strategies import protocol as P
@@ -31,8 +32,8 @@ def no_ray(monkeypatch):
     ("override", "message"),
     [
         ("federation.clients_per_round=5", "federation.clients_per_round: 5 exceeds the fleet's 4 devices"),
-        ("federation.sim_nodes=9", "federation.sim_nodes: 9 exceeds the fleet's 4 devices"),
-        ("federation.sim_nodes=2", "federation.sim_nodes: 2 nodes cannot run the 4 devices one exchange asks"),
+        ("federation.ray.sim_nodes=9", "federation.ray.sim_nodes: 9 exceeds the fleet's 4 devices"),
+        ("federation.ray.sim_nodes=2", "federation.ray.sim_nodes: 2 nodes cannot run the 4 devices one exchange asks"),
         ("federation.faults.hostile_devices=[7]", r"federation.faults.hostile_devices: \[7\] are not in a fleet of 4"),
     ],
 )

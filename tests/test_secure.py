@@ -11,7 +11,8 @@ import pytest
 import torch
 from flwr.app import Message, RecordDict
 
-from admp.config import ConfigError, config_from_overrides
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
 from server.app import run_federated
 from strategies import protocol as P
 from strategies.secure import aggregate_reply, secure_vector
@@ -109,7 +110,7 @@ def test_a_device_lost_after_the_key_exchange_leaves_the_others_sum():
 
 @pytest.mark.parametrize(
     "override",
-    ["federation.aggregation=median", "federation.dual=per_client", "federation.clients_per_round=1",
+    ["federation.robust.aggregation=median", "federation.dual=per_client", "federation.clients_per_round=1",
      "federation.privacy={mode: central, noise_multiplier: 1.0}"],
 )  # fmt: skip
 def test_what_secure_aggregation_cannot_be_combined_with(override):

@@ -10,16 +10,16 @@ import torch
 from flwr.app import Error, Message
 from rich.console import Console
 
-from admp.config import config_from_overrides, to_yaml
-from admp.data.tasks import build_task
-from admp.deploy import load_bundle
 from admp.importance import measured_fisher, pooled_fisher, stepped_keep
 from admp.metrics import accuracy
 from admp.models import example_input
-from admp.seeding import torch_generator
 from admp.teacher import initial_model, state_hash
 from admp.trainer import per_device_bn_accuracy
 from admp.warmstart import cloud_keep
+from admp_config.schema import config_from_overrides, to_yaml
+from admp_config.seeding import torch_generator
+from admp_data.tasks import build_task
+from admp_export.bundle import load_bundle
 from server.app import run_federated
 from server.fleet import discover_devices
 from strategies import protocol as P

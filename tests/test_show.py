@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from admp.config import ConfigError
+from admp_config.base import ConfigError
 from simulations.api import show
 from simulations.cli import main
 from simulations.show import metrics_table

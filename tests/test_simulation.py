@@ -26,7 +26,7 @@ TINY = [
     "federation.teacher_rounds=0",
     "federation.teacher_fallback=false",  # two tiny mask rounds: the fallback would ship the dense teacher
     "federation.min_local_steps=0",  # one local epoch: this test checks the engine, not the schedule
-    "federation.ray_num_cpus=2",
+    "federation.ray.num_cpus=2",
     "run.threads=1",
 ]
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from admp.augment import InputNorm, augment, set_input_normalisation
-from admp.config import TeacherSpec
 from admp.metrics import accuracy
 from admp.models import build_model, example_input
 from admp.source import train_supervised
-from admp.surgery import export_onnx, prune_model
+from admp.surgery import prune_model
+from admp_config.sections import TeacherSpec
+from admp_export.formats import export_onnx
 
 
 def test_input_norm_uses_the_source_statistics_per_channel():

@@ -7,13 +7,13 @@ import torch
 from flwr.app import ConfigRecord, Context, RecordDict
 
 from admp.centroids import feature_dim, student_pseudo_labels
-from admp.config import AdmpHyper, DataSpec
 from admp.masks import group_sizes
 from admp.models import build_model
-from admp.seeding import torch_generator
 from admp.state import AdmmSettings, AdmpState
 from admp.teacher import state_hash
 from admp.trainer import admp_local_train, teacher_targets
+from admp_config.sections import AdmpHyper, DataSpec
+from admp_config.seeding import torch_generator
 from clients import app as client
 from clients.device import load_device
 from strategies import protocol as P

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from admp.config import ConfigError
+from admp_config.base import ConfigError
 from simulations import study as study_mod
 from simulations import study_report
 

@@ -9,7 +9,8 @@ from admp.custom import traced_groups
 from admp.masks import gated, group_sizes, zeros_masks
 from admp.metrics import channels_kept, count_macs, count_params
 from admp.models import build_model, example_input
-from admp.surgery import export_onnx, export_torchscript, l1_filter_scores, onnx_max_abs_diff, prune_model
+from admp.surgery import l1_filter_scores, prune_model
+from admp_export.formats import export_onnx, export_torchscript, onnx_max_abs_diff
 
 FAMILIES = [("lenet", 10), ("resnet", 10), ("cnn1d", 6), ("mlp", 5)]
 

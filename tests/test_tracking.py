@@ -4,7 +4,8 @@ import importlib.util
 
 import pytest
 
-from admp.config import ConfigError, config_from_overrides
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
 from server.tracking import scalars
 
 

@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 
-from admp.config import AdmpHyper
 from admp.losses import kd_divergence
 from admp.masks import group_sizes
 from admp.models import build_model, classifier_of
@@ -19,6 +18,7 @@ from admp.trainer import (
     steps_per_epoch,
     trained_parameters,
 )
+from admp_config.sections import AdmpHyper
 
 
 def _lenet() -> torch.nn.Module:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from admp.config import ConfigError, config_from_overrides
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
 from clients.device import device_id, load_dual, save_dual
 from server.app import run_federated
 from strategies import protocol as P
@@ -37,7 +38,7 @@ def test_simulation_nodes_follow_the_largest_exchange_not_the_fleet():
     every = config_from_overrides(["federation.clients_per_round=10", "federation.eval_clients=0"]).federation
     assert every.simulation_nodes(40) == 40  # evaluation on every device: a node each
     assert config_from_overrides([]).federation.eval_clients == 100  # sampled evaluation by default
-    few = config_from_overrides(["federation.clients_per_round=10", "federation.sim_nodes=5"]).federation
+    few = config_from_overrides(["federation.clients_per_round=10", "federation.ray.sim_nodes=5"]).federation
     with pytest.raises(ConfigError, match="sim_nodes: 5 nodes cannot run the 100 devices"):
         few.check_fleet(1000)
 

@@ -4,14 +4,15 @@ choice of what a run exports (server.guards.choose_export)."""
 import pytest
 import torch
 
-from admp.config import ConfigError, config_from_overrides
-from admp.data.sources import DataError
 from admp.masks import gated, group_sizes
 from admp.models import build_model, example_input
 from admp.source import train_supervised
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import l1_filter_scores, prune_model
 from admp.warmstart import cloud_keep, keep_overlap, layerwise_keeps, read_keep
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_data.sources import DataError
 from server.guards import FLAG_MARGIN, KEEP_MARGIN, choose_export
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from admp.configbase import Section, SectionError
+from admp_config.base import Section, SectionError
 
 
 class SecureSpec(Section):

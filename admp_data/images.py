@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from admp.data.sources import DataError, Split
+from admp_data.sources import DataError, Split
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 IGNORED = {"thumbs.db", "desktop.ini"}  # files an OS drops into folders

@@ -22,8 +22,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field
 
-from admp.configbase import Section
-from admp.seeding import numpy_rng
+from admp_config.base import Section
+from admp_config.seeding import numpy_rng
 
 Corruption = Literal["scale", "huge_n", "zero_masks", "flip_duals", "nan", "float64", "complex", "noise", "bad_metrics"]
 CORRUPTIONS: tuple[str, ...] = get_args(Corruption)

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from admp.configbase import Section, SectionError
+from admp_config.base import Section, SectionError
 
 TensorDict = dict[str, torch.Tensor]
 Parts = dict[str, TensorDict]  # part name -> named tensors (only floating tensors take part)

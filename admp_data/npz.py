@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from admp.data.sources import DataError, Split, check_labels, check_samples, read_npz
+from admp_data.sources import DataError, Split, check_labels, check_samples, read_npz
 
 REQUIRED = ("x_source", "y_source", "x_target")
 OPTIONAL = ("y_target", "group_target", "x_target_test", "y_target_test", "class_names")

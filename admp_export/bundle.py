@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from admp.augment import InputNorm
-from admp.data.sources import DataError
 from admp.masks import MaskDict
 from admp.models import build_model, example_input, groups_of
-from admp.onnx_infer import MAX_INPUT
 from admp.surgery import prune_model
 from admp.trainer import recalibrate_bn
+from admp_data.sources import DataError
+from admp_device.infer import MAX_INPUT
 
 BUNDLE_KEYS = ("arch", "num_classes", "width", "keep", "state")
 
@@ -55,7 +55,7 @@ def model_contract(
     preprocessing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a device must know to run the exported model (``pruned_model.json``, read by
-    ``admp/onnx_infer.py``): input and output names, shapes, dtype, the raw value range the model
+    ``admp_device/infer.py``): input and output names, shapes, dtype, the raw value range the model
     was trained on, the source normalisation the model applies itself, the class names, and the
     device step that inference expects (``adapt-bn`` or none), and any ``preprocessing`` the data
     pipeline applies to raw samples before the model (HAPT's standardisation; None for the rest)."""

@@ -4,9 +4,9 @@ A device needs this one file, its model (``pruned_model.onnx``, or the ``fedadmp
 and the contract written next to it (``pruned_model.json``: input and output names, shapes, dtype,
 value range, the normalisation the model applies itself, class names)::
 
-    python onnx_infer.py pruned_model.onnx --data local.npz            # array x (labels y optional)
-    python onnx_infer.py pruned_model.onnx --data photos/              # image folder (class folders = labels)
-    python onnx_infer.py pruned_model.onnx --data windows.csv --label-column 0
+    python infer.py pruned_model.onnx --data local.npz            # array x (labels y optional)
+    python infer.py pruned_model.onnx --data photos/              # image folder (class folders = labels)
+    python infer.py pruned_model.onnx --data windows.csv --label-column 0
 
 Inputs are raw values as the device records them (images in [0, 1] after /255, sensor windows as
 measured): the source normalisation is inside the model. Prints predictions and, where labels
@@ -128,7 +128,7 @@ def check_values(x: np.ndarray, contract: dict[str, Any], path: Path) -> None:
     message = f"{path}: inputs span [{lowest:.4g}, {highest:.4g}]; the contract's value range is [{low:g}, {high:g}]"
     if lowest < low - width or highest > high + width:
         raise InputError(message + " (images: pixels / 255; see the contract's 'raw')")
-    print(f"onnx_infer: warning: {message}", file=sys.stderr)
+    print(f"infer: warning: {message}", file=sys.stderr)
 
 
 def check_labels(y: np.ndarray, samples: int, classes: int, path: Path) -> None:
@@ -269,7 +269,7 @@ def run(session: Any, x: np.ndarray, batch: int = 64) -> tuple[np.ndarray, float
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: predictions, accuracy where labels exist, latency (``infer``)."""
-    parser = argparse.ArgumentParser(prog="onnx_infer", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="infer", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return infer(parser.parse_args(argv))
 
@@ -300,7 +300,7 @@ def infer(args: argparse.Namespace) -> int:
             raise InputError(f"{args.data}: data not found")
         x, y = read_inputs(args.data, contract, args.key, args.label_column, args.raw)
     except InputError as exc:
-        print(f"onnx_infer: error: {exc}", file=sys.stderr)
+        print(f"infer: error: {exc}", file=sys.stderr)
         return 2
     logits, single_ms, rate = run(session, x, args.batch)
     pred = logits.argmax(axis=1)

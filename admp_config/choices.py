@@ -1,6 +1,6 @@
 """Every choice list of the project, once: a ``Literal`` type for the config and a tuple for runtime.
 
-The config models (``admp.config``) annotate their fields with these types, so a value outside a
+The config models (``admp_config``) annotate their fields with these types, so a value outside a
 list is rejected with the list in the message; the modules that act on a choice (datasets, model
 builders, shifts, the study runner) take their tuples from here, so adding an option is one edit.
 """
@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 Dataset = Literal["digits", "mnist_usps", "usps_mnist", "mnist_mnist", "hapt", "imagefolder", "npz"]
 Arch = Literal["lenet", "resnet", "cnn1d", "mlp"]
-ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp.data.tasks.DEFAULT_ARCH)
+ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp_data.tasks.DEFAULT_ARCH)
 Photometric = Literal["auto", "always", "never"]  # teacher.photometric
 Partition = Literal["iid", "dirichlet", "subject"]
 UspsLayout = Literal["resize", "box"]

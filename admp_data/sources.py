@@ -1,5 +1,5 @@
 """Dataset loaders: embedded digits and the MNIST/USPS/HAPT npz files (a user's image folders:
-``admp.data.images``; a user's npz file: ``admp.data.npz``).
+``admp_data.images``; a user's npz file: ``admp_data.npz``).
 
 Every loader returns float32 tensors ready for the models (images (N, C, H, W) in [0, 1], sensor
 windows (N, 6, 128)) and int64 labels. A missing or malformed file raises ``DataError`` naming the
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from admp.choices import USPS_LAYOUTS
+from admp_config.choices import USPS_LAYOUTS
 
 DIGIT_CLASSES = 10  # MNIST and USPS: the digits 0..9
 HAPT_CLASSES = 6  # HAPT windows of the 6 basic activities (the shared file's labels 0..5)
@@ -90,7 +90,7 @@ def _open_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 
 
 # No pixel (even 0..255), sensor reading or feature comes near this; a value beyond it is a unit or file
-# error that training would turn into weights of that size (the device tools refuse the same: onnx_infer).
+# error that training would turn into weights of that size (the device tools refuse the same: admp_device.infer).
 MAX_VALUE = 1e6
 
 

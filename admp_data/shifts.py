@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from admp.choices import COLOUR_SHIFTS, SHIFT_KINDS  # names per modality: admp.choices.*_SHIFTS
-from admp.data.colour import colour_shift
+from admp_config.choices import COLOUR_SHIFTS, SHIFT_KINDS
+from admp_data.colour import colour_shift
 
 
 @dataclass(frozen=True)

@@ -15,22 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from admp.choices import COLOUR_SHIFTS, DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
-from admp.config import DataSpec
-from admp.data import partition as part
-from admp.data.images import load_image_folder
-from admp.data.npz import load_npz
-from admp.data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
-from admp.data.sources import (
-    DataError,
-    Split,
-    load_embedded_digits,
-    load_hapt,
-    load_mnist,
-    load_usps,
-    standardise,
-)
-from admp.seeding import numpy_rng, torch_generator
+from admp_config.choices import COLOUR_SHIFTS, DATASETS, IMAGE_SHIFTS, PARTITIONS, SENSOR_SHIFTS, Arch, Dataset
+from admp_config.sections import DataSpec
+from admp_config.seeding import numpy_rng, torch_generator
+from admp_data import partition as part
+from admp_data.images import load_image_folder
+from admp_data.npz import load_npz
+from admp_data.shifts import ShiftSpec, apply_shift_mix, random_shift_mix
+from admp_data.sources import DataError, Split, load_embedded_digits, load_hapt, load_mnist, load_usps, standardise
 
 DEFAULT_ARCH: dict[Dataset, Arch] = {
     "digits": "lenet",
@@ -239,7 +231,7 @@ def input_preprocessing(spec: DataSpec) -> dict[str, Any] | None:
         "kind": "standardise",
         "mean": source.mean(dim=(0, 2)).tolist(),
         "std": source.std(dim=(0, 2)).clamp_min(1e-6).tolist(),
-        "applies_to": "raw windows, per channel: (x - mean) / std before the model (onnx_infer --raw does it)",
+        "applies_to": "raw windows, per channel: (x - mean) / std before the model (admp_device.infer --raw does it)",
     }
 
 

@@ -20,8 +20,8 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from admp.configbase import ConfigError, Section, SectionError
-from admp.seeding import numpy_rng
+from admp_config.base import ConfigError, Section, SectionError
+from admp_config.seeding import numpy_rng
 
 Positive = Annotated[float, Field(gt=0)]
 
