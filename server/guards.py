@@ -55,3 +55,20 @@ def choose_export(pruned: list[tuple[str, float | None]], teacher_score: float |
             f"(best {best:.3f} vs {teacher_score:.3f}): the dense teacher is exported"
         )
     return name, reason
+
+
+ADAPTED_MARGIN = 1.0  # accuracy points: issue 23's bar ("teacher + target BN" minus 1), set before any run
+
+
+def below_adapted_teacher(teacher: dict[str, Any], student: dict[str, Any]) -> dict[str, Any] | None:
+    """Evaluation only (target labels; it decides nothing): whether the shipped student's accuracy is
+    more than ``ADAPTED_MARGIN`` points below the source teacher with target BN statistics, the cheapest
+    adaptation there is. None when either accuracy is unknown (a run without labels)."""
+    adapted, reached = teacher.get("target_acc_target_bn"), student.get("target_acc")
+    if adapted is None or reached is None:
+        return None
+    return {
+        "teacher_target_bn": adapted,
+        "student": reached,
+        "warning": reached < adapted - ADAPTED_MARGIN,
+    }

@@ -15,6 +15,7 @@ from admp.masks import MaskDict
 from admp_data.tasks import input_preprocessing
 from admp_export.bundle import model_contract, save_bundle
 from server.export import export_and_measure
+from server.guards import ADAPTED_MARGIN, below_adapted_teacher
 from server.report import print_summary
 from server.setup import RunSetup
 
@@ -62,6 +63,13 @@ def write_summary(
     summary["param_reduction"] = teacher["params"] / pruned["params"]
     summary["mac_reduction"] = teacher["macs"] / pruned["macs"]
     summary["wall_seconds"] = run.seconds()
+    summary["below_adapted_teacher"] = check = below_adapted_teacher(teacher, pruned)
+    if check and check["warning"]:
+        run.console.print(
+            f"[yellow]warning: the student's target accuracy {check['student']:.2f}% is more than "
+            f"{ADAPTED_MARGIN:g} point below the source teacher with target BN statistics "
+            f"({check['teacher_target_bn']:.2f}%): adaptation did not pay here"
+        )
     run.run_dir.write_json("summary.json", summary)
     run.run_dir.plot_training(x_key=x_key)
     print_summary(summary, title, run.console)

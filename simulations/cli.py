@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fedadmp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_runs(sub)
+    _add_reading(sub)
+    _add_transplant(sub)
+    add_device_commands(sub)
+    _add_fleet(sub)
+    return parser
+
+
+def _add_runs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``centralized`` and ``simulate``: a scenario (or the defaults), overrides, resume."""
     cen = sub.add_parser(
         "centralized",
         help="ADMP on pooled unlabeled target data (no federation)",
@@ -161,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     sim.set_defaults(func=_simulate)
+
+
+def _add_reading(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``study`` (a grid of runs and its report) and ``show`` (a finished run)."""
     study = sub.add_parser(
         "study",
         help="every method on the same splits, seeds and budget; tables and plots",
@@ -177,10 +191,6 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (with summary.json)")
     show.add_argument("--rows", type=int, default=40, help="the last ROWS metrics rows (default 40; 0: all)")
     show.set_defaults(func=_show)
-    _add_transplant(sub)
-    add_device_commands(sub)
-    _add_fleet(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
