@@ -56,7 +56,6 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
         "student": {
             "target_acc": acc,  # over every test sample: the example-weighted mean of the devices' claims
             "target_acc_robust": accs.get("accuracy-robust"),  # their accuracies combined by the mode (not mean)
-            "aggregation": fed.robust.aggregation,
             "inference": INFERENCE[fed.bn_recalibration],
             "target_acc_as_exported": as_exported,
             "candidate": session.selection.get("chosen"),  # the label-free choice (server.selection)

@@ -7,7 +7,7 @@
 
 Each run writes its directory exactly as the command line does (config, metrics, summary, plots,
 checkpoints, exports); the functions return what a notebook needs from it, so that nobody has to
-find the newest folder by hand. Config and data errors raise ``admp_config.schema.ConfigError`` or
+find the newest folder by hand. Config and data errors raise ``admp_config.base.ConfigError`` or
 ``admp_data.sources.DataError`` before anything is trained.
 """
 

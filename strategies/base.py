@@ -189,10 +189,10 @@ class FleetStrategy(Strategy):
             node = reply.metadata.src_node_id
             device = self.exchange.asked.get(node, -1)
             refusal = self.exchange.refusal(server_round, reply, seen)
-            seen.add(node)
             if refusal:
                 self.reject(server_round, device, node, refusal)
                 continue
+            seen.add(node)  # after the checks: a forged reply first cannot shut out the node's real one
             if reply.has_error():
                 lines = str(reply.error.reason or "").strip().splitlines()
                 reason = (lines or ["error"])[-1][:300]

@@ -297,3 +297,19 @@ def test_evaluation_figures_by_hand():
     assert combine_figure(pairs, Defence("median")) == pytest.approx(90.0)
     assert combine_figure(pairs, Defence("trimmed_mean", trim=0.34)) == pytest.approx(90.0)
     assert combine_figure([(50.0, 0)], Defence("median")) == 0.0
+
+
+def test_a_forged_reply_first_does_not_shut_out_the_nodes_real_one():
+    """A reply to another message arrives before the node's real reply: the forgery is rejected and the
+    real reply, which answers what was sent, is aggregated."""
+    strategy = _fedadmp(clients=2)
+    sent = _send(strategy)
+    for i, msg in enumerate(sent.values()):
+        msg.metadata.__dict__["_message_id"] = f"round-2-{i}"  # what a grid sets on push
+    first, second = sorted(sent)
+    forged = Message(_reply(sent[first], w=[5.0] * 4).content, reply_to=sent[second])
+    forged.metadata.__dict__["_src_node_id"] = first  # from the first node, answering the second's message
+    arrays, _ = strategy.aggregate_train(2, [forged, _reply(sent[first])])
+    reasons = [r.reason for r in strategy.fleet.rejections]
+    assert reasons == ["a reply to another message (stale, duplicated or of another round)"]
+    assert torch.allclose(P.from_record(arrays)["w"], torch.tensor([1.1, 0.9, 1.0, 1.0]))
