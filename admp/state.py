@@ -3,7 +3,7 @@
 One object for every path: the centralized run steps it after each epoch, the FedADMP strategy
 after each round (from the fleet's averaged m, or from mean_k(m_k + U_k) with per-client duals),
 and a device builds one from the message it receives and trains against it. The steps live here
-only; tests/test_state.py checks that rounds through the strategy and the real ClientApp with one
+only; tests/admp/test_state.py checks that rounds through the strategy and the real ClientApp with one
 device equal the same local training and steps applied to one state directly.
 
     Z = top-k_g(m + U)         U <- U + m - Z         rho <- min(gamma * rho, rho_max)

@@ -167,7 +167,7 @@ def content_bytes(content: RecordDict) -> int:
 @dataclass(frozen=True)
 class Sent:
     """One thing a device sends: the replies it is in, its record and key (``<...>`` is a name pattern),
-    its shape, and why the server needs it. Nothing else leaves a device (tests/test_declared_keys.py)."""
+    its shape, and why the server needs it. Nothing else leaves a device (tests/server/test_declared_keys.py)."""
 
     messages: tuple[str, ...]
     record: str

@@ -1,4 +1,4 @@
-"""Factories a run must refuse before training (tests/test_byo_model.py): the user's mistakes."""
+"""Factories a run must refuse before training (tests/admp/test_byo_model.py): the user's mistakes."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ import pytest
 
 from admp_config.base import ConfigError
 from admp_fleet.profiles import DeviceClass, DeviceRound, device_class, read_classes, round_clock, time_to_accuracy
-from tests.test_server import _rows, _run, _summary
+from tests.server.test_server import _rows, _run, _summary
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
@@ -122,7 +122,7 @@ def test_a_partly_available_over_selected_fleet(tmp_path):
 
 
 def test_training_rounds_sample_only_available_devices():
-    from tests.test_hostile import _fedadmp
+    from tests.strategies.test_hostile import _fedadmp
 
     strategy = _fedadmp(clients=2)
     strategy.fleet.available = lambda rnd, device: device % 3 == 0  # devices 0, 3, 6, 9 of 10
@@ -135,7 +135,7 @@ def test_training_rounds_sample_only_available_devices():
 
 def test_a_large_fleet_s_availability_is_asked_of_a_few_devices_only():
     from strategies.roster import SlotRoster
-    from tests.test_hostile import _fedadmp
+    from tests.strategies.test_hostile import _fedadmp
 
     strategy = _fedadmp(clients=10)
     strategy.fleet.roster = SlotRoster(100_000, list(range(10)))

@@ -8,7 +8,7 @@ from flwr.app import Context, Message, RecordDict
 from clients import app as client
 from clients.local_data import read_local_device
 from strategies import protocol as P
-from tests.test_client_app import _message, device_cache, teacher_state  # noqa: F401 (fixtures)
+from tests.clients.test_client_app import _message, device_cache, teacher_state  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 

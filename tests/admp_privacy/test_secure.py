@@ -17,7 +17,7 @@ from server.app import run_federated
 from strategies import protocol as P
 from strategies.secure import aggregate_reply, secure_vector
 from tests.inprocess_grid import InProcessGrid
-from tests.test_server import TINY
+from tests.server.test_server import TINY
 
 pytestmark = pytest.mark.usefixtures("flower_task", "quiet_console")
 

@@ -15,7 +15,7 @@ from server.app import run_federated
 from strategies import protocol as P
 from strategies.roster import FixedRoster, SlotRoster
 from tests.inprocess_grid import NODE_BASE, InProcessGrid
-from tests.test_server import TINY
+from tests.server.test_server import TINY
 
 pytestmark = pytest.mark.usefixtures("flower_task", "quiet_console")
 

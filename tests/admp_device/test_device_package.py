@@ -12,7 +12,7 @@ from admp_device import infer
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICE = ROOT / "admp_device"
 
 

@@ -6,7 +6,7 @@ import pytest
 from strategies import protocol as P
 from tests.conftest import set_flower_task
 from tests.inprocess_grid import InProcessGrid
-from tests.test_server import _rows, _run, _summary
+from tests.server.test_server import _rows, _run, _summary
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from server.app import run_federated
 from strategies import protocol as P
 from tests.conftest import set_flower_task
 from tests.inprocess_grid import InProcessGrid
-from tests.test_server import TINY
+from tests.server.test_server import TINY
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """``fedadmp fleet``: the deployment kit as a subcommand, and the Flower app an installed wheel runs
 (its declaration must stay the source tree's). No process is started here: the fleet itself runs in
-tests/test_deploy_kit.py (make test-deployment)."""
+tests/deploy/test_deploy_kit.py (make test-deployment)."""
 
 import json
 

@@ -2,7 +2,7 @@
 tiny scenario, and writes the report its README figure comes from (keys present, numbers finite).
 
 ``deployed_accuracy.py`` and ``int8.py`` read a finished run; they are run on the simulation test's
-run (tests/test_simulation.py), which already exists there, rather than on one more simulation here.
+run (tests/simulations/test_simulation.py), which already exists there, rather than on one more simulation here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 
 # The smallest run every simulating benchmark accepts: 4 devices, a one-epoch teacher, one mask round

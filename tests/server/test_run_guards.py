@@ -13,7 +13,7 @@ from simulations import federated
 from strategies import protocol as P
 from tests.conftest import set_flower_task
 from tests.inprocess_grid import NODE_BASE, InProcessGrid
-from tests.test_server import TINY, _run
+from tests.server.test_server import TINY, _run
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 

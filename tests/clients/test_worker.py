@@ -23,11 +23,11 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict
 from clients import app as client
 from clients import entry, wire
 from strategies import protocol as P
-from tests.test_client_app import _message
+from tests.clients.test_client_app import _message
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """One real Flower + Ray simulation through the CLI, kept tiny (4 devices, 2 mask + 1 fine-tune rounds).
 
-The phases' logic is covered in process (tests/test_server.py); this checks the Simulation Engine
+The phases' logic is covered in process (tests/server/test_server.py); this checks the Simulation Engine
 path: virtual SuperNodes, the teacher delivered once per device across Ray workers, the exports.
 """
 
@@ -77,7 +77,7 @@ def test_teacher_reached_each_device_once_across_workers(run):
 
 def test_the_run_benchmarks_reproduce_its_summary(run, tmp_path):
     """benchmarks/deployed_accuracy.py and int8.py on this run: what the devices get is the summary's figure."""
-    from tests.test_benchmarks import bench, report
+    from tests.benchmarks.test_benchmarks import bench, report
 
     bench("deployed_accuracy.py", str(run))
     measured = report(run / "deployed_accuracy.json", "deployed_acc", "summary_target_acc", "as_exported_acc")

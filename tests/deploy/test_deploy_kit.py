@@ -3,7 +3,7 @@ two SuperNodes with their workers online, a SuperNode whose key was never regist
 ``down`` ending exactly what ``up`` started.
 
 The app's own run through the kit (``fleet.py run``, every message served by a device's worker) is
-the deployed half of ``benchmarks/deployed_rounds.py``, whose smoke test (tests/test_benchmarks.py)
+the deployed half of ``benchmarks/deployed_rounds.py``, whose smoke test (tests/benchmarks/test_benchmarks.py)
 checks it; one deployed run in the suite, not two.
 
 Everything runs as separate processes, as a user would type it (``fedadmp fleet ...``).
@@ -27,7 +27,7 @@ from deploy import procs
 from deploy import spec as kit
 from deploy.certs import make_supernode_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLEET = [sys.executable, "-m", "simulations.cli", "fleet"]  # `fedadmp fleet`, the console script's code
 UP_TIMEOUT = 400.0
 

@@ -11,7 +11,7 @@ from admp_config.schema import config_from_overrides
 from admp_fleet.faults import FaultSpec, corruptions_for, draw_fault
 from clients import app as client
 from strategies import protocol as P
-from tests.test_server import _rows, _run, _summary
+from tests.server.test_server import _rows, _run, _summary
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 

@@ -57,7 +57,7 @@ def test_the_simulation_s_ray_servers_listen_on_loopback_only(monkeypatch):
 
 @pytest.mark.deployment
 def test_a_run_joins_an_existing_two_node_cluster_on_loopback(tmp_path):
-    script = Path(__file__).with_name("ray_cluster_run.py")
+    script = Path(__file__).resolve().parents[1] / "ray_cluster_run.py"
     done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])

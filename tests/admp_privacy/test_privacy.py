@@ -16,7 +16,7 @@ from admp_privacy.dp import PrivacySpec, add_noise, clip_part, clipped_contribut
 from server.app import run_federated
 from strategies.privacy import Privacy, calibrate, epsilon_after
 from tests.inprocess_grid import InProcessGrid
-from tests.test_server import TINY
+from tests.server.test_server import TINY
 
 pytestmark = pytest.mark.usefixtures("flower_task")
 
