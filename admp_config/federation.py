@@ -16,10 +16,8 @@ from admp_config.choices import (
     Dual,
     Strategy,
 )
-from admp_fleet.faults import FaultSpec
-from admp_fleet.profiles import ProfileSpec
-from admp_privacy.dp import PrivacySpec
-from admp_privacy.secure import SecureSpec
+from admp_config.fleet import FaultSpec, ProfileSpec
+from admp_config.privacy import PrivacySpec, SecureSpec
 
 
 class RobustSpec(Section):
@@ -96,7 +94,7 @@ class FederationSpec(Section):
     evaluate_labels: bool = True  # false: no device reads its labels (a deployment without them); runs report
     #   the label-free figures only, and no accuracy
     secure_aggregation: SecureSpec = Field(default_factory=SecureSpec)  # SecAgg+ over the training rounds
-    #   (admp_privacy/secure.py): off by default
+    #   (admp_config/privacy.py): off by default
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)  # client-level DP of the training rounds
     #   (admp_privacy/dp.py, strategies/privacy.py): off by default
     device_data: DeviceData = "scenario"  # scenario: each device's data is its partition of the scenario (the

@@ -18,38 +18,9 @@ round, device); the client mod that acts on them is ``clients.faults``.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, get_args
 
-from pydantic import Field
-
-from admp_config.base import Section
+from admp_config.fleet import CORRUPTIONS, FaultSpec
 from admp_config.seeding import numpy_rng
-
-Corruption = Literal["scale", "huge_n", "zero_masks", "flip_duals", "nan", "float64", "complex", "noise", "bad_metrics"]
-CORRUPTIONS: tuple[str, ...] = get_args(Corruption)
-HOSTILE: tuple[Corruption, ...] = ("scale", "huge_n", "zero_masks", "flip_duals")  # the issue's attacker
-Fault = Literal["dropout", "straggler", "crash", "garbage"]
-Probability = Annotated[float, Field(ge=0, lt=1)]
-
-
-class FaultSpec(Section):
-    """Faults injected into a simulated fleet; all off by default. Training messages only: the final
-    evaluation asks every device, so faulty and clean runs report on the same test data."""
-
-    dropout: Probability = 0.0  # per (round, device): the device does not answer
-    straggler: Probability = 0.0  # per (round, device): the device is slow (see straggler_delay_s)
-    straggler_delay_s: Annotated[float, Field(gt=0)] = 30.0  # a straggler's mean delay (exponential)
-    deadline_s: Annotated[float, Field(ge=0)] = 0.0  # replies later than this are dropped; 0: round_timeout
-    crash: Probability = 0.0  # per (round, device): the handler raises
-    garbage: Probability = 0.0  # per (round, device): a corrupted reply (a drawn kind of CORRUPTIONS)
-    hostile_devices: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)  # corrupt every reply
-    hostile: list[Corruption] = Field(default_factory=lambda: list(HOSTILE))  # what hostile devices do
-    scale: Annotated[float, Field(gt=0)] = 8.0  # "scale": the update (reply - global) times this
-
-    @property
-    def active(self) -> bool:
-        """Whether any fault is injected."""
-        return bool(self.dropout or self.straggler or self.crash or self.garbage or self.hostile_devices)
 
 
 def draw_fault(spec: FaultSpec, seed: int, server_round: int, device: int, deadline_s: float) -> tuple[str, float]:

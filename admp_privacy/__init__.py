@@ -1,2 +1,2 @@
-"""Privacy maths and settings: client-level differential privacy (``dp``: clipping, noise, projections)
-and the secure-aggregation section (``secure``)."""
+"""Privacy maths: client-level differential privacy (``dp``: clipping, noise, projections). Its settings
+(DP and SecAgg+) are sections of the scenario (``admp_config.privacy``)."""

@@ -13,56 +13,11 @@ its own contribution before sending).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
-
-from admp_config.base import Section, SectionError
 
 TensorDict = dict[str, torch.Tensor]
 Parts = dict[str, TensorDict]  # part name -> named tensors (only floating tensors take part)
-
-
-class PrivacySpec(Section):
-    """Client-level DP of the training rounds; off by default.
-
-    ``central``: the server clips each reply's contribution and adds Gaussian noise to their sum
-    (it sees clipped but un-noised replies: trust in the server's code). ``local``: each device clips
-    and noises its released weights, masks and statistics before they leave (the same epsilon then
-    costs far more noise in the average). Outside the guarantee in both: evaluation replies and the
-    training metrics (example counts, divergence, loss, epochs, handler time; docs/privacy.md).
-    """
-
-    mode: Literal["off", "central", "local"] = "off"
-    clip: Annotated[float, Field(gt=0)] = 1.0  # L2 bound of one device's whole contribution to a round
-    noise_multiplier: Annotated[float, Field(ge=0)] = 0.0  # z: noise std = z x clip on the sum
-    target_epsilon: Annotated[float, Field(ge=0)] = 0.0  # > 0: z calibrated so that every planned training
-    #   round together spends this epsilon at delta (replaces noise_multiplier)
-    delta: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: 1 / (number of devices)
-    max_epsilon: Annotated[float, Field(ge=0)] = 0.0  # > 0: training stops before a round would pass it
-    noise: Literal["seeded", "os"] = "seeded"  # central mode's noise and each round's sample: seeded from the
-    #   root seed, for simulation studies only (every device gets the root seed, so any of them could remove
-    #   the noise) | os: from the server's operating system (every deployment). Local mode's noise is always
-    #   the device's own (OS entropy): the server must not know it
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _off(cls, value: object) -> object:
-        """YAML reads a bare ``off`` as false: that is ``off``."""
-        return "off" if value is False else value
-
-    @property
-    def active(self) -> bool:
-        """Whether training rounds are privatised."""
-        return self.mode != "off"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PrivacySpec:
-        """A private run needs noise: a multiplier or an epsilon to calibrate one, not both."""
-        if self.active and (self.noise_multiplier > 0) == (self.target_epsilon > 0):
-            raise SectionError("noise_multiplier", "set exactly one of {p}noise_multiplier and {p}target_epsilon")
-        return self
 
 
 def released(state: TensorDict, modules: list[str] | None) -> TensorDict:

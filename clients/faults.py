@@ -15,7 +15,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
-from admp_fleet.faults import FaultSpec, corruptions_for, draw_fault
+from admp_config.fleet import FaultSpec
+from admp_fleet.faults import corruptions_for, draw_fault
 from clients.device import config_float, config_int
 from strategies import protocol as P
 

@@ -12,15 +12,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 from flwr.app import Message
 
-from admp_fleet.profiles import (
-    DeviceClass,
-    DeviceRound,
-    ProfileSpec,
-    RoundClock,
-    device_class,
-    round_clock,
-    time_to_accuracy,
-)
+from admp_config.fleet import DeviceClass, ProfileSpec
+from admp_fleet.profiles import DeviceRound, RoundClock, device_class, round_clock, time_to_accuracy
 from strategies import protocol as P
 from strategies.base import FleetStrategy
 

@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Message, MetricRecordValues
 from flwr.serverapp import Grid
 from rich.console import Console
 
-from admp_privacy.secure import SecureSpec
+from admp_config.privacy import SecureSpec
 from server.clock import FleetClock
 from server.exchange import payload_bytes, send_and_wait
 from server.report import RunDirectory

@@ -29,7 +29,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from admp_privacy.secure import SecureSpec
+from admp_config.privacy import SecureSpec
 from server.exchange import message_bytes, send_and_wait
 
 STAGES = 4  # set-up, key shares, masked vectors (the training stage), unmasking

@@ -31,10 +31,10 @@ from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyCon
 from admp.centroids import FeatureSums
 from admp.masks import MaskDict
 from admp_config.base import ConfigError
+from admp_config.privacy import PrivacySpec
 from admp_config.seeding import torch_generator
 from admp_privacy.dp import (
     Parts,
-    PrivacySpec,
     TensorDict,
     add_noise,
     clipped_contribution,

@@ -7,8 +7,9 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 
 from admp_config.base import ConfigError
+from admp_config.fleet import FaultSpec
 from admp_config.schema import config_from_overrides
-from admp_fleet.faults import FaultSpec, corruptions_for, draw_fault
+from admp_fleet.faults import corruptions_for, draw_fault
 from clients import app as client
 from strategies import protocol as P
 from tests.server.test_server import _rows, _run, _summary

@@ -3,7 +3,8 @@
 import pytest
 
 from admp_config.base import ConfigError
-from admp_fleet.profiles import DeviceClass, DeviceRound, device_class, read_classes, round_clock, time_to_accuracy
+from admp_config.fleet import DeviceClass, read_classes
+from admp_fleet.profiles import DeviceRound, device_class, round_clock, time_to_accuracy
 from tests.server.test_server import _rows, _run, _summary
 
 pytestmark = pytest.mark.usefixtures("flower_task")
@@ -75,7 +76,8 @@ def test_a_fleet_with_a_slow_class_and_a_deadline(tmp_path):
 
 
 def test_availability_patterns_are_seeded_and_have_their_rates(tmp_path):
-    from admp_fleet.profiles import ProfileSpec, is_available, read_trace
+    from admp_config.fleet import ProfileSpec
+    from admp_fleet.profiles import is_available, read_trace
 
     random = ProfileSpec(availability="random", availability_p=0.6)
     draws = [is_available(random, 3, r, d, frozenset()) for r in range(40) for d in range(50)]

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from admp_config.base import ConfigError
+from admp_config.privacy import PrivacySpec
 from admp_config.schema import config_from_overrides
-from admp_privacy.dp import PrivacySpec, add_noise, clip_part, clipped_contribution, l2_norm, mean_parts
+from admp_privacy.dp import add_noise, clip_part, clipped_contribution, l2_norm, mean_parts
 from server.app import run_federated
 from strategies.privacy import Privacy, calibrate, epsilon_after
 from tests.inprocess_grid import InProcessGrid
