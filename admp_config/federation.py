@@ -27,7 +27,7 @@ class RobustSpec(Section):
     aggregation: Aggregation = "auto"  # how replies and every fleet aggregate are combined (strategies/
     #   robust.py): mean = FedAvg | clip (updates clipped to clip_norm) | median | trimmed_mean (coordinate-
     #   wise, Yin et al. 2018) | auto: trimmed_mean, or mean under privacy or secure_aggregation (which need
-    #   the mean). trimmed_mean was chosen by the rule of studies/aggregation.yaml, fixed before its runs
+    #   the mean); the rule of studies/aggregation.yaml, fixed before its runs, picks trimmed_mean
     trim_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # trimmed_mean: share cut at each end per
     #   coordinate (int(share x replies) values: 0.2 cuts one of 5, the default clients per round)
     clip_norm: Annotated[float, Field(ge=0)] = 0.0  # clip: update norm bound; 0: the round's median update norm

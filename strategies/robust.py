@@ -101,13 +101,8 @@ def combine_figure(pairs: Sequence[tuple[float, int]], defence: Defence) -> floa
     over the devices that tested something: the example-weighted mean under ``mean`` (the accuracy over
     every test sample), else ``combine_statistics`` of the per-device figures, so that one device's
     claim moves the fleet's figure no more than its update moves the model."""
-    tested = [(float(value), n) for value, n in pairs if n > 0]
-    if not tested:
-        return 0.0
-    if defence.aggregation == "mean":
-        return sum(v * n for v, n in tested) / sum(n for _, n in tested)
-    combined = combine_statistics([({"v": torch.tensor([v], dtype=torch.float64)}, n) for v, n in tested], defence)
-    return float(combined["v"][0])
+    tested = [({"v": torch.tensor([float(value)], dtype=torch.float64)}, n) for value, n in pairs if n > 0]
+    return float(combine_statistics(tested, defence)["v"][0]) if tested else 0.0
 
 
 def clipped_mean(items: Sequence[tuple[TensorDict, int]], reference: TensorDict, clip_norm: float) -> TensorDict:

@@ -1,4 +1,4 @@
-"""The evaluation-only check of issue 23: a student more than 1 point below "teacher + target BN" is
+"""The evaluation-only check: a student more than 1 point below "teacher + target BN" is
 said so in the summary (by hand; it reads target labels' accuracy and decides nothing)."""
 
 from server.guards import below_adapted_teacher

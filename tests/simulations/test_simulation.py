@@ -62,7 +62,7 @@ def test_show_prints_the_runs_rounds_and_summary(run, capsys):
 
 def test_teacher_reached_each_device_once_across_workers(run):
     summary = json.loads((run / "summary.json").read_text())
-    check = summary["below_adapted_teacher"]  # issue 23: said in the summary, whichever way it went
+    check = summary["below_adapted_teacher"]  # said in the summary, whichever way it went
     assert check["student"] == summary["student"]["target_acc"]
     assert check["warning"] == (check["student"] < summary["teacher"]["target_acc_target_bn"] - 1)
     assert summary["teacher_sends"] == {"0": 1, "1": 1, "2": 1, "3": 1} and not summary["rejections"]
