@@ -27,29 +27,67 @@ from admp_data.colour import value_noise
 
 
 class InputNorm(nn.Module):
-    """x -> (x - mean_c) / std_c per input channel; identity until the statistics are set."""
+    """x -> (x - mean_c) / std_c per input channel; identity until the statistics are set.
+
+    Two switches make the input survive a change of colour (``teacher.grey_input``,
+    ``teacher.input_stats``): ``grey`` replaces every channel of an image by the channels' mean, so hue
+    never reaches the model; ``per_image`` normalises each sample's channels by that sample's own mean and
+    std over its positions (instance normalisation of the input), so a shift of mean colour or
+    contrast is removed, instead of by the source's statistics. Both are held in the integer ``mode``
+    buffer (grey, per_image as 0/1), so they travel with the weights and are part of every export; an
+    integer buffer takes no noise in a private round and is never averaged away.
+    """
 
     mean: torch.Tensor  # (C,) buffer
     std: torch.Tensor  # (C,) buffer
+    mode: torch.Tensor  # (2,) buffer: grey, per_image
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("std", torch.ones(channels))
+        self.register_buffer("mode", torch.zeros(2, dtype=torch.long))
+        self.grey, self.per_image = False, False
+
+    def set_mode(self, grey: bool, per_image: bool) -> None:
+        """Switch grey conversion and per-sample normalisation on or off."""
+        self.mode.copy_(torch.tensor([int(grey), int(per_image)]))
+        self._sync()
+
+    def _sync(self) -> None:
+        self.grey, self.per_image = bool(self.mode[0]), bool(self.mode[1])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # type: ignore[no-untyped-def]
+        state_dict.setdefault(
+            prefix + "mode", torch.zeros(2, dtype=torch.long)
+        )  # a model saved without the switches: both off
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        self._sync()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grey and x.dim() == 4:  # images only
+            x = x.mean(dim=1, keepdim=True).expand_as(x)
+        if self.per_image and x.dim() > 2:
+            positions = tuple(range(2, x.dim()))
+            return (x - x.mean(dim=positions, keepdim=True)) / x.std(dim=positions, keepdim=True).clamp_min(1e-3)
         shape = (1, -1, *([1] * (x.dim() - 2)))  # (1, C, 1[, 1]) for (N, C, ...) inputs
         return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
-def set_input_normalisation(model: nn.Module, x: torch.Tensor, floor: float = 1e-3) -> None:
-    """Set every ``InputNorm`` of ``model`` to the per-channel mean and std of ``x`` (N, C, ...)."""
+def set_input_normalisation(
+    model: nn.Module, x: torch.Tensor, floor: float = 1e-3, grey: bool = False, per_image: bool = False
+) -> None:
+    """Set every ``InputNorm`` of ``model``: its switches, and the per-channel mean and std of ``x``
+    (N, C, ...) as the model sees it (after the grey conversion where ``grey``)."""
+    if grey and x.dim() == 4:
+        x = x.mean(dim=1, keepdim=True).expand_as(x)
     dims = [d for d in range(x.dim()) if d != 1]
     mean, std = x.mean(dim=dims), x.std(dim=dims).clamp_min(floor)  # (C,), (C,)
     for module in model.modules():
         if isinstance(module, InputNorm):
             module.mean.copy_(mean)
             module.std.copy_(std)
+            module.set_mode(grey, per_image)
 
 
 def _image_affine(x: torch.Tensor, gen: torch.Generator, degrees: float, shift: float) -> torch.Tensor:

@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from admp.augment import set_input_normalisation
+from admp.augment import InputNorm, set_input_normalisation
 from admp.metrics import accuracy
 from admp.models import build_model
 from admp.source import train_supervised
 from admp_config.base import ConfigError
 from admp_config.schema import ScenarioConfig
+from admp_config.sections import TeacherSpec
 from admp_config.seeding import derive_seed, torch_generator
 from admp_data.tasks import DEFAULT_ARCH, CrossDomainTask, arch_for_shape
 
@@ -38,6 +39,27 @@ def initial_model(cfg: ScenarioConfig, num_classes: int, input_shape: tuple[int,
         raise ConfigError(f"model.arch: {exc}") from exc
 
 
+def configure_input(model: nn.Module, recipe: TeacherSpec, source_x: torch.Tensor) -> None:
+    """The model's input layer as the recipe says: source statistics (``normalise``), grey conversion
+    (``grey_input``) and per-sample normalisation (``input_stats: image``, images and windows only)."""
+    per_image = recipe.input_stats == "image"
+    if per_image and source_x.dim() < 3:
+        raise ConfigError(
+            "teacher.input_stats: 'image' needs images or sensor windows (N, C, ...); "
+            f"these samples are feature vectors of shape {tuple(source_x.shape[1:])}"
+        )
+    if recipe.grey_input and source_x.dim() != 4:
+        raise ConfigError(
+            f"teacher.grey_input: needs images (N, C, H, W); these samples have shape {tuple(source_x.shape[1:])}"
+        )
+    if recipe.normalise:
+        set_input_normalisation(model, source_x, grey=recipe.grey_input, per_image=per_image)
+        return
+    for module in model.modules():
+        if isinstance(module, InputNorm):
+            module.set_mode(recipe.grey_input, per_image)
+
+
 def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Module, dict[str, Any]]:
     """Train the teacher on labeled source data, or load ``teacher.checkpoint`` (weights only)."""
     teacher = initial_model(cfg, task.num_classes, task.input_shape)
@@ -51,8 +73,7 @@ def prepare_teacher(cfg: ScenarioConfig, task: CrossDomainTask) -> tuple[nn.Modu
         info["loaded_from"] = cfg.teacher.checkpoint
     else:
         start = time.perf_counter()
-        if cfg.teacher.normalise:
-            set_input_normalisation(teacher, task.source_train.x)
+        configure_input(teacher, cfg.teacher, task.source_train.x)
         source, val = task.source_train, task.source_val
         history = train_supervised(
             teacher, source.x, source.y, cfg.teacher, torch_generator(cfg.run.seed, "teacher"), val=(val.x, val.y)

@@ -14,6 +14,7 @@ Dataset = Literal["digits", "mnist_usps", "usps_mnist", "mnist_mnist", "hapt", "
 Arch = Literal["lenet", "resnet", "cnn1d", "mlp"]
 ArchChoice = Literal["auto", Arch]  # auto: the dataset's default architecture (admp_data.tasks.DEFAULT_ARCH)
 Photometric = Literal["auto", "always", "never"]  # teacher.photometric
+InputStats = Literal["source", "image"]  # teacher.input_stats
 Partition = Literal["iid", "dirichlet", "subject"]
 UspsLayout = Literal["resize", "box"]
 ImageMode = Literal["auto", "grey", "rgb"]

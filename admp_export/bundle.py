@@ -64,6 +64,7 @@ def model_contract(
     normalisation: dict[str, Any] = {"applied_inside_model": True}
     if norms:
         normalisation |= {"mean": norms[0].mean.tolist(), "std": norms[0].std.tolist()}
+        normalisation |= {"grey": norms[0].grey, "per_image": norms[0].per_image}
     return {
         "format": "fedadmp-model-contract/1",
         "model": onnx_file,

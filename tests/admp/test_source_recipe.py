@@ -26,6 +26,61 @@ def test_input_norm_uses_the_source_statistics_per_channel():
     assert float(out[0, 0, 0, 0]) == pytest.approx(-3.0 / (20 / 3) ** 0.5) and float(out[0, 1].abs().max()) == 0.0
 
 
+def test_grey_input_replaces_every_channel_by_the_channels_mean():
+    norm = InputNorm(3)
+    norm.set_mode(grey=True, per_image=False)  # source statistics left at mean 0, std 1
+    pixel = torch.tensor([0.3, 0.6, 0.9]).view(1, 3, 1, 1)
+    assert norm(pixel).flatten().tolist() == pytest.approx([0.6, 0.6, 0.6])
+    swapped = pixel[:, [2, 0, 1]]  # another hue, the same grey level
+    assert torch.allclose(norm(swapped), norm(pixel))
+
+
+def test_per_image_statistics_remove_a_change_of_mean_colour_and_contrast():
+    norm = InputNorm(1)
+    norm.set_mode(grey=False, per_image=True)
+    image = torch.tensor([0.0, 0.0, 2.0, 2.0]).view(1, 1, 2, 2)
+    # mean 1, sample std sqrt(4/3): every value is -+ 1/sqrt(4/3) = -+0.866
+    assert norm(image).flatten().tolist() == pytest.approx([-0.8660254, -0.8660254, 0.8660254, 0.8660254])
+    assert torch.allclose(norm(image * 0.3 + 0.5), norm(image), atol=1e-6)
+
+
+def test_the_input_switches_travel_with_the_weights_and_old_states_load_with_them_off():
+    model = build_model("lenet", 10, 0.25, (3, 28, 28))
+    set_input_normalisation(model, torch.rand(8, 3, 28, 28), grey=True, per_image=True)
+    copy_of = build_model("lenet", 10, 0.25, (3, 28, 28))
+    copy_of.load_state_dict(model.state_dict())
+    assert (copy_of.norm.grey, copy_of.norm.per_image) == (True, True)
+    assert model.state_dict()["norm.mode"].dtype == torch.long  # integer: no DP noise, never averaged away
+    older = {k: v for k, v in model.state_dict().items() if k != "norm.mode"}
+    fresh = build_model("lenet", 10, 0.25, (3, 28, 28))
+    fresh.load_state_dict(older)
+    assert (fresh.norm.grey, fresh.norm.per_image) == (False, False)
+
+
+def test_the_source_statistics_under_grey_input_are_the_grey_images():
+    x = torch.zeros(2, 3, 1, 1)
+    x[0, :, 0, 0] = torch.tensor([0.0, 0.3, 0.6])  # grey 0.3
+    x[1, :, 0, 0] = torch.tensor([0.9, 0.9, 0.9])  # grey 0.9
+    norm = InputNorm(3)
+    set_input_normalisation(norm, x, grey=True)
+    # every channel sees 0.3 and 0.9: mean 0.6, sample std sqrt(0.18) = 0.4243
+    assert norm.mean.tolist() == pytest.approx([0.6] * 3) and norm.std.tolist() == pytest.approx([0.18**0.5] * 3)
+
+
+def test_input_switches_the_samples_cannot_take_are_config_errors():
+    from admp.teacher import configure_input
+    from admp_config.base import ConfigError
+
+    model = build_model("mlp", 3, 1.0, (5,))
+    with pytest.raises(ConfigError, match=r"teacher\.input_stats"):
+        configure_input(model, TeacherSpec(input_stats="image"), torch.rand(4, 5))
+    with pytest.raises(ConfigError, match=r"teacher\.grey_input"):
+        configure_input(model, TeacherSpec(grey_input=True), torch.rand(4, 5))
+    images = build_model("lenet", 10, 0.25, (3, 28, 28))
+    configure_input(images, TeacherSpec(normalise=False, grey_input=True), torch.rand(4, 3, 28, 28))
+    assert images.norm.grey and images.norm.mean.tolist() == [0.0] * 3  # switch set, statistics left alone
+
+
 def test_the_exported_model_normalises_raw_inputs_itself(tmp_path):
     """Normalisation is part of the model, survives pruning and is in the ONNX graph: a device feeds raw x."""
     torch.manual_seed(0)
