@@ -58,9 +58,8 @@ class InputNorm(nn.Module):
         self.grey, self.per_image = bool(self.mode[0]), bool(self.mode[1])
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # type: ignore[no-untyped-def]
-        state_dict.setdefault(
-            prefix + "mode", torch.zeros(2, dtype=torch.long)
-        )  # a model saved without the switches: both off
+        # a model saved without the switches loads with both off
+        state_dict.setdefault(prefix + "mode", torch.zeros(2, dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
         self._sync()
 

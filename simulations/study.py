@@ -202,8 +202,18 @@ def _append(csv_path: Path, row: dict[str, Any]) -> None:
         writer.writerow({k: row.get(k, "") for k in columns})
 
 
+TeacherKey = tuple[str, int, tuple[str, ...]]
+TEACHER_SECTIONS = ("data", "model", "teacher")  # the sections a teacher is built from
+
+
+def teacher_key(task: str, seed: int, overrides: list[str]) -> TeacherKey:
+    """The runs that can share one teacher: the same task and seed, and the same overrides of the
+    sections the teacher is built from (a variant that changes the teacher's recipe trains its own)."""
+    return task, seed, tuple(sorted(o for o in overrides if o.split(".", 1)[0].strip() in TEACHER_SECTIONS))
+
+
 def _execute(
-    run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict[tuple[str, int], str], console: Console
+    run: dict[str, Any], base: Path, runs_dir: Path, teachers: dict[TeacherKey, str], console: Console
 ) -> dict[str, Any]:
     task: StudyTask = run["task"]
     data_dir = [f"data.data_dir={(base / spec_data_dir).resolve()}"] if (spec_data_dir := run.get("data_dir")) else []
@@ -217,8 +227,9 @@ def _execute(
     ]
     if run["prune_ratio"] > 0:
         overrides.append(f"admp.prune_ratio={run['prune_ratio']}")
-    if (task.name, run["seed"]) in teachers:
-        overrides.append(f"teacher.checkpoint={teachers[(task.name, run['seed'])]}")
+    key = teacher_key(task.name, run["seed"], run["overrides"])
+    if key in teachers:
+        overrides.append(f"teacher.checkpoint={teachers[key]}")
     start = time.perf_counter()
     if run["method"] == "centralized":
         from simulations.centralized import run_centralized
@@ -231,7 +242,7 @@ def _execute(
         run_federated_simulation(cfg)
         (run_dir,) = sorted(runs_dir.glob(f"{run['run_id']}-*"))[-1:]
         summary = json.loads((run_dir / "summary.json").read_text())
-    teachers.setdefault((task.name, run["seed"]), str(Path(summary["run_dir"]) / "teacher.pt"))
+    teachers.setdefault(key, str(Path(summary["run_dir"]) / "teacher.pt"))
     return {
         **{k: run[k] for k in ("run_id", "method", "variant", "prune_ratio", "seed")},
         "task": task.name,
@@ -265,8 +276,11 @@ def run_study(path: str | Path, console: Console | None = None) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
     csv_path = out / "runs.csv"
     done = _finished(csv_path)
+    variants = {v.name: v.overrides for v in spec.variants}
     teachers = {  # reuse a finished run's teacher while its file is there (run directories are not committed)
-        (r["task"], int(r["seed"])): str(Path(r["run_dir"]) / "teacher.pt")
+        teacher_key(r["task"], int(r["seed"]), variants.get(r.get("variant", ""), [])): str(
+            Path(r["run_dir"]) / "teacher.pt"
+        )
         for r in done.values()
         if (Path(r["run_dir"]) / "teacher.pt").is_file()
     }

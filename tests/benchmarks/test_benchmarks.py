@@ -25,6 +25,7 @@ TINY = [
     "data.num_devices=4",
     "data.samples_per_device=40",
     "teacher.epochs=1",
+    "data.max_source=300",
     "federation.clients_per_round=3",
     "federation.eval_clients=3",
     "federation.mask_rounds=1",
@@ -34,6 +35,7 @@ TINY = [
     "federation.teacher_fallback=false",
     "federation.min_local_steps=0",
     "federation.ray.num_cpus=2",
+    "federation.ray.client_cpus=2",  # one Ray worker: one import of torch and Flower instead of two
     "run.threads=1",
 ]
 

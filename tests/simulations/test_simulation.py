@@ -19,6 +19,7 @@ TINY = [
     "data.num_devices=4",
     "data.samples_per_device=60",
     "teacher.epochs=4",
+    "data.max_source=300",
     "federation.clients_per_round=3",
     "federation.mask_rounds=2",
     "federation.warmup_rounds=1",

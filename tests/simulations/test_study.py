@@ -323,3 +323,15 @@ def test_the_aggregation_rule_takes_the_cheapest_mode_that_holds_a_boosted_devic
     for figures in table["x"].values():
         figures["boosted_gap"] = 5.0
     assert settle(table) == "mean"  # nothing holds the boosted device: the mean stays
+
+
+def test_a_variant_that_changes_the_teacher_trains_its_own():
+    teacher_key = study_mod.teacher_key
+    plain = teacher_key("a", 0, [])
+    assert teacher_key("a", 0, ["admp.keep_init=none", "federation.mask_rounds=3"]) == plain  # same teacher
+    grey = teacher_key("a", 0, ["teacher.grey_input=true"])
+    narrow = teacher_key("a", 0, ["model.width=0.5", "admp.rho=2"])
+    assert len({plain, grey, narrow, teacher_key("a", 1, []), teacher_key("b", 0, [])}) == 5
+    assert teacher_key("a", 0, ["teacher.epochs=2", "data.max_source=9"]) == teacher_key(
+        "a", 0, ["data.max_source=9", "teacher.epochs=2"]
+    )  # the order of the overrides does not matter
