@@ -41,8 +41,10 @@ def initial_model(cfg: ScenarioConfig, num_classes: int, input_shape: tuple[int,
 
 def configure_input(model: nn.Module, recipe: TeacherSpec, source_x: torch.Tensor) -> None:
     """The model's input layer as the recipe says: source statistics (``normalise``), grey conversion
-    (``grey_input``) and per-sample normalisation (``input_stats: image``, images and windows only)."""
-    per_image = recipe.input_stats == "image"
+    (``grey_input``) and per-sample normalisation (``input_stats: image``, images and windows only;
+    ``auto``: colour images, by the rule of the appearance study)."""
+    colour = source_x.dim() == 4 and source_x.shape[1] == 3
+    per_image = recipe.input_stats == "image" or (recipe.input_stats == "auto" and colour)
     if per_image and source_x.dim() < 3:
         raise ConfigError(
             "teacher.input_stats: 'image' needs images or sensor windows (N, C, ...); "

@@ -133,8 +133,9 @@ class TeacherSpec(Section):
     augment: bool = True  # images: rotation +-10 deg, shift +-4/28; sensors: time shift, scaling, jitter
     photometric: Photometric = "auto"  # random looks per source image (admp.augment.randomise_appearance):
     #   auto = colour images only (grey and sensor tasks keep their recipe) | always (images) | never
-    input_stats: InputStats = "source"  # source: normalise by the source's per-channel mean and std |
-    #   image: by each sample's own (instance normalisation of the input: a shift of mean colour is removed)
+    input_stats: InputStats = "auto"  # source: normalise by the source's per-channel mean and std |
+    #   image: by each sample's own (instance normalisation of the input: a shift of mean colour is removed) |
+    #   auto = image for colour images, source for the rest (the rule in docs/results.md, appearance shifts)
     grey_input: bool = False  # the model converts every input to grey first (it is trained on grey; hue never
     #   reaches it, on the source or on a device)
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1  # SHOT's source recipe (epsilon 0.1)

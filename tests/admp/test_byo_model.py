@@ -76,6 +76,7 @@ def test_arch_is_a_family_or_a_factory_path():
 def test_federated_admp_prunes_a_users_model_end_to_end(tmp_path, monkeypatch, flower_task):
     monkeypatch.setattr("server.setup.Console", lambda: Console(quiet=True))
     setup = [f"model.arch={MOBILE}", "data.num_devices=3", "data.samples_per_device=40", "teacher.epochs=2"]
+    setup.append("data.max_source=300")
     fed = ["federation.clients_per_round=2", "federation.mask_rounds=2", "federation.warmup_rounds=1"]
     fed += ["federation.finetune_rounds=1", "federation.teacher_rounds=0", "federation.teacher_fallback=false"]
     cfg = config_from_overrides([*setup, *fed, "run.threads=2", f"run.out_dir={tmp_path}"])

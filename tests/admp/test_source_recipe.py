@@ -76,6 +76,10 @@ def test_input_switches_the_samples_cannot_take_are_config_errors():
         configure_input(model, TeacherSpec(input_stats="image"), torch.rand(4, 5))
     with pytest.raises(ConfigError, match=r"teacher\.grey_input"):
         configure_input(model, TeacherSpec(grey_input=True), torch.rand(4, 5))
+    colour, grey = build_model("lenet", 10, 0.25, (3, 28, 28)), build_model("lenet", 10, 0.25, (1, 28, 28))
+    configure_input(colour, TeacherSpec(), torch.rand(4, 3, 28, 28))  # input_stats auto
+    configure_input(grey, TeacherSpec(), torch.rand(4, 1, 28, 28))
+    assert colour.norm.per_image and not grey.norm.per_image  # auto: per-image statistics for colour only
     images = build_model("lenet", 10, 0.25, (3, 28, 28))
     configure_input(images, TeacherSpec(normalise=False, grey_input=True), torch.rand(4, 3, 28, 28))
     assert images.norm.grey and images.norm.mean.tolist() == [0.0] * 3  # switch set, statistics left alone

@@ -24,6 +24,7 @@ SMALL = [
     "schedule.admm_every=1",
     "schedule.finetune_epochs=1",
     "teacher.epochs=4",
+    "data.max_source=300",
     "data.samples_per_device=60",
     "federation.bn_recalibration=global",
     "run.threads=2",
