@@ -8,7 +8,7 @@ evaluation only). Writes ``benchmarks/results/source_teacher.json`` as it goes.
 Each row also holds the teacher's accuracy on the source validation split under random looks
 (``admp.augment.randomise_appearance``, a fixed seed; colour images only): how well it ignores colour
 and texture, measured with source labels alone, which is what chooses the input layer
-(``--inputs``: source statistics, per-image statistics, grey conversion, or both).
+(``--inputs``: the run's default, source statistics, per-image statistics, grey conversion, or both).
 
     python benchmarks/source_teacher.py --data-dir ../shared/data --seeds 0 1 2
     python benchmarks/source_teacher.py --tasks colour_digits --layouts resize --inputs source image grey grey+image
@@ -33,6 +33,7 @@ from admp_data.tasks import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUTS = {  # the teacher's input layer (admp.augment.InputNorm): its config overrides
+    "auto": ["teacher.input_stats=auto", "teacher.grey_input=false"],  # what a run does by default
     "source": ["teacher.input_stats=source", "teacher.grey_input=false"],
     "image": ["teacher.input_stats=image", "teacher.grey_input=false"],
     "grey": ["teacher.input_stats=source", "teacher.grey_input=true"],
@@ -47,7 +48,7 @@ SCENARIOS = {
 
 
 def measure(
-    task_name: str, layout: str, seed: int, data_dir: str, extra: list[str], inputs: str = "source"
+    task_name: str, layout: str, seed: int, data_dir: str, extra: list[str], inputs: str = "auto"
 ) -> dict[str, object]:
     """Train one teacher with the input layer ``inputs`` (``INPUTS``) and return its accuracies on the
     source validation split, plain and in random looks, and on the target's test set."""
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", default=list(SCENARIOS))
     parser.add_argument("--layouts", nargs="+", default=["resize", "box"])
-    parser.add_argument("--inputs", nargs="+", choices=list(INPUTS), default=["source"], help="input layers")
+    parser.add_argument("--inputs", nargs="+", choices=list(INPUTS), default=["auto"], help="input layers")
     parser.add_argument("--set", action="append", default=[], help="extra config overrides")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "source_teacher.json"))
     args = parser.parse_args()

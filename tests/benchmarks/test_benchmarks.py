@@ -95,7 +95,8 @@ def test_source_teacher(tmp_path, shared_data):
     args = ["--data-dir", str(shared_data), "--seeds", "0", "--tasks", "usps_mnist", "--layouts", "resize"]
     bench("source_teacher.py", *args, "--out", str(out), sets=["teacher.epochs=1", "data.max_source=600"])
     (row,) = report(out, "runs")["runs"]
-    assert row["task"] == "usps_mnist" and row["epochs"] == 1
+    assert row["task"] == "usps_mnist" and row["epochs"] == 1 and row["input"] == "auto"
+    assert row["source_val_looks_acc"] is None  # grey digits: no random looks to score
     assert 0 <= row["target_test_acc"] <= 100 and row["target_test_size"] > 0
 
 
