@@ -26,6 +26,11 @@ from torch import nn
 from admp_data.colour import value_noise
 
 
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """Images (N, C, H, W) with every channel replaced by the channels' mean; other inputs as they are."""
+    return x.mean(dim=1, keepdim=True).expand_as(x) if x.dim() == 4 else x
+
+
 class InputNorm(nn.Module):
     """x -> (x - mean_c) / std_c per input channel; identity until the statistics are set.
 
@@ -64,8 +69,8 @@ class InputNorm(nn.Module):
         self._sync()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grey and x.dim() == 4:  # images only
-            x = x.mean(dim=1, keepdim=True).expand_as(x)
+        if self.grey:
+            x = to_grey(x)
         if self.per_image and x.dim() > 2:
             positions = tuple(range(2, x.dim()))
             return (x - x.mean(dim=positions, keepdim=True)) / x.std(dim=positions, keepdim=True).clamp_min(1e-3)
@@ -78,8 +83,8 @@ def set_input_normalisation(
 ) -> None:
     """Set every ``InputNorm`` of ``model``: its switches, and the per-channel mean and std of ``x``
     (N, C, ...) as the model sees it (after the grey conversion where ``grey``)."""
-    if grey and x.dim() == 4:
-        x = x.mean(dim=1, keepdim=True).expand_as(x)
+    if grey:
+        x = to_grey(x)
     dims = [d for d in range(x.dim()) if d != 1]
     mean, std = x.mean(dim=dims), x.std(dim=dims).clamp_min(floor)  # (C,), (C,)
     for module in model.modules():
