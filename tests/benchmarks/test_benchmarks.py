@@ -1,8 +1,9 @@
 """Every committed benchmark runs: each script in ``benchmarks/`` once, with its smallest arguments and a
 tiny scenario, and writes the report its README figure comes from (keys present, numbers finite).
 
-``deployed_accuracy.py`` and ``int8.py`` read a finished run; they are run on the simulation test's
-run (tests/simulations/test_simulation.py), which already exists there, rather than on one more simulation here.
+``deployed_accuracy.py`` and ``int8.py`` read a finished run, and ``secure_overhead.py --plain`` takes one
+as its plain baseline; they are run on the simulation test's run (tests/simulations/test_simulation.py),
+which already exists there, rather than on one more simulation here.
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ def report(path: Path, *keys: str) -> dict:
     return data
 
 
+def test_secure_overhead_refuses_a_baseline_that_is_not_a_finished_plain_run(tmp_path):
+    """The runs themselves are measured on the simulation test's run; here, the bad baselines, before any run."""
+    script = [sys.executable, str(BENCH / "secure_overhead.py"), "--plain", str(tmp_path)]
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "not a finished run (missing config.yaml, metrics.csv, summary.json)" in done.stderr
+    for name in ("metrics.csv", "summary.json"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "config.yaml").write_text("federation:\n  secure_aggregation:\n    enabled: true\n")
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "that run used secure aggregation" in done.stderr
+    done = subprocess.run([*script, "--set", "run.seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "would make the two runs differ" in done.stderr
+
+
 def test_inference_latency(tmp_path):
     out = tmp_path / "latency.json"
     bench("inference_latency.py", "--ratios", "0.5", "--repeats", "1", "--out", str(out))
@@ -115,14 +130,6 @@ def test_fleet_memory(tmp_path):
     (row,) = report(out, "results")["results"]
     assert row["virtual_devices"] == 10 and row["peak_pss_mib"] > 0 and row["peak_processes"] >= 2
     assert out.with_suffix(".png").stat().st_size > 0
-
-
-def test_secure_overhead(tmp_path):
-    out = tmp_path / "secure.json"
-    bench("secure_overhead.py", "--out", str(out), sets=TINY)
-    data = report(out, "plain", "secure", "ratio")
-    assert data["secure"]["training_rounds"] == data["plain"]["training_rounds"] == 2
-    assert data["ratio"]["mb_up_per_round"] > 1  # SecAgg+ sends keys and shares besides the masked vector
 
 
 @pytest.mark.deployment

@@ -90,3 +90,16 @@ def test_the_run_benchmarks_reproduce_its_summary(run, tmp_path):
     models = report(tmp_path / "int8.json", "models")["models"]
     assert models["pruned"]["accuracy"] == pytest.approx(measured["deployed_acc"], abs=1e-6)
     assert models["pruned-int8"]["bytes"] < models["pruned"]["bytes"] < models["dense"]["bytes"]
+
+
+def test_secure_aggregation_replayed_on_the_run_costs_bytes_not_rounds(run, tmp_path):
+    """benchmarks/secure_overhead.py with this run as its plain baseline: the secure replay trains the same
+    rounds, and SecAgg+ sends keys and shares besides the masked vector."""
+    from tests.benchmarks.test_benchmarks import bench, report
+
+    out = tmp_path / "secure.json"
+    bench("secure_overhead.py", "--plain", str(run), "--out", str(out))
+    data = report(out, "plain", "secure", "ratio")
+    assert data["scenario"] == f"{run}/config.yaml"
+    assert data["secure"]["training_rounds"] == data["plain"]["training_rounds"] == 3  # 2 mask + 1 fine-tune
+    assert data["ratio"]["mb_up_per_round"] > 1
