@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from flwr.serverapp import Grid
 from torch import nn
 
@@ -189,6 +190,7 @@ def self_train_teacher(session: Session) -> bool:
         run.console.print(f"[yellow]teacher self-training discarded: label-free score {after:.3f} > {before:.3f}")
         return True
     run.teacher_info["self_training"] = "kept"
+    torch.save(weights, run.run_dir.file("teacher_self_trained.pt"))  # what every later phase distils from
     run.teacher.load_state_dict(weights)
     run.teacher.eval()
     sent = session.fleet.delivery.sends  # copies sent so far still count

@@ -86,6 +86,13 @@ def test_secure_overhead_refuses_a_baseline_that_is_not_a_finished_plain_run(tmp
     assert done.returncode != 0 and "would make the two runs differ" in done.stderr
 
 
+def test_export_criteria_refuses_a_folder_that_is_not_a_finished_run(tmp_path):
+    """Measured on the simulation test's run; here, the refusal before any work."""
+    script = [sys.executable, str(BENCH / "export_criteria.py"), str(tmp_path)]
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and f"not finished runs (summary.json and teacher.pt needed): {tmp_path}" in done.stderr
+
+
 def test_inference_latency(tmp_path):
     out = tmp_path / "latency.json"
     bench("inference_latency.py", "--ratios", "0.5", "--repeats", "1", "--out", str(out))

@@ -244,7 +244,9 @@ def test_the_teacher_self_trains_first_and_every_later_round_follows_it(fedadmp_
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 5, 5, 6, 7]
     assert [r["rho"] for r in rows[2:5]] == pytest.approx([0.0, 1.0, 1.2])
     summary = _summary(full)
-    assert 0 <= summary["teacher"]["target_acc_self_trained"] <= 100
+    assert 0 <= summary["teacher"]["target_acc_self_trained"] <= 100 and summary["teacher"]["self_training"] == "kept"
+    adapted, source = (torch.load(full / f, weights_only=True) for f in ("teacher_self_trained.pt", "teacher.pt"))
+    assert adapted.keys() == source.keys() and any(not torch.equal(adapted[k], source[k]) for k in source)
     sends = summary["teacher_sends"]
     assert max(sends.values()) == 2 and sum(sends.values()) > len(sends)  # the source teacher, then the adapted one
     fresh = torch.load(full / "checkpoint.pt", weights_only=True)["student"]
@@ -278,6 +280,7 @@ def test_label_free_scores_are_logged_and_the_guards_discard_worse_results(fedad
     monkeypatch.setattr(selection, "choose_export", lambda pruned, teacher: ("start", "forced by the test"))
     guarded = _summary(_run(tmp_path, "federation.teacher_rounds=1"))
     assert guarded["teacher"]["self_training"] == "discarded" and max(guarded["teacher_sends"].values()) == 1
+    assert not (Path(guarded["run_dir"]) / "teacher_self_trained.pt").exists()  # only a kept teacher is saved
     assert guarded["student"]["candidate"] == "start" and guarded["selection"]["reason"] == "forced by the test"
 
 

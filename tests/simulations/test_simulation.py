@@ -103,3 +103,18 @@ def test_secure_aggregation_replayed_on_the_run_costs_bytes_not_rounds(run, tmp_
     assert data["scenario"] == f"{run}/config.yaml"
     assert data["secure"]["training_rounds"] == data["plain"]["training_rounds"] == 3  # 2 mask + 1 fine-tune
     assert data["ratio"]["mb_up_per_round"] > 1
+
+
+def test_export_criteria_rescore_the_run_as_its_summary_scored_it(run, tmp_path):
+    """benchmarks/export_criteria.py rebuilds the devices and both models: the target accuracies it reports
+    beside its label-free criteria are the summary's (teacher + each device's BN; the shipped student)."""
+    from tests.benchmarks.test_benchmarks import bench, report
+
+    out = tmp_path / "criteria.json"
+    bench("export_criteria.py", str(run), "--out", str(out))
+    (row,) = report(out, "runs")["runs"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert row["teacher_target_acc"] == pytest.approx(summary["teacher"]["target_acc_target_bn"], abs=1e-6)
+    assert row["student_target_acc"] == pytest.approx(summary["student"]["target_acc"], abs=1e-6)
+    assert row["teacher_source_val"] == pytest.approx(summary["teacher"]["source_val_acc"], abs=1e-6)
+    assert 0 <= row["agreement"] <= 100 and 0 <= row["agreement_confident"] <= 100 and row["dropped_keys"] == []
