@@ -14,9 +14,12 @@ know without a target label:
 - ``*_im``: the information-maximisation score of each model on the pooled device data (the export
   rule's score, ``server.guards``; lower is better).
 
-The target accuracy of both (per-device BN, the devices' test splits) is reported beside them, for
-evaluation only. Configuration keys that this version no longer knows are dropped and listed (the
-runs of earlier versions are the input this is for). Writes JSON.
+Where the run saved them, the same figures are given under ``models`` for the teacher after its federated
+self-training (``teacher_self_trained.pt``: ``adapted``, with the disagreement of every model with it)
+and for each export candidate (``candidates/*.pt``). The target accuracy of every model (per-device BN,
+the devices' test splits) is reported beside them, for evaluation only. Configuration keys that this
+version no longer knows are dropped and listed (the runs of earlier versions are the input this is
+for). Writes JSON.
 
     python benchmarks/export_criteria.py RUN_DIR [RUN_DIR ...] [--out benchmarks/results/export_criteria.json]
 """
@@ -86,45 +89,70 @@ def local(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return probe
 
 
+def run_models(run: Path, cfg: ScenarioConfig, classes: int, shape: tuple[int, ...]) -> dict[str, nn.Module]:
+    """The source ``teacher``, the ``adapted`` (self-trained) teacher where the run kept one, the
+    ``shipped`` model and every saved export candidate (``candidate:NAME``)."""
+    models: dict[str, nn.Module] = {}
+    for name, file in (("teacher", "teacher.pt"), ("adapted", "teacher_self_trained.pt")):
+        if (run / file).is_file():
+            models[name] = initial_model(cfg, classes, shape)
+            models[name].load_state_dict(torch.load(run / file, map_location="cpu", weights_only=True))
+            models[name].eval()
+    models["shipped"] = load_bundle(run / "pruned_model.pt")
+    for bundle in sorted((run / "candidates").glob("*.pt")):
+        models[f"candidate:{bundle.stem}"] = load_bundle(bundle)
+    return models
+
+
 def measure(run: Path) -> dict[str, Any]:
-    """Every criterion of the module docstring for one finished run."""
+    """Every criterion of the module docstring for one finished run; under ``models``, each model's
+    target accuracy, IM score and disagreement with the teacher and the adapted teacher (each with
+    the device's BN statistics), over every device's samples."""
     summary = json.loads((run / "summary.json").read_text())
     cfg, dropped = run_config(run)
     task = build_task(cfg.data, cfg.run.seed)
-    teacher = initial_model(cfg, task.num_classes, task.input_shape)
-    teacher.load_state_dict(torch.load(run / "teacher.pt", map_location="cpu", weights_only=True))
-    student = load_bundle(run / "pruned_model.pt")
+    models = run_models(run, cfg, task.num_classes, task.input_shape)
     val = task.source_val
     row: dict[str, Any] = {
         "run": run.name,
         "chosen": (summary.get("selection") or {}).get("chosen"),
         "dropped_keys": dropped,
-        "teacher_source_val": accuracy(teacher.eval(), val.x, val.y),
-        "student_source_val": accuracy(local(student, task.source_train.x), val.x, val.y),
+        "teacher_source_val": accuracy(models["teacher"], val.x, val.y),
+        "student_source_val": accuracy(local(models["shipped"], task.source_train.x), val.x, val.y),
     }
-    same = same_confident = confident = samples = 0
-    correct = {"teacher": 0.0, "student": 0.0}
-    tested = 0
-    pooled: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+    same_confident = confident = tested = 0
+    correct = dict.fromkeys(models, 0.0)
+    pooled: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     for i in range(task.num_devices):
         device = task.device(i)
-        models = {"teacher": local(teacher, device.train.x), "student": local(student, device.train.x)}
-        p = {name: probabilities(model, device.train.x) for name, model in models.items()}
-        agree = p["teacher"].argmax(1) == p["student"].argmax(1)
-        sure = p["teacher"].max(1).values >= p["teacher"].max(1).values.median()
-        same, samples = same + int(agree.sum()), samples + len(agree)
-        same_confident, confident = same_confident + int(agree[sure].sum()), confident + int(sure.sum())
-        for name, model in models.items():
-            pooled[name].append(p[name])
+        adapted = {name: local(model, device.train.x) for name, model in models.items()}
+        for name, model in adapted.items():
+            pooled[name].append(probabilities(model, device.train.x))
             correct[name] += accuracy(model, device.test.x, device.test.y) * len(device.test.y) / 100
         tested += len(device.test.y)
+        by_teacher, by_shipped = pooled["teacher"][-1], pooled["shipped"][-1]
+        sure = by_teacher.max(1).values >= by_teacher.max(1).values.median()
+        same_confident += int((by_teacher.argmax(1) == by_shipped.argmax(1))[sure].sum())
+        confident += int(sure.sum())
+    p = {name: torch.cat(parts) for name, parts in pooled.items()}
+    figures = {
+        name: {"target_acc": 100 * correct[name] / max(tested, 1), "im": im_score(p[name])}
+        | {
+            f"disagreement_{ref}": 100 * float((p[name].argmax(1) != p[ref].argmax(1)).float().mean())
+            for ref in ("teacher", "adapted")
+            if ref in p
+        }
+        for name in models
+    }
+    shipped, teacher = figures["shipped"], figures["teacher"]
     return row | {
-        "agreement": 100 * same / max(samples, 1),
+        "agreement": 100 - shipped["disagreement_teacher"],
         "agreement_confident": 100 * same_confident / max(confident, 1),
-        "teacher_im": im_score(torch.cat(pooled["teacher"])),
-        "student_im": im_score(torch.cat(pooled["student"])),
-        "teacher_target_acc": 100 * correct["teacher"] / max(tested, 1),
-        "student_target_acc": 100 * correct["student"] / max(tested, 1),
+        "teacher_im": teacher["im"],
+        "student_im": shipped["im"],
+        "teacher_target_acc": teacher["target_acc"],
+        "student_target_acc": shipped["target_acc"],
+        "models": figures,
     }
 
 
@@ -141,7 +169,8 @@ def main() -> None:
     rows = []
     for run in runs:
         rows.append(measure(run))
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}), flush=True)
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items() if k != "models"}
+        print(json.dumps(shown), flush=True)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": rows}, indent=2) + "\n")

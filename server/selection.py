@@ -6,7 +6,9 @@ naive's cloud start, fedkd's dense copy), the cloud's start (``cloud``: the teac
 keep set and recovered on the source, what naive starts from; FedADMP runs only), and the dense
 ``teacher`` as the fallback when every pruned candidate is flagged. The rule is
 ``server.guards.choose_export``; the summary's ``selection`` entry lists every candidate's score, its
-accuracy (reported, never used) and the reason for the choice.
+accuracy (reported, never used) and the reason for the choice. Every pruned candidate is also written
+to ``candidates/NAME.pt`` (the bundle format of ``pruned_model.pt``), so that other label-free rules can
+be measured on finished runs (``benchmarks/export_criteria.py``) before one decides anything.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from admp.masks import MaskDict
+from admp_export.bundle import save_bundle
 from server.guards import choose_export
 from server.rounds import Weights
 from server.starts import Start, cloud_start
@@ -76,9 +79,22 @@ def select_export(
         "teacher_score": teacher_score,
         "candidates": {n: {"score": c["score"], "accuracy": c.get("acc")} for n, c in candidates.items()},
     }
+    save_candidates(session, candidates)
     if name != "final":
         run.console.print(f"[yellow]exporting the {name} candidate: {reason}")
     if name == "teacher":
         return run.teacher.state_dict(), None
     chosen = candidates[name]
     return chosen["weights"], chosen["keep"] or None
+
+
+def save_candidates(session: Session, candidates: dict[str, Any]) -> None:
+    """Each pruned candidate as a bundle in ``candidates/`` of the run directory."""
+    run = session.run
+    folder = run.run_dir.file("candidates")
+    folder.mkdir(exist_ok=True)
+    for name, candidate in candidates.items():
+        keep = candidate["keep"] or None
+        model = run.model(keep)
+        model.load_state_dict(candidate["weights"])
+        save_bundle(folder / f"{name}.pt", run.arch, run.task.num_classes, run.cfg.model.width, keep, model)

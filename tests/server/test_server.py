@@ -273,6 +273,14 @@ def test_label_free_scores_are_logged_and_the_guards_discard_worse_results(fedad
     assert summary["student"]["candidate"] in ("final", "start", "cloud", "teacher")
     scored = summary["selection"]["candidates"]
     assert set(scored) == {"final", "start", "cloud"} and summary["selection"]["reason"]
+    saved = {p.stem: torch.load(p, weights_only=True) for p in (fedadmp_run / "candidates").glob("*.pt")}
+    assert set(saved) == set(scored)  # every candidate, as a bundle, for criteria measured afterwards
+    shipped = torch.load(fedadmp_run / "pruned_model.pt", weights_only=True)
+    chosen = saved[summary["selection"]["chosen"]]
+    assert chosen["keep"].keys() == shipped["keep"].keys()
+    assert all(torch.equal(chosen["keep"][g], shipped["keep"][g]) for g in shipped["keep"])
+    learned = [k for k in shipped["state"] if "running" not in k and "num_batches" not in k]  # BN may be pooled after
+    assert learned and all(torch.equal(chosen["state"][k], shipped["state"][k]) for k in learned)
 
     from server import phases, selection
 
