@@ -194,6 +194,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     label-free statistics of its predictions on the device's unlabeled data (``_evaluation_reply``)."""
     job = Job.read(msg, context)
     local = job.data()
+    reference = _reference_classes(msg, context, job, local)  # first: an attached teacher is stored
     if not job.evaluates_labels():  # labels off: only the label-free figures leave the device
         local = Device(local.index, local.mix, local.train, local.test.subset(np.arange(0)))
     student = job.student(msg)
@@ -202,21 +203,38 @@ def evaluate(msg: Message, context: Context) -> Message:
         probe = copy.deepcopy(student)  # (training left statistics taken under the adversary's s)
         recalibrate_bn(probe, local.train.x, masks=(groups_of(student), m))
         with gated(probe, groups_of(student), m):
-            return _evaluation_reply(msg, job, probe, local)
+            return _evaluation_reply(msg, job, probe, local, reference=reference)
     if "local-bn" in job.config and bool(job.config["local-bn"]):  # the device step of fedadmp adapt-bn
         as_exported = accuracy(student, local.test.x, local.test.y)
-        return _evaluation_reply(msg, job, adapt_bn(student, local.train.x), local, as_exported)  # unlabeled only
-    return _evaluation_reply(msg, job, student, local)
+        adapted = adapt_bn(student, local.train.x)  # unlabeled only
+        return _evaluation_reply(msg, job, adapted, local, as_exported, reference)
+    return _evaluation_reply(msg, job, student, local, reference=reference)
+
+
+def _reference_classes(msg: Message, context: Context, job: Job, local: Device) -> torch.Tensor | None:
+    """The classes the teacher this device holds predicts on its unlabeled data (with the BN statistics
+    it distils with), where the server asks how often the evaluated model disagrees with them (the
+    export rule's reference, ``config["reference"]``); else None."""
+    if not bool(job.config.get("reference", False)) or len(local.train) == 0:
+        return None
+    return teacher_targets(job.teacher(msg, context), local.train.x, job.hp.teacher_bn).argmax(dim=1)
 
 
 def _evaluation_reply(
-    msg: Message, job: Job, model: torch.nn.Module, local: Device, as_exported: float | None = None
+    msg: Message,
+    job: Job,
+    model: torch.nn.Module,
+    local: Device,
+    as_exported: float | None = None,
+    reference: torch.Tensor | None = None,
 ) -> Message:
     """An evaluate reply: ``accuracy`` on the test split and its size, ``accuracy-as-exported`` where it
     differs, and, on the unlabeled training data (no label read), the mean per-sample prediction
     entropy ``entropy`` over ``unlabeled`` samples with the mean prediction (K,) in ``stats``: the
-    server's label-free score of the model. Asked for ``fleet-stats`` (a phase's start), ``stats``
-    also carries the feature sums of the model, which seed the fleet's centroids."""
+    server's label-free score of the model; with ``reference`` (the teacher's classes), the share of
+    those samples, in %, on which the model predicts another class (``reference-disagreement``). Asked
+    for ``fleet-stats`` (a phase's start), ``stats`` also carries the feature sums of the model, which
+    seed the fleet's centroids."""
     values: dict[str, float | int] = {P.NUM_EXAMPLES: len(local.test)}
     if len(local.test):  # labels leave a device only as this aggregate: accuracy (%) over its test samples
         values["accuracy"] = accuracy(model, local.test.x, local.test.y)
@@ -226,6 +244,8 @@ def _evaluation_reply(
     if len(local.train) > 0:
         probs = predictions(model, local.train.x)  # (N, K)
         values |= {"entropy": float(entropy(probs).mean()), "unlabeled": len(local.train)}
+        if reference is not None:
+            values["reference-disagreement"] = 100.0 * float((probs.argmax(dim=1) != reference).float().mean())
         arrays = {"mean-prediction": probs.mean(dim=0)}
         if bool(job.config.get("fleet-stats", False)) and shares_centroids(job.hp):
             sums = class_sums(*features_and_probs(model, local.train.x))  # the model as evaluated (BN, gates)

@@ -72,3 +72,11 @@ def below_adapted_teacher(teacher: dict[str, Any], student: dict[str, Any]) -> d
         "student": reached,
         "warning": reached < adapted - ADAPTED_MARGIN,
     }
+
+
+def reference_guard(candidate: float | None, source_teacher: float | None) -> bool:
+    """Whether the chosen pruned candidate gives way to the run's self-trained teacher A: it disagrees with
+    A on more of the fleet's samples (%) than the source teacher with target BN does, by more than
+    ``ADAPTED_MARGIN`` points. Taking A as right wherever they disagree, the difference estimates how far
+    the candidate falls below teacher + target BN. No label is read; False when a figure is missing."""
+    return candidate is not None and source_teacher is not None and candidate > source_teacher + ADAPTED_MARGIN

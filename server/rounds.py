@@ -62,20 +62,29 @@ class RoundRunner:
         return self.evaluate_all(strategy, rnd, weights, local_bn).get("accuracy")
 
     def evaluate_all(
-        self, strategy: FleetStrategy, rnd: int, weights: Weights, local_bn: bool = False, fleet_stats: bool = False
+        self,
+        strategy: FleetStrategy,
+        rnd: int,
+        weights: Weights,
+        local_bn: bool = False,
+        fleet_stats: bool = False,
+        reference: bool = False,
     ) -> dict[str, float]:
         """Every figure of a federated evaluation: ``accuracy``, with ``local_bn`` also
         ``accuracy-as-exported`` (the model as received, before the device's BN step), and the
         label-free ones (``label-free-score``, ``class-balance``, ``prediction-entropy``), and over how many
         ``evaluated_devices`` and ``evaluated_examples`` (a sample: ``eval_clients``); {} if none.
-        ``fleet_stats``: the replies' statistics also become the fleet's aggregates (a phase's start)."""
+        ``fleet_stats``: the replies' statistics also become the fleet's aggregates (a phase's start);
+        ``reference``: also ``reference-disagreement``, the % of the fleet's unlabeled samples on which the
+        model and the devices' teacher predict different classes."""
         shares = fleet_stats and strategy.fleet.shared.active and strategy.fleet.privacy is None  # not a release
-        config = ConfigRecord({"local-bn": local_bn, "fleet-stats": shares})
+        config = ConfigRecord({"local-bn": local_bn, "fleet-stats": shares, "reference": reference})
         msgs = list(strategy.configure_evaluate(rnd, P.to_record(weights), config, self.grid))
         result = strategy.aggregate_evaluate(rnd, self.exchange(msgs))
         if result is None:
             return {}
-        figures = {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy") or k in LABEL_FREE}
+        wanted = (*LABEL_FREE, "reference-disagreement")
+        figures = {k: _number(v, k) for k, v in result.items() if k.startswith("accuracy") or k in wanted}
         return figures | {
             "evaluated_devices": _number(result["devices"], "devices"),
             "evaluated_examples": _number(result[P.NUM_EXAMPLES], P.NUM_EXAMPLES),

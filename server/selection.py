@@ -19,7 +19,8 @@ import torch
 
 from admp.masks import MaskDict
 from admp_export.bundle import save_bundle
-from server.guards import choose_export
+from server.fleet import pool_bn_statistics
+from server.guards import ADAPTED_MARGIN, choose_export, reference_guard
 from server.rounds import Weights
 from server.starts import Start, cloud_start
 from strategies.fedadmp import FedKD
@@ -79,6 +80,12 @@ def select_export(
         "teacher_score": teacher_score,
         "candidates": {n: {"score": c["score"], "accuracy": c.get("acc")} for n, c in candidates.items()},
     }
+    if run.cfg.federation.export_reference and name != "teacher":
+        check = reference_check(session, candidates[name], rnd)
+        session.selection["reference"] = check
+        if check.get("gives_way"):
+            name = session.selection["chosen"] = "teacher"
+            session.selection["reason"] = reason = check["reason"]
     save_candidates(session, candidates)
     if name != "final":
         run.console.print(f"[yellow]exporting the {name} candidate: {reason}")
@@ -98,3 +105,39 @@ def save_candidates(session: Session, candidates: dict[str, Any]) -> None:
         model = run.model(keep)
         model.load_state_dict(candidate["weights"])
         save_bundle(folder / f"{name}.pt", run.arch, run.task.num_classes, run.cfg.model.width, keep, model)
+
+
+def reference_check(session: Session, chosen: dict[str, Any], rnd: int) -> dict[str, Any]:
+    """``federation.export_reference``: the chosen candidate's and the source teacher's disagreement with
+    the self-trained teacher the devices hold (% of the fleet's unlabeled samples, each model with the
+    device's BN as evaluated), and whether the candidate gives way to it (``server.guards.reference_guard``).
+    Applies only where the run kept a self-trained teacher."""
+    run = session.run
+    if run.teacher_info.get("self_training") != "kept":
+        return {"applies": False, "reason": "no self-trained teacher to compare with"}
+    try:
+        source = torch.load(run.run_dir.file("teacher.pt"), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        return {"applies": False, "reason": f"teacher.pt unreadable ({exc})"}
+    source_bn = run.cfg.admp.teacher_bn == "local"
+    if run.cfg.admp.teacher_bn == "fleet":  # "teacher + target BN" as the run measured it: pooled statistics
+        teacher = run.model()
+        teacher.load_state_dict(source)
+        pool_bn_statistics(session.runner, session.kd_strategy(source, None), teacher, rnd)
+        source = teacher.state_dict()
+    figures = {}
+    local_bn = session.runner.local_bn
+    rows = (("candidate", chosen["weights"], chosen["keep"] or None, local_bn), ("source", source, None, source_bn))
+    for key, weights, keep, bn in rows:  # the candidate as scored; the source teacher with target BN
+        probe = session.kd_strategy(weights, keep)
+        found = session.runner.evaluate_all(probe, rnd, weights, bn, reference=True)
+        figures[key] = found.get("reference-disagreement")
+    gives_way = reference_guard(figures["candidate"], figures["source"])
+    reason = (
+        f"the chosen candidate disagrees with the self-trained teacher on {figures['candidate']:.2f} % of the "
+        f"fleet's samples, the source teacher on {figures['source']:.2f} %: more than {ADAPTED_MARGIN} points "
+        "apart, so the self-trained teacher is exported"
+        if gives_way
+        else "the chosen candidate stays"
+    )
+    return {"applies": True, "disagreement": figures, "gives_way": gives_way, "reason": reason}

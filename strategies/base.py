@@ -145,9 +145,12 @@ class FleetStrategy(Strategy):
         message_type: str,
         with_teacher: bool,
         collect_stats: bool = False,
+        attach_teacher: bool = False,
     ) -> list[Message]:
         """One message per device with the records, the merged config and (once) the teacher; starts the
-        round's ``Exchange`` (``collect_stats``: the replies' statistics become the fleet's aggregates)."""
+        round's ``Exchange`` (``collect_stats``: the replies' statistics become the fleet's aggregates).
+        ``attach_teacher``: the teacher also goes to a device that lacks it when the message is no
+        training message (an evaluation that compares the model with it)."""
         delivery = self.fleet.delivery
         prior = self.fleet.shared.records() if with_teacher else {}  # training messages carry the aggregates
         if prior:
@@ -165,7 +168,7 @@ class FleetStrategy(Strategy):
                 | config
                 | {P.SERVER_ROUND: server_round, "device": device, "teacher_hash": delivery.teacher_hash}
             )
-            if with_teacher and device not in delivery.holders:
+            if (with_teacher or attach_teacher) and device not in delivery.holders:
                 content[P.TEACHER] = delivery.teacher
                 delivery.sends[device] = delivery.sends.get(device, 0) + 1
                 delivery.holders.add(device)
@@ -250,14 +253,18 @@ class FleetStrategy(Strategy):
         """Ask ``eval_clients`` devices (0: all) to evaluate the global model on their test split.
 
         ``config`` may carry ``local-bn`` (each device re-estimates BN statistics on its own
-        unlabeled data first) and ``fleet-stats`` (the replies' statistics become the fleet's
+        unlabeled data first), ``fleet-stats`` (the replies' statistics become the fleet's
         aggregates, as a training round's do: a phase's first round then trains on the fleet's
-        marginal and centroids of its starting model, not on each device's own).
+        marginal and centroids of its starting model, not on each device's own) and ``reference``
+        (each device also reports how often the model disagrees with its teacher; the teacher goes
+        to a device that lacks it).
         """
-        collect = bool(config.get("fleet-stats", False))
+        collect, reference = bool(config.get("fleet-stats", False)), bool(config.get("reference", False))
         devices = self.sample(server_round, self.policy.eval_clients, salt="evaluate")
         records = {P.ARRAYS: arrays} | self.evaluation_records()
-        return self.messages(server_round, devices, records, dict(config), P.EVALUATE, False, collect_stats=collect)
+        return self.messages(
+            server_round, devices, records, dict(config), P.EVALUATE, False, collect, attach_teacher=reference
+        )
 
     def evaluation_records(self) -> dict[str, ArrayRecord]:
         """Extra records the evaluating device needs (masks or keep masks)."""
@@ -281,12 +288,16 @@ class FleetStrategy(Strategy):
             if P.STATS in content:
                 unlabeled = self.examples_bound(device, "train", "unlabeled")
                 label_free = aggregates.parse_label_free(content, unlabeled, collect)
+            if label_free is not None and "reference-disagreement" in P.metric_record(content):
+                share = check_percent(P.metric(content, "reference-disagreement"), "reference-disagreement")
+                disagreement.append((share, label_free.n))
             if label_free is not None and collect:  # last: only a reply that passed every check
                 stats.append((aggregates.parse(content, label_free.n, evaluation=True), label_free.n))
             return figures, n, label_free
 
         collect = self.exchange.collect_stats
         stats: list[tuple[DeviceStats, int]] = []
+        disagreement: list[tuple[float, int]] = []  # (%, unlabeled samples) per device
         results = self.validated(server_round, replies, parse)
         if stats:
             self.share_stats(stats)
@@ -300,6 +311,8 @@ class FleetStrategy(Strategy):
         label_free = [lf for _, _, lf in results if lf is not None]
         if label_free and len(label_free) == len(results):
             metrics |= label_free_metrics(label_free, self.fleet.defence)
+        if disagreement and len(disagreement) == len(results):  # the export rule reads it: robust like the score
+            metrics["reference-disagreement"] = combine_figure(disagreement, self.fleet.defence)
         if total == 0 and "label-free-score" not in metrics:
             return None  # nothing to report (no labeled test data and no label-free figures)
         return MetricRecord(metrics)

@@ -13,7 +13,7 @@ from admp.warmstart import cloud_keep, keep_overlap, layerwise_keeps, read_keep
 from admp_config.base import ConfigError
 from admp_config.schema import config_from_overrides
 from admp_data.sources import DataError
-from server.guards import FLAG_MARGIN, KEEP_MARGIN, choose_export
+from server.guards import ADAPTED_MARGIN, FLAG_MARGIN, KEEP_MARGIN, choose_export, reference_guard
 
 
 def _settings(z_frozen: bool = False) -> AdmmSettings:
@@ -163,3 +163,12 @@ def test_transplant_table_averages_each_arm_over_seeds(tmp_path):
     assert "| t | 0.9 | naive | 91.00 ± 1.41 (n=2) | 95.00 ± 1.41 (n=2) | 12 | 1.00 |" in table
     assert "| t | 0.9 | fedadmp_ones | — | 93.00 ± 0.00 (n=1) | 12 | 0.50 |" in table
     assert list(ARMS)[:2] == ["naive", "fedadmp_ones"]  # fedadmp_ones's keep file feeds a later arm
+
+
+def test_a_candidate_gives_way_to_the_self_trained_teacher_only_beyond_the_margin():
+    # disagreement with the self-trained teacher, %: the candidate's against the source teacher's + 1 point
+    assert ADAPTED_MARGIN == 1.0
+    assert reference_guard(8.50, 5.40)  # 8.50 > 6.40: an estimated 3.1 points below teacher + target BN
+    assert not reference_guard(6.40, 5.40)  # exactly at the margin: stays
+    assert not reference_guard(2.50, 15.00)  # nearer the adapted teacher than the source teacher: stays
+    assert not reference_guard(None, 5.40) and not reference_guard(8.50, None)  # nothing measured: stays

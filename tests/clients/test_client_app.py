@@ -10,7 +10,9 @@ from flwr.app import Context, Message, RecordDict
 from admp.masks import group_sizes, ones_masks, zeros_masks
 from admp.models import build_model
 from admp.teacher import state_hash
+from admp.trainer import teacher_targets
 from admp_config.sections import AdmpHyper, DataSpec
+from admp_export.bundle import adapt_bn
 from clients import app as client
 from clients import device as client_device
 from strategies import protocol as P
@@ -232,3 +234,34 @@ def test_an_evaluation_asked_for_fleet_stats_reports_the_feature_sums_too(tmp_pa
         if asked:
             assert stats["feature-sums"].shape == (10, 129)
             assert float(stats["feature-mass"].sum()) == pytest.approx(14.0, abs=1e-4)
+
+
+def test_an_evaluation_asked_for_the_reference_reports_how_often_the_model_disagrees_with_the_teacher(
+    tmp_path, teacher_state
+):
+    """The export rule's reference: the teacher itself, evaluated as the model with the same BN step,
+    disagrees with it on 0 % of the device's samples; another model on the share counted here by hand;
+    unasked, no figure leaves the device."""
+    hp = json.dumps(AdmpHyper(batch_size=8, teacher_bn="local").model_dump())
+    torch.manual_seed(1)
+    other = build_model("lenet", 10, 0.25).state_dict()
+
+    def evaluate(weights, asked: bool) -> Message:
+        msg = _message(tmp_path, teacher_state, with_teacher=True, weights=weights)
+        msg.metadata.message_type = P.EVALUATE
+        msg.content[P.CONFIG]["hp"] = hp
+        msg.content[P.CONFIG]["local-bn"] = True
+        msg.content[P.CONFIG]["reference"] = asked
+        return client.app(msg, _context(0))
+
+    assert P.metric(evaluate(teacher_state, True).content, "reference-disagreement") == 0.0
+    scenario = P.config_json(_message(tmp_path, teacher_state, False).content[P.CONFIG], "scenario")
+    x = client_device.load_device(scenario, 0).train.x
+    model, teacher = build_model("lenet", 10, 0.25), build_model("lenet", 10, 0.25)
+    model.load_state_dict(other)
+    teacher.load_state_dict(teacher_state)
+    by_hand = (adapt_bn(model, x)(x).argmax(1) != teacher_targets(teacher, x, "local").argmax(1)).float().mean()
+    assert 0 < by_hand and P.metric(evaluate(other, True).content, "reference-disagreement") == pytest.approx(
+        100 * float(by_hand)
+    )
+    assert "reference-disagreement" not in P.metric_record(evaluate(other, False).content)

@@ -348,3 +348,28 @@ def test_the_default_start_is_the_cloud_l1_keep_set(tmp_path):
     assert {g: keep[g].tolist() for g in keep} == {g: expected[g].tolist() for g in expected}
     assert "merge_recovery: none" in (run / "config.yaml").read_text()
     assert config_from_overrides([]).admp.keep_init == "l1"
+
+
+def test_the_reference_rule_compares_the_choice_with_the_self_trained_teacher(tmp_path, monkeypatch):
+    """federation.export_reference: the chosen candidate and the source teacher are each compared with
+    the self-trained teacher the devices hold (the source teacher with target BN as the run measures it:
+    pooled, or each device's own); where the guard fires, that teacher ships, dense, and the summary says
+    why. Without a self-trained teacher the rule does not apply."""
+    on = ("federation.export_reference=true", "federation.teacher_rounds=1")
+    check = _summary(_run(tmp_path / "a", *on, "admp.teacher_bn=fleet"))["selection"]["reference"]  # pooled BN
+    found = check["disagreement"]
+    assert check["applies"] and 0 <= found["candidate"] <= 100 and 0 <= found["source"] <= 100
+    assert check["gives_way"] == (found["candidate"] > found["source"] + 1.0)
+    from server import selection
+
+    monkeypatch.setattr(selection, "reference_guard", lambda candidate, source: True)
+    forced = _run(tmp_path / "b", *on)
+    summary = _summary(forced)
+    chosen = summary["selection"]
+    assert chosen["chosen"] == "teacher" and "self-trained teacher is exported" in chosen["reason"]
+    shipped = torch.load(forced / "pruned_model.pt", weights_only=True)
+    adapted = torch.load(forced / "teacher_self_trained.pt", weights_only=True)
+    learned = [k for k in adapted if "running" not in k and "num_batches" not in k]  # BN may be pooled after
+    assert not shipped["keep"] and all(torch.equal(shipped["state"][k], adapted[k]) for k in learned)
+    off = _summary(_run(tmp_path / "c", "federation.export_reference=true"))["selection"]["reference"]
+    assert off == {"applies": False, "reason": "no self-trained teacher to compare with"}
