@@ -261,7 +261,7 @@ def test_an_evaluation_asked_for_the_reference_reports_how_often_the_model_disag
     model.load_state_dict(other)
     teacher.load_state_dict(teacher_state)
     by_hand = (adapt_bn(model, x)(x).argmax(1) != teacher_targets(teacher, x, "local").argmax(1)).float().mean()
-    assert 0 < by_hand and P.metric(evaluate(other, True).content, "reference-disagreement") == pytest.approx(
+    assert by_hand > 0 and P.metric(evaluate(other, True).content, "reference-disagreement") == pytest.approx(
         100 * float(by_hand)
     )
     assert "reference-disagreement" not in P.metric_record(evaluate(other, False).content)
