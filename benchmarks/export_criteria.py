@@ -21,7 +21,8 @@ the devices' test splits) is reported beside them, for evaluation only. Configur
 version no longer knows are dropped and listed (the runs of earlier versions are the input this is
 for). Writes JSON.
 
-    python benchmarks/export_criteria.py RUN_DIR [RUN_DIR ...] [--out benchmarks/results/export_criteria.json]
+    python benchmarks/export_criteria.py RUN_DIR [RUN_DIR ...] [--bn device|run]
+        [--out benchmarks/results/export_criteria.json]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from admp_config.base import ConfigError
 from admp_config.schema import ScenarioConfig, load_config
 from admp_data.tasks import build_task
 from admp_export.bundle import load_bundle
+from server.guards import reference_guard
 
 
 def run_config(run: Path) -> tuple[ScenarioConfig, list[str]]:
@@ -104,14 +106,19 @@ def run_models(run: Path, cfg: ScenarioConfig, classes: int, shape: tuple[int, .
     return models
 
 
-def measure(run: Path) -> dict[str, Any]:
+def measure(run: Path, bn: str = "device") -> dict[str, Any]:
     """Every criterion of the module docstring for one finished run; under ``models``, each model's
-    target accuracy, IM score and disagreement with the teacher and the adapted teacher (each with
-    the device's BN statistics), over every device's samples."""
+    target accuracy, IM score and disagreement with the teacher and the adapted teacher, over every
+    device's samples, each model with BN statistics of the device's own data (``bn="device"``) or as
+    the run adapts its teacher (``bn="run"``: pooled over the fleet's data under ``teacher_bn: fleet``);
+    and ``reference_rule``, what ``server.guards.reference_guard`` says of the run's choice."""
     summary = json.loads((run / "summary.json").read_text())
     cfg, dropped = run_config(run)
     task = build_task(cfg.data, cfg.run.seed)
     models = run_models(run, cfg, task.num_classes, task.input_shape)
+    if bn == "run" and cfg.admp.teacher_bn == "fleet":
+        fleet_x = torch.cat([task.device(i).train.x for i in range(task.num_devices)])
+        models = {name: local(model, fleet_x) for name, model in models.items()}
     val = task.source_val
     row: dict[str, Any] = {
         "run": run.name,
@@ -125,7 +132,8 @@ def measure(run: Path) -> dict[str, Any]:
     pooled: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     for i in range(task.num_devices):
         device = task.device(i)
-        adapted = {name: local(model, device.train.x) for name, model in models.items()}
+        pooled_bn = bn == "run" and cfg.admp.teacher_bn == "fleet"
+        adapted = {name: model if pooled_bn else local(model, device.train.x) for name, model in models.items()}
         for name, model in adapted.items():
             pooled[name].append(probabilities(model, device.train.x))
             correct[name] += accuracy(model, device.test.x, device.test.y) * len(device.test.y) / 100
@@ -145,6 +153,7 @@ def measure(run: Path) -> dict[str, Any]:
         for name in models
     }
     shipped, teacher = figures["shipped"], figures["teacher"]
+    row["reference_rule"] = reference_rule(row["chosen"], figures)
     return row | {
         "agreement": 100 - shipped["disagreement_teacher"],
         "agreement_confident": 100 * same_confident / max(confident, 1),
@@ -156,10 +165,28 @@ def measure(run: Path) -> dict[str, Any]:
     }
 
 
+def reference_rule(chosen: str | None, figures: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The reference rule on the run's label-free choice: applies where the run kept a self-trained
+    teacher, shipped a pruned candidate and saved it."""
+    candidate = figures.get(f"candidate:{chosen}", {}).get("disagreement_adapted")
+    source = figures["teacher"].get("disagreement_adapted")
+    if candidate is None or source is None:
+        return {"applies": False}
+    return {"applies": True, "candidate": candidate, "source": source, "gives_way": reference_guard(candidate, source)}
+
+
+def rounded(value: Any) -> Any:
+    """``value`` with every float rounded to 3 places, for printing."""
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return round(value, 3) if isinstance(value, float) else value
+
+
 def main() -> None:
     """Measure each run; one line per run, then JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="finished run directories")
+    parser.add_argument("--bn", choices=("device", "run"), default="device", help="BN statistics (see measure)")
     parser.add_argument("--out", default="benchmarks/results/export_criteria.json")
     args = parser.parse_args()
     runs = [Path(r) for r in args.runs]
@@ -168,9 +195,8 @@ def main() -> None:
         parser.error(f"not finished runs (summary.json and teacher.pt needed): {', '.join(missing)}")
     rows = []
     for run in runs:
-        rows.append(measure(run))
-        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items() if k != "models"}
-        print(json.dumps(shown), flush=True)
+        rows.append(measure(run, args.bn))
+        print(json.dumps({k: rounded(v) for k, v in rows[-1].items() if k != "models"}), flush=True)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"runs": rows}, indent=2) + "\n")

@@ -118,3 +118,8 @@ def test_export_criteria_rescore_the_run_as_its_summary_scored_it(run, tmp_path)
     assert row["student_target_acc"] == pytest.approx(summary["student"]["target_acc"], abs=1e-6)
     assert row["teacher_source_val"] == pytest.approx(summary["teacher"]["source_val_acc"], abs=1e-6)
     assert 0 <= row["agreement"] <= 100 and 0 <= row["agreement_confident"] <= 100 and row["dropped_keys"] == []
+    models = row["models"]  # every saved candidate; the shipped one is the chosen candidate, each with device BN
+    assert {"candidate:final", "candidate:start", "candidate:cloud"} <= set(models) and "adapted" not in models
+    chosen = models[f"candidate:{summary['selection']['chosen']}"]
+    assert chosen["target_acc"] == pytest.approx(row["student_target_acc"], abs=1e-6)
+    assert row["reference_rule"] == {"applies": False}  # no self-trained teacher in this run
