@@ -91,10 +91,10 @@ class FederationSpec(Section):
     teacher_fallback: bool = True  # export the dense teacher when every pruned candidate's label-free score is
     #   worse than the teacher's by more than server.guards.FLAG_MARGIN (a collapsed run); false: the best
     #   pruned candidate ships anyway, flagged in the summary
-    export_reference: bool = False  # with a kept self-trained teacher A: the chosen pruned candidate also
-    #   gives way to A when it disagrees with A on more of the fleet's samples than the source teacher with
-    #   target BN does, by more than server.guards.ADAPTED_MARGIN points (server.guards.reference_guard;
-    #   off until measured: docs/pruning.md)
+    export_reference: bool = True  # with a kept self-trained teacher A and teacher_fallback: the chosen pruned
+    #   candidate also gives way to A when it disagrees with A on more of the fleet's samples than the source
+    #   teacher with target BN does, by more than server.guards.ADAPTED_MARGIN points
+    #   (server.guards.reference_guard; the default by the condition written before its runs, docs/pruning.md)
     evaluate_labels: bool = True  # false: no device reads its labels (a deployment without them); runs report
     #   the label-free figures only, and no accuracy
     secure_aggregation: SecureSpec = Field(default_factory=SecureSpec)  # SecAgg+ over the training rounds

@@ -80,7 +80,8 @@ def select_export(
         "teacher_score": teacher_score,
         "candidates": {n: {"score": c["score"], "accuracy": c.get("acc")} for n, c in candidates.items()},
     }
-    if run.cfg.federation.export_reference and name != "teacher":
+    fed = run.cfg.federation
+    if fed.export_reference and fed.teacher_fallback and name != "teacher":  # no fallback: a pruned model ships
         check = reference_check(session, candidates[name], rnd)
         session.selection["reference"] = check
         if check.get("gives_way"):

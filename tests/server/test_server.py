@@ -350,12 +350,12 @@ def test_the_default_start_is_the_cloud_l1_keep_set(tmp_path):
     assert config_from_overrides([]).admp.keep_init == "l1"
 
 
-def test_the_reference_rule_compares_the_choice_with_the_self_trained_teacher(tmp_path, monkeypatch):
+def test_the_reference_rule_compares_the_choice_with_the_self_trained_teacher(fedadmp_run, tmp_path, monkeypatch):
     """federation.export_reference: the chosen candidate and the source teacher are each compared with
     the self-trained teacher the devices hold (the source teacher with target BN as the run measures it:
     pooled, or each device's own); where the guard fires, that teacher ships, dense, and the summary says
-    why. Without a self-trained teacher the rule does not apply."""
-    on = ("federation.export_reference=true", "federation.teacher_rounds=1")
+    why. Without a self-trained teacher the rule does not apply, nor without ``teacher_fallback``."""
+    on = ("federation.export_reference=true", "federation.teacher_fallback=true", "federation.teacher_rounds=1")
     check = _summary(_run(tmp_path / "a", *on, "admp.teacher_bn=fleet"))["selection"]["reference"]  # pooled BN
     found = check["disagreement"]
     assert check["applies"] and 0 <= found["candidate"] <= 100 and 0 <= found["source"] <= 100
@@ -371,5 +371,6 @@ def test_the_reference_rule_compares_the_choice_with_the_self_trained_teacher(tm
     adapted = torch.load(forced / "teacher_self_trained.pt", weights_only=True)
     learned = [k for k in adapted if "running" not in k and "num_batches" not in k]  # BN may be pooled after
     assert not shipped["keep"] and all(torch.equal(shipped["state"][k], adapted[k]) for k in learned)
-    off = _summary(_run(tmp_path / "c", "federation.export_reference=true"))["selection"]["reference"]
+    off = _summary(_run(tmp_path / "c", *on[:2], "federation.teacher_rounds=0"))["selection"]["reference"]
     assert off == {"applies": False, "reason": "no self-trained teacher to compare with"}
+    assert "reference" not in _summary(fedadmp_run)["selection"]  # teacher_fallback false: a pruned model ships
