@@ -212,7 +212,7 @@ DEVICE_SENDS: tuple[Sent, ...] = (
     Sent((str(EVALUATE),), METRICS, NUM_EXAMPLES, "scalar", "test samples: the accuracy's weight"),
     Sent((str(EVALUATE),), METRICS, "entropy", "scalar", "mean prediction entropy: label-free score"),
     Sent((str(EVALUATE),), METRICS, "unlabeled", "scalar", "unlabeled samples behind the label-free figures"),
-    Sent((str(EVALUATE),), METRICS, "reference-disagreement", "scalar", "% of them the teacher classes otherwise"),
+    Sent((str(EVALUATE),), METRICS, "reference-disagreement", "scalar", "% of them where model and teacher differ"),
     Sent(EVERY, METRICS, "seconds", "scalar", "handler wall time"),
     # federation.secure_aggregation: Flower's SecAgg+ stages, all of message type train
     Sent(SECAGG, SECAGG_RECORD, "pk1", "bytes", "set-up: public key for the pairwise masks"),
