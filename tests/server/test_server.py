@@ -355,13 +355,15 @@ def test_the_reference_rule_compares_the_choice_with_the_self_trained_teacher(fe
     the self-trained teacher the devices hold (the source teacher with target BN as the run measures it:
     pooled, or each device's own); where the guard fires, that teacher ships, dense, and the summary says
     why. Without a self-trained teacher the rule does not apply, nor without ``teacher_fallback``."""
+    from server import selection
+
+    # the label-free choice is not under test: tiny runs' students would be flagged, and the teacher shipped
+    monkeypatch.setattr(selection, "choose_export", lambda pruned, teacher: ("final", "forced by the test"))
     on = ("federation.export_reference=true", "federation.teacher_fallback=true", "federation.teacher_rounds=1")
     check = _summary(_run(tmp_path / "a", *on, "admp.teacher_bn=fleet"))["selection"]["reference"]  # pooled BN
     found = check["disagreement"]
     assert check["applies"] and 0 <= found["candidate"] <= 100 and 0 <= found["source"] <= 100
     assert check["gives_way"] == (found["candidate"] > found["source"] + 1.0)
-    from server import selection
-
     monkeypatch.setattr(selection, "reference_guard", lambda candidate, source: True)
     forced = _run(tmp_path / "b", *on)
     summary = _summary(forced)
