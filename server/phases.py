@@ -39,8 +39,8 @@ from server.session import Session
 from server.setup import RunSetup
 from server.starts import Start, mask_start, recover_on_source
 from strategies import protocol as P
-from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.fleet import Delivery, Fleet, RoundPolicy
 from strategies.privacy import Privacy
 from strategies.robust import Defence
 from strategies.roster import Roster, SlotRoster

@@ -10,8 +10,8 @@ from typing import Any
 from admp.masks import MaskDict
 from server.rounds import OnRound, RoundRunner, Weights
 from server.setup import RunSetup
-from strategies.base import Fleet, RoundPolicy
 from strategies.fedadmp import FedKD
+from strategies.fleet import Fleet, RoundPolicy
 
 
 @dataclass

@@ -21,7 +21,8 @@ from strategies.aggregation import (
     check_update,
     specs_of,
 )
-from strategies.base import Fleet, RoundPolicy, log
+from strategies.base import log
+from strategies.fleet import Fleet, RoundPolicy
 from strategies.privacy import private_round
 from strategies.robust import Defence, aggregate
 from strategies.secure import SecureRounds

@@ -17,8 +17,8 @@ from admp_config.seeding import torch_generator
 from clients import app as client
 from clients.device import load_device
 from strategies import protocol as P
-from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP
+from strategies.fleet import Delivery, Fleet, RoundPolicy
 from strategies.selftraining import SharedStats
 from tests.conftest import set_flower_task
 

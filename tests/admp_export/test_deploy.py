@@ -12,8 +12,8 @@ from admp.surgery import prune_model
 from admp_export.bundle import adapt_bn, load_bundle, save_bundle
 from simulations.cli import main
 from strategies import protocol as P
-from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedKD
+from strategies.fleet import Delivery, Fleet, RoundPolicy
 from tests.conftest import set_flower_task
 
 

@@ -122,8 +122,8 @@ def test_local_noise_stays_within_what_the_server_accepts_and_the_budget_stops_t
 
 
 def test_os_noise_also_draws_each_rounds_sample_from_the_os():
-    from strategies.base import Delivery, Fleet, RoundPolicy
     from strategies.fedadmp import FedKD
+    from strategies.fleet import Delivery, Fleet, RoundPolicy
 
     def fleet(noise: str) -> FedKD:
         spec = PrivacySpec(mode="central", noise_multiplier=1.0, noise=noise)

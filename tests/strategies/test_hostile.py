@@ -11,8 +11,8 @@ from flwr.app import Array, ArrayRecord, Message, RecordDict
 
 from admp.state import AdmmSettings, AdmpState
 from strategies import protocol as P
-from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.fleet import Delivery, Fleet, RoundPolicy
 from strategies.robust import Defence, aggregate, combine_figure, combine_statistics, pooled_moments
 from strategies.selftraining import DeviceStats, LabelFree, SharedStats, label_free_metrics
 

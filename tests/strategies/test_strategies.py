@@ -10,8 +10,8 @@ from admp.state import AdmmSettings, AdmpState
 from server.guards import keeps_result, student_flag
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, bn_statistics, check_arrays, check_range, weighted_average
-from strategies.base import Delivery, Fleet, RoundPolicy
 from strategies.fedadmp import FedADMP, FedKD
+from strategies.fleet import Delivery, Fleet, RoundPolicy
 from strategies.selftraining import LabelFree, SharedStats, label_free_metrics
 from tests.conftest import set_flower_task
 
