@@ -16,8 +16,11 @@ know without a target label:
 
 Where the run saved them, the same figures are given under ``models`` for the teacher after its federated
 self-training (``teacher_self_trained.pt``: ``adapted``, with the disagreement of every model with it)
-and for each export candidate (``candidates/*.pt``). The target accuracy of every model (per-device BN,
-the devices' test splits) is reported beside them, for evaluation only. Configuration keys that this
+and for each export candidate (``candidates/*.pt``), with ``reference_rule``: what
+``server.guards.reference_guard`` says of the run's choice. ``--bn run`` pools every model's BN statistics
+over the fleet's data where the run pooled its teacher's (``teacher_bn: fleet``) instead of each device's
+own. The target accuracy of every model (the devices' test splits) is reported beside them, for
+evaluation only. Configuration keys that this
 version no longer knows are dropped and listed (the runs of earlier versions are the input this is
 for). Writes JSON.
 
