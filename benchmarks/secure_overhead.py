@@ -39,8 +39,12 @@ def plain_baseline(run_dir: Path) -> dict[str, float]:
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise SystemExit(f"--plain {run_dir}: not a finished run (missing {', '.join(missing)})")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    if ((config.get("federation") or {}).get("secure_aggregation") or {}).get("enabled"):
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        secure = bool(config["federation"]["secure_aggregation"]["enabled"])
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--plain {run_dir}: config.yaml is not a run's resolved config ({exc!r})") from exc
+    if secure:
         raise SystemExit(f"--plain {run_dir}: that run used secure aggregation; a plain run is the baseline")
     return figures(run_dir)
 

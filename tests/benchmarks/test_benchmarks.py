@@ -82,6 +82,9 @@ def test_secure_overhead_refuses_a_baseline_that_is_not_a_finished_plain_run(tmp
     (tmp_path / "config.yaml").write_text("federation:\n  secure_aggregation:\n    enabled: true\n")
     done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "that run used secure aggregation" in done.stderr
+    (tmp_path / "config.yaml").write_text("federation: [1, 2\n")
+    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "config.yaml is not a run's resolved config" in done.stderr
     done = subprocess.run([*script, "--set", "run.seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "would make the two runs differ" in done.stderr
 
