@@ -31,7 +31,6 @@ for). Writes JSON.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import re
 import tempfile
@@ -43,14 +42,14 @@ import yaml
 from common import ROOT
 from torch import nn
 
-from admp.losses import entropy
+from admp.losses import information_maximisation
 from admp.metrics import accuracy
+from admp.objective import predictions
 from admp.teacher import initial_model
-from admp.trainer import recalibrate_bn
 from admp_config.base import ConfigError
 from admp_config.schema import ScenarioConfig, load_config
 from admp_data.tasks import build_task
-from admp_export.bundle import load_bundle
+from admp_export.bundle import adapt_bn, load_bundle
 from server.guards import reference_guard
 
 
@@ -76,22 +75,10 @@ def run_config(run: Path) -> tuple[ScenarioConfig, list[str]]:
                 dropped.append(found.group(1))
 
 
-@torch.no_grad()
-def probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Softmax predictions, in batches."""
-    return torch.cat([torch.softmax(model(x[i : i + 512]), dim=1) for i in range(0, len(x), 512)])
-
-
 def im_score(p: torch.Tensor) -> float:
-    """Mean prediction entropy minus the entropy of the mean prediction (lower is better)."""
-    return float(entropy(p).mean() - entropy(p.mean(dim=0)))
-
-
-def local(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """A copy of ``model`` with BN statistics re-estimated on ``x`` (the device step)."""
-    probe = copy.deepcopy(model)
-    recalibrate_bn(probe, x)
-    return probe
+    """The export rule's IM score of pooled predictions ``p`` (lower is better); log-probabilities are
+    logits of the same softmax."""
+    return float(information_maximisation(p.clamp_min(1e-12).log()))
 
 
 def run_models(run: Path, cfg: ScenarioConfig, classes: int, shape: tuple[int, ...]) -> dict[str, nn.Module]:
@@ -121,14 +108,14 @@ def measure(run: Path, bn: str = "device") -> dict[str, Any]:
     models = run_models(run, cfg, task.num_classes, task.input_shape)
     if bn == "run" and cfg.admp.teacher_bn == "fleet":
         fleet_x = torch.cat([task.device(i).train.x for i in range(task.num_devices)])
-        models = {name: local(model, fleet_x) for name, model in models.items()}
+        models = {name: adapt_bn(model, fleet_x) for name, model in models.items()}
     val = task.source_val
     row: dict[str, Any] = {
         "run": run.name,
         "chosen": (summary.get("selection") or {}).get("chosen"),
         "dropped_keys": dropped,
         "teacher_source_val": accuracy(models["teacher"], val.x, val.y),
-        "student_source_val": accuracy(local(models["shipped"], task.source_train.x), val.x, val.y),
+        "student_source_val": accuracy(adapt_bn(models["shipped"], task.source_train.x), val.x, val.y),
     }
     same_confident = confident = tested = 0
     correct = dict.fromkeys(models, 0.0)
@@ -136,9 +123,9 @@ def measure(run: Path, bn: str = "device") -> dict[str, Any]:
     for i in range(task.num_devices):
         device = task.device(i)
         pooled_bn = bn == "run" and cfg.admp.teacher_bn == "fleet"
-        adapted = {name: model if pooled_bn else local(model, device.train.x) for name, model in models.items()}
+        adapted = {name: model if pooled_bn else adapt_bn(model, device.train.x) for name, model in models.items()}
         for name, model in adapted.items():
-            pooled[name].append(probabilities(model, device.train.x))
+            pooled[name].append(predictions(model, device.train.x))
             correct[name] += accuracy(model, device.test.x, device.test.y) * len(device.test.y) / 100
         tested += len(device.test.y)
         by_teacher, by_shipped = pooled["teacher"][-1], pooled["shipped"][-1]
