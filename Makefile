@@ -8,16 +8,16 @@ SCENARIO ?= simulations/scenarios/federated_digits.yaml
 
 .PHONY: install run test test-deployment gate bench flwr-run docs clean
 
-# uv installs the dependencies several times faster than pip (measured: 22 s against 163 s); it keeps the
-# torch that pip took from the local wheel, as that satisfies every range. Neither step compiles bytecode
-# at install time: Python writes it on the first import, for the modules that are imported. pip is the
-# fallback where uv cannot reach its index.
+# uv installs the dependencies several times faster than pip; it keeps the torch that pip took from the
+# local wheel, as that satisfies every range. Both steps compile bytecode at install time: where
+# PYTHONDONTWRITEBYTECODE is set (as on this machine), nothing compiled later is kept, and every process
+# would compile torch, Flower and Ray anew on import. pip is the fallback where uv cannot reach its index.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	@echo "[install 1/2] torch 2.13.0 (the local CPU build first: any other spec pulls several GB of CUDA packages), and uv"
-	$(PY) -m pip install --progress-bar on --no-compile torch==2.13.0 uv
+	$(PY) -m pip install --progress-bar on torch==2.13.0 uv
 	@echo "[install 2/2] fedadmp and its dependencies (flwr[simulation], ray, torch-pruning, onnxruntime, ...)"
-	$(VENV)/bin/uv pip install --python $(PY) -e ".[dev]" || $(PY) -m pip install --progress-bar on -e ".[dev]"
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e ".[dev]" || $(PY) -m pip install --progress-bar on -e ".[dev]"
 	@echo "[install] done"
 	touch $(STAMP)
 
