@@ -3,14 +3,8 @@ that ONNX Runtime computes what PyTorch computes on the exported file."""
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import logging
-import threading
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,63 +21,26 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> P
     return path
 
 
-_REGISTRIES: dict[Any, Any] = {}  # torchlib's registry of ONNX functions, per build arguments (the opset)
-_EXPORTING = threading.Lock()  # one export at a time holds the registry in place
-
-
-@contextlib.contextmanager
-def _registry_built_once() -> Iterator[None]:
-    """Within the block, ``torch.onnx.export`` reuses torchlib's registry of ONNX functions instead of
-    rebuilding it: the build is about 1 s of a 2.5 s LeNet export on two cores and gives the same
-    registry every time. The exporter only reads it (a custom translation table would add to it; our
-    exports pass none). With another torch layout the export runs as it is."""
-    try:
-        from torch.onnx._internal.exporter import _registration
-
-        owner = _registration.ONNXRegistry
-        original = owner.__dict__["from_torchlib"]
-        build = original.__func__
-    except (ImportError, AttributeError, KeyError):
-        yield
-        return
-
-    def reuse(cls: type, *args: Any, **kwargs: Any) -> Any:
-        key = (cls, args, tuple(sorted(kwargs.items())))
-        if key not in _REGISTRIES:
-            _REGISTRIES[key] = build(cls, *args, **kwargs)
-        return _REGISTRIES[key]
-
-    with _EXPORTING:
-        owner.from_torchlib = classmethod(reuse)  # type: ignore[method-assign,assignment]
-        try:
-            yield
-        finally:
-            owner.from_torchlib = original  # type: ignore[method-assign]
-
-
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """Export to ONNX (torch.export-based exporter) with a dynamic batch dimension."""
+    """Export to ONNX with a dynamic batch dimension (input ``input``, output ``logits``).
+
+    This uses torch's TorchScript-based exporter (``dynamo=False``), deprecated since torch 2.9 but part
+    of the torch this project pins (< 2.14). For our models it writes the same graph as the
+    torch.export-based exporter (the same ops and opset; LeNet: Flatten where that one writes Reshape)
+    in 0.05 s instead of 1.3 s, and in 1.8 s instead of 8.7 s for the first export of a process (measured
+    on a LeNet, 2 cores)."""
     model = model.eval()
-    arg = next(iter(inspect.signature(model.forward).parameters))
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # it warns about torchvision ops we never use
-    try:
-        with warnings.catch_warnings(), _registry_built_once():
-            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_shapes={arg: {0: torch.export.Dim("batch")}},
-                dynamo=True,
-                verbose=False,
-                external_data=False,
-            )
-    finally:
-        exporter_log.setLevel(level)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     return path
 
 
