@@ -3,6 +3,7 @@ that ONNX Runtime computes what PyTorch computes on the exported file."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,9 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> P
     return path
 
 
+_EXPORTING = threading.Lock()  # the TorchScript-based exporter holds module-level state during an export
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Export to ONNX with a dynamic batch dimension (input ``input``, output ``logits``).
 
@@ -30,7 +34,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     in 0.05 s instead of 1.3 s, and in 1.8 s instead of 8.7 s for the first export of a process (measured
     on a LeNet, 2 cores)."""
     model = model.eval()
-    with warnings.catch_warnings(), torch.no_grad():
+    with _EXPORTING, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
         torch.onnx.export(
             model,
