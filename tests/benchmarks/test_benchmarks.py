@@ -125,6 +125,26 @@ def test_source_teacher(tmp_path, shared_data):
     assert 0 <= row["target_test_acc"] <= 100 and row["target_test_size"] > 0
 
 
+def test_pruned_ceiling(tmp_path, shared_data):
+    """The oracle's rows: the dense model has more parameters than the pruned one, and a rerun skips
+    the rows already written."""
+    out = tmp_path / "ceiling.json"
+    scenario = str(ROOT / "simulations" / "scenarios" / "mnist_usps.yaml")
+    sets = ["teacher.epochs=1", "data.max_source=300", "data.num_devices=2", "data.max_target=200"]
+    sets += [f"data.data_dir={shared_data}"]
+    args = [scenario, "--seeds", "0", "--ratios", "0", "0.5", "--name", "tiny", "--out", str(out)]
+    bench("pruned_ceiling.py", *args, sets=sets)
+    dense, pruned = report(out, "rows")["rows"]
+    assert (dense["prune_ratio"], pruned["prune_ratio"]) == (0.0, 0.5) and dense["task"] == "tiny"
+    assert pruned["params"] < dense["params"] and 0 <= pruned["oracle_target_acc"] <= 100
+    assert "seed" not in bench("pruned_ceiling.py", *args, sets=sets)  # nothing left to run: no row printed
+    assert len(report(out, "rows")["rows"]) == 2
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "pruned_ceiling.py"), scenario, "--ratios", "1.0"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--ratios must lie in [0, 1): [1.0]" in done.stderr
+
+
 def test_federated_overhead(tmp_path):
     out = tmp_path / "overhead.json"
     bench("federated_overhead.py", "--rounds", "2", "--out", str(out), sets=[*TINY, "federation.mask_rounds=2"])
