@@ -137,6 +137,8 @@ def test_pruned_ceiling(tmp_path, shared_data):
     dense, pruned = report(out, "rows")["rows"]
     assert (dense["prune_ratio"], pruned["prune_ratio"]) == (0.0, 0.5) and dense["task"] == "tiny"
     assert pruned["params"] < dense["params"] and 0 <= pruned["oracle_target_acc"] <= 100
+    # trained on the capped target pool, scored on every device's test split: all of USPS's 2,007
+    assert (dense["train_samples"], dense["test_samples"]) == (200, 2007)
     assert "seed" not in bench("pruned_ceiling.py", *args, sets=sets)  # nothing left to run: no row printed
     assert len(report(out, "rows")["rows"]) == 2
     done = subprocess.run(
