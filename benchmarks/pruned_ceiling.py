@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,9 @@ from admp_config.seeding import torch_generator
 from admp_data.tasks import build_task
 
 
-def ceilings(scenario: Path, sets: list[str], seed: int, ratios: list[float]) -> list[dict[str, Any]]:
-    """One row per ratio for one seed: the oracle student's target accuracy and its size."""
+def ceilings(scenario: Path, sets: list[str], seed: int, ratios: list[float]) -> Iterator[dict[str, Any]]:
+    """One row per ratio for one seed, each as soon as it is measured: the oracle student's target
+    accuracy and its size."""
     cfg = load_config(scenario, [*sets, f"run.seed={seed}"])
     task = build_task(cfg.data, seed)
     teacher, info = prepare_teacher(cfg, task)
@@ -54,7 +56,6 @@ def ceilings(scenario: Path, sets: list[str], seed: int, ratios: list[float]) ->
     train, test = task.pooled(devices)
     groups, example = groups_of(teacher), example_input(teacher)
     teacher_acc = accuracy(teacher, test.x, test.y)
-    rows = []
     for p in ratios:
         start = time.perf_counter()
         if p == 0:
@@ -64,32 +65,32 @@ def ceilings(scenario: Path, sets: list[str], seed: int, ratios: list[float]) ->
         # the labelled-target stream of its own: the oracle never shares batches with a run's streams
         gen = torch_generator(seed, "oracle-target", str(p))
         train_supervised(student, train.x, train.y, cfg.teacher, gen)
-        rows.append(
-            {
-                "seed": seed,
-                "prune_ratio": p,
-                "params": sum(t.numel() for t in student.parameters()),
-                "oracle_target_acc": accuracy(student, test.x, test.y),
-                "teacher_target_acc": teacher_acc,
-                "teacher_source_val_acc": info["source_val_acc"],
-                "train_samples": len(train),
-                "test_samples": len(test),
-                "epochs": cfg.teacher.epochs,
-                "seconds": round(time.perf_counter() - start, 1),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+        row = {
+            "seed": seed,
+            "prune_ratio": p,
+            "params": sum(t.numel() for t in student.parameters()),
+            "oracle_target_acc": accuracy(student, test.x, test.y),
+            "teacher_target_acc": teacher_acc,
+            "teacher_source_val_acc": info["source_val_acc"],
+            "train_samples": len(train),
+            "test_samples": len(test),
+            "epochs": cfg.teacher.epochs,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+        print(json.dumps(row), flush=True)
+        yield row
 
 
 def main() -> None:
-    """Check the arguments, then run seed by seed, rewriting the report after each."""
+    """Check the arguments, then run seed by seed, rewriting the report after each row."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", type=Path, help="the task's scenario file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.6, 0.8, 0.9, 0.95])
-    parser.add_argument("--name", default="", help="the task's name in the report (default: the scenario's stem)")
+    parser.add_argument(
+        "--name", default="", help="the task's name in the report and its resume key (default: the scenario's stem)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "pruned_ceiling.json")
     args = parser.parse_args()
     bad = [p for p in args.ratios if not 0 <= p < 1]
@@ -111,7 +112,7 @@ def main() -> None:
             continue
         for row in ceilings(args.scenario, args.set, seed, todo):
             report["rows"].append({"task": name, "overrides": args.set, **row})
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+            args.out.write_text(json.dumps(report, indent=2) + "\n")  # a run cut short keeps its rows
 
 
 if __name__ == "__main__":
