@@ -61,6 +61,12 @@ class FederationSpec(Section):
     #   0: the teacher as trained on the source; auto: 3 (the fine-tune phase's default length) where the
     #   fleet shares one target domain, 0 where every device is a domain of its own (there, a FedAvg'd
     #   teacher trained without the KD anchor across domains drifted: digits, seed 0, 94.33 -> 93.22 %)
+    weak_teacher_rounds: Annotated[int, Field(ge=0)] = 3  # where teacher_rounds gives none, the rounds a *weak*
+    #   teacher self-trains (server.guards.weak_teacher: it keeps under half its source certainty on the fleet,
+    #   label-free); distilling towards such a teacher holds every student near it. 0: off
+    teacher_max_rounds: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"  # the teacher's self-training
+    #   goes on past its rounds while it still climbs (server.guards.still_climbing: the label-free score
+    #   falls by more than the keep margin per round), up to this many rounds in all; auto: mask_rounds
     mask_rounds: Annotated[int, Field(ge=0)] = 10  # rounds of the mask phase (warm-up included)
     warmup_rounds: Annotated[int, Field(ge=0)] = 2  # rounds without a Z-step; the first ends round warmup_rounds + 1
     finetune_rounds: Annotated[int, Field(ge=0)] = 3  # KD rounds of the physically pruned global model
@@ -135,6 +141,10 @@ class FederationSpec(Section):
         """SuperNodes a simulation starts for ``num_devices`` virtual devices: ``ray.sim_nodes``, else as many as
         one exchange asks, so start-up and rounds do not grow with the fleet (``strategies.roster``)."""
         return self.ray.sim_nodes or self.most_asked(num_devices)
+
+    def teacher_round_cap(self) -> int:
+        """The most rounds the teacher's self-training may take (``teacher_max_rounds``; auto: mask_rounds)."""
+        return self.mask_rounds if self.teacher_max_rounds == "auto" else self.teacher_max_rounds
 
     def self_training_rounds(self) -> int:
         """``teacher_rounds`` as resolved for the run's fleet (``auto`` is resolved with the scenario)."""

@@ -17,9 +17,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from admp_config.schema import ScenarioConfig, config_from_overrides, load_config
 from server.finish import finish
-from server.phases import adapt_teacher, discover, finetune_phase, mask_phase, self_train_teacher
+from server.phases import adapt_teacher, discover, finetune_phase, mask_phase
 from server.setup import RunSetup
 from server.starts import Start, baseline_start
+from server.teacher_phase import self_train_teacher
 
 
 def config_from_run_config(run_config: Mapping[str, object]) -> ScenarioConfig:
@@ -46,7 +47,7 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, vi
     session = discover(grid, run, virtual)  # device ids, the teacher's delivery, the round runner
     adapt_teacher(session)  # target BN statistics of the KD teacher, its zero-training accuracy
     start: Start | None = None
-    if self_train_teacher(session):  # the dense teacher adapts itself first (federation.teacher_rounds)
+    if self_train_teacher(session):  # the dense teacher adapts itself first (server.teacher_phase)
         start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
     chosen = finetune_phase(session, start) if start is not None else None  # the student the rule exports
     if chosen is None:

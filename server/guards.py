@@ -17,12 +17,34 @@ from typing import Any
 FLAG_MARGIN = 0.1  # nats; a reporting threshold, not tuned on any result
 KEEP_MARGIN = 0.05  # nats a result may score worse and still be kept: above the round-to-round spread of
 #   the score in stable runs (<= 0.02 in the first study runs, read from the score alone, no label)
+WEAK_SHARE = 0.5  # a teacher is weak on the fleet when it keeps less than this share of its source certainty
 
 
 def keeps_result(before: float | None, after: float | None) -> bool:
     """True when the phase's result is kept: no score to compare, or the score got worse by no more
     than ``KEEP_MARGIN`` (noise); a larger loss of confidence or of class balance discards it."""
     return before is None or after is None or after <= before + KEEP_MARGIN
+
+
+def weak_teacher(fleet_score: float | None, source_score: float | None) -> bool:
+    """True when the teacher keeps less than ``WEAK_SHARE`` of its certainty on the fleet: certainty is
+    minus the label-free score (confident, balanced predictions score low, so certainty is high), on the
+    fleet's unlabeled data against the source validation split, where the teacher is known to be right.
+    Such a teacher is far from adapted, and distilling towards it holds every student near it."""
+    if fleet_score is None or source_score is None or source_score >= 0:
+        return False  # nothing to compare, or no certainty on the source to lose
+    return -fleet_score < WEAK_SHARE * -source_score
+
+
+def still_climbing(scores: list[float | None]) -> bool:
+    """Whether self-training is still improving: the label-free score fell by more than ``KEEP_MARGIN``
+    per round between the last two evaluated entries of ``scores`` (entry r: after round r, entry 0 the
+    start; None where a round was not evaluated). Less than that is the score's noise, a plateau."""
+    known = [(r, s) for r, s in enumerate(scores) if s is not None]
+    if len(known) < 2:
+        return False
+    (r0, s0), (r1, s1) = known[-2], known[-1]
+    return (s0 - s1) / (r1 - r0) > KEEP_MARGIN
 
 
 def student_flag(teacher_score: float | None, student_score: float | None) -> dict[str, Any]:

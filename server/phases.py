@@ -1,8 +1,8 @@
 """The phases of a federated run, each a small function over one shared round runner.
 
-discover -> adapt_teacher -> self_train_teacher -> mask_phase (FedADMP) or baseline_start
-(fedkd, naive) -> finetune_phase -> finish (server.finish). A phase returns None when the run pauses after
-``federation.stop_after_round``; the checkpoint written after every round resumes it.
+discover -> adapt_teacher -> self_train_teacher (server.teacher_phase) -> mask_phase (FedADMP) or
+baseline_start (fedkd, naive) -> finetune_phase -> finish (server.finish). A phase returns None when the
+run pauses after ``federation.stop_after_round``; the checkpoint written after every round resumes it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from admp.centroids import feature_dim
 from admp.masks import MaskDict, group_sizes, pruned_fraction
 from admp.models import example_input
-from admp.objective import shares_centroids
+from admp.objective import label_free_score, predictions, shares_centroids
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.teacher import state_hash
@@ -31,7 +31,6 @@ from server.fleet import (
     pool_bn_statistics,
     wait_for_nodes,
 )
-from server.guards import keeps_result
 from server.importance import fleet_choice
 from server.rounds import RoundRunner, Weights
 from server.selection import select_export, start_candidates
@@ -39,7 +38,7 @@ from server.session import Session
 from server.setup import RunSetup
 from server.starts import Start, mask_start, recover_on_source
 from strategies import protocol as P
-from strategies.fedadmp import FedADMP, FedKD
+from strategies.fedadmp import FedADMP
 from strategies.fleet import Delivery, Fleet, RoundPolicy
 from strategies.privacy import Privacy
 from strategies.robust import Defence
@@ -47,9 +46,16 @@ from strategies.roster import Roster, SlotRoster
 from strategies.selftraining import SharedStats
 
 
-def _delivery(teacher: nn.Module) -> Delivery:
+def teacher_delivery(teacher: nn.Module) -> Delivery:
+    """The teacher as the devices fetch it: its record and the content hash they cache it by."""
     state = teacher.state_dict()
     return Delivery(P.to_record(state), state_hash(state))
+
+
+def source_score(teacher: nn.Module, x: torch.Tensor) -> float:
+    """The teacher's label-free score on source inputs ``x`` (eval mode, the source's BN statistics): its
+    certainty where it is known to be right, against which ``server.guards.weak_teacher`` reads the fleet's."""
+    return label_free_score(predictions(teacher, x))
 
 
 def discover(grid: Grid, run: RunSetup, virtual: bool = False) -> Session:
@@ -80,7 +86,7 @@ def discover(grid: Grid, run: RunSetup, virtual: bool = False) -> Session:
         marginal_on=cfg.admp.lambda_im > 0 and cfg.admp.im_marginal == "fleet",
         centroids_on=shares_centroids(cfg.admp),
     )
-    delivery = _delivery(run.teacher)
+    delivery = teacher_delivery(run.teacher)
     if run.checkpoint is not None:
         shared.load_state_dict(run.checkpoint.fleet_stats)
         held = run.checkpoint.teacher_holders
@@ -125,6 +131,7 @@ def adapt_teacher(session: Session) -> None:
     if run.checkpoint is not None:
         return  # resumed: the checkpoint holds the teacher as adapted
     mode = run.cfg.admp.teacher_bn
+    run.teacher_info["source_label_free_score"] = source_score(run.teacher, run.task.source_val.x)
     probe = session.kd_strategy(run.teacher.state_dict(), None)
     figures = session.runner.evaluate_all(probe, 0, run.teacher.state_dict())
     run.teacher_info["target_acc"] = figures.get("accuracy")
@@ -132,7 +139,7 @@ def adapt_teacher(session: Session) -> None:
         adapted = copy.deepcopy(run.teacher)
         pool_bn_statistics(session.runner, probe, adapted, 0)
         run.teacher = adapted.eval()
-        session.fleet.delivery = _delivery(run.teacher)  # nothing was sent yet
+        session.fleet.delivery = teacher_delivery(run.teacher)  # nothing was sent yet
     if mode in ("fleet", "local"):
         figures = session.runner.evaluate_all(probe, 0, run.teacher.state_dict(), local_bn=mode == "local")
         run.teacher_info["target_acc_target_bn"] = figures.get("accuracy")
@@ -146,59 +153,6 @@ def adapt_teacher(session: Session) -> None:
     )
 
 
-def self_train_teacher(session: Session) -> bool:
-    """The dense teacher's own federated self-training (``federation.teacher_rounds``, rounds
-    1..T): IM with the fleet's marginal and the fleet's centroid pseudo labels, no KD. Every
-    method then starts from, and distils from, the adapted teacher, so comparisons isolate the
-    pruning. Returns False when the run paused inside the phase."""
-    run, fed = session.run, session.run.cfg.federation
-    ckpt = run.checkpoint
-    if fed.self_training_rounds() == 0 or (ckpt is not None and ckpt.phase != "teacher"):
-        return True  # none, or resumed after it: the checkpoint's teacher is the adapted one
-    weights, first = run.teacher.state_dict(), 1
-    if ckpt is not None:
-        weights, first = ckpt.student, ckpt.round + 1
-    hp = run.cfg.admp.model_copy(update={"lambda_kd": 0.0}).model_dump()
-    strategy = FedKD(
-        weights=weights,
-        keep=None,
-        local_epochs=fed.local_epochs,
-        lr=run.cfg.admp.lr,
-        fleet=session.fleet,
-        policy=session.policy,
-        config={"hp": hp},
-    )
-    session.fleet.shared.start_phase(feature_dim(run.teacher))
-    if first == 1:  # the first round trains on the fleet's statistics of the starting teacher
-        session.runner.evaluate_all(strategy, 0, weights, session.runner.local_bn, fleet_stats=True)
-    weights, finished = session.runner.run_rounds(
-        strategy,
-        "teacher",
-        weights,
-        range(first, fed.self_training_rounds() + 1),
-        session.checkpointer("teacher"),
-        whole_phase=first == 1,
-    )
-    if not finished:
-        return False
-    run.checkpoint = None  # a checkpoint inside this phase is used up: the next phases start afresh
-    figures = session.runner.evaluate_all(strategy, fed.self_training_rounds(), weights, session.runner.local_bn)
-    before, after = run.teacher_info.get("label_free_score"), figures.get("label-free-score")
-    run.teacher_info |= {"target_acc_self_trained": figures.get("accuracy"), "label_free_score_self_trained": after}
-    if not keeps_result(before, after):  # label-free: the self-trained teacher is worse; keep the start
-        run.teacher_info["self_training"] = "discarded"
-        run.console.print(f"[yellow]teacher self-training discarded: label-free score {after:.3f} > {before:.3f}")
-        return True
-    run.teacher_info["self_training"] = "kept"
-    torch.save(weights, run.run_dir.file("teacher_self_trained.pt"))  # what every later phase distils from
-    run.teacher.load_state_dict(weights)
-    run.teacher.eval()
-    sent = session.fleet.delivery.sends  # copies sent so far still count
-    session.fleet.delivery = _delivery(run.teacher)  # devices fetch the adapted teacher by its new hash
-    session.fleet.delivery.sends = dict(sent)
-    return True
-
-
 def mask_phase(session: Session) -> Start | None:
     """Federated ADMP rounds, then the merge: m = Z and physical removal of the pruned channels."""
     run, fed = session.run, session.run.cfg.federation
@@ -208,7 +162,7 @@ def mask_phase(session: Session) -> Start | None:
     settings = AdmmSettings.from_hyper(run.cfg.admp)
     state = AdmpState.initial(settings, group_sizes(run.teacher, run.groups))
     session.fleet.shared.start_phase(feature_dim(run.teacher))
-    offset = fed.self_training_rounds()  # round numbers continue after the teacher's self-training
+    offset = run.teacher_rounds_played()  # round numbers continue after the teacher's self-training
     first, cloud = offset + 1, None
     if ckpt is not None:
         state.load_state_dict(ckpt.admp)
@@ -301,4 +255,4 @@ def finetune_phase(session: Session, start: Start) -> tuple[nn.Module, MaskDict 
 def final_round(run: RunSetup) -> int:
     """The round number of the final evaluation (after every training round)."""
     fed = run.cfg.federation
-    return fed.self_training_rounds() + fed.mask_rounds + fed.finetune_rounds + 1
+    return run.teacher_rounds_played() + fed.mask_rounds + fed.finetune_rounds + 1

@@ -194,6 +194,12 @@ class RunSetup:
             model = prune_model(model, self.groups, keep, example_input(model))
         return model
 
+    def teacher_rounds_played(self) -> int:
+        """The rounds of the teacher's self-training, which every later round number follows: as the phase
+        played them (a weak teacher's rounds and the phase's extension are decided during the run), else
+        as configured."""
+        return int(self.teacher_info.get("self_training_rounds", self.cfg.federation.self_training_rounds()))
+
     def save_checkpoint(self, phase: str, rnd: int, student: dict[str, torch.Tensor], **extra: Any) -> None:
         """Checkpoint after round ``rnd`` (see ``Checkpoint``)."""
         Checkpoint(
