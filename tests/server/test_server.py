@@ -41,6 +41,8 @@ TINY = [
     "federation.finetune_rounds=1",
     "federation.min_local_steps=2",  # 28 samples per device, 1 step per epoch: 2 local epochs
     "federation.teacher_rounds=0",  # the teacher's self-training has its own test
+    "federation.weak_teacher_rounds=0",  # so has the weak-teacher rule (a 3-epoch teacher may count as weak)
+    "federation.teacher_max_rounds=0",  # and the extension of the teacher's rounds
     "federation.teacher_fallback=false",  # 3 tiny rounds leave a student the fallback would replace (own test)
     "run.threads=2",
 ]
@@ -282,14 +284,43 @@ def test_label_free_scores_are_logged_and_the_guards_discard_worse_results(fedad
     learned = [k for k in shipped["state"] if "running" not in k and "num_batches" not in k]  # BN may be pooled after
     assert learned and all(torch.equal(chosen["state"][k], shipped["state"][k]) for k in learned)
 
-    from server import phases, selection
+    from server import selection, teacher_phase
 
-    monkeypatch.setattr(phases, "keeps_result", lambda before, after: False)
+    monkeypatch.setattr(teacher_phase, "keeps_result", lambda before, after: False)
     monkeypatch.setattr(selection, "choose_export", lambda pruned, teacher: ("start", "forced by the test"))
     guarded = _summary(_run(tmp_path, "federation.teacher_rounds=1"))
     assert guarded["teacher"]["self_training"] == "discarded" and max(guarded["teacher_sends"].values()) == 1
     assert not (Path(guarded["run_dir"]) / "teacher_self_trained.pt").exists()  # only a kept teacher is saved
     assert guarded["student"]["candidate"] == "start" and guarded["selection"]["reason"] == "forced by the test"
+
+
+def test_a_weak_teacher_self_trains_and_goes_on_while_it_climbs(tmp_path, monkeypatch):
+    """A weak teacher (the rule forced) plays its one planned round, then one more while the rule says
+    it climbs (after round 1 only), so the mask phase follows as rounds 3-5; the summary records the
+    decision, the planned and played rounds and a score per round; a run paused inside the extension
+    resumes to the same rounds and model. A teacher that is not weak plays none."""
+    from server import teacher_phase
+
+    monkeypatch.setattr(teacher_phase, "weak_teacher", lambda fleet, source: True)
+    monkeypatch.setattr(teacher_phase, "still_climbing", lambda scores: len(scores) == 2)
+    rule = ("federation.weak_teacher_rounds=1", "federation.teacher_max_rounds=3")
+    full = _run(tmp_path / "a", *rule)
+    rows = _rows(full)
+    assert [r["phase"] for r in rows] == ["teacher"] * 2 + ["mask"] * 3 + ["merge", "start", "finetune", "final"]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 5, 5, 6, 7]
+    teacher = _summary(full)["teacher"]
+    assert teacher["weak_teacher"] is True and teacher["self_training_planned"] == 1
+    assert teacher["self_training_rounds"] == 2 and len(teacher["self_training_scores"]) == 3
+    assert teacher["source_label_free_score"] <= 0
+    paused = _run(tmp_path / "b", *rule, "federation.stop_after_round=2")
+    assert torch.load(paused / "checkpoint.pt", weights_only=True)["phase"] == "teacher"
+    run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}", *rule]), str(paused))
+    assert [r["round"] for r in _rows(paused)] == [r["round"] for r in rows]
+    fresh, resumed = (torch.load(r / "checkpoint.pt", weights_only=True)["student"] for r in (full, paused))
+    assert all(torch.allclose(v.float(), resumed[k].float(), atol=1e-6) for k, v in fresh.items())
+    monkeypatch.setattr(teacher_phase, "weak_teacher", lambda fleet, source: False)
+    strong = _run(tmp_path / "c", *rule)
+    assert all(r["phase"] != "teacher" for r in _rows(strong)) and _summary(strong)["teacher"]["weak_teacher"] is False
 
 
 def test_fedtiny_baseline_picks_one_of_its_candidates_by_adaptive_bn(tmp_path):
