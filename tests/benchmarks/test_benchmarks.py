@@ -106,6 +106,31 @@ def test_inference_latency(tmp_path):
         assert pruned["params"] < dense["params"] and pruned["macs"] < dense["macs"]
 
 
+def test_latency_table(tmp_path):
+    """Every group of a family at each width of the grid and of the uniform check, one row each, with the
+    dense model's times; the uniform check carries a measured and a predicted time per batch; a bad
+    width is refused before any export."""
+    out = tmp_path / "table.json"
+    grid = ("--widths", "1", "0.5", "--ratios", "0.75")
+    bench("latency_table.py", "--archs", "lenet", *grid, "--repeats", "1", "--out", str(out))
+    lenet = report(out, "families")["families"]["lenet"]
+    assert lenet["channels"] == {"conv1": 32, "conv2": 64}
+    assert [r["keep"] for r in lenet["groups"]["conv1"]] == [32, 16, 8]  # widths 1, 0.5 and 1 - 0.75
+    assert [r["keep"] for r in lenet["groups"]["conv2"]] == [64, 32, 16]
+    assert all(r["b1_ms"] > 0 and r["b64_ms"] > 0 for rows in lenet["groups"].values() for r in rows)
+    (check,) = lenet["uniform"]
+    assert check["prune_ratio"] == 0.75 and check["b1_ms_measured"] > 0 and "b64_ms_predicted" in check
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "latency_table.py"), "--widths", "1.5", "--out", str(tmp_path / "x.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--widths must lie in (0, 1]" in done.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_privacy_utility(tmp_path):
     runs = tmp_path / "runs.csv"
     shutil.copy(ROOT / "results" / "privacy" / "runs.csv", runs)
