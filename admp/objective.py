@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admp.losses import entropy, information_maximisation, kd_divergence, pseudo_label_ce
+from admp.losses import information_maximisation, kd_divergence, pseudo_label_ce
 from admp_config.sections import AdmpHyper
 
 
@@ -76,10 +76,3 @@ def predictions(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
 def mean_prediction(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """The model's mean softmax (K,) over ``x`` in eval mode: what a device reports for the fleet's marginal."""
     return predictions(model, x, batch_size).mean(dim=0)
-
-
-def label_free_score(probs: torch.Tensor) -> float:
-    """The information-maximisation objective of predictions ``probs`` (N, K): mean per-sample entropy
-    minus the entropy of the mean prediction, in nats (lower: more confident and more balanced). The
-    fleet's figure of the same name (``strategies.selftraining.label_free_metrics``) for one pool of data."""
-    return float(entropy(probs).mean() - entropy(probs.mean(dim=0)))

@@ -14,13 +14,14 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from admp.centroids import feature_dim
+from admp.losses import information_maximisation
 from admp.masks import MaskDict, group_sizes, pruned_fraction
 from admp.models import example_input
-from admp.objective import label_free_score, predictions, shares_centroids
+from admp.objective import shares_centroids
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.teacher import state_hash
-from admp.trainer import norm_layers
+from admp.trainer import norm_layers, teacher_targets
 from admp_config.base import ConfigError
 from server.clock import FleetClock
 from server.fleet import (
@@ -54,8 +55,9 @@ def teacher_delivery(teacher: nn.Module) -> Delivery:
 
 def source_score(teacher: nn.Module, x: torch.Tensor) -> float:
     """The teacher's label-free score on source inputs ``x`` (eval mode, the source's BN statistics): its
-    certainty where it is known to be right, against which ``server.guards.weak_teacher`` reads the fleet's."""
-    return label_free_score(predictions(teacher, x))
+    certainty where it is known to be right, against which ``server.guards.weak_teacher`` reads the fleet's.
+    The same information-maximisation objective the devices report for the fleet, on one pool of data."""
+    return float(information_maximisation(teacher_targets(teacher, x, bn="source")))
 
 
 def discover(grid: Grid, run: RunSetup, virtual: bool = False) -> Session:

@@ -300,6 +300,7 @@ def test_a_weak_teacher_self_trains_and_goes_on_while_it_climbs(tmp_path, monkey
     decision, the planned and played rounds and a score per round; a run paused inside the extension
     resumes to the same rounds and model. A teacher that is not weak plays none."""
     from server import teacher_phase
+    from server.phases import source_score
 
     monkeypatch.setattr(teacher_phase, "weak_teacher", lambda fleet, source: True)
     monkeypatch.setattr(teacher_phase, "still_climbing", lambda scores: len(scores) == 2)
@@ -311,7 +312,11 @@ def test_a_weak_teacher_self_trains_and_goes_on_while_it_climbs(tmp_path, monkey
     teacher = _summary(full)["teacher"]
     assert teacher["weak_teacher"] is True and teacher["self_training_planned"] == 1
     assert teacher["self_training_rounds"] == 2 and len(teacher["self_training_scores"]) == 3
-    assert teacher["source_label_free_score"] <= 0
+    cfg = config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'a'}", *rule])
+    task = build_task(cfg.data, cfg.run.seed)
+    source = initial_model(cfg, task.num_classes, task.input_shape)
+    source.load_state_dict(torch.load(full / "teacher.pt", weights_only=True))  # the teacher as the source left it
+    assert teacher["source_label_free_score"] == pytest.approx(source_score(source, task.source_val.x), abs=1e-6)
     paused = _run(tmp_path / "b", *rule, "federation.stop_after_round=2")
     assert torch.load(paused / "checkpoint.pt", weights_only=True)["phase"] == "teacher"
     run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'b'}", *rule]), str(paused))
