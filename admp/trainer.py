@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import overload
 
@@ -245,11 +245,13 @@ def kd_finetune(
     lr: float,
     prior: FleetPrior | None = None,
     labels: torch.Tensor | None = None,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """KD adaptation of a plain (pruned or dense) student on unlabeled target data, in place.
 
     ``targets`` (N, K) are the teacher's logits on ``x``; ``prior`` and ``labels`` as in
-    ``admp_local_train``.
+    ``admp_local_train``; ``penalty`` (the ADMM quantization term, ``admp.quantize.weight_penalty``) is
+    added to every step's loss.
     Returns mean divergence and samples seen.
     """
     student.train()
@@ -260,6 +262,8 @@ def kd_finetune(
             xb, t_logits = x[idx], targets[idx]
             yb = labels[idx] if labels is not None else None
             loss, div = adaptation_loss(t_logits, student(xb), hp, prior, yb)
+            if penalty is not None:
+                loss = loss + penalty(student)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from admp_config.base import ConfigError, Section, SectionError, parse_section
+from admp_config.compression import QuantizeSpec
 from admp_config.federation import FederationSpec
 from admp_config.sections import AdmpHyper, DataSpec, ModelSpec, RunSpec, ScheduleSpec, TeacherSpec
 
@@ -38,6 +39,7 @@ class ScenarioConfig(Section):
     admp: AdmpHyper = Field(default_factory=AdmpHyper)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     federation: FederationSpec = Field(default_factory=FederationSpec)
+    quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
 
     @model_validator(mode="after")
     def _resolve(self) -> ScenarioConfig:

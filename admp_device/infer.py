@@ -31,6 +31,9 @@ import numpy as np
 Labels = np.ndarray | None
 
 MAX_INPUT = 1e6  # larger than any raw pixel (/255) or sensor reading a contract describes
+SESSION_CONFIG_KEY = "fedadmp.session_config"  # an integer artefact's runtime options (admp_export.integer)
+# weight-only QDQ: fold each weight's dequantization into float32 once at load (float kernels, not slower)
+ALLOWED_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -231,9 +234,27 @@ def open_session(model: Path, threads: int = 1) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime's own errors: invalid protobuf, graph, opset
         raise InputError(f"{model}: not an ONNX model ONNX Runtime can load ({type(exc).__name__})") from None
+    entries = session_entries(session.get_modelmeta().custom_metadata_map.get(SESSION_CONFIG_KEY, ""), model)
+    if not entries:
+        return session
+    for key, value in entries.items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def session_entries(spec: str, model: Path) -> dict[str, str]:
+    """The ONNX Runtime options an integer artefact asks for (``key=value;...`` in its metadata), of
+    ``ALLOWED_SESSION_CONFIG`` only: a model file sets nothing else on the device."""
+    entries: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in spec.split(";"))):
+        key, _, value = item.partition("=")
+        if ALLOWED_SESSION_CONFIG.get(key) != value:
+            raise InputError(f"{model}: metadata {SESSION_CONFIG_KEY} asks for {item!r}, which this runtime refuses")
+        entries[key] = value
+    return entries
 
 
 def check_output_path(out: Path | None) -> None:

@@ -29,9 +29,13 @@ from admp_device.infer import MAX_INPUT
 BUNDLE_KEYS = ("arch", "num_classes", "width", "keep", "state")
 
 
-def save_bundle(path: Path, arch: str, num_classes: int, width: float, keep: MaskDict | None, model: nn.Module) -> Path:
-    """Write the pruned model as a weights-only bundle (see module docstring)."""
+def save_bundle(
+    path: Path, arch: str, num_classes: int, width: float, keep: MaskDict | None, model: nn.Module, weight_bits: int = 0
+) -> Path:
+    """Write the pruned model as a weights-only bundle (see module docstring); ``weight_bits``: the
+    integer levels its Conv and Linear weights lie on (0: float32), which the device's BN step keeps."""
     bundle = {
+        "weight_bits": weight_bits,
         "arch": arch,
         "num_classes": num_classes,
         "width": width,
@@ -102,6 +106,12 @@ def load_bundle(path: str | Path) -> nn.Module:
     except Exception as exc:  # unreadable, truncated or not a bundle
         raise DataError(f"{path}: not a FedADMP model bundle ({type(exc).__name__}: {exc})") from exc
     return model.eval()
+
+
+def bundle_weight_bits(path: str | Path) -> int:
+    """The bits a bundle's weights are stored with in its integer artefact (0: float32 weights)."""
+    bundle: dict[str, Any] = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return int(bundle.get("weight_bits", 0))
 
 
 def _shape(bundle: dict[str, Any]) -> tuple[int, ...] | None:

@@ -20,18 +20,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from admp_config.schema import load_config
 from admp_data.tasks import build_task
+from admp_device.infer import open_session
 from simulations.cli import main as fedadmp
 from strategies.robust import Defence, combine_figure
 
 
 def onnx_correct(path: Path, x: torch.Tensor, y: torch.Tensor) -> int:
     """Correct predictions of an ONNX model on (x, y), in ONNX Runtime."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path)  # the device runtime's session (an integer artefact's own options)
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     return int((torch.from_numpy(np.asarray(logits)).argmax(1) == y).sum())
 

@@ -17,7 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from admp_config.schema import ScenarioConfig, config_from_overrides, load_config
 from server.finish import finish
-from server.phases import adapt_teacher, discover, finetune_phase, mask_phase
+from server.phases import adapt_teacher, discover, export_model, finetune_phase, mask_phase
+from server.quantize_phase import quantize_phase
 from server.setup import RunSetup
 from server.starts import Start, baseline_start
 from server.teacher_phase import self_train_teacher
@@ -50,10 +51,13 @@ def run_federated(grid: Grid, cfg: ScenarioConfig, resume: str | None = None, vi
     if self_train_teacher(session):  # the dense teacher adapts itself first (server.teacher_phase)
         start = mask_phase(session) if cfg.federation.strategy == "fedadmp" else baseline_start(session)
     chosen = finetune_phase(session, start) if start is not None else None  # the student the rule exports
-    if chosen is None:
+    quantized = quantize_phase(session, *chosen) if chosen is not None else None  # integer weights, if asked
+    if chosen is None or quantized is None:
         run.console.print(f"paused; continue with: fedadmp simulate --resume {run.run_dir.path}")
         return None
-    finish(session, *chosen)  # evaluation, export, summary
+    weights, quantization = quantized
+    keep = chosen[1]
+    finish(session, export_model(session, weights, keep), keep, quantization)  # evaluation, export, summary
     return run.run_dir.path
 
 

@@ -35,8 +35,11 @@ def _privacy_summary(session: Session) -> dict[str, Any] | None:
     return privacy.summary() | {"stopped_before_round": session.runner.privacy_stop}
 
 
-def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[str, Any]:
-    """Final federated evaluation (under the run's BN mode), export and summary; marks the run done."""
+def finish(
+    session: Session, model: nn.Module, keep: MaskDict | None, quantization: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Final federated evaluation (under the run's BN mode), export and summary; marks the run done.
+    ``quantization``: what ``server.quantize_phase`` did (the model's weights are on its levels)."""
     run, fed = session.run, session.run.cfg.federation
     rnd = final_round(run)
     probe = session.kd_strategy(model.state_dict(), keep)
@@ -78,6 +81,7 @@ def finish(session: Session, model: nn.Module, keep: MaskDict | None) -> dict[st
     }
     if label_free["below_start_warning"]:
         run.console.print("[yellow]warning: the student's label-free score is worse than the teacher's at the start")
-    summary = write_summary(run, model, keep, fields, f"Federated {fed.strategy} on {run.task.name}", x_key="round")
+    title = f"Federated {fed.strategy} on {run.task.name}"
+    summary = write_summary(run, model, keep, fields, title, x_key="round", quantization=quantization)
     run.save_checkpoint("done", rnd, model.state_dict(), keep=keep or {})
     return summary

@@ -1,7 +1,8 @@
 """The phases of a federated run, each a small function over one shared round runner.
 
 discover -> adapt_teacher -> self_train_teacher (server.teacher_phase) -> mask_phase (FedADMP) or
-baseline_start (fedkd, naive) -> finetune_phase -> finish (server.finish). A phase returns None when the
+baseline_start (fedkd, naive) -> finetune_phase -> quantize_phase (server.quantize_phase) -> export_model
+-> finish (server.finish). A phase returns None when the
 run pauses after ``federation.stop_after_round``; the checkpoint written after every round resumes it.
 """
 
@@ -214,14 +215,15 @@ def _pruned_weights(run: RunSetup, weights: Weights, keep: MaskDict) -> Weights:
     return prune_model(dense, run.groups, keep, example_input(dense)).state_dict()
 
 
-def finetune_phase(session: Session, start: Start) -> tuple[nn.Module, MaskDict | None] | None:
-    """KD rounds on the plain (pruned or dense) student, the label-free choice of what to export
-    (``server.selection``), then BN statistics pooled from the devices; returns the model and its keep
-    set (None: dense).
+def finetune_phase(session: Session, start: Start) -> tuple[Weights, MaskDict | None] | None:
+    """KD rounds on the plain (pruned or dense) student and the label-free choice of what to export
+    (``server.selection``); returns its weights and keep set (None: dense).
 
     The baselines get the mask phase's rounds too, so every method spends the same round budget.
     """
     run, cfg, fed = session.run, session.run.cfg, session.run.cfg.federation
+    if run.checkpoint is not None and run.checkpoint.phase == "quant":  # chosen already; quantizing it
+        return start.weights, start.keep
     fedadmp = fed.strategy == "fedadmp"
     rounds = fed.finetune_rounds if fedadmp else fed.mask_rounds + fed.finetune_rounds
     lr = cfg.admp.finetune_lr if fedadmp else cfg.admp.lr
@@ -245,16 +247,20 @@ def finetune_phase(session: Session, start: Start) -> tuple[nn.Module, MaskDict 
     )
     if not finished:
         return None
-    weights, keep = select_export(session, weights, start.keep, starts, offset + rounds)
+    return select_export(session, weights, start.keep, starts, offset + rounds)
+
+
+def export_model(session: Session, weights: Weights, keep: MaskDict | None) -> nn.Module:
+    """The model to export: ``weights`` with BN statistics pooled from the devices (where the run pools)."""
+    run, fed = session.run, session.run.cfg.federation
     model = run.model(keep)
     model.load_state_dict(weights)
-    strategy = session.kd_strategy(weights, keep)
     if fed.bn_recalibration in ("global", "local") and not fed.privacy.active:  # private: devices adapt BN
-        pool_bn_statistics(session.runner, strategy, model, offset + rounds + 1)
-    return model.eval(), keep
+        pool_bn_statistics(session.runner, session.kd_strategy(weights, keep), model, final_round(run))
+    return model.eval()
 
 
 def final_round(run: RunSetup) -> int:
     """The round number of the final evaluation (after every training round)."""
     fed = run.cfg.federation
-    return run.teacher_rounds_played() + fed.mask_rounds + fed.finetune_rounds + 1
+    return run.teacher_rounds_played() + fed.mask_rounds + fed.finetune_rounds + run.cfg.quantize.admm_rounds() + 1

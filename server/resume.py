@@ -19,11 +19,12 @@ from torch import nn
 
 from admp.masks import group_sizes
 from admp.models import example_input, groups_of
+from admp.quantize import quantized_weights
 from admp.surgery import prune_model
 from admp_config.base import ConfigError
 from admp_config.schema import ScenarioConfig
 
-PHASES = ("teacher", "mask", "kd", "done")
+PHASES = ("teacher", "mask", "kd", "quant", "done")
 ADMP_ENTRIES = ("m", "s", "z", "u")
 
 
@@ -71,11 +72,35 @@ def check_schema(cfg: ScenarioConfig, state: dict[str, Any], teacher: nn.Module,
         if strategy != "fedadmp":
             raise ConfigError(f"{path}: a mask-phase checkpoint cannot resume a {strategy} run")
         _check_admp(state.get("admp"), sizes, path)
-    if phase == "kd" and bool(keep) != (strategy != "fedkd"):
+    if phase in ("kd", "quant") and bool(keep) != (strategy != "fedkd"):
         kind = "pruned" if keep else "dense"
-        raise ConfigError(f"{path}: the KD phase holds a {kind} student; a {strategy} run does not export one")
+        raise ConfigError(f"{path}: the {phase} phase holds a {kind} student; a {strategy} run does not export one")
     model = prune_model(teacher, groups_of(teacher), keep, example_input(teacher)) if keep else teacher
     _check_tensors(state.get("student"), model.state_dict(), "student", path)
+    if phase == "quant":
+        _check_quant(cfg, state.get("quant"), model, path)
+
+
+def _check_quant(cfg: ScenarioConfig, quant: Any, model: nn.Module, path: Path) -> None:
+    """The quantization phase's Z and U (the shapes of the model's quantized weights, finite), rho and
+    stage, and the export choice it carries."""
+    if cfg.quantize.admm_rounds() == 0:
+        raise ConfigError(f"{path}: a quantization-phase checkpoint needs quantize.method admm with bits")
+    if (
+        not isinstance(quant, dict)
+        or not isinstance(quant.get("state"), dict)
+        or not isinstance(quant.get("selection"), dict)
+    ):
+        raise ConfigError(f"{path}: the quantization phase's state or selection is missing")
+    state, weights = quant["state"], model.state_dict()
+    expected = {name: weights[name] for name in quantized_weights(model)}
+    for name in ("z", "u"):
+        _check_tensors(state.get(name), expected, f"quant.{name}", path)
+    rho, stage = state.get("rho"), state.get("stage")
+    if not isinstance(rho, (int, float)) or not math.isfinite(rho) or rho <= 0:
+        raise ConfigError(f"{path}: quant.rho {rho!r} is not a penalty")
+    if not isinstance(stage, int) or not 0 <= stage < len(cfg.quantize.bits):
+        raise ConfigError(f"{path}: quant.stage {stage!r} is not a stage of quantize.bits {cfg.quantize.bits}")
 
 
 def _keep(keep: Any, sizes: dict[str, int], path: Path) -> dict[str, torch.Tensor]:

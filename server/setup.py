@@ -40,7 +40,8 @@ def track(cfg: ScenarioConfig, run_dir: RunDirectory) -> None:
 class Checkpoint:
     """Where a federated run stands after a round: enough to resume it exactly.
 
-    ``phase`` is ``mask`` (ADMP rounds), ``kd`` (KD rounds of the plain student) or ``done``.
+    ``phase`` is ``mask`` (ADMP rounds), ``kd`` (KD rounds of the plain student), ``quant`` (ADMM
+    quantization rounds of the chosen student) or ``done``.
     Sampling derives from the seed and the round, so no RNG state is needed. ``teacher_holders``
     says which devices hold which teacher (by content hash), so a resumed run does not send it
     again. Not held: the per-client duals (in each device's node state, so a resumed
@@ -60,6 +61,7 @@ class Checkpoint:
     fleet_stats: dict[str, Any] = field(default_factory=dict)  # SharedStats.state_dict(): marginal, centroid sums
     teacher_holders: dict[str, Any] = field(default_factory=dict)  # {"hash": str, "devices": [int, ...]}
     privacy: dict[str, Any] = field(default_factory=dict)  # Privacy.state_dict(): the releases so far
+    quant: dict[str, Any] = field(default_factory=dict)  # quant phase: QuantState.state_dict() and the selection
 
     def save(self, run_dir: RunDirectory) -> None:
         """Write atomically and durably (a temp file, fsync, a rename, fsync of the folder): neither a

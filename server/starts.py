@@ -39,7 +39,7 @@ def baseline_start(session: Session) -> Start:
     """fedkd: the dense teacher copy; naive: L1-norm pruning on the cloud + source fine-tuning."""
     run, cfg = session.run, session.run.cfg
     ckpt, offset = run.checkpoint, run.teacher_rounds_played()  # KD rounds follow the teacher's
-    if ckpt is not None and ckpt.phase == "kd":
+    if ckpt is not None and ckpt.phase in ("kd", "quant"):
         return Start(ckpt.student, ckpt.keep or None, ckpt.mask_rounds_done)
     if cfg.federation.strategy == "fedkd":
         return Start(run.teacher.state_dict(), None, offset)

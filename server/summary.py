@@ -34,18 +34,31 @@ def write_summary(
     title: str,
     x_key: str = "step",
     exports: tuple[str, ...] = (),
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export (TorchScript, ONNX and the ``pruned_model.pt`` bundle that ``fedadmp adapt-bn`` reads)
     and measure ``student`` (pruned to ``keep``; None: dense), merge in ``fields`` (``teacher`` /
     ``student`` sub-dicts key by key), and write the summary, the plot and the table. ``exports``
-    lists other artefacts of the run directory that the summary names."""
-    report = export_and_measure(run.run_dir, run.teacher, student, run.groups, run.task.source_val.x[:32])
-    save_bundle(run.run_dir.file("pruned_model.pt"), run.arch, run.task.num_classes, run.cfg.model.width, keep, student)
+    lists other artefacts of the run directory that the summary names; ``quantization`` (from
+    ``server.quantize_phase``, its ``bits`` per weight) makes ``pruned_model.onnx`` the integer artefact."""
+    bits = (quantization or {}).get("bits")
+    report = export_and_measure(run.run_dir, run.teacher, student, run.groups, run.task.source_val.x[:32], bits)
+    weight_bits = min(bits.values()) if bits else 0  # one width for every layer (export_and_measure)
+    save_bundle(
+        run.run_dir.file("pruned_model.pt"),
+        run.arch,
+        run.task.num_classes,
+        run.cfg.model.width,
+        keep,
+        student,
+        weight_bits,
+    )
     source = run.task.source_train.x
     step = "adapt-bn" if run.cfg.federation.bn_recalibration == "local" else "none"
     value_range = (float(source.min()), float(source.max()))
     prep = input_preprocessing(run.cfg.data)
     contract = model_contract(student, run.task.num_classes, value_range, step, "pruned_model.onnx", prep)
+    contract["weights"] = report["storage"]["weights"]
     run.run_dir.write_json("pruned_model.json", contract)
     report["exports"] += ["pruned_model.pt", "pruned_model.json", *exports]
     summary: dict[str, Any] = {
@@ -58,6 +71,8 @@ def write_summary(
     for key, value in fields.items():
         summary[key] = summary[key] | value if isinstance(value, dict) and key in ("teacher", "student") else value
     summary["teacher"] |= {k: v for k, v in run.teacher_info.items() if k != "final_loss"}
+    if quantization:
+        summary["quantization"] = quantization
     teacher, pruned = summary["teacher"], summary["student"]
     summary["channels_pruned"] = 1 - sum(pruned["channels"].values()) / sum(teacher["channels"].values())
     summary["param_reduction"] = teacher["params"] / pruned["params"]

@@ -25,6 +25,7 @@ from admp.objective import uses_centroids
 from admp.state import AdmmSettings, AdmpState
 from admp.surgery import prune_model
 from admp.trainer import admp_local_train, kd_finetune, per_device_bn_accuracy, recalibrate_bn, teacher_targets
+from admp_config.base import ConfigError
 from admp_config.schema import ScenarioConfig, to_yaml
 from admp_config.sections import AdmpHyper
 from admp_config.seeding import torch_generator
@@ -188,6 +189,8 @@ def finetune_phase(
 
 def run_centralized(cfg: ScenarioConfig, console: Console | None = None) -> dict[str, Any]:
     """Run the whole centralized pipeline; returns the summary (also written to the run dir)."""
+    if cfg.quantize.active:  # the reference is float32; ADMM quantization is a federated phase
+        raise ConfigError("quantize.bits: the centralized run exports float32 weights; quantize federated runs")
     run = RunSetup.open(cfg, console=console)  # config, seed, run directory, teacher
     task, hp = run.task, cfg.admp
     run.console.print(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from admp_device.infer import check_output_path, open_session
 
 def _adapt_bn(args: argparse.Namespace) -> int:
     from admp.models import example_input
-    from admp_export.bundle import adapt_bn, load_bundle, read_local_inputs
+    from admp_export.bundle import adapt_bn, bundle_weight_bits, load_bundle, read_local_inputs
     from admp_export.formats import export_onnx
+    from admp_export.integer import to_integer_onnx
 
     out = Path(args.out)
     check_output_path(out)
@@ -29,7 +31,12 @@ def _adapt_bn(args: argparse.Namespace) -> int:
             f"{args.data}: {args.key} has samples of shape {tuple(x.shape[1:])}, the model takes {expected}"
         )
     _check_range(Path(args.bundle).with_name("pruned_model.onnx"), x.numpy(), Path(args.data))
-    out = export_onnx(adapt_bn(model, x), example_input(model), out)
+    adapted, bits = adapt_bn(model, x), bundle_weight_bits(args.bundle)
+    if bits:  # the run's integer artefact: BN folds into the codes' scales, the codes stay exact
+        with tempfile.TemporaryDirectory() as tmp:
+            to_integer_onnx(export_onnx(adapted, example_input(model), Path(tmp) / "adapted.onnx"), out, bits)
+    else:
+        out = export_onnx(adapted, example_input(model), out)
     _copy_contract(Path(args.bundle).with_name("pruned_model.onnx"), out, device_step="done")
     print(f"adapted BatchNorm statistics on {len(x)} local samples -> {out}")
     return 0

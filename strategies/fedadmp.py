@@ -265,9 +265,13 @@ class FedKD(SecureRounds[KdReply]):
         """Sample devices and send the student (and keep masks); the teacher only once."""
         devices = self.sample(server_round, self.policy.clients_per_round)
         self.sent = P.from_record(arrays)
-        records = {P.ARRAYS: arrays} | self.evaluation_records()
+        records = {P.ARRAYS: arrays} | self.evaluation_records() | self.train_records(server_round)
         extra = dict(config) | self.config | {"phase": "kd", "local_epochs": self.local_epochs, "lr": self.lr}
         return self.messages(server_round, devices, records, extra, P.TRAIN_KD, with_teacher=True)
+
+    def train_records(self, server_round: int) -> dict[str, ArrayRecord]:
+        """Records a training message carries besides the student (none here; see QuantKD)."""
+        return {}
 
     def parse_train_reply(self, device: int, content: RecordDict) -> KdReply:
         """Validate one reply: weights' keys, shapes, dtypes, bounded values and update, and an

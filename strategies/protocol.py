@@ -38,6 +38,7 @@ from admp.masks import MaskDict
 ARRAYS, MASKS, TEACHER, CONFIG, METRICS = "arrays", "masks", "teacher", "config", "metrics"
 # self-training aggregates (strategies.selftraining): the fleet's mean prediction with lambda_im and
 # im_marginal fleet; class centroids of the student's features with pseudo_labels centroid
+QUANT = "quant"  # server -> device (train.kd with quantize.method admm): T = Z - U per quantized weight
 FLEET = "fleet"  # server -> device: {"marginal": (K,), "centroids": (K, D+1)}, each once it exists
 STATS = "stats"  # device -> server: {"mean-prediction": (K,), "feature-sums": (K, D+1), "feature-mass": (K,)}
 NUM_EXAMPLES, SERVER_ROUND = "num-examples", "server-round"

@@ -1,0 +1,38 @@
+"""The ``quantize`` section: integer weights for the exported model (ADMM quantization or PTQ)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from admp_config.base import Section, SectionError
+
+QuantMethod = Literal["admm", "ptq"]
+
+
+class QuantizeSpec(Section):
+    """Weight quantization of the exported student (``admp.quantize``, ``admp_export.integer``)."""
+
+    bits: list[Annotated[int, Field(ge=2, le=8)]] = []  # bit-width of each stage, non-increasing, e.g.
+    #   [8, 4] (progressive, as arXiv 1903.09769); the last is what the model ships with; []: float32 weights
+    method: QuantMethod = "admm"  # admm: federated ADMM rounds (rounds_per_stage per stage) pull the weights
+    #   onto the levels, then the final projection | ptq: the final projection of the exported weights only
+    rounds_per_stage: Annotated[int, Field(ge=1)] = 3  # KD rounds of each ADMM stage (3: the fine-tune
+    #   phase's default length); the penalty follows the masks' schedule (admp.rho, rho_gamma, rho_max)
+
+    @model_validator(mode="after")
+    def _stages(self) -> QuantizeSpec:
+        """Bits step down (or stay) from one stage to the next."""
+        if any(later > earlier for earlier, later in zip(self.bits, self.bits[1:], strict=False)):
+            raise SectionError("bits", f"{self.bits} steps up; each stage starts from the last at no more bits")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether the exported model stores integer weights."""
+        return bool(self.bits)
+
+    def admm_rounds(self) -> int:
+        """Federated rounds of the quantization phase (0 for PTQ or none)."""
+        return self.rounds_per_stage * len(self.bits) if self.active and self.method == "admm" else 0
