@@ -9,8 +9,9 @@ post-training quantization with the clipping scale of least squared error.
 
 Bits 5-8 are stored as int8, 3-4 as int4 (two codes per byte), 2 as int2 (four per byte, opset 25).
 The model carries the metadata ``fedadmp.weights`` (what it stores) and ``fedadmp.session_config``
-(ONNX Runtime options the device runtime applies: ``session.disable_quant_qdq=1`` folds each weight's dequantization into a float32
-initializer once at load, so inference runs the float kernels and is not slower than the float model).
+(ONNX Runtime options the device runtime applies: ``session.disable_quant_qdq=1`` folds each weight's
+dequantization into a float32 initializer once at load, so inference runs the float kernels and is not
+slower than the float model).
 """
 
 from __future__ import annotations
