@@ -63,11 +63,13 @@ class StudyTask(Section):
 
 
 class StudyVariant(Section):
-    """An ablation: ``method`` with extra overrides, run at the table ratio for every seed and task."""
+    """An ablation: ``method`` with extra overrides, run at the table ratio (or its own ``prune_ratio``)
+    for every seed and task."""
 
     name: str = ""
     method: VariantMethod = "fedadmp"
     overrides: list[str] = []
+    prune_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None  # None: the study's table_ratio
 
 
 class StudySpec(Section):
@@ -118,7 +120,7 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
     """Every run of the study; fedkd does not prune, so it runs once per (task, seed).
 
     Ratios other than ``table_ratio`` run for ``sweep_seeds`` and ``sweep_methods`` only (all when
-    empty); variants run at ``table_ratio`` for every seed. Order: every run of the first seed (the
+    empty); variants run at ``table_ratio`` (or their own ratio) for every seed. Order: every run of the first seed (the
     table's ratio first, then the others from the highest down), then the table's runs of each
     further seed, so a study cut short has every task and ratio once before it repeats them.
     """
@@ -143,14 +145,15 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                         }
                     )
             for v in spec.variants:
+                ratio = spec.table_ratio if v.prune_ratio is None else v.prune_ratio
                 runs.append(
                     {
-                        "run_id": f"{task.name}-{v.name}-p{spec.table_ratio:g}-s{seed}",
+                        "run_id": f"{task.name}-{v.name}-p{ratio:g}-s{seed}",
                         "task": task,
                         "method": v.method,
                         "variant": v.name,
                         "overrides": v.overrides,
-                        "prune_ratio": spec.table_ratio,
+                        "prune_ratio": ratio,
                         "seed": seed,
                         "data_dir": spec.data_dir,
                     }
