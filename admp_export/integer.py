@@ -99,6 +99,8 @@ def to_integer_onnx(float_model: Path, out: Path, bits: int | dict[str, int]) ->
 
     model = onnx.load(str(float_model))
     names = weight_initializers(model)
+    if not names:
+        raise ValueError("no float Conv or Gemm weight to quantize (an integer model already?)")
     chosen = {n: bits if isinstance(bits, int) else bits[n] for n in names}
     inits = {i.name: i for i in model.graph.initializer}
     kept = [i for i in model.graph.initializer if i.name not in chosen]

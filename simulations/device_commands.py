@@ -12,7 +12,7 @@ from typing import Any
 
 from admp_data.sources import DataError
 from admp_device import infer as device_infer
-from admp_device.infer import check_output_path, open_session
+from admp_device.infer import InputError, check_output_path, open_session
 
 
 def _adapt_bn(args: argparse.Namespace) -> int:
@@ -65,6 +65,10 @@ def _quantize(args: argparse.Namespace) -> int:
 
     source, out = Path(args.model), Path(args.out)
     check_output_path(out)
+    if args.weights:
+        return _quantize_weights(source, out, args.weights)
+    if not args.data:
+        raise InputError("--data: static int8 quantization calibrates on local inputs (or give --weights BITS)")
     session = open_session(source)
     x = read_local_inputs(args.data, args.key).numpy()
     expected = session.get_inputs()[0].shape[1:]
@@ -79,6 +83,23 @@ def _quantize(args: argparse.Namespace) -> int:
     _copy_contract(source, out, weights="int8 (ONNX Runtime static quantization, QDQ, per channel)")
     kb = out.stat().st_size / 1e3, source.stat().st_size / 1e3
     print(f"int8 model calibrated on {len(x)} local samples -> {out} ({kb[0]:.1f} kB, was {kb[1]:.1f} kB)")
+    return 0
+
+
+def _quantize_weights(source: Path, out: Path, bits: int) -> int:
+    """Weight-only post-training quantization (``admp_export.integer``): no data, activations float32."""
+    from admp_export.integer import to_integer_onnx
+
+    if not 2 <= bits <= 8:
+        raise InputError(f"--weights: {bits} bits; weight codes take 2 to 8 bits")
+    open_session(source)  # a missing or unloadable model is named before any work
+    try:
+        stored = to_integer_onnx(source, out, bits)
+    except ValueError as exc:
+        raise InputError(f"{source}: {exc}") from None
+    _copy_contract(source, out, weights=str(stored["weights"]))
+    kb = int(stored["tensor_bytes"]) / 1e3  # type: ignore[call-overload]
+    print(f"{bits}-bit weights (no calibration data) -> {out} ({kb:.1f} kB of tensors)")
     return 0
 
 
@@ -144,12 +165,14 @@ def _add_device_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     infer.set_defaults(func=_infer)
     quant = sub.add_parser(
         "quantize",
-        help="device-side int8 copy of an ONNX model, calibrated on local unlabeled data (ONNX Runtime)",
+        help="device-side integer copy of an ONNX model: static int8 (calibrated) or weight-only (--weights)",
         description="Static int8 quantization (QDQ, per-channel weights) of pruned_model.onnx or a device's "
-        "adapted model; activation ranges are calibrated on the device's unlabeled inputs (npz array).",
+        "adapted model, activation ranges calibrated on the device's unlabeled inputs (npz array); or, with "
+        "--weights BITS, weight-only integer codes (int8 / int4 / int2, per channel) with float activations.",
     )
     quant.add_argument("model", help="an ONNX model (pruned_model.onnx or the output of adapt-bn)")
-    quant.add_argument("--data", required=True, help="npz file with the device's unlabeled inputs")
+    quant.add_argument("--data", help="npz file with the device's unlabeled inputs (static int8)")
+    quant.add_argument("--weights", type=int, default=0, metavar="BITS", help="weight-only codes of BITS (2-8)")
     quant.add_argument("--key", default="x", help="array name in the npz (default: x)")
     quant.add_argument("--out", default="model_int8.onnx", help="where to write the int8 model")
     quant.set_defaults(func=_quantize)

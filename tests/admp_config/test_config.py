@@ -40,6 +40,9 @@ def test_defaults_fill_missing_keys(tmp_path):
         ("admp: 3\n", "admp: expected a mapping"),
         ("admp: [1\n", "not valid YAML (line 2, column 1: expected ',' or ']', but got '<stream end>')"),
         ("a: b: c\n", "not valid YAML (line 1, column 5: mapping values are not allowed here)"),
+        ("quantize:\n  bits: [4, 8]\n", "quantize.bits: [4, 8] steps up"),
+        ("quantize:\n  bits: [1]\n", "quantize.bits[0]: 1 is out of range [2, 8]"),
+        ("quantize:\n  method: gptq\n", "quantize.method: 'gptq' is not one of"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, needle):

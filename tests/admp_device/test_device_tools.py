@@ -158,3 +158,23 @@ def test_the_command_line_shows_every_option_and_its_version(capsys):
     with pytest.raises(SystemExit):
         fedadmp(["--version"])
     assert capsys.readouterr().out.strip() == f"fedadmp {importlib.metadata.version('fedadmp')}"
+
+
+def test_weight_only_quantize_writes_integer_codes_and_checks_its_arguments(model_dir, tmp_path, capsys):
+    folder, x, _ = model_dir
+    out = tmp_path / "w4.onnx"
+    for bad in ("1", "9"):
+        err = _error(
+            capsys, fedadmp(["quantize", str(folder / "pruned_model.onnx"), "--weights", bad, "--out", str(out)])
+        )
+        assert "--weights" in err and not out.exists()
+    err = _error(capsys, fedadmp(["quantize", str(folder / "pruned_model.onnx"), "--out", str(out)]))
+    assert "--data" in err and not out.exists()  # static int8 needs calibration inputs
+    assert fedadmp(["quantize", str(folder / "pruned_model.onnx"), "--weights", "4", "--out", str(out)]) == 0
+    assert "4 bits" in json.loads(out.with_suffix(".json").read_text())["weights"]  # the contract travels along
+    np.savez(tmp_path / "d.npz", x=x)
+    capsys.readouterr()
+    assert fedadmp(["infer", str(out), "--data", str(tmp_path / "d.npz")]) == 0  # the device runs it
+    again = tmp_path / "again.onnx"
+    err = _error(capsys, fedadmp(["quantize", str(out), "--weights", "2", "--out", str(again)]))
+    assert "an integer model already" in err and not again.exists()

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from admp.masks import group_sizes, ones_masks, zeros_masks
 from admp.models import build_model
@@ -265,3 +265,31 @@ def test_an_evaluation_asked_for_the_reference_reports_how_often_the_model_disag
         100 * float(by_hand)
     )
     assert "reference-disagreement" not in P.metric_record(evaluate(other, False).content)
+
+
+def test_a_kd_message_with_quantization_targets_adds_the_penalty_and_checks_them(tmp_path, teacher_state):
+    """A train.kd message carrying ``quant`` targets trains with (rho / 2) ||W - T||^2; a target whose
+    shape is not the student's weight is refused before training (an error reply naming it)."""
+    from admp.quantize import project, quantized_weights
+
+    def kd_message(targets, rho):
+        msg = _message(tmp_path, teacher_state, with_teacher=True)
+        content = RecordDict({k: v for k, v in msg.content.items() if k != P.MASKS})
+        config = dict(content[P.CONFIG]) | {"lr": 0.05, "quant-rho": rho}
+        content[P.CONFIG] = ConfigRecord(config)
+        content[P.QUANT] = P.to_record(targets)
+        return Message(content, dst_node_id=50, message_type=P.TRAIN_KD)
+
+    names = quantized_weights(build_model("lenet", 10, 0.25))
+    targets = {n: project(teacher_state[n], 2) for n in names}
+
+    def distance(rho):
+        reply = client.app(kd_message(targets, rho), _context(0))
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        trained = P.from_record(reply.content[P.ARRAYS])
+        return sum(float(((trained[n] - targets[n]) ** 2).sum()) for n in names)
+
+    assert distance(10.0) < 0.5 * distance(0.0)  # the penalty pulls the weights onto the targets
+    wrong = dict(targets) | {names[0]: targets[names[0]][:1]}
+    reply = client.app(kd_message(wrong, 1.0), _context(0))
+    assert reply.has_error() and f"quant.{names[0]}" in reply.error.reason

@@ -135,6 +135,26 @@ def test_sweep_seeds_and_variants_extend_the_plan(tmp_path):
     assert variant["method"] == "fedadmp" and variant["overrides"] == ["admp.adversary=false"]
 
 
+def test_a_variant_at_its_own_ratio_runs_with_the_other_ratios(tmp_path):
+    body = (
+        "name: s\nmethods: [naive]\nprune_ratios: [0.6, 0.8]\ntable_ratio: 0.6\nseeds: [0, 1]\n"
+        "variants:\n  - name: q2\n    prune_ratio: 0.8\n    overrides: ['quantize.bits=[2]']\n"
+        "tasks:\n  - name: a\n    scenario: scenario.yaml\n"
+    )
+    spec, _ = study_mod.load_study(_study(tmp_path, body))
+    runs = study_mod.plan(spec)
+    # seed 0: the table ratio, then 0.8 (naive and the variant); seed 1 the same order
+    assert [r["run_id"] for r in runs] == [
+        "a-naive-p0.6-s0",
+        "a-naive-p0.8-s0",
+        "a-q2-p0.8-s0",
+        "a-naive-p0.6-s1",
+        "a-naive-p0.8-s1",
+        "a-q2-p0.8-s1",
+    ]
+    assert runs[2]["prune_ratio"] == 0.8 and runs[2]["method"] == "fedadmp"
+
+
 def test_sweep_methods_run_the_other_ratios_highest_first(tmp_path):
     body = (
         "name: s\nmethods: [fedkd, naive, fedadmp]\nprune_ratios: [0.6, 0.8, 0.9]\ntable_ratio: 0.6\n"

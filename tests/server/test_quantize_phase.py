@@ -1,0 +1,105 @@
+"""The quantization phase end to end through the in-process Grid: its rounds and stages, the integer
+artefact the devices run (its accuracy is the summary's), resume inside the phase, and PTQ."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+
+from admp.quantize import project, quantized_weights
+from admp_config.base import ConfigError
+from admp_config.schema import config_from_overrides
+from admp_data.tasks import build_task
+from admp_device.infer import open_session
+from admp_export.bundle import load_bundle
+from server.app import run_federated
+from simulations.centralized import run_centralized
+from tests.inprocess_grid import InProcessGrid
+from tests.server.test_server import TINY, _rows, _run, _summary
+
+pytestmark = pytest.mark.usefixtures("flower_task")
+QUANT = ["quantize.bits=[8, 4]", "quantize.rounds_per_stage=1"]
+
+
+@pytest.fixture(scope="module")
+def quant_run(tmp_path_factory):
+    from tests.conftest import set_flower_task
+
+    set_flower_task()
+    return _run(tmp_path_factory.mktemp("quant"), *QUANT)
+
+
+def _on_levels(state: dict[str, torch.Tensor], names: list[str], bits: int) -> bool:
+    return all(torch.allclose(project(state[n], bits), state[n], atol=1e-6) for n in names)
+
+
+def test_the_phase_rounds_stages_and_the_shipped_integer_model(quant_run):
+    rows = _rows(quant_run)
+    assert [r["phase"] for r in rows] == ["mask"] * 3 + ["merge", "start", "finetune", "quantize", "quantize", "final"]
+    quant = [r for r in rows if r["phase"] == "quantize"]
+    assert [r["round"] for r in quant] == [5, 6] and [r["quant_bits"] for r in quant] == [8, 4]
+    assert [r["quant_rho"] for r in quant] == pytest.approx([1.2, 1.2])  # each stage: rho0 = 1, one step x1.2
+    summary = _summary(quant_run)
+    assert summary["quantization"]["stages"] == [8, 4] and set(summary["quantization"]["bits"].values()) == {4}
+    model = load_bundle(quant_run / "pruned_model.pt")
+    assert _on_levels(model.state_dict(), quantized_weights(model), 4)
+    graph = onnx.load(str(quant_run / "pruned_model.onnx"))
+    assert sum(i.data_type == TensorProto.INT4 for i in graph.graph.initializer) == 4
+    storage = summary["storage"]
+    assert storage["model_bytes"] < storage["float_bytes"] / 6 and storage["byte_reduction"] > 15
+    assert json.loads((quant_run / "pruned_model.json").read_text())["weights"].startswith("weight-only QDQ")
+
+
+def test_the_devices_get_the_accuracy_the_summary_reports(quant_run, tmp_path):
+    """Each device adapts BN with the shipped tool (the run infers with local BN) and runs the integer
+    model it writes in ONNX Runtime: the accuracy over every test sample is the summary's."""
+    from simulations.cli import main as fedadmp
+
+    task = build_task(config_from_overrides([*TINY]).data, 0)
+    hits = total = 0
+    for i in range(task.num_devices):
+        device = task.device(i)
+        np.savez(tmp_path / "x.npz", x=device.train.x.numpy())
+        out = tmp_path / f"d{i}.onnx"
+        assert (
+            fedadmp(
+                ["adapt-bn", str(quant_run / "pruned_model.pt"), "--data", str(tmp_path / "x.npz"), "--out", str(out)]
+            )
+            == 0
+        )
+        assert any(i.data_type == TensorProto.INT4 for i in onnx.load(str(out)).graph.initializer)
+        (logits,) = open_session(out).run(None, {"input": device.test.x.numpy()})
+        hits += int((torch.from_numpy(logits).argmax(1) == device.test.y).sum())
+        total += len(device.test)
+    assert 100.0 * hits / total == pytest.approx(_summary(quant_run)["student"]["target_acc"], abs=1e-6)
+
+
+def test_resume_inside_the_phase_reaches_the_same_model(quant_run, tmp_path):
+    paused = _run(tmp_path, *QUANT, "federation.stop_after_round=5")
+    ckpt = torch.load(paused / "checkpoint.pt", weights_only=True)
+    assert ckpt["phase"] == "quant" and ckpt["quant"]["state"]["stage"] == 0
+    run_federated(InProcessGrid(4), config_from_overrides([*TINY, *QUANT, f"run.out_dir={tmp_path}"]), str(paused))
+    a = torch.load(quant_run / "checkpoint.pt", weights_only=True)["student"]
+    b = torch.load(paused / "checkpoint.pt", weights_only=True)["student"]
+    assert all(torch.allclose(v.float(), b[k].float(), atol=1e-6) for k, v in a.items())
+    assert [r["phase"] for r in _rows(paused)] == [r["phase"] for r in _rows(quant_run)]
+    assert _summary(paused)["selection"] == _summary(quant_run)["selection"]  # the choice survives the pause
+
+
+def test_ptq_projects_the_chosen_model_without_rounds(tmp_path):
+    run = _run(tmp_path, "quantize.bits=[2]", "quantize.method=ptq", "federation.strategy=naive")
+    assert "quantize" not in [r["phase"] for r in _rows(run)]
+    model = load_bundle(run / "pruned_model.pt")
+    assert _on_levels(model.state_dict(), quantized_weights(model), 2)
+    assert _summary(run)["quantization"]["method"] == "ptq"
+
+
+def test_a_quantization_checkpoint_needs_the_phase_and_the_centralized_run_refuses(quant_run, tmp_path):
+    paused = _run(tmp_path / "a", *QUANT, "federation.stop_after_round=5")
+    with pytest.raises(ConfigError, match="quantize.method admm"):
+        run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'a'}"]), str(paused))
+    with pytest.raises(ConfigError, match="quantize.bits: the centralized run"):
+        run_centralized(config_from_overrides([*TINY, "quantize.bits=[4]", f"run.out_dir={tmp_path / 'b'}"]))
