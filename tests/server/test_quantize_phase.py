@@ -99,7 +99,7 @@ def test_ptq_projects_the_chosen_model_without_rounds(tmp_path):
 
 def test_a_quantization_checkpoint_needs_the_phase_and_the_centralized_run_refuses(quant_run, tmp_path):
     paused = _run(tmp_path / "a", *QUANT, "federation.stop_after_round=5")
-    with pytest.raises(ConfigError, match="quantize.method admm"):
+    with pytest.raises(ConfigError, match=r"quantize\.method admm"):
         run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'a'}"]), str(paused))
-    with pytest.raises(ConfigError, match="quantize.bits: the centralized run"):
+    with pytest.raises(ConfigError, match=r"quantize\.bits: the centralized run"):
         run_centralized(config_from_overrides([*TINY, "quantize.bits=[4]", f"run.out_dir={tmp_path / 'b'}"]))
