@@ -11,10 +11,18 @@ binary auxiliary (exactly k_g ones per group) and U the scaled dual:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 
 from admp.masks import MaskDict
+
+Ratio = float | Mapping[str, float]  # one pruning ratio p for every group, or one per group (a latency plan)
+
+
+def group_ratio(ratio: Ratio, group: str) -> float:
+    """The pruning ratio of ``group``: its own in a per-group plan, else the one ratio."""
+    return float(ratio[group]) if isinstance(ratio, Mapping) else float(ratio)
 
 
 def keep_count(channels: int, prune_ratio: float) -> int:
@@ -36,12 +44,12 @@ def project_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     return z
 
 
-def z_step(m: MaskDict, u: MaskDict, prune_ratio: float) -> MaskDict:
-    """Z_g = top-k_g(m_g + U_g) for every group."""
-    return {g: project_topk(m[g] + u[g], keep_count(m[g].numel(), prune_ratio)) for g in m}
+def z_step(m: MaskDict, u: MaskDict, prune_ratio: Ratio) -> MaskDict:
+    """Z_g = top-k_g(m_g + U_g) for every group (k_g from the group's ratio)."""
+    return {g: project_topk(m[g] + u[g], keep_count(m[g].numel(), group_ratio(prune_ratio, g))) for g in m}
 
 
-def ramped_ratio(prune_ratio: float, z_step_index: int, ramp: int) -> float:
+def ramped_ratio(prune_ratio: Ratio, z_step_index: int, ramp: int) -> Ratio:
     """Pruned share targeted by the ``z_step_index``-th Z-step (1-based) under a linear ramp.
 
     ``ramp`` Z-steps take the target from p/ramp to p (then it stays at p); ``ramp`` <= 1 prunes
@@ -50,7 +58,10 @@ def ramped_ratio(prune_ratio: float, z_step_index: int, ramp: int) -> float:
     """
     if ramp <= 1:
         return prune_ratio
-    return prune_ratio * min(1.0, z_step_index / ramp)
+    share = min(1.0, z_step_index / ramp)
+    if isinstance(prune_ratio, Mapping):
+        return {g: r * share for g, r in prune_ratio.items()}
+    return prune_ratio * share
 
 
 def u_step(u: MaskDict, m: MaskDict, z: MaskDict) -> MaskDict:

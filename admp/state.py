@@ -29,7 +29,7 @@ MASK_NAMES = ("m", "s", "z", "u")
 class AdmmSettings:
     """The ADMM knobs that the steps read (a subset of ``AdmpHyper``)."""
 
-    prune_ratio: float  # p: share of channels removed per group at the merge
+    prune_ratio: admm.Ratio  # p: share of channels removed per group at the merge (or one per group)
     rho0: float  # penalty after the first Z-step (0: no ADMM)
     rho_gamma: float  # rho <- min(rho_gamma * rho, rho_max) after every later Z-step
     rho_max: float
@@ -39,7 +39,7 @@ class AdmmSettings:
     @classmethod
     def from_hyper(cls, hp: AdmpHyper) -> AdmmSettings:
         """The ADMM knobs of a run's ``admp`` section."""
-        return cls(hp.prune_ratio, hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp, hp.z_frozen)
+        return cls(hp.ratio(), hp.rho, hp.rho_gamma, hp.rho_max, hp.prune_ramp, hp.z_frozen)
 
 
 @dataclass

@@ -16,21 +16,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from admp.admm import keep_count, project_topk, z_step
+from admp.admm import Ratio, group_ratio, keep_count, project_topk, z_step
 from admp.masks import MaskDict, zeros_masks
 from admp.models import GroupSpec
 from admp.surgery import l1_filter_scores
 from admp_data.sources import DataError
 
 
-def cloud_keep(model: nn.Module, groups: GroupSpec, prune_ratio: float, example: torch.Tensor) -> MaskDict:
+def cloud_keep(model: nn.Module, groups: GroupSpec, prune_ratio: Ratio, example: torch.Tensor) -> MaskDict:
     """The binary keep set (one (C_g,) tensor per group) of L1-norm channel pruning at ratio p:
     the top-k_g filters by L1 norm in every group, decided from the weights alone."""
     scores = l1_filter_scores(model, groups, example)
     return z_step(scores, zeros_masks({g: v.numel() for g, v in scores.items()}), prune_ratio)
 
 
-def read_keep(path: str | Path, sizes: dict[str, int], prune_ratio: float) -> MaskDict:
+def read_keep(path: str | Path, sizes: dict[str, int], prune_ratio: Ratio) -> MaskDict:
     """The keep set stored in a run's ``pruned_model.pt`` bundle, checked against this model's groups
     and ratio: the same groups and widths, binary values, k_g = ceil((1 - p) * C_g) ones in each.
     Anything else is one ``DataError`` naming the file and the group."""
@@ -52,7 +52,7 @@ def read_keep(path: str | Path, sizes: dict[str, int], prune_ratio: float) -> Ma
             raise DataError(f"{path}: keep.{group} is not a ({channels},) tensor")
         if not bool(((mask == 0) | (mask == 1)).all()):
             raise DataError(f"{path}: keep.{group} is not binary")
-        kept, wanted = int(mask.sum()), keep_count(channels, prune_ratio)
+        kept, wanted = int(mask.sum()), keep_count(channels, group_ratio(prune_ratio, group))
         if kept != wanted:
             raise DataError(f"{path}: keep.{group} keeps {kept} of {channels} channels; prune_ratio keeps {wanted}")
     return {g: keep[g].to(torch.float32).clone() for g in sizes}

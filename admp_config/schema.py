@@ -73,6 +73,9 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
         cfg.admp.trainable = "norm" if private else "all"
     if cfg.admp.merge_recovery == "auto":
         cfg.admp.merge_recovery = "student" if cfg.admp.keep_init == "none" else "none"
+    planned = cfg.admp.latency_budget is not None or bool(cfg.admp.group_ratios)
+    if planned and cfg.federation.strategy == "fedtiny":
+        raise SectionError("", "admp.latency_budget: fedtiny draws its own layer-wise ratios; plan naive or fedadmp")
     if private and cfg.admp.keep_init == "fisher":
         raise SectionError(
             "", "admp.keep_init: fisher releases per-channel statistics of device data outside the accounted rounds"

@@ -184,6 +184,11 @@ class AdmpHyper(Section):
     rho_gamma: Annotated[float, Field(ge=1)] = 1.2  # rho <- min(rho_gamma * rho, rho_max) after every Z-step
     #   (U rescaled)
     rho_max: Annotated[float, Field(gt=0)] = 10.0
+    latency_budget: Annotated[float, Field(gt=0, lt=1)] | None = None  # a share of the dense model's ONNX
+    #   Runtime latency (batch 1 and 64, this CPU) the pruned model must meet: the run measures candidates and
+    #   picks per-group ratios (admp_export.latency, written to group_ratios) instead of the uniform p
+    group_ratios: dict[str, Annotated[float, Field(ge=0, lt=1)]] = {}  # per-group pruning ratios; {}: the
+    #   uniform prune_ratio; filled by the latency search when latency_budget is set (resume reads them back)
     prune_ramp: Annotated[int, Field(ge=0)] = 0  # Z-steps over which the pruned share grows linearly to p (0 or 1:
     #   all at once)
     keep_init: KeepInit = "l1"  # where Z and m start (admp/warmstart.py; l1 by the label-free rule of
@@ -212,6 +217,10 @@ class AdmpHyper(Section):
     #   once on the whole fleet's data (pooled moments) | source: as trained | auto: local when devices
     #   are domains of their own, else fleet (resolved by admp_config.schema.resolve_bn_modes)
 
+    def ratio(self) -> float | dict[str, float]:
+        """The pruning plan: one ratio per group where set (a latency plan), else the uniform ``prune_ratio``."""
+        return dict(self.group_ratios) if self.group_ratios else self.prune_ratio
+
     @model_validator(mode="after")
     def _keep_start(self) -> AdmpHyper:
         """A keep set to start from is whole at the first round: no ramp, and a file to read it from."""
@@ -221,6 +230,8 @@ class AdmpHyper(Section):
             raise SectionError("prune_ramp", "ramps the first Z-steps from ones; {p}keep_init starts at the full p")
         if self.z_frozen and self.keep_init == "none":
             raise SectionError("z_frozen", "needs {p}keep_init l1 or file: a frozen Z of ones prunes nothing")
+        if (self.latency_budget is not None or self.group_ratios) and self.keep_init == "fisher":
+            raise SectionError("keep_init", "fisher steps one uniform ratio; a latency plan has one per group")
         return self
 
 

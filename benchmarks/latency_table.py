@@ -24,18 +24,14 @@ import onnxruntime as ort
 import torch
 from int8 import latency_ms  # this folder is on the path of a script run from it
 
-from admp.masks import MaskDict, group_sizes
+from admp.masks import group_sizes
 from admp.models import build_model, example_input
 from admp.surgery import prune_model
 from admp_export.formats import export_onnx
+from admp_export.latency import keep_first
 
 CLASSES = {"lenet": 10, "resnet": 10, "cnn1d": 6}
 BATCHES = (1, 64)
-
-
-def keep_first(sizes: dict[str, int], widths: dict[str, int]) -> MaskDict:
-    """Keep masks with the first ``widths[g]`` channels of each group (all of a group not named)."""
-    return {g: (torch.arange(c) < widths.get(g, c)).float() for g, c in sizes.items()}
 
 
 def timed(model: torch.nn.Module, folder: Path, name: str, repeats: int) -> dict[str, float]:

@@ -53,7 +53,7 @@ def finish(
     fields = {
         "mode": "federated",
         "strategy": fed.strategy,
-        "prune_ratio": run.cfg.admp.prune_ratio if keep else 0.0,
+        "prune_ratio": run.cfg.admp.ratio() if keep else 0.0,  # per group under a latency plan
         "devices": len(session.fleet.roster),
         "nodes": session.fleet.roster.node_count(),  # the Flower nodes that carried them (simulation slots)
         "student": {

@@ -127,13 +127,39 @@ def check_resumable(cfg: ScenarioConfig, run_path: str | Path, task: CrossDomain
     return ckpt, teacher.eval()
 
 
+def plan_latency(cfg: ScenarioConfig, teacher: nn.Module, run_dir: RunDirectory, console: Console) -> None:
+    """The per-group ratios that meet ``admp.latency_budget`` (``admp_export.latency.search``, on the
+    teacher's L1 norms), written into the config (and config.yaml, which a resumed run reads back) and
+    the search's record into ``latency_plan.json``."""
+    from admp_export.latency import search
+
+    budget = float(cfg.admp.latency_budget or 0.0)
+    console.print(f"latency plan: searching per-group ratios for {budget:g} of the dense latency (ONNX Runtime)")
+    plan = search(teacher, groups_of(teacher), budget)
+    cfg.admp.group_ratios = plan.ratios
+    run_dir.write_text("config.yaml", to_yaml(cfg))
+    run_dir.write_json("latency_plan.json", plan.summary())
+    console.print(
+        f"latency plan: keep {plan.counts}, {plan.measured_ms[0]:.3f} / {plan.measured_ms[1]:.2f} ms (b1 / b64)"
+    )
+
+
+def check_group_ratios(cfg: ScenarioConfig, task: CrossDomainTask) -> None:
+    """ConfigError unless ``admp.group_ratios`` (when set) names exactly the model's channel groups."""
+    if not cfg.admp.group_ratios:
+        return
+    groups = sorted(groups_of(initial_model(cfg, task.num_classes, task.input_shape)))
+    if sorted(cfg.admp.group_ratios) != groups:
+        raise ConfigError(f"admp.group_ratios: names {sorted(cfg.admp.group_ratios)}; the model's groups are {groups}")
+
+
 def given_keep(cfg: ScenarioConfig, task: CrossDomainTask) -> MaskDict | None:
     """The keep set of ``admp.keep_path`` under ``keep_init: file`` (checked against the run's model and
     ratio: ``DataError`` naming the file), else None."""
     if cfg.admp.keep_init != "file":
         return None
     model = initial_model(cfg, task.num_classes, task.input_shape)
-    return read_keep(cfg.admp.keep_path, group_sizes(model, groups_of(model)), cfg.admp.prune_ratio)
+    return read_keep(cfg.admp.keep_path, group_sizes(model, groups_of(model)), cfg.admp.ratio())
 
 
 @dataclass
@@ -168,6 +194,7 @@ class RunSetup:
         task = build_task(cfg.data, cfg.run.seed)  # the server reads only the labeled source
         if federated:
             cfg.federation.check_fleet(task.num_devices)
+        check_group_ratios(cfg, task)
         given = given_keep(cfg, task)  # a bad keep file fails here, before the teacher trains
         console = console or Console()
         if resume:
@@ -181,6 +208,8 @@ class RunSetup:
         track(cfg, run_dir)
         teacher, info = prepare_teacher(cfg, task)
         torch.save(teacher.state_dict(), run_dir.file("teacher.pt"))
+        if cfg.admp.latency_budget is not None and not cfg.admp.group_ratios:
+            plan_latency(cfg, teacher, run_dir, console)
         arch = resolve_arch(cfg, task.input_shape)
         return cls(cfg, task, arch, teacher, info, run_dir, console, given_keep=given)
 

@@ -94,7 +94,7 @@ def cloud_choice(run: RunSetup) -> MaskDict:
     at ratio p, or the keep set of ``admp.keep_path`` under ``keep_init: file`` (the transplant)."""
     if run.given_keep is not None:
         return run.given_keep
-    return cloud_keep(run.teacher, run.groups, run.cfg.admp.prune_ratio, example_input(run.teacher))
+    return cloud_keep(run.teacher, run.groups, run.cfg.admp.ratio(), example_input(run.teacher))
 
 
 def _choice_name(run: RunSetup) -> str:

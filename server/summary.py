@@ -7,6 +7,7 @@ the training plot and the summary table. It imports no Flower, so the centralize
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from torch import nn
@@ -24,6 +25,23 @@ INFERENCE = {  # how a device runs the exported model, per federation.bn_recalib
     "global": "pruned_model.onnx as exported (BN statistics pooled over the fleet)",
     "none": "pruned_model.onnx as exported (FedAvg'd BN statistics)",
 }
+
+
+LATENCY_TOLERANCE = 0.10  # a plan meets its budget when the exported model is within 10 % over it
+
+
+def latency_check(run: RunSetup, exported_ms: dict[str, float]) -> dict[str, Any]:
+    """The run's latency plan with the exported model's own latency beside its budget: met when each batch
+    is at most ``LATENCY_TOLERANCE`` over it."""
+    plan: dict[str, Any] = json.loads(run.run_dir.file("latency_plan.json").read_text(encoding="utf-8"))
+    budget = plan["budget_ms"]
+    over = {k: exported_ms[k] / budget[k] - 1.0 for k in budget}
+    plan.pop("steps", None)
+    return plan | {
+        "exported_ms": exported_ms,
+        "over_budget": over,
+        "met": all(v <= LATENCY_TOLERANCE for v in over.values()),
+    }
 
 
 def write_summary(
@@ -73,6 +91,8 @@ def write_summary(
     summary["teacher"] |= {k: v for k, v in run.teacher_info.items() if k != "final_loss"}
     if quantization:
         summary["quantization"] = quantization
+    if run.run_dir.file("latency_plan.json").is_file():
+        summary["latency_plan"] = latency_check(run, report["storage"]["onnx_latency_ms"])
     teacher, pruned = summary["teacher"], summary["student"]
     summary["channels_pruned"] = 1 - sum(pruned["channels"].values()) / sum(teacher["channels"].values())
     summary["param_reduction"] = teacher["params"] / pruned["params"]

@@ -92,6 +92,23 @@ def test_the_run_benchmarks_reproduce_its_summary(run, tmp_path):
     assert models["pruned-int8"]["bytes"] < models["pruned"]["bytes"] < models["dense"]["bytes"]
 
 
+def test_the_compression_benchmark_measures_the_run_as_shipped_and_after_ptq(run, tmp_path):
+    """benchmarks/compression.py on a one-run study folder: the float model as shipped is the summary's
+    accuracy, the 4-bit copy through the device tool has fewer bytes; the table and plot are written."""
+    from tests.benchmarks.test_benchmarks import bench
+
+    summary = json.loads((run / "summary.json").read_text())
+    fields = {"run_id": "t-naive", "task": "t", "method": summary["strategy"], "variant": "", "seed": 0}
+    row = fields | {"prune_ratio": summary["prune_ratio"], "run_dir": str(run)}
+    (tmp_path / "runs.csv").write_text(",".join(row) + "\n" + ",".join(str(v) for v in row.values()) + "\n")
+    bench("compression.py", str(tmp_path), "--bits", "4")
+    rows = json.loads((tmp_path / "compression.json").read_text())
+    assert [(r["bits"], r["how"]) for r in rows] == [(32, "float"), (4, "ptq")]
+    assert rows[0]["acc"] == pytest.approx(summary["student"]["target_acc"], abs=1e-6)
+    assert rows[1]["bytes"] < rows[0]["bytes"] / 6 and rows[1]["byte_reduction"] > rows[0]["byte_reduction"]
+    assert (tmp_path / "compression.md").is_file() and (tmp_path / "t_compression.png").is_file()
+
+
 def test_secure_aggregation_replayed_on_the_run_costs_bytes_not_rounds(run, tmp_path):
     """benchmarks/secure_overhead.py with this run as its plain baseline: the secure replay trains the same
     rounds, and SecAgg+ sends keys and shares besides the masked vector."""

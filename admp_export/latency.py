@@ -1,0 +1,126 @@
+"""Latency-aware per-group ratios: a greedy search over the channel groups' widths, each candidate measured
+in the target runtime (ONNX Runtime on this CPU, one thread, batch 1 and 64).
+
+NPAS (arXiv 2012.00596) chooses per-layer ratios with the latency its compiler measures, not a uniform
+ratio. Here the latency table of ``benchmarks/latency_table.py`` showed that groups do not add up (LeNet at
+p = 0.6: 0.033 ms measured against 0.017 ms predicted at batch 1) and that latency is not monotone in width,
+so the search measures every candidate instead of predicting it. From the dense model, each step cuts one
+group by a step of its channels (1/16 of its width): the group whose cut saves the most measured time,
+relative to the budget at each batch, per unit of cost, the log-ratio of the group's kept L1 mass before
+and after the cut (``removal_cost``: its weakest kept filters go, by the cloud's data-free criterion that
+naive and FedADMP's start use). It stops once both batches
+meet the budget. The result is a ratio per group (``admp.group_ratios``), which every pruning method of a
+run then uses in place of the uniform p.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from admp.masks import MaskDict, group_sizes
+from admp.models import GroupSpec, example_input
+from admp.surgery import l1_filter_scores, prune_model
+from admp_export.formats import export_onnx
+from admp_export.integer import onnx_latency_ms
+
+STEP_SHARE = 1 / 16  # a step cuts this share of a group's channels (at least one)
+BATCHES = (1, 64)
+
+
+def keep_first(sizes: dict[str, int], widths: dict[str, int]) -> MaskDict:
+    """Keep masks with the first ``widths[g]`` channels of each group (all of a group not named); which
+    channels are kept does not change the time."""
+    return {g: (torch.arange(c) < widths.get(g, c)).float() for g, c in sizes.items()}
+
+
+def measured_ms(model: nn.Module, folder: Path, repeats: int) -> tuple[float, float]:
+    """Median ms of the model's ONNX export at batch 1 (``repeats`` calls) and 64 (a tenth, at least 5)."""
+    example = example_input(model)
+    path = export_onnx(model, example, folder / "candidate.onnx")
+    shape = tuple(int(d) for d in example.shape[1:])
+    return onnx_latency_ms(path, shape, 1, repeats), onnx_latency_ms(path, shape, 64, max(5, repeats // 10))
+
+
+def removal_cost(scores: torch.Tensor, kept: int, step: int) -> float:
+    """ln(M_before / M_after), M the L1 mass of a group's kept channels (its ``kept`` strongest) before and
+    after cutting its ``step`` weakest: the share of the group's remaining capacity a cut takes, so a cut
+    of a group already narrow costs more (16 -> 15 equal channels: ln(16/15) = 0.065; 2 -> 1: ln 2)."""
+    ordered = torch.sort(scores.detach().abs(), descending=True).values.double()
+    before, after = float(ordered[:kept].sum()), float(ordered[: kept - step].sum())
+    if before <= 0:
+        return 0.0
+    return math.log(before / after) if after > 0 else math.inf
+
+
+def meets(latency: tuple[float, float], budget: tuple[float, float]) -> bool:
+    """Whether both batches are within their budget."""
+    return all(t <= b for t, b in zip(latency, budget, strict=True))
+
+
+@dataclass
+class LatencyPlan:
+    """The search's result: keep counts and ratios per group, and the measured latencies (ms, b1 / b64)."""
+
+    counts: dict[str, int]
+    ratios: dict[str, float]
+    dense_ms: tuple[float, float]
+    budget_ms: tuple[float, float]
+    measured_ms: tuple[float, float]
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able record of the plan (the run's ``latency_plan.json``)."""
+        keys = [f"batch_{b}" for b in BATCHES]
+        return {
+            "counts": self.counts,
+            "ratios": self.ratios,
+            "dense_ms": dict(zip(keys, self.dense_ms, strict=True)),
+            "budget_ms": dict(zip(keys, self.budget_ms, strict=True)),
+            "measured_ms": dict(zip(keys, self.measured_ms, strict=True)),
+            "steps": self.steps,
+        }
+
+
+def search(model: nn.Module, groups: GroupSpec, fraction: float, repeats: int = 100) -> LatencyPlan:
+    """Per-group keep counts whose pruned model runs within ``fraction`` of the dense model's measured
+    latency at batch 1 and 64 (see the module docstring); ValueError when no plan reaches it."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"latency budget must be a share in (0, 1), got {fraction}")
+    model = model.eval()
+    example = example_input(model)
+    sizes = group_sizes(model, groups)
+    scores = l1_filter_scores(model, groups, example)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+
+        def timed(counts: dict[str, int], n: int = repeats) -> tuple[float, float]:
+            return measured_ms(prune_model(model, groups, keep_first(sizes, counts), example), folder, n)
+
+        dense = measured_ms(model, folder, repeats)
+        budget = (fraction * dense[0], fraction * dense[1])
+        counts, current, steps = dict(sizes), dense, []
+        while not meets(current, budget):
+            options = []
+            for g, c in sizes.items():
+                step = min(max(1, round(c * STEP_SHARE)), counts[g] - 1)
+                if step < 1:
+                    continue
+                candidate = counts | {g: counts[g] - step}
+                latency = timed(candidate)
+                saved = sum(max(0.0, (now - new) / b) for now, new, b in zip(current, latency, budget, strict=True))
+                cost = removal_cost(scores[g], counts[g], step)
+                options.append((saved / max(cost, 1e-12), saved, -cost, g, candidate, latency))
+            if not options:
+                raise ValueError(f"no plan reaches {fraction:g} of the dense latency: every group is at one channel")
+            _, saved, _, group, counts, current = max(options, key=lambda o: (o[1] > 0, o[0], o[2]))
+            steps.append({"group": group, "keep": counts[group], "ms": list(current), "saved": saved})
+        final = timed(counts, 2 * repeats)
+    ratios = {g: 1.0 - counts[g] / sizes[g] for g in sizes}
+    return LatencyPlan(counts, ratios, dense, budget, final, steps)
