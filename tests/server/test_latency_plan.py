@@ -44,5 +44,5 @@ def test_the_plan_is_made_once_kept_in_the_config_and_read_back_on_resume(tmp_pa
 
 
 def test_group_ratios_must_name_the_models_groups(tmp_path):
-    with pytest.raises(ConfigError, match="admp.group_ratios: names"):
+    with pytest.raises(ConfigError, match=r"admp\.group_ratios: names"):
         _run(tmp_path, "admp.group_ratios={conv1: 0.5}")
