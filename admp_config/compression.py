@@ -18,6 +18,9 @@ class QuantizeSpec(Section):
     #   [8, 4] (progressive, as arXiv 1903.09769); the last is what the model ships with; []: float32 weights
     method: QuantMethod = "admm"  # admm: federated ADMM rounds (rounds_per_stage per stage) pull the weights
     #   onto the levels, then the final projection | ptq: the final projection of the exported weights only
+    budget_bytes: Annotated[int, Field(ge=1)] | None = None  # mixed precision: each layer's bits (8, 4 or 2,
+    #   not below the last stage) chosen by the fleet's sensitivity so the model's tensor bytes fit (admp/
+    #   precision.py); None: every layer at the last stage's bits
     rounds_per_stage: Annotated[int, Field(ge=1)] = 3  # KD rounds of each ADMM stage (3: the fine-tune
     #   phase's default length); the penalty follows the masks' schedule (admp.rho, rho_gamma, rho_max)
 
@@ -26,6 +29,8 @@ class QuantizeSpec(Section):
         """Bits step down (or stay) from one stage to the next."""
         if any(later > earlier for earlier, later in zip(self.bits, self.bits[1:], strict=False)):
             raise SectionError("bits", f"{self.bits} steps up; each stage starts from the last at no more bits")
+        if self.budget_bytes is not None and not self.bits:
+            raise SectionError("budget_bytes", "needs {p}bits (the stages; the last is the lowest width a layer gets)")
         return self
 
     @property

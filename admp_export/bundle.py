@@ -30,12 +30,18 @@ BUNDLE_KEYS = ("arch", "num_classes", "width", "keep", "state")
 
 
 def save_bundle(
-    path: Path, arch: str, num_classes: int, width: float, keep: MaskDict | None, model: nn.Module, weight_bits: int = 0
+    path: Path,
+    arch: str,
+    num_classes: int,
+    width: float,
+    keep: MaskDict | None,
+    model: nn.Module,
+    weight_bits: dict[str, int] | None = None,
 ) -> Path:
     """Write the pruned model as a weights-only bundle (see module docstring); ``weight_bits``: the
-    integer levels its Conv and Linear weights lie on (0: float32), which the device's BN step keeps."""
+    integer levels each Conv and Linear weight lies on (none: float32), which the device's BN step keeps."""
     bundle = {
-        "weight_bits": weight_bits,
+        "weight_bits": dict(weight_bits or {}),
         "arch": arch,
         "num_classes": num_classes,
         "width": width,
@@ -108,10 +114,11 @@ def load_bundle(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def bundle_weight_bits(path: str | Path) -> int:
-    """The bits a bundle's weights are stored with in its integer artefact (0: float32 weights)."""
+def bundle_weight_bits(path: str | Path) -> dict[str, int]:
+    """The bits each weight of a bundle is stored with in its integer artefact (empty: float32)."""
     bundle: dict[str, Any] = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return int(bundle.get("weight_bits", 0))
+    bits = bundle.get("weight_bits") or {}
+    return {str(k): int(v) for k, v in bits.items()} if isinstance(bits, dict) else {}
 
 
 def _shape(bundle: dict[str, Any]) -> tuple[int, ...] | None:

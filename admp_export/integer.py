@@ -164,3 +164,41 @@ def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], batch: int, repeat
         session.run(None, {name: x})
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
+
+
+def onnx_weight_names(float_model: Path, state: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:
+    """Each torch weight's initializer in the exported graph: the one of the same shape whose output
+    channels point the same way (|cosine| per channel; folding BatchNorm in scales each channel, so the
+    exporter's renamed, folded weights are found by direction). ValueError when two share one."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(float_model))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    arrays = {n: inits[n] for n in weight_initializers(model)}
+    mapping = {}
+    for name in names:
+        w = state[name].detach().reshape(state[name].shape[0], -1).double()
+        best, score = "", -1.0
+        for onnx_name, array in arrays.items():
+            if tuple(array.shape) != tuple(state[name].shape):
+                continue
+            v = torch.from_numpy(array.astype(np.float64)).reshape(w.shape)
+            cos = (w * v).sum(1).abs() / (w.norm(dim=1) * v.norm(dim=1)).clamp_min(1e-12)
+            if float(cos.mean()) > score:
+                best, score = onnx_name, float(cos.mean())
+        mapping[name] = best
+    if len(set(mapping.values())) != len(names) or "" in mapping.values():
+        raise ValueError(f"{float_model}: the weights {names} do not map one to one onto the graph's")
+    return mapping
+
+
+def export_integer(model: torch.nn.Module, bits: dict[str, int], float_path: Path, out: Path) -> dict[str, object]:
+    """Export ``model`` (weights named in ``bits`` already on their levels) to ``float_path``, then its
+    integer artefact with each layer's own bits to ``out`` (``to_integer_onnx``)."""
+    from admp.models import example_input
+    from admp_export.formats import export_onnx
+
+    export_onnx(model, example_input(model), float_path)
+    mapping = onnx_weight_names(float_path, model.state_dict(), list(bits))
+    return to_integer_onnx(float_path, out, {mapping[n]: b for n, b in bits.items()})

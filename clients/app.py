@@ -26,7 +26,8 @@ from admp.masks import gated, group_sizes
 from admp.metrics import accuracy
 from admp.models import groups_of
 from admp.objective import predictions, shares_centroids
-from admp.quantize import weight_penalty
+from admp.precision import layer_sensitivity
+from admp.quantize import quantized_weights, weight_penalty
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, teacher_targets
 from admp_data.tasks import Device
@@ -197,6 +198,25 @@ def gate_fisher_query(msg: Message, context: Context) -> Message:
     sums = measured_fisher(student, groups_of(student), x, job.generator("gatefisher"), m or None)
     return Message(
         RecordDict({P.ARRAYS: P.masks_to_record(fisher=sums), P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}),
+        reply_to=msg,
+    )
+
+
+@app.query("quantsens")
+def sensitivity_query(msg: Message, context: Context) -> Message:
+    """Each quantized weight's sensitivity on the local unlabeled data (``admp.precision``): summed KL of
+    the model's predictions with that layer projected at each of ``config["widths"]`` bits (no label read;
+    under per-device BN, with this device's statistics)."""
+    job = Job.read(msg, context)
+    x = job.data().train.x
+    student = job.student(msg)
+    if bool(job.config.get("local-bn", False)):
+        student = adapt_bn(student, x)
+    widths = [int(b) for b in P.config_json(job.config, "widths")]
+    sums = layer_sensitivity(student, x, quantized_weights(student), widths)
+    arrays = {f"sens.{name}": value for name, value in sums.items()}
+    return Message(
+        RecordDict({P.ARRAYS: P.to_record(arrays), P.METRICS: P.metrics_record({P.NUM_EXAMPLES: len(x)})}),
         reply_to=msg,
     )
 

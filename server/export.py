@@ -12,7 +12,7 @@ from torch import nn
 from admp.metrics import cpu_latency_ms, model_report
 from admp.models import GroupSpec, example_input
 from admp_export.formats import export_onnx, export_torchscript, onnx_max_abs_diff
-from admp_export.integer import onnx_latency_ms, tensor_bytes, to_integer_onnx
+from admp_export.integer import export_integer, onnx_latency_ms, tensor_bytes
 from server.report import RunDirectory
 
 
@@ -40,11 +40,7 @@ def export_and_measure(
     onnx_path = run.file("pruned_model.onnx")
     storage: dict[str, Any] = {"weights": "float32"}
     if bits:
-        export_onnx(student, example, run.file("pruned_model_float.onnx"))
-        widths = set(bits.values())
-        if len(widths) != 1:
-            raise ValueError(f"one bit-width for every layer is what the exporter maps, got {sorted(widths)}")
-        stored = to_integer_onnx(run.file("pruned_model_float.onnx"), onnx_path, widths.pop())
+        stored = export_integer(student, bits, run.file("pruned_model_float.onnx"), onnx_path)
         storage = {"weights": stored["weights"], "float_bytes": tensor_bytes(run.file("pruned_model_float.onnx"))}
         exports.append("pruned_model_float.onnx")
     else:

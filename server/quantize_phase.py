@@ -9,6 +9,7 @@ from admp.masks import MaskDict
 from admp.quantize import QuantSettings, QuantState, project_weights, quantized_weights
 from admp_config.schema import ScenarioConfig
 from server.phases import final_round
+from server.precision import planned_bits
 from server.rounds import Weights
 from server.session import Session
 from strategies.quantize import QuantKD
@@ -35,10 +36,16 @@ def quantize_phase(session: Session, weights: Weights, keep: MaskDict | None) ->
     q = run.cfg.quantize
     if not q.active:
         return weights, {}
+    info: dict[str, Any] = {"method": q.method, "stages": list(q.bits)}
     bits = final_bits(session, keep)
-    info: dict[str, Any] = {"method": q.method, "stages": list(q.bits), "bits": bits}
+    ckpt = run.checkpoint
+    if ckpt is not None and ckpt.phase == "quant":  # the allocation made before the phase's first round
+        bits, info = dict(ckpt.quant["bits"]), dict(ckpt.quant["info"])
+    elif q.budget_bytes is not None:
+        bits, info["mixed_precision"] = planned_bits(session, weights, keep, final_round(run) - 1 - q.admm_rounds())
+    info["bits"] = bits
     if q.method == "admm":
-        trained = _admm_rounds(session, weights, keep, bits)
+        trained = _admm_rounds(session, weights, keep, bits, info)
         if trained is None:
             return None
         weights, info["residual_before_projection"] = trained
@@ -46,7 +53,7 @@ def quantize_phase(session: Session, weights: Weights, keep: MaskDict | None) ->
 
 
 def _admm_rounds(
-    session: Session, weights: Weights, keep: MaskDict | None, bits: dict[str, int]
+    session: Session, weights: Weights, keep: MaskDict | None, bits: dict[str, int], info: dict[str, Any]
 ) -> tuple[Weights, float] | None:
     """The federated ADMM rounds (``QuantKD``); the weights and their relative distance to Z at the end."""
     run, cfg = session.run, session.run.cfg
@@ -73,7 +80,11 @@ def _admm_rounds(
     )
     selection, kept = session.selection, keep or {}
     on_round = session.checkpointer(
-        "quant", lambda: {"keep": kept, "quant": {"state": state.state_dict(), "selection": selection}}
+        "quant",
+        lambda: {
+            "keep": kept,
+            "quant": {"state": state.state_dict(), "selection": selection, "bits": bits, "info": info},
+        },
     )
     weights, finished = session.runner.run_rounds(
         strategy, "quantize", weights, range(start, last + 1), on_round, whole_phase=start == first

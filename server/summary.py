@@ -61,7 +61,7 @@ def write_summary(
     ``server.quantize_phase``, its ``bits`` per weight) makes ``pruned_model.onnx`` the integer artefact."""
     bits = (quantization or {}).get("bits")
     report = export_and_measure(run.run_dir, run.teacher, student, run.groups, run.task.source_val.x[:32], bits)
-    weight_bits = min(bits.values()) if bits else 0  # one width for every layer (export_and_measure)
+    weight_bits = dict(bits or {})
     save_bundle(
         run.run_dir.file("pruned_model.pt"),
         run.arch,

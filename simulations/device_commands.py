@@ -19,7 +19,7 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     from admp.models import example_input
     from admp_export.bundle import adapt_bn, bundle_weight_bits, load_bundle, read_local_inputs
     from admp_export.formats import export_onnx
-    from admp_export.integer import to_integer_onnx
+    from admp_export.integer import export_integer
 
     out = Path(args.out)
     check_output_path(out)
@@ -34,7 +34,7 @@ def _adapt_bn(args: argparse.Namespace) -> int:
     adapted, bits = adapt_bn(model, x), bundle_weight_bits(args.bundle)
     if bits:  # the run's integer artefact: BN folds into the codes' scales, the codes stay exact
         with tempfile.TemporaryDirectory() as tmp:
-            to_integer_onnx(export_onnx(adapted, example_input(model), Path(tmp) / "adapted.onnx"), out, bits)
+            export_integer(adapted, bits, Path(tmp) / "adapted.onnx", out)
     else:
         out = export_onnx(adapted, example_input(model), out)
     _copy_contract(Path(args.bundle).with_name("pruned_model.onnx"), out, device_step="done")

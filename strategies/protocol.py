@@ -49,6 +49,7 @@ TRAIN_KD = f"{MessageType.TRAIN}.kd"  # KD adaptation of a plain (dense or prune
 QUERY_BN = f"{MessageType.QUERY}.bnstats"  # BatchNorm input statistics on local data
 QUERY_ID = f"{MessageType.QUERY}.identity"  # the device's stable id
 QUERY_FISHER = f"{MessageType.QUERY}.gatefisher"  # channel-gate Fisher information on local data (admp.importance)
+QUERY_SENSITIVITY = f"{MessageType.QUERY}.quantsens"  # each layer's quantization sensitivity (admp.precision)
 EVALUATE = MessageType.EVALUATE  # accuracy on the local labeled test split (evaluation only)
 
 # error codes of a failed reply: Flower's own, plus one of ours above Flower's range
@@ -187,7 +188,7 @@ class Sent:
 
 TRAINING = (str(TRAIN_ADMP), TRAIN_KD)
 SECAGG, SECAGG_RECORD = (str(TRAIN_ADMP),), "secaggplus_configs"  # Flower's message type and record for SecAgg+
-EVERY = (*TRAINING, QUERY_BN, QUERY_ID, QUERY_FISHER, str(EVALUATE))
+EVERY = (*TRAINING, QUERY_BN, QUERY_ID, QUERY_FISHER, QUERY_SENSITIVITY, str(EVALUATE))
 DEVICE_SENDS: tuple[Sent, ...] = (
     Sent(TRAINING, ARRAYS, "<model state>", "the global model's", "the locally trained student, for FedAvg"),
     Sent((str(TRAIN_ADMP),), MASKS, "m.<group>", "(C_g,)", "relaxed hard mask, averaged for the Z-step"),
@@ -207,6 +208,8 @@ DEVICE_SENDS: tuple[Sent, ...] = (
     Sent((QUERY_BN,), METRICS, NUM_EXAMPLES, "scalar", "pooling weight"),
     Sent((QUERY_FISHER,), ARRAYS, "fisher.<group>", "(C_g,)", "sum of squared gate gradients: the fleet's keep set"),
     Sent((QUERY_FISHER,), METRICS, NUM_EXAMPLES, "scalar", "pooling weight"),
+    Sent((QUERY_SENSITIVITY,), ARRAYS, "sens.<weight>", "(B,)", "summed KL of each width's projection: mixed bits"),
+    Sent((QUERY_SENSITIVITY,), METRICS, NUM_EXAMPLES, "scalar", "pooling weight"),
     Sent((QUERY_ID,), METRICS, "device", "scalar", "the device's stable id (reproducible sampling)"),
     Sent((str(EVALUATE),), METRICS, "accuracy", "scalar", "accuracy on the local labeled test split"),
     Sent((str(EVALUATE),), METRICS, "accuracy-as-exported", "scalar", "the same before the device's BN step"),

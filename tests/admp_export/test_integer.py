@@ -77,3 +77,25 @@ def test_a_model_file_sets_only_the_allowed_runtime_option(tmp_path):
     for hostile in ("session.load_model_format=ORT", "session.disable_quant_qdq=0"):
         with pytest.raises(InputError, match="refuses"):
             session_entries(hostile, tmp_path)
+
+
+def test_mixed_bits_map_onto_the_folded_graph_and_their_bytes_are_the_allocations(tmp_path):
+    from admp.precision import code_bytes
+    from admp_export.integer import export_integer, onnx_weight_names
+
+    model = _model_with_bn_statistics()
+    names = quantized_weights(model)
+    bits = dict(zip(names, [8, 2, 4, 8], strict=True))
+    model.load_state_dict(project_weights(model.state_dict(), bits))
+    stored = export_integer(model, bits, tmp_path / "float.onnx", tmp_path / "mixed.onnx")
+    mapping = onnx_weight_names(tmp_path / "float.onnx", model.state_dict(), names)
+    assert mapping["fc1.weight"] == "fc1.weight" and len(set(mapping.values())) == 4  # conv weights are renamed
+    assert {mapping[n]: b for n, b in bits.items()} == {k: v["bits"] for k, v in stored["layers"].items()}
+    state = model.state_dict()
+    fixed = tensor_bytes(tmp_path / "float.onnx") - sum(4 * state[n].numel() for n in names)
+    planned = fixed + sum(code_bytes(state[n].numel(), state[n].shape[0], b) for n, b in bits.items())
+    assert stored["tensor_bytes"] == planned  # what the allocation counts is what the file stores
+    x = torch.rand(8, *example_input(model).shape[1:])
+    (out,) = open_session(tmp_path / "mixed.onnx").run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        assert np.abs(out - model(x).numpy()).max() < 1e-4

@@ -103,3 +103,52 @@ def test_a_quantization_checkpoint_needs_the_phase_and_the_centralized_run_refus
         run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'a'}"]), str(paused))
     with pytest.raises(ConfigError, match=r"quantize\.bits: the centralized run"):
         run_centralized(config_from_overrides([*TINY, "quantize.bits=[4]", f"run.out_dir={tmp_path / 'b'}"]))
+
+
+def test_a_byte_budget_mixes_the_widths_by_the_fleets_sensitivity(tmp_path):
+    """PTQ at a budget between the all-2-bit and all-4-bit sizes of the tiny pruned LeNet: the fleet's
+    sensitivity (one query, logged as a bit-choice row) sets each layer's width, the artefact fits."""
+    budget = 12000  # the 4-bit model of this run stores about 16.4 kB, the 2-bit one about 9 kB
+    run = _run(
+        tmp_path,
+        "quantize.bits=[8, 4, 2]",
+        "quantize.method=ptq",
+        f"quantize.budget_bytes={budget}",
+        "federation.strategy=naive",
+    )
+    summary = _summary(run)
+    mixed = summary["quantization"]["mixed_precision"]
+    assert mixed["budget_bytes"] == budget and mixed["devices"] >= 1 and mixed["widths"] == [8, 4, 2]
+    assert set(mixed["sensitivity"]) == set(summary["quantization"]["bits"])
+    assert 2 in summary["quantization"]["bits"].values()
+    assert summary["storage"]["model_bytes"] <= budget
+    assert "bit-choice" in [r["phase"] for r in _rows(run)]
+    model = load_bundle(run / "pruned_model.pt")
+    bits = summary["quantization"]["bits"]
+    assert all(
+        torch.allclose(project(model.state_dict()[n], b), model.state_dict()[n], atol=1e-6) for n, b in bits.items()
+    )
+
+
+def test_a_sensitivity_reply_that_is_not_a_sum_of_divergences_is_rejected():
+    from flwr.app import RecordDict
+
+    from server.precision import _parse
+    from strategies import protocol as P
+    from strategies.aggregation import ReplyError
+
+    class Bound:
+        def examples_bound(self, device, kind):
+            return 100
+
+    parse = _parse(["fc.weight"], 2, Bound())
+
+    def reply(values, n=10):
+        arrays = P.to_record({"sens.fc.weight": torch.tensor(values)})
+        return RecordDict({P.ARRAYS: arrays, P.METRICS: P.metrics_record({P.NUM_EXAMPLES: n})})
+
+    sums, n = parse(0, reply([0.5, 2.0]))
+    assert sums["fc.weight"].tolist() == [0.5, 2.0] and n == 10
+    for bad, needle in (([-1.0, 2.0], "not a sum"), ([0.5, 1e9], "not a sum"), ([0.5], "quantsens")):
+        with pytest.raises(ReplyError, match=needle):
+            parse(0, reply(bad))
