@@ -131,6 +131,30 @@ def test_latency_table(tmp_path):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_latency_plan(tmp_path):
+    """A budget's plan and the uniform model of the same budget, each with its measured times and check;
+    the plan's channels fit the family; a budget outside (0, 1) is refused before any measurement."""
+    out = tmp_path / "plan.json"
+    bench("latency_plan.py", "--archs", "lenet", "--budgets", "0.8", "--repeats", "5", "--out", str(out))
+    lenet = report(out, "families")["families"]["lenet"]
+    (row,) = lenet["budgets"]
+    assert row["budget_share"] == 0.8 and row["budget_ms"][0] == pytest.approx(0.8 * row["budget_ms"][0] / 0.8)
+    plan = row["plan"]
+    assert set(plan["channels"]) == {"conv1", "conv2"} and all(
+        1 <= plan["channels"][g] <= c for g, c in lenet["channels"].items()
+    )
+    assert set(plan["ms"]) == {"batch_1", "batch_64"} and isinstance(plan["met"], bool) and row["steps"] >= 1
+    assert row["uniform"] is None or 0 < row["uniform"]["prune_ratio"] < 1
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "latency_plan.py"), "--budgets", "1.2", "--out", str(tmp_path / "x.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--budgets must lie in (0, 1)" in done.stderr and not (tmp_path / "x.json").exists()
+
+
 def test_privacy_utility(tmp_path):
     runs = tmp_path / "runs.csv"
     shutil.copy(ROOT / "results" / "privacy" / "runs.csv", runs)
