@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	@echo "[install 1/2] torch 2.13.0 (the local CPU build first: any other spec pulls several GB of CUDA packages), and uv"
 	$(PY) -m pip install --progress-bar on torch==2.13.0 uv
 	@echo "[install 2/2] fedadmp and its dependencies (flwr[simulation], ray, torch-pruning, onnxruntime, ...)"
-	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e ".[dev]" || $(PY) -m pip install --progress-bar on -e ".[dev]"
+	$(VENV)/bin/uv pip install --compile-bytecode --python $(PY) -e ".[dev,edge]" || $(PY) -m pip install --progress-bar on -e ".[dev,edge]"
 	@echo "[install] done"
 	touch $(STAMP)
 

@@ -57,3 +57,21 @@ def onnx_max_abs_diff(path: Path, model: nn.Module, inputs: torch.Tensor) -> flo
     with torch.no_grad():
         torch_out = model.eval()(inputs).numpy()
     return float(np.abs(ort_out - torch_out).max())
+
+
+def export_pte(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """An ExecuTorch program (``.pte``, PyTorch's runtime for mobile and embedded targets) of the eval-mode
+    model at ``example``'s batch size, lowered to the XNNPACK backend; needs the ``edge`` extra
+    (``pip install 'fedadmp[edge]'``, executorch 1.5.1: it links against the torch already installed)."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError as exc:
+        raise ImportError("ExecuTorch export needs the edge extra: pip install 'fedadmp[edge]'") from exc
+    model = model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
+        program = torch.export.export(model, (example,))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(lowered.buffer)
+    return path

@@ -109,6 +109,16 @@ def test_the_compression_benchmark_measures_the_run_as_shipped_and_after_ptq(run
     assert (tmp_path / "compression.md").is_file() and (tmp_path / "t_compression.png").is_file()
 
 
+def test_the_executorch_program_gives_the_devices_the_summarys_accuracy(run, tmp_path):
+    """benchmarks/executorch_pte.py on this run: the .pte (XNNPACK) scores what the summary reports."""
+    from tests.benchmarks.test_benchmarks import bench, report
+
+    bench("executorch_pte.py", str(run), "--out", str(tmp_path / "et.json"))
+    measured = report(tmp_path / "et.json", "pte_acc", "summary_target_acc", "pte_bytes", "pte_latency_ms")
+    assert measured["pte_acc"] == pytest.approx(measured["summary_target_acc"], abs=1e-6)
+    assert measured["pte_bytes"] > 0 and set(measured["pte_latency_ms"]) == {"batch_1", "batch_64"}
+
+
 def test_secure_aggregation_replayed_on_the_run_costs_bytes_not_rounds(run, tmp_path):
     """benchmarks/secure_overhead.py with this run as its plain baseline: the secure replay trains the same
     rounds, and SecAgg+ sends keys and shares besides the masked vector."""
