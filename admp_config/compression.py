@@ -21,6 +21,8 @@ class QuantizeSpec(Section):
     budget_bytes: Annotated[int, Field(ge=1)] | None = None  # mixed precision: each layer's bits (8, 4 or 2,
     #   not below the last stage) chosen by the fleet's sensitivity so the model's tensor bytes fit (admp/
     #   precision.py); None: every layer at the last stage's bits
+    budget_reduction: Annotated[float, Field(gt=1)] | None = None  # the same budget as a factor: the dense
+    #   float32 model's tensor bytes / this (e.g. 50: 50x fewer bytes); at most one of the two
     rounds_per_stage: Annotated[int, Field(ge=1)] = 3  # KD rounds of each ADMM stage (3: the fine-tune
     #   phase's default length); the penalty follows the masks' schedule (admp.rho, rho_gamma, rho_max)
 
@@ -29,9 +31,16 @@ class QuantizeSpec(Section):
         """Bits step down (or stay) from one stage to the next."""
         if any(later > earlier for earlier, later in zip(self.bits, self.bits[1:], strict=False)):
             raise SectionError("bits", f"{self.bits} steps up; each stage starts from the last at no more bits")
-        if self.budget_bytes is not None and not self.bits:
+        if self.budget_bytes is not None and self.budget_reduction is not None:
+            raise SectionError("budget_reduction", "give {p}budget_bytes or {p}budget_reduction, not both")
+        if self.mixed and not self.bits:
             raise SectionError("budget_bytes", "needs {p}bits (the stages; the last is the lowest width a layer gets)")
         return self
+
+    @property
+    def mixed(self) -> bool:
+        """Whether a size budget sets each layer's bits (mixed precision)."""
+        return self.budget_bytes is not None or self.budget_reduction is not None
 
     @property
     def active(self) -> bool:

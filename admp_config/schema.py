@@ -76,7 +76,7 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
     planned = cfg.admp.latency_budget is not None or bool(cfg.admp.group_ratios)
     if planned and cfg.federation.strategy == "fedtiny":
         raise SectionError("", "admp.latency_budget: fedtiny draws its own layer-wise ratios; plan naive or fedadmp")
-    if private and cfg.quantize.budget_bytes is not None:
+    if private and cfg.quantize.mixed:
         raise SectionError(
             "", "quantize.budget_bytes: the fleet's sensitivity query is a release outside the accounted rounds"
         )

@@ -1,5 +1,5 @@
-"""Mixed precision under ``quantize.budget_bytes``: the fleet's per-layer sensitivity (one query to the
-evaluation devices, ``admp.precision``) and the per-layer bits it allocates."""
+"""Mixed precision under ``quantize.budget_bytes`` (or ``budget_reduction``): the fleet's per-layer
+sensitivity (one query to the evaluation devices, ``admp.precision``) and the per-layer bits it allocates."""
 
 from __future__ import annotations
 
@@ -43,9 +43,10 @@ def planned_bits(
     state = model.state_dict()
     with tempfile.TemporaryDirectory() as tmp:
         float_bytes = tensor_bytes(export_onnx(model.eval(), example_input(model), Path(tmp) / "float.onnx"))
+        dense = tensor_bytes(export_onnx(run.teacher.eval(), example_input(run.teacher), Path(tmp) / "dense.onnx"))
     fixed = float_bytes - sum(4 * state[n].numel() for n in names)  # biases, folded BN, input normalisation
     sizes = {n: (state[n].numel(), int(state[n].shape[0])) for n in names}
-    budget = int(q.budget_bytes or 0)
+    budget = int(q.budget_bytes) if q.budget_bytes is not None else int(dense / float(q.budget_reduction or 1.0))
     bits = allocate(sensitivity, sizes, widths, budget, fixed)
     run.run_dir.log_metrics({"phase": "bit-choice", "step": rnd, "round": rnd, "devices": devices})
     info = {"budget_bytes": budget, "widths": widths, "sensitivity": sensitivity, "devices": devices}

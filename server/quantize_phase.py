@@ -41,7 +41,7 @@ def quantize_phase(session: Session, weights: Weights, keep: MaskDict | None) ->
     ckpt = run.checkpoint
     if ckpt is not None and ckpt.phase == "quant":  # the allocation made before the phase's first round
         bits, info = dict(ckpt.quant["bits"]), dict(ckpt.quant["info"])
-    elif q.budget_bytes is not None:
+    elif q.mixed:
         bits, info["mixed_precision"] = planned_bits(session, weights, keep, final_round(run) - 1 - q.admm_rounds())
     info["bits"] = bits
     if q.method == "admm":

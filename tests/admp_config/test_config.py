@@ -41,6 +41,8 @@ def test_defaults_fill_missing_keys(tmp_path):
         ("admp: [1\n", "not valid YAML (line 2, column 1: expected ',' or ']', but got '<stream end>')"),
         ("a: b: c\n", "not valid YAML (line 1, column 5: mapping values are not allowed here)"),
         ("quantize:\n  bits: [4, 8]\n", "quantize.bits: [4, 8] steps up"),
+        ("quantize:\n  budget_reduction: 50\n", "quantize.budget_bytes: needs quantize.bits"),
+        ("quantize:\n  bits: [4]\n  budget_bytes: 9\n  budget_reduction: 5\n", "not both"),
         ("quantize:\n  bits: [1]\n", "quantize.bits[0]: 1 is out of range [2, 8]"),
         ("quantize:\n  method: gptq\n", "quantize.method: 'gptq' is not one of"),
     ],

@@ -123,6 +123,16 @@ def test_a_byte_budget_mixes_the_widths_by_the_fleets_sensitivity(tmp_path):
     assert 2 in summary["quantization"]["bits"].values()
     assert summary["storage"]["model_bytes"] <= budget
     assert "bit-choice" in [r["phase"] for r in _rows(run)]
+    dense = summary["storage"]["dense_float_bytes"]  # the same budget as a factor of the dense model's bytes
+    again = _run(
+        tmp_path / "r",
+        "quantize.bits=[8, 4, 2]",
+        "quantize.method=ptq",
+        "quantize.budget_reduction=25",
+        "federation.strategy=naive",
+    )
+    assert _summary(again)["quantization"]["mixed_precision"]["budget_bytes"] == int(dense / 25)
+    assert _summary(again)["storage"]["model_bytes"] <= dense / 25
     model = load_bundle(run / "pruned_model.pt")
     bits = summary["quantization"]["bits"]
     assert all(

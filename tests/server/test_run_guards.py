@@ -106,7 +106,7 @@ def _wrong_shape(state):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda s: s.update(phase="warmup"), "phase 'warmup' is not one of teacher, mask, kd, done"),
+        (lambda s: s.update(phase="warmup"), "phase 'warmup' is not one of teacher, mask, kd, quant, done"),
         (lambda s: s.update(round="2"), "round '2' is not a round count"),
         (lambda s: s.update(admp={}), "ADMP state lacks m, s, z, u, rho or z_steps"),
         (_wrong_shape, r"student\.conv1\.weight is \(1, .*the run's model has"),
