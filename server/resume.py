@@ -74,7 +74,8 @@ def check_schema(cfg: ScenarioConfig, state: dict[str, Any], teacher: nn.Module,
         _check_admp(state.get("admp"), sizes, path)
     if phase in ("kd", "quant") and bool(keep) != (strategy != "fedkd"):
         kind = "pruned" if keep else "dense"
-        raise ConfigError(f"{path}: the {phase} phase holds a {kind} student; a {strategy} run does not export one")
+        name = "KD" if phase == "kd" else "quantization"
+        raise ConfigError(f"{path}: the {name} phase holds a {kind} student; a {strategy} run does not export one")
     model = prune_model(teacher, groups_of(teacher), keep, example_input(teacher)) if keep else teacher
     _check_tensors(state.get("student"), model.state_dict(), "student", path)
     if phase == "quant":
