@@ -11,9 +11,10 @@ on each device's model, B in ``--bits``). Bytes are the model's tensor bytes (``
 against the dense float32 model of the same architecture; latency is ONNX Runtime's median at batch 1
 and 64, one thread, through the device runtime's session. Writes ``compression.json`` (resumable: runs
 already measured are kept), ``compression.md`` (means and spreads over seeds) and plots of accuracy
-against bytes and against latency, into the study folder.
+against bytes and against latency, into the study folder; ``--retime`` measures every row's latency again
+(when the machine was busy during the first pass).
 
-    python benchmarks/compression.py results/compression [--bits 8 4 2]
+    python benchmarks/compression.py results/compression [--bits 8 4 2] [--retime]
 """
 
 from __future__ import annotations
@@ -94,15 +95,32 @@ def dense_bytes(run: Path, task: Any, folder: Path) -> int:
 
 def figures(model: Path, models: list[Path], task: Any, dense: int) -> dict[str, Any]:
     """Accuracy, bytes, byte reduction and latency of one model (``model``: the run-level file)."""
-    shape = tuple(int(d) for d in task.input_shape)
     size = tensor_bytes(model)
+    return {"acc": accuracy(models, task), "bytes": size, "byte_reduction": dense / size} | timing(model, task)
+
+
+def timing(model: Path, task: Any) -> dict[str, float]:
+    """ONNX Runtime's median latency of the model at batch 1 and 64 (one thread)."""
+    shape = tuple(int(d) for d in task.input_shape)
     return {
-        "acc": accuracy(models, task),
-        "bytes": size,
-        "byte_reduction": dense / size,
         "latency_b1_ms": onnx_latency_ms(model, shape, 1, 200),
         "latency_b64_ms": onnx_latency_ms(model, shape, 64, 20),
     }
+
+
+def retime(rows: list[dict[str, Any]], runs: list[dict[str, str]]) -> None:
+    """Measure every row's latency again (a machine that was busy while accuracies were measured): the
+    run's model as shipped, or its post-training copy made again with the device tool."""
+    by_key = {(r["task"], r["variant"] or r["method"], float(r["prune_ratio"]), int(r["seed"])): r for r in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in rows:
+            run = by_key[(row["task"], row["method"], row["prune_ratio"], row["seed"])]
+            folder, shipped = Path(run["run_dir"]), Path(run["run_dir"]) / "pruned_model.onnx"
+            task = build_task(load_config(folder / "config.yaml").data, int(row["seed"]))
+            model = quantized([shipped], row["bits"], Path(tmp))[0] if row["how"] == "ptq" else shipped
+            row |= timing(model, task)
+            if row["how"] == "admm" and (folder / "pruned_model_float.onnx").is_file():
+                row["float_latency_b64_ms"] = timing(folder / "pruned_model_float.onnx", task)["latency_b64_ms"]
 
 
 def measure(row: dict[str, str], bits: list[int]) -> list[dict[str, Any]]:
@@ -126,8 +144,7 @@ def measure(row: dict[str, str], bits: list[int]) -> list[dict[str, Any]]:
         entry |= figures(run / "pruned_model.onnx", models, task, dense)
         entry["summary_acc"] = summary["student"]["target_acc"]
         if quant and (run / "pruned_model_float.onnx").is_file():
-            shape = tuple(int(d) for d in task.input_shape)
-            entry["float_latency_b64_ms"] = onnx_latency_ms(run / "pruned_model_float.onnx", shape, 64, 20)
+            entry["float_latency_b64_ms"] = timing(run / "pruned_model_float.onnx", task)["latency_b64_ms"]
         out.append(entry)
         for b in [] if quant else bits:
             runs_model = quantized([run / "pruned_model.onnx"], b, folder)[0]
@@ -198,6 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="a study output folder with runs.csv")
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 4, 2], help="post-training widths of float runs")
+    parser.add_argument("--retime", action="store_true", help="measure every measured row's latency again")
     args = parser.parse_args()
     if any(not 2 <= b <= 8 for b in args.bits):
         parser.error(f"--bits: {args.bits}; weight codes take 2 to 8 bits")
@@ -217,6 +235,9 @@ def main() -> None:
         print(f"{i}/{len(runs)} {run['run_id']}", flush=True)
         rows += measure(run, args.bits)
         out.write_text(json.dumps(rows, indent=1) + "\n")  # after every run: a cut-short measurement resumes
+    if args.retime:
+        retime(rows, runs)
+        out.write_text(json.dumps(rows, indent=1) + "\n")
     (args.study / "compression.md").write_text(table(rows))
     plot(rows, args.study)
     print(table(rows))
