@@ -8,8 +8,10 @@ so the search measures every candidate instead of predicting it. From the dense 
 group by a step of its channels (1/16 of its width): the group whose cut saves the most measured time,
 relative to the budget at each batch, per unit of cost, the log-ratio of the group's kept L1 mass before
 and after the cut (``removal_cost``: its weakest kept filters go, by the cloud's data-free criterion that
-naive and FedADMP's start use). It stops once both batches
-meet the budget. The result is a ratio per group (``admp.group_ratios``), which every pruning method of a
+naive and FedADMP's start use). It stops once both batches meet the budget. No group is cut below the
+width the uniform ratio of the same budget keeps (the first p on a 0.05 grid whose model meets it,
+measured first): at equal latency the plan is at least as wide as the uniform model in every group. The
+result is a ratio per group (``admp.group_ratios``), which every pruning method of a
 run then uses in place of the uniform p.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from admp.admm import keep_count
 from admp.masks import MaskDict, group_sizes
 from admp.models import GroupSpec, example_input
 from admp.surgery import l1_filter_scores, prune_model
@@ -31,6 +35,7 @@ from admp_export.formats import export_onnx
 from admp_export.integer import onnx_latency_ms
 
 STEP_SHARE = 1 / 16  # a step cuts this share of a group's channels (at least one)
+UNIFORM_STEP = 0.05  # the grid of uniform ratios whose first to meet the budget sets the floors
 BATCHES = (1, 64)
 
 
@@ -74,6 +79,8 @@ class LatencyPlan:
     budget_ms: tuple[float, float]
     measured_ms: tuple[float, float]
     steps: list[dict[str, Any]] = field(default_factory=list)
+    uniform_ratio: float | None = None  # the uniform ratio that meets the same budget (its keep counts: floors)
+    floors: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able record of the plan (the run's ``latency_plan.json``)."""
@@ -84,6 +91,8 @@ class LatencyPlan:
             "dense_ms": dict(zip(keys, self.dense_ms, strict=True)),
             "budget_ms": dict(zip(keys, self.budget_ms, strict=True)),
             "measured_ms": dict(zip(keys, self.measured_ms, strict=True)),
+            "uniform_ratio": self.uniform_ratio,
+            "floors": self.floors,
             "steps": self.steps,
         }
 
@@ -105,11 +114,15 @@ def search(model: nn.Module, groups: GroupSpec, fraction: float, repeats: int = 
 
         dense = measured_ms(model, folder, repeats)
         budget = (fraction * dense[0], fraction * dense[1])
+        uniform = uniform_at(sizes, budget, timed)
+        floors = (
+            {g: keep_count(c, uniform) for g, c in sizes.items()} if uniform is not None else dict.fromkeys(sizes, 1)
+        )
         counts, current, steps = dict(sizes), dense, []
         while not meets(current, budget):
             options = []
             for g, c in sizes.items():
-                step = min(max(1, round(c * STEP_SHARE)), counts[g] - 1)
+                step = min(max(1, round(c * STEP_SHARE)), counts[g] - floors[g])
                 if step < 1:
                     continue
                 candidate = counts | {g: counts[g] - step}
@@ -118,9 +131,20 @@ def search(model: nn.Module, groups: GroupSpec, fraction: float, repeats: int = 
                 cost = removal_cost(scores[g], counts[g], step)
                 options.append((saved / max(cost, 1e-12), saved, -cost, g, candidate, latency))
             if not options:
-                raise ValueError(f"no plan reaches {fraction:g} of the dense latency: every group is at one channel")
+                raise ValueError(f"no plan reaches {fraction:g} of the dense latency: every group is at its floor")
             _, saved, _, group, counts, current = max(options, key=lambda o: (o[1] > 0, o[0], o[2]))
             steps.append({"group": group, "keep": counts[group], "ms": list(current), "saved": saved})
         final = timed(counts, 2 * repeats)
     ratios = {g: 1.0 - counts[g] / sizes[g] for g in sizes}
-    return LatencyPlan(counts, ratios, dense, budget, final, steps)
+    return LatencyPlan(counts, ratios, dense, budget, final, steps, uniform, floors)
+
+
+def uniform_at(
+    sizes: dict[str, int], budget: tuple[float, float], timed: Callable[[dict[str, int]], tuple[float, float]]
+) -> float | None:
+    """The smallest uniform ratio on a 0.05 grid whose model meets the budget (measured), or None."""
+    for step in range(1, 20):
+        p = round(UNIFORM_STEP * step, 2)
+        if meets(timed({g: keep_count(c, p) for g, c in sizes.items()}), budget):
+            return p
+    return None

@@ -4,8 +4,9 @@ For every model family (seeded initial weights: the search reads only the L1 nor
 the measured latency) and every budget (a share of the dense model's latency at batch 1 and 64): the
 plan of ``admp_export.latency.search``, its model measured again afterwards (twice the search's
 repeats), whether it meets the budget within 10 % at both batches, and the uniform-ratio model of the
-same budget: the smallest p on a 0.05 grid whose model meets it. Both are reported with their channels,
-parameters and MACs, so the plan's use of the same time is visible. Usage:
+same budget (the smallest p on a 0.05 grid whose model meets it, which the search finds first and never
+cuts a group below), measured again too. Both are reported with their channels, parameters and MACs, so
+the plan's use of the same time is visible. Usage:
 
     python benchmarks/latency_plan.py [--budgets 0.7 0.5 0.3] [--archs lenet resnet cnn1d] [--repeats 100]
                                       [--out benchmarks/results/latency_plan.json]
@@ -68,14 +69,11 @@ def family(arch: str, budgets: list[float], repeats: int, folder: Path) -> dict[
         model = pruned(plan.counts)
         planned = described(model, plan.counts, measured_ms(model, folder, 2 * repeats), budget)
         uniform: dict[str, Any] | None = None
-        for step in range(1, 20):
-            p = round(0.05 * step, 2)
-            counts = {g: keep_count(c, p) for g, c in sizes.items()}
+        if plan.uniform_ratio is not None:  # the uniform model the search found at the same budget, again
+            counts = {g: keep_count(c, plan.uniform_ratio) for g, c in sizes.items()}
             candidate = pruned(counts)
             ms = measured_ms(candidate, folder, 2 * repeats)
-            if all(m <= b for m, b in zip(ms, budget, strict=True)):
-                uniform = described(candidate, counts, ms, budget) | {"prune_ratio": p}
-                break
+            uniform = described(candidate, counts, ms, budget) | {"prune_ratio": plan.uniform_ratio}
         rows.append(
             {
                 "budget_share": share,

@@ -22,14 +22,15 @@ def test_the_cost_of_a_cut_is_the_log_ratio_of_the_kept_l1_mass():
 
 
 def test_the_greedy_search_on_a_known_latency_model(monkeypatch):
-    """LeNet at width 0.25 (conv1 8, conv2 16 channels), latency (c1 + 0.1 c2, 10 c1 + 2 c2) and equal L1
-    scores; budget 0.75 of dense (9.6, 112) = (7.2, 84). Each step one channel: cutting conv1 saves
-    1/7.2 + 10/84 = 0.258 of the budget for ln(8/7), ln(7/6), ln(6/5); conv2 0.1/7.2 + 2/84 = 0.038 for
-    ln(16/15) = 0.065: conv1 wins three times, (5, 16) runs (6.6, 82) and meets both budgets."""
+    """LeNet at width 0.25 (conv1 8, conv2 16 channels), latency (10 c1 + c2, 100 c1 + 20 c2) and equal L1
+    scores; budget 0.75 of dense (96, 1120) = (72, 840). The uniform grid first: p = 0.25 keeps (6, 12),
+    which runs (72, 840), the first to meet it: those are the floors. Cutting conv1 saves 10/72 + 100/840 =
+    0.258 of the budget for ln(8/7), then ln(7/6); conv2 0.038 for ln(16/15) = 0.065: conv1 twice to its
+    floor, then conv2 four times, one channel each, to (6, 12)."""
 
     def fake_ms(model, folder, repeats):
         sizes = group_sizes(model, groups_of(model))
-        return sizes["conv1"] + 0.1 * sizes["conv2"], 10.0 * sizes["conv1"] + 2.0 * sizes["conv2"]
+        return 10.0 * sizes["conv1"] + sizes["conv2"], 100.0 * sizes["conv1"] + 20.0 * sizes["conv2"]
 
     monkeypatch.setattr(latency, "measured_ms", fake_ms)
     monkeypatch.setattr(
@@ -37,13 +38,33 @@ def test_the_greedy_search_on_a_known_latency_model(monkeypatch):
     )
     model = build_model("lenet", 10, 0.25)
     plan = search(model, groups_of(model), 0.75)
-    assert plan.counts == {"conv1": 5, "conv2": 16} and [s["group"] for s in plan.steps] == ["conv1"] * 3
-    assert plan.dense_ms == pytest.approx((9.6, 112.0)) and plan.budget_ms == pytest.approx((7.2, 84.0))
-    assert plan.measured_ms == pytest.approx((6.6, 82.0))
-    assert plan.ratios == pytest.approx({"conv1": 0.375, "conv2": 0.0})
+    assert plan.uniform_ratio == 0.25 and plan.floors == {"conv1": 6, "conv2": 12}
+    assert plan.counts == {"conv1": 6, "conv2": 12}
+    assert [s["group"] for s in plan.steps] == ["conv1"] * 2 + ["conv2"] * 4
+    assert plan.dense_ms == pytest.approx((96.0, 1120.0)) and plan.budget_ms == pytest.approx((72.0, 840.0))
+    assert plan.measured_ms == pytest.approx((72.0, 840.0))
+    assert plan.ratios == pytest.approx({"conv1": 0.25, "conv2": 0.25})
     assert {g: keep_count(c, plan.ratios[g]) for g, c in group_sizes(model, groups_of(model)).items()} == plan.counts
     with pytest.raises(ValueError, match="share in"):
         search(model, groups_of(model), 1.0)
+
+
+def test_the_plan_keeps_a_group_wider_than_uniform_where_its_time_is_cheap(monkeypatch):
+    """Latency from conv1 alone (10 c1, 100 c1): budget 0.75 of (80, 800) = (60, 600); the uniform grid's
+    first fit is p = 0.25 (conv1 6, conv2 12, floors). Only conv1's cuts save time, so the plan cuts conv1
+    to 6 and leaves conv2 whole: as fast as the uniform model, twice as wide in conv2 (16 against 12)."""
+
+    def fake_ms(model, folder, repeats):
+        c1 = group_sizes(model, groups_of(model))["conv1"]
+        return 10.0 * c1, 100.0 * c1
+
+    monkeypatch.setattr(latency, "measured_ms", fake_ms)
+    monkeypatch.setattr(
+        latency, "l1_filter_scores", lambda m, g, e: {k: torch.ones(c) for k, c in group_sizes(m, g).items()}
+    )
+    model = build_model("lenet", 10, 0.25)
+    plan = search(model, groups_of(model), 0.75)
+    assert plan.floors == {"conv1": 6, "conv2": 12} and plan.counts == {"conv1": 6, "conv2": 16}
 
 
 def test_per_group_ratios_in_the_z_step_and_the_ramp():
