@@ -83,18 +83,19 @@ def check_schema(cfg: ScenarioConfig, state: dict[str, Any], teacher: nn.Module,
 
 
 def _check_quant(cfg: ScenarioConfig, quant: Any, model: nn.Module, path: Path) -> None:
-    """The quantization phase's Z and U (the shapes of the model's quantized weights, finite), rho and
-    stage, and the export choice it carries."""
+    """The quantization phase's Z and U (the shapes of the model's quantized weights, finite), rho, stage
+    and each weight's bits, and the export choice it carries."""
     if cfg.quantize.admm_rounds() == 0:
         raise ConfigError(f"{path}: a quantization-phase checkpoint needs quantize.method admm with bits")
-    if (
-        not isinstance(quant, dict)
-        or not isinstance(quant.get("state"), dict)
-        or not isinstance(quant.get("selection"), dict)
+    if not isinstance(quant, dict) or any(
+        not isinstance(quant.get(k), dict) for k in ("state", "selection", "bits", "info")
     ):
-        raise ConfigError(f"{path}: the quantization phase's state or selection is missing")
+        raise ConfigError(f"{path}: the quantization phase's state, selection, bits or info is missing")
     state, weights = quant["state"], model.state_dict()
     expected = {name: weights[name] for name in quantized_weights(model)}
+    bits = quant["bits"]
+    if set(bits) != set(expected) or any(not isinstance(b, int) or not 2 <= b <= 8 for b in bits.values()):
+        raise ConfigError(f"{path}: quant.bits does not give every quantized weight 2 to 8 bits")
     for name in ("z", "u"):
         _check_tensors(state.get(name), expected, f"quant.{name}", path)
     rho, stage = state.get("rho"), state.get("stage")

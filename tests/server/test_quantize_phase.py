@@ -99,6 +99,8 @@ def test_ptq_projects_the_chosen_model_without_rounds(tmp_path):
 
 def test_a_quantization_checkpoint_needs_the_phase_and_the_centralized_run_refuses(quant_run, tmp_path):
     paused = _run(tmp_path / "a", *QUANT, "federation.stop_after_round=5")
+    state = torch.load(paused / "checkpoint.pt", weights_only=True)
+    assert set(state["quant"]["bits"].values()) == {4} and state["quant"]["info"]["stages"] == [8, 4]
     with pytest.raises(ConfigError, match=r"quantize\.method admm"):
         run_federated(InProcessGrid(4), config_from_overrides([*TINY, f"run.out_dir={tmp_path / 'a'}"]), str(paused))
     with pytest.raises(ConfigError, match=r"quantize\.bits: the centralized run"):
@@ -162,3 +164,25 @@ def test_a_sensitivity_reply_that_is_not_a_sum_of_divergences_is_rejected():
     for bad, needle in (([-1.0, 2.0], "not a sum"), ([0.5, 1e9], "not a sum"), ([0.5], "quantsens")):
         with pytest.raises(ReplyError, match=needle):
             parse(0, reply(bad))
+
+
+def test_a_quantization_checkpoint_with_bad_bits_is_refused(tmp_path):
+    from admp.models import build_model
+    from server.resume import _check_quant
+
+    cfg = config_from_overrides([*TINY, *QUANT])
+    model = build_model("lenet", 10, 0.5)
+    names = quantized_weights(model)
+    zeros = {n: torch.zeros_like(model.state_dict()[n]) for n in names}
+    good = {
+        "state": {"z": zeros, "u": zeros, "rho": 1.0, "stage": 0},
+        "selection": {},
+        "bits": dict.fromkeys(names, 4),
+        "info": {},
+    }
+    _check_quant(cfg, good, model, tmp_path)
+    for bad in (dict.fromkeys(names, 9), dict.fromkeys(names[1:], 4)):
+        with pytest.raises(ConfigError, match=r"quant\.bits"):
+            _check_quant(cfg, good | {"bits": bad}, model, tmp_path)
+    with pytest.raises(ConfigError, match="is missing"):
+        _check_quant(cfg, {k: v for k, v in good.items() if k != "info"}, model, tmp_path)
