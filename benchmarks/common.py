@@ -34,3 +34,16 @@ def simulate(sets: list[str], out: Path, name: str, scenario: str = "") -> Path:
         tail = done.stdout[-2000:] + done.stderr[-2000:]
         raise RuntimeError(f"simulate {name} failed (exit {done.returncode}):\n{tail}")
     return run_directory(out, name)
+
+
+def write_runtime_report(out: Path, families: dict[str, object]) -> None:
+    """A latency report with the runtime it was measured in (ONNX Runtime's version, the machine, one thread)."""
+    import json
+    import platform
+
+    import onnxruntime as ort
+
+    report = {"onnxruntime": ort.__version__, "machine": platform.machine(), "threads": 1, "families": families}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -15,14 +15,12 @@ the plan's use of the same time is visible. Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
 import torch
+from common import write_runtime_report  # this folder is on the path of a script run from it
 
 from admp.admm import keep_count
 from admp.masks import group_sizes
@@ -104,10 +102,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         families = {arch: family(arch, args.budgets, args.repeats, Path(tmp)) for arch in args.archs}
-    report = {"onnxruntime": ort.__version__, "machine": platform.machine(), "threads": 1, "families": families}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_runtime_report(args.out, families)
 
 
 if __name__ == "__main__":

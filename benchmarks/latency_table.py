@@ -15,13 +15,11 @@ latency. Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
+from common import write_runtime_report  # this folder is on the path of a script run from it
 from int8 import latency_ms  # this folder is on the path of a script run from it
 
 from admp.masks import group_sizes
@@ -89,10 +87,7 @@ def main() -> None:
         for arch in args.archs:
             families[arch] = family_table(arch, args.widths, args.ratios, args.repeats, Path(tmp))
             print(f"{arch}: dense b1 {families[arch]['dense']['b1_ms']} ms, b64 {families[arch]['dense']['b64_ms']} ms")
-    report = {"onnxruntime": ort.__version__, "machine": platform.machine(), "threads": 1, "families": families}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_runtime_report(args.out, families)
 
 
 if __name__ == "__main__":
