@@ -142,6 +142,12 @@ def print_summary(summary: dict[str, Any], title: str, console: Console | None =
         exported = student.get("target_acc_as_exported")
         if exported is not None and exported != student["target_acc"]:
             console.print(f"pruned_model.onnx as exported, without the device step: {exported:.2f}%")
+    storage = summary.get("storage")
+    if storage:  # what the exported file stores, against the dense float32 model
+        console.print(
+            f"pruned_model.onnx: {storage['weights']} weights, {storage['model_bytes'] / 1e3:.1f} kB of tensors "
+            f"({storage['byte_reduction']:.1f}x fewer than the dense float32 model)"
+        )
     privacy = summary.get("privacy")
     if privacy:
         console.print(
