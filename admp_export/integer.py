@@ -17,6 +17,7 @@ slower than the float model).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,16 +57,16 @@ def unpack_codes(raw: bytes, count: int, width: int) -> np.ndarray:
     return np.where(signed >= 1 << (width - 1), signed - (1 << width), signed).astype(np.int8)
 
 
-def weight_initializers(model: object) -> list[str]:
+def weight_initializers(model: Any) -> list[str]:
     """Names of the initializers that are the weight (input 1) of a Conv or Gemm node, graph order."""
-    inits = {i.name for i in model.graph.initializer}  # type: ignore[attr-defined]
-    names = [n.input[1] for n in model.graph.node if n.op_type in WEIGHT_OPS and n.input[1] in inits]  # type: ignore[attr-defined]
+    inits = {i.name for i in model.graph.initializer}
+    names = [n.input[1] for n in model.graph.node if n.op_type in WEIGHT_OPS and n.input[1] in inits]
     return list(dict.fromkeys(names))
 
 
-def gemm_is_transposed(model: object, name: str) -> bool:
+def gemm_is_transposed(model: Any, name: str) -> bool:
     """Whether every Gemm reading ``name`` uses transB=1 (the weight is (out, in): channels on axis 0)."""
-    for node in model.graph.node:  # type: ignore[attr-defined]
+    for node in model.graph.node:
         if node.op_type == "Gemm" and node.input[1] == name:
             attrs = {a.name: a.i for a in node.attribute}
             if attrs.get("transB", 0) != 1:
@@ -73,7 +74,7 @@ def gemm_is_transposed(model: object, name: str) -> bool:
     return True
 
 
-def integer_tensors(name: str, weight: np.ndarray, bits: int) -> tuple[object, object, int]:
+def integer_tensors(name: str, weight: np.ndarray, bits: int) -> tuple[Any, Any, int]:
     """The codes initializer (int8, or packed int4 / int2), the scales initializer, and the codes' bytes."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -111,7 +112,7 @@ def to_integer_onnx(float_model: Path, out: Path, bits: int | dict[str, int]) ->
             raise ValueError(f"{float_model}: Gemm weight {name} is not (out, in); per-channel scales need transB=1")
         codes, scales, size = integer_tensors(name, weight, chosen[name])
         kept += [codes, scales]
-        dequant.append(helper.make_node("DequantizeLinear", [codes.name, scales.name], [name], axis=0))  # type: ignore[attr-defined]
+        dequant.append(helper.make_node("DequantizeLinear", [codes.name, scales.name], [name], axis=0))
         layers[name] = {"bits": chosen[name], "stored_bits": storage_bits(chosen[name]), "code_bytes": size}
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
