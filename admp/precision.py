@@ -20,14 +20,14 @@ import math
 import torch
 from torch import nn
 
-from admp.quantize import project
+from admp.quantize import project, stored_bits
 
 STORED_WIDTHS = (8, 4, 2)  # what the integer artefact stores (admp_export.integer): int8, int4, int2
 
 
 def widths_from(lowest: int) -> list[int]:
     """The stored widths a budget may choose from, widest first: those at or above ``lowest`` bits."""
-    return [b for b in STORED_WIDTHS if b >= lowest] or [STORED_WIDTHS[-1]]
+    return [b for b in STORED_WIDTHS if b >= lowest]
 
 
 @torch.no_grad()
@@ -56,8 +56,7 @@ def layer_sensitivity(
 def code_bytes(numel: int, channels: int, bits: int) -> int:
     """Bytes the artefact stores for one weight at ``bits``: the packed codes (2, 4 or 8 bits each, the
     last byte padded) and one float32 scale per output channel."""
-    stored = 2 if bits <= 2 else 4 if bits <= 4 else 8
-    return math.ceil(numel * stored / 8) + 4 * channels
+    return math.ceil(numel * stored_bits(bits) / 8) + 4 * channels
 
 
 def allocate(

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from admp import admm
+
 TensorDict = dict[str, torch.Tensor]
 MIN_BITS, MAX_BITS = 2, 8
 CLIP_FACTORS = tuple(1.0 - 0.05 * i for i in range(11))  # 1.0 (max-abs) down to 0.5 of the largest weight
@@ -35,6 +37,11 @@ def level_count(bits: int) -> int:
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
     return int(2 ** (bits - 1) - 1)
+
+
+def stored_bits(bits: int) -> int:
+    """The integer type a b-bit code is stored in (admp_export.integer): int2, int4 or int8."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 8
 
 
 def channel_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,10 +144,9 @@ class QuantState:
         """Z = proj(W + U), U <- U + W - Z, then rho grows, the unscaled dual rho * U kept (Boyd et al. 3.4.1)."""
         bits = self.bits()
         self.z = {k: project(weights[k].detach() + self.u[k], b) for k, b in bits.items()}
-        self.u = {k: self.u[k] + weights[k].detach() - self.z[k] for k in bits}
-        new_rho = min(self.settings.rho_gamma * self.rho, self.settings.rho_max)
-        self.u = {k: v * (self.rho / new_rho) for k, v in self.u.items()}
-        self.rho = new_rho
+        self.u = admm.u_step(self.u, weights, self.z)
+        new_rho = admm.rho_next(self.rho, self.settings.rho_gamma, self.settings.rho_max)
+        self.u, self.rho = admm.rescale_dual(self.u, self.rho, new_rho), new_rho
 
     def targets(self) -> TensorDict:
         """T = Z - U: the penalty (rho / 2) * ||W - T||^2 is all a device needs."""

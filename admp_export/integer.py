@@ -22,17 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from admp.quantize import channel_codes
+from admp.quantize import channel_codes, stored_bits
 from admp_device.infer import ALLOWED_SESSION_CONFIG, SESSION_CONFIG_KEY
 
 WEIGHT_OPS = ("Conv", "Gemm")
 SESSION_CONFIG = ";".join(f"{k}={v}" for k, v in ALLOWED_SESSION_CONFIG.items())
 OPSETS = {8: 21, 4: 21, 2: 25}  # the first opset whose DequantizeLinear takes that integer type
-
-
-def storage_bits(bits: int) -> int:
-    """The integer type a b-bit code is stored in: int2, int4 or int8."""
-    return 2 if bits <= 2 else 4 if bits <= 4 else 8
 
 
 def pack_codes(codes: np.ndarray, width: int) -> bytes:
@@ -46,15 +41,6 @@ def pack_codes(codes: np.ndarray, width: int) -> bytes:
     for i in range(per_byte):
         packed |= (fields[:, i] << (i * width)).astype(np.uint8)
     return packed.tobytes()
-
-
-def unpack_codes(raw: bytes, count: int, width: int) -> np.ndarray:
-    """Inverse of ``pack_codes``: ``count`` signed codes."""
-    data = np.frombuffer(raw, dtype=np.uint8)
-    per_byte, mask = 8 // width, (1 << width) - 1
-    fields = np.stack([(data >> (i * width)) & mask for i in range(per_byte)], axis=1).reshape(-1)[:count]
-    signed = fields.astype(np.int16)
-    return np.where(signed >= 1 << (width - 1), signed - (1 << width), signed).astype(np.int8)
 
 
 def weight_initializers(model: Any) -> list[str]:
@@ -80,7 +66,7 @@ def integer_tensors(name: str, weight: np.ndarray, bits: int) -> tuple[Any, Any,
 
     codes, scales = channel_codes(torch.from_numpy(weight.astype(np.float32)), bits)
     codes_np = codes.numpy().astype(np.int8)
-    width = storage_bits(bits)
+    width = stored_bits(bits)
     if width < 8:
         raw = pack_codes(codes_np, width)
         kind = TensorProto.INT4 if width == 4 else TensorProto.INT2
@@ -113,7 +99,7 @@ def to_integer_onnx(float_model: Path, out: Path, bits: int | dict[str, int]) ->
         codes, scales, size = integer_tensors(name, weight, chosen[name])
         kept += [codes, scales]
         dequant.append(helper.make_node("DequantizeLinear", [codes.name, scales.name], [name], axis=0))
-        layers[name] = {"bits": chosen[name], "stored_bits": storage_bits(chosen[name]), "code_bytes": size}
+        layers[name] = {"bits": chosen[name], "stored_bits": stored_bits(chosen[name]), "code_bytes": size}
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     nodes = list(model.graph.node)
@@ -121,50 +107,40 @@ def to_integer_onnx(float_model: Path, out: Path, bits: int | dict[str, int]) ->
     model.graph.node.extend(dequant + nodes)
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
-            opset.version = max(opset.version, *(OPSETS[storage_bits(b)] for b in chosen.values()))
+            opset.version = max(opset.version, *(OPSETS[stored_bits(b)] for b in chosen.values()))
     widths = sorted({v["bits"] for v in layers.values()})
     description = f"weight-only QDQ, per-channel symmetric codes of {'/'.join(map(str, widths))} bits"
     helper.set_model_props(model, {"fedadmp.weights": description, SESSION_CONFIG_KEY: SESSION_CONFIG})
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
-    return {"weights": description, "layers": layers, "tensor_bytes": tensor_bytes(out)}
+    return {"weights": description, "layers": layers, "tensor_bytes": initializer_bytes(model)}
 
 
 def tensor_bytes(path: Path) -> int:
-    """Bytes of every initializer of an ONNX model as stored (int4 packed): the model's storage without
-    the graph's description."""
+    """Bytes of every initializer of an ONNX model file as stored (int4 / int2 packed): the model's
+    storage without the graph's description."""
     import onnx
 
-    model = onnx.load(str(path))
-    total = 0
-    for init in model.graph.initializer:
-        if init.raw_data:
-            total += len(init.raw_data)
-        else:
-            from onnx import numpy_helper
-
-            total += numpy_helper.to_array(init).nbytes
-    return total
+    return initializer_bytes(onnx.load(str(path)))
 
 
-def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], batch: int, repeats: int) -> float:
-    """Median ms of one ONNX Runtime call on ``batch`` random inputs, one thread, through the device
-    runtime's session (``admp_device.infer.open_session``: the artefact's own session options)."""
-    import time
+def initializer_bytes(model: Any) -> int:
+    """``tensor_bytes`` of a loaded model."""
+    from onnx import numpy_helper
 
-    from admp_device.infer import open_session
+    return sum(len(i.raw_data) if i.raw_data else numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
 
-    session = open_session(path, threads=1)
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
-    for _ in range(max(repeats // 10, 3)):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {name: x})
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+
+def model_tensor_bytes(model: torch.nn.Module) -> int:
+    """``tensor_bytes`` of a PyTorch model's ONNX export (BatchNorm folded), e.g. the dense float32
+    model a compressed one is measured against."""
+    import tempfile
+
+    from admp.models import example_input
+    from admp_export.formats import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return tensor_bytes(export_onnx(model.eval(), example_input(model), Path(tmp) / "model.onnx"))
 
 
 def onnx_weight_names(float_model: Path, state: dict[str, torch.Tensor], names: list[str]) -> dict[str, str]:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,11 +34,40 @@ from admp.masks import MaskDict, group_sizes
 from admp.models import GroupSpec, example_input
 from admp.surgery import l1_filter_scores, prune_model
 from admp_export.formats import export_onnx
-from admp_export.integer import onnx_latency_ms
 
 STEP_SHARE = 1 / 16  # a step cuts this share of a group's channels (at least one)
 UNIFORM_STEP = 0.05  # the grid of uniform ratios whose first to meet the budget sets the floors
 BATCHES = (1, 64)
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    """Median ms of ``call()`` over ``repeats`` calls, after a tenth as many (at least 3) to warm up."""
+    for _ in range(max(repeats // 10, 3)):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def onnx_latency_ms(path: Path, input_shape: tuple[int, ...], batch: int, repeats: int) -> float:
+    """Median ms of one ONNX Runtime call on ``batch`` random inputs, one thread, through the device
+    runtime's session (``admp_device.infer.open_session``: the artefact's own session options)."""
+    from admp_device.infer import open_session
+
+    session = open_session(path, threads=1)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)}
+    return median_ms(lambda: session.run(None, feed), repeats)
+
+
+def onnx_latency(path: Path, input_shape: tuple[int, ...], repeats: int = 200) -> dict[str, float]:
+    """``onnx_latency_ms`` at batch 1 (``repeats`` calls) and 64 (a tenth, at least 5), keyed ``batch_<b>``."""
+    return {
+        f"batch_{b}": onnx_latency_ms(path, input_shape, b, repeats if b == 1 else max(5, repeats // 10))
+        for b in BATCHES
+    }
 
 
 def keep_first(sizes: dict[str, int], widths: dict[str, int]) -> MaskDict:
@@ -50,7 +81,8 @@ def measured_ms(model: nn.Module, folder: Path, repeats: int) -> tuple[float, fl
     example = example_input(model)
     path = export_onnx(model, example, folder / "candidate.onnx")
     shape = tuple(int(d) for d in example.shape[1:])
-    return onnx_latency_ms(path, shape, 1, repeats), onnx_latency_ms(path, shape, 64, max(5, repeats // 10))
+    times = onnx_latency(path, shape, repeats)
+    return times["batch_1"], times["batch_64"]
 
 
 def removal_cost(scores: torch.Tensor, kept: int, step: int) -> float:

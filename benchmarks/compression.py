@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from admp.models import example_input
 from admp.teacher import initial_model
 from admp_config.schema import load_config
 from admp_data.tasks import build_task
 from admp_device.infer import open_session
-from admp_export.formats import export_onnx
-from admp_export.integer import onnx_latency_ms, tensor_bytes
+from admp_export.integer import model_tensor_bytes, tensor_bytes
+from admp_export.latency import onnx_latency
 from simulations.cli import main as fedadmp
 
 
@@ -86,11 +85,9 @@ def accuracy(models: list[Path], task: Any) -> float:
     return 100.0 * hits / max(total, 1)
 
 
-def dense_bytes(run: Path, task: Any, folder: Path) -> int:
+def dense_bytes(run: Path, task: Any) -> int:
     """Tensor bytes of the dense float32 model of the run's architecture (shapes only)."""
-    cfg = load_config(run / "config.yaml")
-    model = initial_model(cfg, task.num_classes, task.input_shape).eval()
-    return tensor_bytes(export_onnx(model, example_input(model), folder / "dense.onnx"))
+    return model_tensor_bytes(initial_model(load_config(run / "config.yaml"), task.num_classes, task.input_shape))
 
 
 def figures(model: Path, models: list[Path], task: Any, dense: int) -> dict[str, Any]:
@@ -101,11 +98,8 @@ def figures(model: Path, models: list[Path], task: Any, dense: int) -> dict[str,
 
 def timing(model: Path, task: Any) -> dict[str, float]:
     """ONNX Runtime's median latency of the model at batch 1 and 64 (one thread)."""
-    shape = tuple(int(d) for d in task.input_shape)
-    return {
-        "latency_b1_ms": onnx_latency_ms(model, shape, 1, 200),
-        "latency_b64_ms": onnx_latency_ms(model, shape, 64, 20),
-    }
+    times = onnx_latency(model, tuple(int(d) for d in task.input_shape))
+    return {"latency_b1_ms": times["batch_1"], "latency_b64_ms": times["batch_64"]}
 
 
 def retime(rows: list[dict[str, Any]], runs: list[dict[str, str]]) -> None:
@@ -136,7 +130,7 @@ def measure(row: dict[str, str], bits: list[int]) -> list[dict[str, Any]]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        dense = dense_bytes(run, task, folder)
+        dense = dense_bytes(run, task)
         models = device_models(run, local, task, folder)
         shipped = quant["bits"] if quant else None
         width = min(shipped.values()) if shipped else 32

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from admp_config.schema import load_config
 from admp_data.tasks import build_task
 from admp_export.bundle import adapt_bn, load_bundle
 from admp_export.formats import export_pte
-from admp_export.integer import onnx_latency_ms
+from admp_export.latency import median_ms, onnx_latency
 
 
 def program(path: Path) -> Any:
@@ -41,14 +39,7 @@ def program(path: Path) -> Any:
 
 def latency_ms(method: Any, x: torch.Tensor, repeats: int) -> float:
     """Median ms of one call of an ExecuTorch method on ``x``."""
-    for _ in range(max(repeats // 10, 3)):
-        method.execute([x])
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        method.execute([x])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_ms(lambda: method.execute([x]), repeats)
 
 
 def correct(method: Any, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -88,10 +79,7 @@ def measure(run: Path) -> dict[str, Any]:
         "pte_bytes": size,
         "onnx_file_bytes": (run / "pruned_model.onnx").stat().st_size,
         "pte_latency_ms": {"batch_1": b1, "batch_64": b64},
-        "onnx_latency_ms": {
-            "batch_1": onnx_latency_ms(run / "pruned_model.onnx", shape, 1, 200),
-            "batch_64": onnx_latency_ms(run / "pruned_model.onnx", shape, 64, 20),
-        },
+        "onnx_latency_ms": onnx_latency(run / "pruned_model.onnx", shape),
     }
 
 

@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from deployed_accuracy import onnx_correct  # this folder is on the path of a script run from it
 
@@ -30,24 +28,8 @@ from admp_config.schema import load_config
 from admp_data.tasks import build_task
 from admp_export.bundle import save_bundle
 from admp_export.formats import export_onnx
+from admp_export.latency import onnx_latency_ms
 from simulations.cli import main as fedadmp
-
-
-def latency_ms(model: Path, shape: tuple[int, ...], batch: int, repeats: int) -> float:
-    """Median wall time of one run at ``batch`` with one ONNX Runtime thread (ms)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
-    for _ in range(5):
-        session.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {name: x})
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
 
 
 def _run(command: list[str]) -> None:
@@ -92,8 +74,8 @@ def measure(run: Path, tmp: Path) -> dict[str, object]:
             kind: {
                 "bytes": path.stat().st_size,
                 "accuracy": 100.0 * correct[kind] / total,
-                "latency_ms_batch1": latency_ms(path, shape, 1, 300),
-                "latency_ms_batch64": latency_ms(path, shape, 64, 50),
+                "latency_ms_batch1": onnx_latency_ms(path, shape, 1, 300),
+                "latency_ms_batch64": onnx_latency_ms(path, shape, 64, 50),
             }
             for kind, path in files.items()
         },

@@ -74,6 +74,7 @@ def family(arch: str, budgets: list[float], repeats: int, folder: Path) -> dict[
             uniform = described(candidate, counts, ms, budget) | {"prune_ratio": plan.uniform_ratio}
         rows.append(
             {
+                "search_dense_ms": list(plan.dense_ms),
                 "budget_share": share,
                 "budget_ms": list(budget),
                 "plan": planned,

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 from common import write_runtime_report  # this folder is on the path of a script run from it
-from int8 import latency_ms  # this folder is on the path of a script run from it
 
 from admp.masks import group_sizes
 from admp.models import build_model, example_input
 from admp.surgery import prune_model
 from admp_export.formats import export_onnx
-from admp_export.latency import keep_first
+from admp_export.latency import keep_first, onnx_latency_ms
 
 CLASSES = {"lenet": 10, "resnet": 10, "cnn1d": 6}
 BATCHES = (1, 64)
@@ -37,7 +36,8 @@ def timed(model: torch.nn.Module, folder: Path, name: str, repeats: int) -> dict
     path = export_onnx(model, example_input(model), folder / f"{name}.onnx")
     shape = tuple(model.input_shape)
     return {
-        f"b{b}_ms": round(latency_ms(path, shape, b, repeats if b == 1 else max(5, repeats // 10)), 4) for b in BATCHES
+        f"b{b}_ms": round(onnx_latency_ms(path, shape, b, repeats if b == 1 else max(5, repeats // 10)), 4)
+        for b in BATCHES
     }
 
 

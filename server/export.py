@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,8 @@ from torch import nn
 from admp.metrics import cpu_latency_ms, model_report
 from admp.models import GroupSpec, example_input
 from admp_export.formats import export_onnx, export_torchscript, onnx_max_abs_diff
-from admp_export.integer import export_integer, onnx_latency_ms, tensor_bytes
+from admp_export.integer import export_integer, model_tensor_bytes, tensor_bytes
+from admp_export.latency import onnx_latency
 from server.report import RunDirectory
 
 
@@ -60,17 +60,11 @@ def export_and_measure(
 def _storage(model: Path, teacher: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """The exported model's tensor bytes and file bytes, the dense float32 teacher's tensor bytes, their
     ratio, and the model's ONNX Runtime latency (ms, one thread) at batch 1 and 64."""
-    with tempfile.TemporaryDirectory() as tmp:
-        dense = export_onnx(teacher.eval(), example_input(teacher), Path(tmp) / "dense.onnx")
-        dense_bytes = tensor_bytes(dense)
-    model_bytes = tensor_bytes(model)
+    dense_bytes, model_bytes = model_tensor_bytes(teacher), tensor_bytes(model)
     return {
         "model_bytes": model_bytes,
         "file_bytes": model.stat().st_size,
         "dense_float_bytes": dense_bytes,
         "byte_reduction": dense_bytes / model_bytes,
-        "onnx_latency_ms": {
-            "batch_1": onnx_latency_ms(model, input_shape, 1, 200),
-            "batch_64": onnx_latency_ms(model, input_shape, 64, 20),
-        },
+        "onnx_latency_ms": onnx_latency(model, input_shape),
     }

@@ -4,19 +4,15 @@ sensitivity (one query to the evaluation devices, ``admp.precision``) and the pe
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import RecordDict
 
 from admp.masks import MaskDict
-from admp.models import example_input
 from admp.precision import allocate, widths_from
 from admp.quantize import quantized_weights
-from admp_export.formats import export_onnx
-from admp_export.integer import tensor_bytes
+from admp_export.integer import model_tensor_bytes
 from server.rounds import Weights
 from strategies import protocol as P
 from strategies.aggregation import ReplyError, check_arrays, check_examples
@@ -41,12 +37,13 @@ def planned_bits(
     widths = widths_from(q.bits[-1])
     sensitivity, devices = fleet_sensitivity(session, weights, keep, names, widths, rnd)
     state = model.state_dict()
-    with tempfile.TemporaryDirectory() as tmp:
-        float_bytes = tensor_bytes(export_onnx(model.eval(), example_input(model), Path(tmp) / "float.onnx"))
-        dense = tensor_bytes(export_onnx(run.teacher.eval(), example_input(run.teacher), Path(tmp) / "dense.onnx"))
+    float_bytes = model_tensor_bytes(model)
     fixed = float_bytes - sum(4 * state[n].numel() for n in names)  # biases, folded BN, input normalisation
     sizes = {n: (state[n].numel(), int(state[n].shape[0])) for n in names}
-    budget = int(q.budget_bytes) if q.budget_bytes is not None else int(dense / float(q.budget_reduction or 1.0))
+    if q.budget_bytes is not None:
+        budget = int(q.budget_bytes)
+    else:
+        budget = int(model_tensor_bytes(run.teacher) / float(q.budget_reduction or 1.0))
     bits = allocate(sensitivity, sizes, widths, budget, fixed)
     run.run_dir.log_metrics({"phase": "bit-choice", "step": rnd, "round": rnd, "devices": devices})
     info = {"budget_bytes": budget, "widths": widths, "sensitivity": sensitivity, "devices": devices}
