@@ -73,3 +73,21 @@ def test_per_group_ratios_in_the_z_step_and_the_ramp():
     assert z["a"].tolist() == [1.0, 0.0, 0.0, 1.0] and z["b"].tolist() == [1.0, 1.0]
     assert ramped_ratio({"a": 0.5, "b": 0.2}, 1, 2) == pytest.approx({"a": 0.25, "b": 0.1})
     assert ramped_ratio(0.6, 1, 2) == pytest.approx(0.3)
+
+
+def test_the_fill_pass_grows_back_the_richest_step_that_still_fits():
+    """Groups a (4 channels) and b (8), one channel a step; latency 10 a + b at both batches, equal L1
+    scores. From (2, 4) under a budget of 40: a's step adds ln(3/2) = 0.405 of kept mass (34, fits), b's
+    ln(5/4) = 0.223 (25): a grows first; then a = 4 would run 44, so b grows to 8 (38). Under 30 a never
+    fits (34) and b grows alone, to 8 (28)."""
+    sizes = {"a": 4, "b": 8}
+    scores = {g: torch.ones(c) for g, c in sizes.items()}
+
+    def timed(counts):
+        return 10.0 * counts["a"] + counts["b"], 10.0 * counts["a"] + counts["b"]
+
+    steps = []
+    assert latency.fill({"a": 2, "b": 4}, sizes, scores, (40.0, 40.0), timed, steps) == {"a": 3, "b": 8}
+    assert [s["group"] for s in steps] == ["a"] + ["b"] * 4 and all(s["fill"] for s in steps)
+    assert steps[0]["gain"] == pytest.approx(math.log(3 / 2)) and steps[-1]["ms"] == [38.0, 38.0]
+    assert latency.fill({"a": 2, "b": 4}, sizes, scores, (30.0, 30.0), timed, []) == {"a": 2, "b": 8}
