@@ -127,6 +127,7 @@ class QuantState:
     u: TensorDict = field(default_factory=dict)
     rho: float = 0.0
     stage: int = -1  # -1: no stage started yet
+    steps: int = 0  # Z-steps of the current stage: a device with its own dual advances it on a new one
 
     def bits(self) -> dict[str, int]:
         """Every layer's bits in the current stage."""
@@ -138,7 +139,7 @@ class QuantState:
         bits = self.bits()
         self.z = {k: project(weights[k], b) for k, b in bits.items()}
         self.u = {k: torch.zeros_like(v) for k, v in self.z.items()}
-        self.rho = self.settings.rho0
+        self.rho, self.steps = self.settings.rho0, 0
 
     def step(self, weights: TensorDict) -> None:
         """Z = proj(W + U), U <- U + W - Z, then rho grows, the unscaled dual rho * U kept (Boyd et al. 3.4.1)."""
@@ -147,6 +148,14 @@ class QuantState:
         self.u = admm.u_step(self.u, weights, self.z)
         new_rho = admm.rho_next(self.rho, self.settings.rho_gamma, self.settings.rho_max)
         self.u, self.rho = admm.rescale_dual(self.u, self.rho, new_rho), new_rho
+        self.steps += 1
+
+    def step_consensus(self, consensus: TensorDict) -> None:
+        """Per-client duals (consensus ADMM): Z = proj(mean_k(W_k + U_k)), the devices step their own U_k
+        (``advance_dual``) and the server's U stays zero, so the targets it sends are Z; then rho grows."""
+        self.z = {k: project(consensus[k].detach(), b) for k, b in self.bits().items()}
+        self.rho = admm.rho_next(self.rho, self.settings.rho_gamma, self.settings.rho_max)
+        self.steps += 1
 
     def targets(self) -> TensorDict:
         """T = Z - U: the penalty (rho / 2) * ||W - T||^2 is all a device needs."""
@@ -160,7 +169,7 @@ class QuantState:
 
     def state_dict(self) -> dict[str, object]:
         """Tensors and numbers only (checkpoints load with ``weights_only=True``)."""
-        return {"z": dict(self.z), "u": dict(self.u), "rho": self.rho, "stage": self.stage}
+        return {"z": dict(self.z), "u": dict(self.u), "rho": self.rho, "stage": self.stage, "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore from ``state_dict()``."""
@@ -169,3 +178,10 @@ class QuantState:
             raise TypeError("quantization state: z and u must be tensor dicts")
         self.z, self.u = dict(z), dict(u)
         self.rho, self.stage = float(state["rho"]), int(state["stage"])  # type: ignore[arg-type, call-overload]
+        self.steps = int(state.get("steps", 0))  # type: ignore[call-overload]
+
+
+def advance_dual(u: TensorDict, last_w: TensorDict, z: TensorDict, last_rho: float, rho: float) -> TensorDict:
+    """A device's own dual after a new Z: U_k <- (U_k + W_k - Z) * last_rho / rho, ``last_w`` its weights
+    when it last trained, under penalty ``last_rho`` (the masks' per-client rule, on the weights)."""
+    return admm.rescale_dual(admm.u_step(u, last_w, z), last_rho, rho)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from admp_config.base import Section, SectionError
+from admp_config.choices import Dual
 
 QuantMethod = Literal["admm", "ptq"]
 
@@ -23,6 +24,9 @@ class QuantizeSpec(Section):
     #   precision.py); None: every layer at the last stage's bits
     budget_reduction: Annotated[float, Field(gt=1)] | None = None  # the same budget as a factor: the dense
     #   float32 model's tensor bytes / this (e.g. 50: 50x fewer bytes); at most one of the two
+    dual: Dual = "global"  # global: the server's U, stepped from the aggregated weights | per_client: each
+    #   device keeps its own U_k between rounds and sends it; Z = proj(mean_k(W_k + U_k)) (consensus ADMM, as
+    #   federation.dual does for the masks); not with privacy or secure aggregation (they see only sums)
     rounds_per_stage: Annotated[int, Field(ge=1)] = 3  # KD rounds of each ADMM stage (3: the fine-tune
     #   phase's default length); the penalty follows the masks' schedule (admp.rho, rho_gamma, rho_max)
 
@@ -33,6 +37,8 @@ class QuantizeSpec(Section):
             raise SectionError("bits", f"{self.bits} steps up; each stage starts from the last at no more bits")
         if self.budget_bytes is not None and self.budget_reduction is not None:
             raise SectionError("budget_reduction", "give {p}budget_bytes or {p}budget_reduction, not both")
+        if self.dual == "per_client" and self.method != "admm":
+            raise SectionError("dual", "per_client needs {p}method admm: ptq has no rounds to keep a dual through")
         if self.mixed and not self.bits:
             raise SectionError("budget_bytes", "needs {p}bits (the stages; the last is the lowest width a layer gets)")
         return self

@@ -80,6 +80,10 @@ def resolve_bn_modes(cfg: ScenarioConfig) -> None:
         raise SectionError(
             "", "quantize.budget_bytes: the fleet's sensitivity query is a release outside the accounted rounds"
         )
+    if cfg.quantize.dual == "per_client" and (private or cfg.federation.secure_aggregation.enabled):
+        raise SectionError(
+            "", "quantize.dual: per_client sends each device's own dual, which privacy and secure aggregation hide"
+        )
     if private and cfg.admp.keep_init == "fisher":
         raise SectionError(
             "", "admp.keep_init: fisher releases per-channel statistics of device data outside the accounted rounds"

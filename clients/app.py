@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from admp.metrics import accuracy
 from admp.models import groups_of
 from admp.objective import predictions, shares_centroids
 from admp.precision import layer_sensitivity
-from admp.quantize import quantized_weights, weight_penalty
+from admp.quantize import quantized_weights
 from admp.state import AdmmSettings, AdmpState
 from admp.trainer import admp_local_train, kd_finetune, recalibrate_bn, teacher_targets
 from admp_data.tasks import Device
@@ -43,6 +42,7 @@ from clients.device import (
 from clients.faults import fault_mod
 from clients.job import Job
 from clients.privacy import local_dp_mod
+from clients.quant_dual import quantization_term
 from clients.secure import secure_aggregation
 from strategies import protocol as P
 
@@ -137,6 +137,7 @@ def train_kd(msg: Message, context: Context) -> Message:
     student = job.student(msg)
     epochs = job.local_epochs(len(x))
     labels, sums = job.pseudo_labels(msg, student, x)
+    quant = quantization_term(msg, job, context, student)
     stats = kd_finetune(
         student,
         x,
@@ -147,29 +148,15 @@ def train_kd(msg: Message, context: Context) -> Message:
         lr=config_float(job.config, "lr"),
         prior=job.prior(msg, len(x)),
         labels=labels,
-        penalty=_quantization_penalty(msg, job, student),
+        penalty=quant.penalty if quant else None,
     )
     reply: Records = {
         P.ARRAYS: P.to_record(student.state_dict()),
         P.METRICS: _train_metrics(len(x), stats | {"epochs": epochs}, msg),
     }
+    if quant:
+        reply |= quant.finish(context, job.device, student)
     return Message(RecordDict(reply | job.stats(student, x, sums)), reply_to=msg)
-
-
-def _quantization_penalty(
-    msg: Message, job: Job, student: torch.nn.Module
-) -> Callable[[torch.nn.Module], torch.Tensor] | None:
-    """The ADMM quantization term (rho / 2) * ||W - T||^2 when the message carries targets T (``quant``),
-    each checked against the student's weight of that name (shape, finite values); else None."""
-    if P.QUANT not in msg.content:
-        return None
-    targets = P.from_record(P.array_record(msg.content, P.QUANT))
-    params = dict(student.named_parameters())
-    for name, target in targets.items():
-        if name not in params or params[name].shape != target.shape or not bool(torch.isfinite(target).all()):
-            raise ValueError(f"quant.{name}: not a finite target of one of the student's weights (shape, name)")
-    rho = config_float(job.config, "quant-rho")
-    return lambda model: weight_penalty(model, targets, rho)
 
 
 app.train("kd")(train_kd)  # registered after its definition: the secure mod above calls it by name

@@ -147,18 +147,19 @@ def build_student(scenario: dict[str, Any], keep: MaskDict | None) -> nn.Module:
     return copy.deepcopy(_SKELETONS[key])
 
 
-def _dual_file(context: Context, device: int) -> Path | None:
-    """Where a virtual device keeps its dual: a file of its own under ``FEDADMP_DEVICE_STATE_DIR`` (set per
-    simulation) when this node is a simulation slot; None (the node's Context) on a real device."""
+def device_state_file(context: Context, device: int, name: str = "dual") -> Path | None:
+    """Where a virtual device keeps state between rounds (``name``: its mask dual, or its quantization
+    dual): a file of its own under ``FEDADMP_DEVICE_STATE_DIR`` (set per simulation) when this node is a
+    simulation slot; None (the node's Context) on a real device."""
     root = os.environ.get("FEDADMP_DEVICE_STATE_DIR", "")
-    return Path(root) / f"dual-{int(device)}.pt" if root and "partition-id" in context.node_config else None
+    return Path(root) / f"{name}-{int(device)}.pt" if root and "partition-id" in context.node_config else None
 
 
 def load_dual(context: Context, device: int, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int, float]:
     """Per-client dual U_k of ``device``, its last local m_k (None before its first round), the server's
     Z-step count and rho when it was trained."""
     fresh: tuple[MaskDict, MaskDict | None, int, float] = ({g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0)
-    path = _dual_file(context, device)
+    path = device_state_file(context, device)
     if path is not None:
         if not path.exists():
             return fresh
@@ -177,7 +178,7 @@ def load_dual(context: Context, device: int, sizes: dict[str, int]) -> tuple[Mas
 def save_dual(context: Context, device: int, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
     """Keep U_k and m_k of ``device`` (a few hundred floats): in its own file on a simulation slot, else in
     the node state."""
-    path = _dual_file(context, device)
+    path = device_state_file(context, device)
     if path is not None:
         tensors = {f"u.{g}": v for g, v in u.items()} | {f"m.{g}": v for g, v in m.items()}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

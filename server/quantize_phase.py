@@ -71,6 +71,7 @@ def _admm_rounds(
     strategy = QuantKD(
         quant=state,
         first_round=first,
+        dual=cfg.quantize.dual,
         weights=weights,
         keep=keep,
         local_epochs=cfg.federation.local_epochs,

@@ -38,7 +38,9 @@ from admp.masks import MaskDict
 ARRAYS, MASKS, TEACHER, CONFIG, METRICS = "arrays", "masks", "teacher", "config", "metrics"
 # self-training aggregates (strategies.selftraining): the fleet's mean prediction with lambda_im and
 # im_marginal fleet; class centroids of the student's features with pseudo_labels centroid
-QUANT = "quant"  # server -> device (train.kd with quantize.method admm): T = Z - U per quantized weight
+QUANT = "quant"  # server -> device (train.kd with quantize.method admm): T = Z - U per quantized weight (Z with
+#   quantize.dual per_client: the device subtracts its own U_k)
+QUANT_DUAL = "qdual"  # device -> server (quantize.dual per_client): the device's U_k per quantized weight
 FLEET = "fleet"  # server -> device: {"marginal": (K,), "centroids": (K, D+1)}, each once it exists
 STATS = "stats"  # device -> server: {"mean-prediction": (K,), "feature-sums": (K, D+1), "feature-mass": (K,)}
 NUM_EXAMPLES, SERVER_ROUND = "num-examples", "server-round"
@@ -194,6 +196,7 @@ DEVICE_SENDS: tuple[Sent, ...] = (
     Sent((str(TRAIN_ADMP),), MASKS, "m.<group>", "(C_g,)", "relaxed hard mask, averaged for the Z-step"),
     Sent((str(TRAIN_ADMP),), MASKS, "s.<group>", "(C_g,)", "soft mask (the adversary), averaged"),
     Sent((str(TRAIN_ADMP),), MASKS, "u.<group>", "(C_g,)", "the device's dual U_k (dual: per_client only)"),
+    Sent((TRAIN_KD,), QUANT_DUAL, "<weight>", "the weight's", "the device's quantization dual U_k (per_client)"),
     Sent(TRAINING, METRICS, NUM_EXAMPLES, "scalar", "FedAvg weight: samples trained on"),
     Sent(TRAINING, METRICS, "divergence", "scalar", "mean KD divergence D on local data (domain gap signal)"),
     Sent(TRAINING, METRICS, "loss", "scalar", "mean local training loss"),

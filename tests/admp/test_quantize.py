@@ -12,6 +12,7 @@ from torch import nn
 from admp.quantize import (
     QuantSettings,
     QuantState,
+    advance_dual,
     channel_codes,
     level_count,
     project,
@@ -106,6 +107,29 @@ def test_admm_steps_by_hand():
     restored = QuantState(settings_, {"w": 2})
     restored.load_state_dict(state.state_dict())
     assert torch.equal(restored.u["w"], state.u["w"]) and restored.rho == 4.0 and restored.stage == 0
+    assert restored.steps == state.steps == 2
+
+
+def test_consensus_steps_with_the_devices_own_duals_by_hand():
+    """Two devices send the same W = [.8, .8, 0, .8] with duals [.1, -.1, 0, 0] and [-.1, .1, 0, 0]: the mean
+    of W_k + U_k is W, on the ternary levels (max-abs, exact), so Z = W; the server's U stays zero and its
+    targets are Z; rho 1 -> 2. A device then advances its own dual: U_a + W_a - Z = U_a, times 1 / 2."""
+    settings_ = QuantSettings(stages=(2,), rounds_per_stage=3, rho0=1.0, rho_gamma=2.0, rho_max=10.0)
+    state = QuantState(settings_, {"w": 2})
+    state.start_stage({"w": torch.tensor([[1.0, 0.6, 0.6, 0.6]])}, 0)
+    w = torch.tensor([[0.8, 0.8, 0.0, 0.8]])
+    u_a, u_b = torch.tensor([[0.1, -0.1, 0.0, 0.0]]), torch.tensor([[-0.1, 0.1, 0.0, 0.0]])
+    state.step_consensus({"w": ((w + u_a) + (w + u_b)) / 2})
+    assert state.z["w"].flatten().tolist() == pytest.approx([0.8, 0.8, 0.0, 0.8]) and state.rho == 2.0
+    assert state.steps == 1 and state.u["w"].abs().sum() == 0 and torch.equal(state.targets()["w"], state.z["w"])
+    advanced = advance_dual({"w": u_a}, {"w": w}, state.z, 1.0, state.rho)
+    assert advanced["w"].flatten().tolist() == pytest.approx([0.05, -0.05, 0.0, 0.0])
+    # W_a = [1, .6, .6, .6] against Z = .7 each, U_a = 0, rho 2 -> 4: ([.3, -.1, -.1, -.1]) * 2 / 4
+    z = {"w": torch.full((1, 4), 0.7)}
+    advanced = advance_dual({"w": torch.zeros(1, 4)}, {"w": torch.tensor([[1.0, 0.6, 0.6, 0.6]])}, z, 2.0, 4.0)
+    assert advanced["w"].flatten().tolist() == pytest.approx([0.15, -0.05, -0.05, -0.05])
+    state.start_stage({"w": w}, 0)
+    assert state.steps == 0 and state.rho == 1.0  # a new stage is a new problem
 
 
 def test_stages_and_their_bits():

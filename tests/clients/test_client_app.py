@@ -293,3 +293,38 @@ def test_a_kd_message_with_quantization_targets_adds_the_penalty_and_checks_them
     wrong = dict(targets) | {names[0]: targets[names[0]][:1]}
     reply = client.app(kd_message(wrong, 1.0), _context(0))
     assert reply.has_error() and f"quant.{names[0]}" in reply.error.reason
+
+
+@pytest.mark.parametrize("where", ["node state", "simulation file"])
+def test_a_device_keeps_its_own_quantization_dual(tmp_path, teacher_state, monkeypatch, where):
+    """quantize.dual per_client: the first round of a stage trains towards Z with U_k = 0 and sends U_k; after
+    a new Z (steps 0 -> 1, rho 1 -> 2) U_k = (0 + W_1 - Z) * 1 / 2, W_1 the weights it sent; a new stage
+    starts again from U_k = 0. Kept in the node state on a real device, in a file per virtual device in a
+    simulation."""
+    from admp.quantize import project, quantized_weights
+
+    if where == "simulation file":
+        monkeypatch.setenv("FEDADMP_DEVICE_STATE_DIR", str(tmp_path / "state"))
+        (tmp_path / "state").mkdir()
+    names = quantized_weights(build_model("lenet", 10, 0.25))
+    z = {n: project(teacher_state[n], 2) for n in names}
+    ctx = _context(0)
+
+    def round_(stage, steps, rho):
+        msg = _message(tmp_path, teacher_state, with_teacher=True)
+        content = RecordDict({k: v for k, v in msg.content.items() if k != P.MASKS})
+        quant = {"quant-rho": rho, "quant-dual": "per_client", "quant-stage": stage, "quant-steps": steps}
+        content[P.CONFIG] = ConfigRecord(dict(content[P.CONFIG]) | {"lr": 0.05} | quant)
+        content[P.QUANT] = P.to_record(z)
+        reply = client.app(Message(content, dst_node_id=50, message_type=P.TRAIN_KD), ctx)
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        return P.from_record(reply.content[P.ARRAYS]), P.from_record(reply.content[P.QUANT_DUAL])
+
+    w_1, u_1 = round_(0, 0, 1.0)
+    assert sorted(u_1) == sorted(names) and all(float(u.abs().sum()) == 0 for u in u_1.values())
+    _, u_2 = round_(0, 1, 2.0)
+    for n in names:
+        assert torch.allclose(u_2[n], (w_1[n] - z[n]) * 0.5, atol=1e-6) and float(u_2[n].abs().sum()) > 0
+    assert (tmp_path / "state" / "qdual-0.pt").is_file() == (where == "simulation file")
+    _, u_3 = round_(1, 0, 1.0)
+    assert all(float(u.abs().sum()) == 0 for u in u_3.values())

@@ -186,3 +186,39 @@ def test_a_quantization_checkpoint_with_bad_bits_is_refused(tmp_path):
             _check_quant(cfg, good | {"bits": bad}, model, tmp_path)
     with pytest.raises(ConfigError, match="is missing"):
         _check_quant(cfg, {k: v for k, v in good.items() if k != "info"}, model, tmp_path)
+
+
+def test_per_client_quantization_duals_in_a_run(tmp_path):
+    """quantize.dual per_client, two rounds a stage: the devices keep and send their own U_k, the server's Z
+    comes from the consensus; rho follows the same schedule (1.2, 1.44 in each stage) and the shipped
+    weights are on the last stage's levels."""
+    run = _run(tmp_path, "quantize.bits=[8, 4]", "quantize.rounds_per_stage=2", "quantize.dual=per_client")
+    quant = [r for r in _rows(run) if r["phase"] == "quantize"]
+    assert [r["quant_bits"] for r in quant] == [8, 8, 4, 4]
+    assert [r["quant_rho"] for r in quant] == pytest.approx([1.2, 1.44, 1.2, 1.44])
+    assert all(r["rejected"] == 0 for r in quant)  # every reply carried a dual within its bound
+    model = load_bundle(run / "pruned_model.pt")
+    assert _on_levels(model.state_dict(), quantized_weights(model), 4)
+
+
+def test_a_devices_quantization_dual_is_checked_against_its_bound():
+    """|U_k| <= (steps + 1) * (max|W_k| + max|Z|): after one step, W up to 0.5 and Z up to 0.4 allow 1.8."""
+    from strategies.aggregation import ReplyError
+    from strategies.quantize import check_quant_dual
+
+    w, z = {"w": torch.tensor([[0.5, -0.2]])}, {"w": torch.tensor([[0.4, 0.0]])}
+    check_quant_dual({"w": torch.tensor([[1.7, -1.8]])}, w, z, 1)
+    with pytest.raises(ReplyError, match=r"qdual\.w: \|U\| up to 1\.9, allowed 1\.8"):
+        check_quant_dual({"w": torch.tensor([[1.9, 0.0]])}, w, z, 1)
+    with pytest.raises(ReplyError, match="qdual.w"):
+        check_quant_dual({"w": torch.tensor([1.0, 0.0])}, w, z, 1)  # not Z's shape
+    with pytest.raises(ReplyError, match="qdual"):
+        check_quant_dual({"w": torch.tensor([[float("nan"), 0.0]])}, w, z, 1)
+
+
+def test_per_client_quantization_duals_are_refused_where_nothing_single_is_seen():
+    base = [*TINY, "quantize.bits=[8, 4]", "quantize.dual=per_client"]
+    with pytest.raises(ConfigError, match="quantize.dual: per_client sends each device's own dual"):
+        config_from_overrides([*base, "federation.secure_aggregation.enabled=true"])
+    with pytest.raises(ConfigError, match="per_client needs quantize.method admm"):
+        config_from_overrides([*base, "quantize.method=ptq"])
