@@ -53,6 +53,8 @@ class StudyTask(Section):
     name: str = ""
     scenario: str = ""
     overrides: list[str] = []
+    variant_ratios: dict[str, Annotated[float, Field(ge=0, lt=1)]] = {}  # a variant's ratio on this task (e.g.
+    #   where another model family reaches the same latency at another p); unnamed variants keep their own
 
     @model_validator(mode="after")
     def _required(self) -> StudyTask:
@@ -95,6 +97,9 @@ class StudySpec(Section):
         if self.table_ratio not in self.prune_ratios:
             raise SectionError("table_ratio", f"{self.table_ratio} is not one of prune_ratios {self.prune_ratios}")
         names = [v.name for v in self.variants]
+        for i, task in enumerate(self.tasks):
+            if unknown := sorted(set(task.variant_ratios) - set(names)):
+                raise SectionError(f"tasks[{i}].variant_ratios", f"names no variant of this study: {unknown}")
         for i, variant in enumerate(self.variants):
             if not variant.name or variant.name in METHODS or names.count(variant.name) > 1:
                 raise SectionError(f"variants[{i}]", f"name {variant.name!r} must be set, unique and not a method name")
@@ -146,6 +151,7 @@ def plan(spec: StudySpec) -> list[dict[str, Any]]:
                     )
             for v in spec.variants:
                 ratio = spec.table_ratio if v.prune_ratio is None else v.prune_ratio
+                ratio = task.variant_ratios.get(v.name, ratio)
                 runs.append(
                     {
                         "run_id": f"{task.name}-{v.name}-p{ratio:g}-s{seed}",

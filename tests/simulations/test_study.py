@@ -155,6 +155,25 @@ def test_a_variant_at_its_own_ratio_runs_with_the_other_ratios(tmp_path):
     assert runs[2]["prune_ratio"] == 0.8 and runs[2]["method"] == "fedadmp"
 
 
+def test_a_task_can_set_a_variants_ratio(tmp_path):
+    body = (
+        "name: s\nmethods: [naive]\nprune_ratios: [0.6]\ntable_ratio: 0.6\nseeds: [0]\n"
+        "variants:\n  - name: u\n    prune_ratio: 0.95\n"
+        "tasks:\n  - name: a\n    scenario: scenario.yaml\n"
+        "  - name: b\n    scenario: scenario.yaml\n    variant_ratios: {u: 0.9}\n"
+    )
+    spec, _ = study_mod.load_study(_study(tmp_path, body))
+    # the table ratio's runs first, then the variant's on each task from the highest ratio down
+    assert [r["run_id"] for r in study_mod.plan(spec)] == [
+        "a-naive-p0.6-s0",
+        "b-naive-p0.6-s0",
+        "a-u-p0.95-s0",
+        "b-u-p0.9-s0",
+    ]
+    with pytest.raises(ConfigError, match=r"tasks\[1\]\.variant_ratios: names no variant of this study: \['v'\]"):
+        study_mod.load_study(_study(tmp_path, body.replace("{u: 0.9}", "{v: 0.9}")))
+
+
 def test_sweep_methods_run_the_other_ratios_highest_first(tmp_path):
     body = (
         "name: s\nmethods: [fedkd, naive, fedadmp]\nprune_ratios: [0.6, 0.8, 0.9]\ntable_ratio: 0.6\n"
@@ -225,7 +244,7 @@ def test_ablation_table_compares_variants_with_default_on_the_same_seeds():
         ("tasks:\n  - name: a\n", "tasks[0]: name and scenario are required"),
         (
             "tasks:\n  - name: a\n    scenario: scenario.yaml\n    overides: []\n",
-            "unknown key 'tasks[0].overides' (known keys in tasks[0]: name, scenario, overrides)",
+            "unknown key 'tasks[0].overides' (known keys in tasks[0]: name, scenario, overrides, variant_ratios)",
         ),
         (
             "methods: [fedkd, fedavg]\ntasks:\n  - name: a\n    scenario: scenario.yaml\n",
