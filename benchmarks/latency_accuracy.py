@@ -2,17 +2,18 @@
 
 Every finished run of a study folder that planned its ratios (its folder has ``latency_plan.json``, e.g.
 the ``fedadmp_lat`` and ``naive_lat`` runs of ``studies/latency.yaml``) recorded the uniform ratio that
-met the same budget, measured first by its own search. Its pair is the run of the uniform study (e.g.
-``results/pruning``) with the same task, method and seed at that ratio; the dense reference is the
-study's fed. KD run of the task and seed. Both architectures are measured again here, interleaved
-(``--rounds`` passes, the median of each model's medians), in ONNX Runtime on one thread through the
-device runtime's session (``admp_export.latency.measured_ms``: batch 1 over ``--repeats`` calls, batch
-64 over a fiftieth): the planned run's teacher pruned to the plan's and to the uniform model's channel
-counts (the weights do not change the time), and the planned run's shipped ``pruned_model.onnx``.
-Accuracies are the runs' summaries (each equals its exported model's, ``student_acc_as_exported``).
-Writes ``latency_accuracy.json`` and ``latency_accuracy.md`` into the study folder.
+met the same budget, measured first by its own search. Its pair is the study's run without a plan of the
+same task, method and seed at that ratio (there, ``fedadmp_uniform`` and ``naive_uniform``); the dense
+reference is the study's fed. KD run of the task and seed. Both architectures are measured again here,
+interleaved (``--rounds`` passes, the median of each model's medians), in ONNX Runtime on one thread
+through the device runtime's session (``admp_export.latency.measured_ms``: batch 1 over ``--repeats``
+calls, batch 64 over a fiftieth): the planned run's teacher pruned to the plan's and to the uniform
+model's channel counts (the weights do not change the time), and the planned run's shipped
+``pruned_model.onnx``. Accuracies are the runs' summaries (each equals its exported model's,
+``student_acc_as_exported``). Writes ``latency_accuracy.json`` and ``latency_accuracy.md`` into the
+study folder.
 
-    python benchmarks/latency_accuracy.py results/latency results/pruning [--repeats 1000] [--rounds 3]
+    python benchmarks/latency_accuracy.py results/latency [--repeats 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -45,17 +46,18 @@ def read_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def pair_of(planned: dict[str, str], ratio: float, uniform: list[dict[str, str]]) -> dict[str, str]:
-    """The uniform study's run of the planned run's task, method and seed at ``ratio`` (no variant)."""
-    for row in uniform:
-        if (row["task"], row["method"], row["seed"], row["variant"]) == (
-            planned["task"],
-            planned["method"],
-            planned["seed"],
-            "",
-        ) and abs(float(row["prune_ratio"]) - ratio) < 1e-9:
+def planned(row: dict[str, str]) -> bool:
+    """Whether a run planned its ratios (its folder holds ``latency_plan.json``)."""
+    return bool(row["run_dir"]) and (Path(row["run_dir"]) / "latency_plan.json").is_file()
+
+
+def pair_of(run: dict[str, str], ratio: float, rows: list[dict[str, str]]) -> dict[str, str]:
+    """The study's run without a plan of the planned run's task, method and seed at ``ratio``."""
+    for row in rows:
+        same = (row["task"], row["method"], row["seed"]) == (run["task"], run["method"], run["seed"])
+        if same and not planned(row) and abs(float(row["prune_ratio"]) - ratio) < 1e-9:
             return row
-    raise SystemExit(f"{planned['run_id']}: no uniform run at p = {ratio:g} for its task, method and seed")
+    raise SystemExit(f"{run['run_id']}: no run without a plan at p = {ratio:g} for its task, method and seed")
 
 
 def timed_pair(run_dir: Path, plan: dict[str, Any], repeats: int, rounds: int) -> dict[str, Any]:
@@ -89,19 +91,19 @@ def timed_pair(run_dir: Path, plan: dict[str, Any], repeats: int, rounds: int) -
     return out
 
 
-def measure(study: Path, uniform_study: Path, repeats: int, rounds: int) -> list[dict[str, Any]]:
+def measure(study: Path, repeats: int, rounds: int) -> list[dict[str, Any]]:
     """One record per planned run: its plan, its pair's and the dense run's accuracies, both latencies."""
-    rows, uniform = read_rows(study), read_rows(uniform_study)
+    rows = read_rows(study)
     dense = {(r["task"], r["seed"]): float(r["student_acc"]) for r in rows if r["method"] == "fedkd"}
     records = []
     for row in rows:
-        run_dir = Path(row["run_dir"])
-        if not (run_dir / "latency_plan.json").is_file():
+        if not planned(row):
             continue
+        run_dir = Path(row["run_dir"])
         plan = json.loads((run_dir / "latency_plan.json").read_text())
         if plan.get("uniform_ratio") is None:
             raise SystemExit(f"{row['run_id']}: no uniform ratio met its budget; there is no pair at equal latency")
-        pair = pair_of(row, float(plan["uniform_ratio"]), uniform)
+        pair = pair_of(row, float(plan["uniform_ratio"]), rows)
         print(f"{row['run_id']}: against {pair['run_id']}", flush=True)
         records.append(
             {
@@ -162,11 +164,10 @@ def main() -> None:
     """Measure every planned run of a study against its uniform pair; write the JSON and the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="the folder of the latency study (runs.csv)")
-    parser.add_argument("uniform", type=Path, help="the folder of the study with the uniform-ratio runs")
     parser.add_argument("--repeats", type=int, default=1000, help="calls per batch-1 median")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved passes over the two models")
     args = parser.parse_args()
-    records = measure(args.study, args.uniform, args.repeats, args.rounds)
+    records = measure(args.study, args.repeats, args.rounds)
     if not records:
         raise SystemExit(f"{args.study}: no finished run planned its ratios (latency_plan.json)")
     (args.study / "latency_accuracy.json").write_text(json.dumps(records, indent=2) + "\n")

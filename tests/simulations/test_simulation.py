@@ -111,7 +111,7 @@ def test_the_compression_benchmark_measures_the_run_as_shipped_and_after_ptq(run
 
 def test_the_latency_pairs_benchmark_reads_the_plan_and_its_uniform_pair(run, tmp_path):
     """benchmarks/latency_accuracy.py on a copy of this run given a plan of its own widths and uniform ratio:
-    the pair is the uniform study's run of that ratio (accuracies 93.0 planned against 90.5 uniform, dense
+    the pair is the study's run without a plan at that ratio (accuracies 93.0 planned against 90.5, dense
     93.0: the uniform model loses 2.5, the plan gains 2.5, so the goal applies and is met), both widths
     are the same model (same parameters); a plan whose ratio has no uniform run is refused by name."""
     import shutil
@@ -124,21 +124,20 @@ def test_the_latency_pairs_benchmark_reads_the_plan_and_its_uniform_pair(run, tm
     plan = {"counts": summary["student"]["channels"], "uniform_ratio": summary["prune_ratio"], "budget_ms": {}}
     (planned / "latency_plan.json").write_text(json.dumps(plan))
     header = "run_id,task,method,variant,prune_ratio,seed,student_acc,student_acc_as_exported,run_dir\n"
-    study, uniform = tmp_path / "study", tmp_path / "uniform"
-    study.mkdir(), uniform.mkdir()
-    (study / "runs.csv").write_text(
-        header + f"t-naive_lat-s0,t,naive,naive_lat,0.95,0,93.0,93.0,{planned}\nt-fedkd-s0,t,fedkd,,0,0,93.0,93.0,\n"
-    )
-    (uniform / "runs.csv").write_text(header + f"t-naive-u-s0,t,naive,,{summary['prune_ratio']},0,90.5,90.5,\n")
-    bench("latency_accuracy.py", str(study), str(uniform), "--repeats", "5", "--rounds", "1")
+    study = tmp_path / "study"
+    study.mkdir()
+    rows = f"t-naive_lat-s0,t,naive,naive_lat,0.95,0,93.0,93.0,{planned}\nt-fedkd-s0,t,fedkd,,0,0,93.0,93.0,\n"
+    pair = f"t-naive-u-s0,t,naive,naive_uniform,{summary['prune_ratio']},0,90.5,90.5,\n"
+    (study / "runs.csv").write_text(header + rows + pair)
+    bench("latency_accuracy.py", str(study), "--repeats", "5", "--rounds", "1")
     (record,) = json.loads((study / "latency_accuracy.json").read_text())
     assert record["uniform_run"] == "t-naive-u-s0" and record["planned_acc"] - record["uniform_acc"] == 2.5
     assert record["plan"]["params"] == record["uniform"]["params"] and record["plan"]["ms"]["batch_1"] > 0
     assert set(record["artefact_ms"]) == {"batch_1", "batch_64"}
     assert "| +2.50 | -2.50 | applies: met |" in (study / "latency_accuracy.md").read_text()
-    (uniform / "runs.csv").write_text(header)
-    done = refused("latency_accuracy.py", str(study), str(uniform), "--repeats", "5")
-    assert done.returncode != 0 and "t-naive_lat-s0: no uniform run at p = " in done.stderr
+    (study / "runs.csv").write_text(header + rows)
+    done = refused("latency_accuracy.py", str(study), "--repeats", "5")
+    assert done.returncode != 0 and "t-naive_lat-s0: no run without a plan at p = " in done.stderr
 
 
 def test_the_executorch_program_gives_the_devices_the_summarys_accuracy(run, tmp_path):
