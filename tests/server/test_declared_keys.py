@@ -36,12 +36,16 @@ def _sent_keys(*extra: str) -> set[tuple[str, str, str]]:
 
 
 def test_every_record_a_device_sends_is_declared():
-    """Both duals, the teacher's self-training and the fleet-BN teacher: every message type and record."""
-    sent = _sent_keys() | _sent_keys("federation.dual=per_client", "federation.teacher_rounds=1", "data.shifts=never")
+    """Both duals (masks and quantization), the teacher's self-training, the fleet-BN teacher and the
+    quantization sensitivity query: every message type and record."""
+    quantized = ["quantize.bits=[8, 4]", "quantize.rounds_per_stage=1", "quantize.budget_reduction=10"]
+    per_client = ["federation.dual=per_client", "quantize.dual=per_client", *quantized]
+    sent = _sent_keys() | _sent_keys(*per_client, "federation.teacher_rounds=1", "data.shifts=never")
     undeclared = sorted(item for item in sent if not P.declared(*item))
     assert not undeclared, undeclared
     kinds = {(message, record) for message, record, _ in sent}
     assert {("train", "masks"), ("train.kd", "stats"), ("query.bnstats", "arrays"), ("evaluate", "stats")} <= kinds
+    assert {("train.kd", "qdual"), ("query.quantsens", "arrays")} <= kinds
 
 
 def test_the_declaration_is_tight():
@@ -50,3 +54,4 @@ def test_the_declaration_is_tight():
     assert not P.declared("train", "stats", "samples")
     assert not P.declared("train.kd", "masks", "m.conv1")  # masks only in mask-phase replies
     assert P.declared("train", "masks", "u.conv1") and P.declared("query.bnstats", "arrays", "sq.bn2")
+    assert P.declared("train.kd", "qdual", "fc1.weight") and not P.declared("train", "qdual", "fc1.weight")
