@@ -91,3 +91,8 @@ def test_the_fill_pass_grows_back_the_richest_step_that_still_fits():
     assert [s["group"] for s in steps] == ["a"] + ["b"] * 4 and all(s["fill"] for s in steps)
     assert steps[0]["gain"] == pytest.approx(math.log(3 / 2)) and steps[-1]["ms"] == [38.0, 38.0]
     assert latency.fill({"a": 2, "b": 4}, sizes, scores, (30.0, 30.0), timed, []) == {"a": 2, "b": 8}
+
+
+def test_the_budgets_anchor_is_the_fastest_pass_at_each_batch():
+    passes = iter([(0.063, 2.36), (0.044, 4.70), (0.045, 2.11)])  # a slow batch 1, then a slow batch 64
+    assert latency.anchor_ms(lambda: next(passes)) == (0.044, 2.11)
