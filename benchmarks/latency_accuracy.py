@@ -155,7 +155,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             f"| {ms['plan']['batch_1'] * 1e3:.1f} / {ms['uniform']['batch_1'] * 1e3:.1f} µs "
             f"| {ms['plan']['batch_64']:.3f} / {ms['uniform']['batch_64']:.3f} "
             f"| {spread([r['planned_acc'] for r in sel])} | {spread([r['uniform_acc'] for r in sel])} "
-            f"| {mean_gain:+.2f} | {mean_loss:+.2f} | {goal} |"
+            f"| {mean_gain:+.2f} ± {statistics.stdev(gain) if len(gain) > 1 else 0.0:.2f} | {mean_loss:+.2f} | {goal} |"
         )
     return lines
 

@@ -8,7 +8,7 @@ same budget (the smallest p on a 0.05 grid whose model meets it, which the searc
 cuts a group below), measured again too. Both are reported with their channels, parameters and MACs, so
 the plan's use of the same time is visible. Usage:
 
-    python benchmarks/latency_plan.py [--budgets 0.7 0.5 0.3] [--archs lenet resnet cnn1d] [--repeats 100]
+    python benchmarks/latency_plan.py [--budgets 0.7 0.5 0.3] [--archs lenet resnet cnn1d] [--repeats 1000]
                                       [--out benchmarks/results/latency_plan.json]
 """
 
@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
     parser.add_argument("--archs", nargs="+", choices=sorted(CLASSES), default=["lenet", "resnet", "cnn1d"])
-    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latency_plan.json"))
     args = parser.parse_args()
     if any(not 0 < b < 1 for b in args.budgets) or args.repeats < 1:

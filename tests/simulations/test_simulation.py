@@ -134,7 +134,7 @@ def test_the_latency_pairs_benchmark_reads_the_plan_and_its_uniform_pair(run, tm
     assert record["uniform_run"] == "t-naive-u-s0" and record["planned_acc"] - record["uniform_acc"] == 2.5
     assert record["plan"]["params"] == record["uniform"]["params"] and record["plan"]["ms"]["batch_1"] > 0
     assert set(record["artefact_ms"]) == {"batch_1", "batch_64"}
-    assert "| +2.50 | -2.50 | applies: met |" in (study / "latency_accuracy.md").read_text()
+    assert "| +2.50 ± 0.00 | -2.50 | applies: met |" in (study / "latency_accuracy.md").read_text()
     (study / "runs.csv").write_text(header + rows)
     done = refused("latency_accuracy.py", str(study), "--repeats", "5")
     assert done.returncode != 0 and "t-naive_lat-s0: no run without a plan at p = " in done.stderr
