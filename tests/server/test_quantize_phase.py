@@ -210,7 +210,7 @@ def test_a_devices_quantization_dual_is_checked_against_its_bound():
     check_quant_dual({"w": torch.tensor([[1.7, -1.8]])}, w, z, 1)
     with pytest.raises(ReplyError, match=r"qdual\.w: \|U\| up to 1\.9, allowed 1\.8"):
         check_quant_dual({"w": torch.tensor([[1.9, 0.0]])}, w, z, 1)
-    with pytest.raises(ReplyError, match="qdual.w"):
+    with pytest.raises(ReplyError, match=r"qdual\.w"):
         check_quant_dual({"w": torch.tensor([1.0, 0.0])}, w, z, 1)  # not Z's shape
     with pytest.raises(ReplyError, match="qdual"):
         check_quant_dual({"w": torch.tensor([[float("nan"), 0.0]])}, w, z, 1)
@@ -218,7 +218,7 @@ def test_a_devices_quantization_dual_is_checked_against_its_bound():
 
 def test_per_client_quantization_duals_are_refused_where_nothing_single_is_seen():
     base = [*TINY, "quantize.bits=[8, 4]", "quantize.dual=per_client"]
-    with pytest.raises(ConfigError, match="quantize.dual: per_client sends each device's own dual"):
+    with pytest.raises(ConfigError, match=r"quantize\.dual: per_client sends each device's own dual"):
         config_from_overrides([*base, "federation.secure_aggregation.enabled=true"])
-    with pytest.raises(ConfigError, match="per_client needs quantize.method admm"):
+    with pytest.raises(ConfigError, match=r"per_client needs quantize\.method admm"):
         config_from_overrides([*base, "quantize.method=ptq"])
