@@ -94,8 +94,8 @@ def measured_ms(model: nn.Module, folder: Path, repeats: int) -> tuple[float, fl
 
 def anchor_ms(measure: Callable[[], tuple[float, float]], passes: int = 3) -> tuple[float, float]:
     """The fastest of ``passes`` measurements at each batch: the dense model's time, which every budget is
-    a share of. Load from other processes only adds time, and one slow pass (a run's Ray workers still
-    stopping) once made a budget 45 % looser than meant."""
+    a share of. Load from other processes (a previous run's workers still stopping) only adds time, and a
+    slow pass here would loosen the whole budget by as much."""
     times = [measure() for _ in range(passes)]
     return min(t[0] for t in times), min(t[1] for t in times)
 
