@@ -9,8 +9,9 @@ interleaved (``--rounds`` passes, the median of each model's medians), in ONNX R
 through the device runtime's session (``admp_export.latency.measured_ms``: batch 1 over ``--repeats``
 calls, batch 64 over a fiftieth): the planned run's teacher pruned to the plan's and to the uniform
 model's channel counts (the weights do not change the time), and the planned run's shipped
-``pruned_model.onnx``. Accuracies are the runs' summaries (each equals its exported model's,
-``student_acc_as_exported``). Writes ``latency_accuracy.json`` and ``latency_accuracy.md`` into the
+``pruned_model.onnx``. Accuracies are the runs' summaries: what the devices get from the exported model,
+after the shipped device-side BN step where the run has one (``benchmarks/deployed_accuracy.py`` checks a
+run's figure on its devices). Writes ``latency_accuracy.json`` and ``latency_accuracy.md`` into the
 study folder.
 
     python benchmarks/latency_accuracy.py results/latency [--repeats 1000] [--rounds 3]
