@@ -116,3 +116,17 @@ def test_a_device_lost_after_the_key_exchange_leaves_the_others_sum():
 def test_what_secure_aggregation_cannot_be_combined_with(override):
     with pytest.raises(ConfigError, match="secure_aggregation: cannot be combined with"):
         config_from_overrides(["federation.secure_aggregation.enabled=true", "federation.min_replies=1", override])
+
+
+def test_the_quantization_phase_runs_through_secure_aggregation():
+    """quantize.bits with SecAgg+: the phase's rounds are summed securely like the fine-tune's (every reply
+    valid, no array shown), and each round's messages carry the penalty's targets."""
+    secure = "federation.secure_aggregation.enabled=true"
+    rows, seen = _run(secure, "quantize.bits=[8, 4]", "quantize.rounds_per_stage=1")
+    quant = [r for r in rows if r["phase"] == "quantize"]
+    assert [r["quant_bits"] for r in quant] == [8, 4] and all(r["valid_replies"] == 3 for r in quant)
+    targets = [(m, r) for m, r in seen if P.QUANT in m.content]
+    assert targets and all(str(m.metadata.message_type) == "train" for m, _ in targets)
+    for _, reply in targets:  # the values went masked
+        assert reply.has_error() or all(len(a) == 0 for a in reply.content.array_records.values())
+    assert not any(P.QUANT_DUAL in r.content for _, r in seen)  # the global dual: nothing more leaves a device
