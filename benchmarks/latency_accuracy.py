@@ -7,8 +7,8 @@ same task, method and seed at that ratio (there, ``fedadmp_uniform`` and ``naive
 reference is the study's fed. KD run of the task and seed. Both architectures are measured again here,
 interleaved (``--rounds`` passes, the median of each model's medians), in ONNX Runtime on one thread
 through the device runtime's session (``admp_export.latency.measured_ms``: batch 1 over ``--repeats``
-calls, batch 64 over a fiftieth): the planned run's teacher pruned to the plan's and to the uniform
-model's channel counts (the weights do not change the time), and the planned run's shipped
+calls, batch 64 over a fiftieth): the run's architecture (seeded weights) pruned to the plan's and to
+the uniform model's channel counts (the weights do not change the time), and the planned run's shipped
 ``pruned_model.onnx``. Accuracies are the runs' summaries: what the devices get from the exported model,
 after the shipped device-side BN step where the run has one (``benchmarks/deployed_accuracy.py`` checks a
 run's figure on its devices). Writes ``latency_accuracy.json`` and ``latency_accuracy.md`` into the
@@ -31,6 +31,7 @@ import torch
 
 from admp.admm import keep_count
 from admp.masks import group_sizes
+from admp.metrics import count_params
 from admp.models import example_input, groups_of
 from admp.surgery import prune_model
 from admp.teacher import initial_model
@@ -61,20 +62,28 @@ def pair_of(run: dict[str, str], ratio: float, rows: list[dict[str, str]]) -> di
     raise SystemExit(f"{run['run_id']}: no run without a plan at p = {ratio:g} for its task, method and seed")
 
 
-def timed_pair(run_dir: Path, plan: dict[str, Any], repeats: int, rounds: int) -> dict[str, Any]:
-    """The plan's and the uniform model's measured ms (batch 1, 64) and parameters, and the artefact's ms."""
+def dense_model(run_dir: Path, tasks: dict[str, tuple[int, tuple[int, ...]]]) -> torch.nn.Module:
+    """The run's dense architecture with its seeded initial weights (the weights do not change the time);
+    ``tasks`` caches each task's classes and sample shape, so its data is read once."""
     cfg = load_config(run_dir / "config.yaml")
-    task = build_task(cfg.data, cfg.run.seed)
-    teacher = initial_model(cfg, task.num_classes, task.input_shape)
-    teacher.load_state_dict(torch.load(run_dir / "teacher.pt", weights_only=True))
-    teacher.eval()
-    groups, example = groups_of(teacher), example_input(teacher)
-    sizes = group_sizes(teacher, groups)
+    key = cfg.data.model_dump_json()
+    if key not in tasks:
+        task = build_task(cfg.data, cfg.run.seed)
+        tasks[key] = task.num_classes, tuple(task.input_shape)
+    return initial_model(cfg, *tasks[key]).eval()
+
+
+def timed_pair(
+    dense: torch.nn.Module, run_dir: Path, plan: dict[str, Any], repeats: int, rounds: int
+) -> dict[str, Any]:
+    """The plan's and the uniform model's measured ms (batch 1, 64) and parameters, and the artefact's ms."""
+    groups, example = groups_of(dense), example_input(dense)
+    sizes = group_sizes(dense, groups)
     counts = {
         "plan": dict(plan["counts"]),
         "uniform": {g: keep_count(c, float(plan["uniform_ratio"])) for g, c in sizes.items()},
     }
-    models = {k: prune_model(teacher, groups, keep_first(sizes, c), example).eval() for k, c in counts.items()}
+    models = {k: prune_model(dense, groups, keep_first(sizes, c), example).eval() for k, c in counts.items()}
     passes: dict[str, list[tuple[float, float]]] = {k: [] for k in models}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
@@ -86,7 +95,7 @@ def timed_pair(run_dir: Path, plan: dict[str, Any], repeats: int, rounds: int) -
     for k, model in models.items():
         out[k] = {
             "channels": counts[k],
-            "params": sum(p.numel() for p in model.parameters()),
+            "params": count_params(model),
             "ms": {f"batch_{b}": statistics.median(t[i] for t in passes[k]) for i, b in enumerate((1, 64))},
         }
     return out
@@ -96,7 +105,8 @@ def measure(study: Path, repeats: int, rounds: int) -> list[dict[str, Any]]:
     """One record per planned run: its plan, its pair's and the dense run's accuracies, both latencies."""
     rows = read_rows(study)
     dense = {(r["task"], r["seed"]): float(r["student_acc"]) for r in rows if r["method"] == "fedkd"}
-    records = []
+    records: list[dict[str, Any]] = []
+    tasks: dict[str, tuple[int, tuple[int, ...]]] = {}
     for row in rows:
         if not planned(row):
             continue
@@ -119,7 +129,7 @@ def measure(study: Path, repeats: int, rounds: int) -> list[dict[str, Any]]:
                 "uniform_acc": float(pair["student_acc"]),
                 "uniform_run": pair["run_id"],
                 "dense_acc": dense.get((row["task"], row["seed"])),
-                **timed_pair(run_dir, plan, repeats, rounds),
+                **timed_pair(dense_model(run_dir, tasks), run_dir, plan, repeats, rounds),
             }
         )
     return records

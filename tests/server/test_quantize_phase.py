@@ -189,10 +189,24 @@ def test_a_quantization_checkpoint_with_bad_bits_is_refused(tmp_path):
 
 
 def test_per_client_quantization_duals_in_a_run(tmp_path):
-    """quantize.dual per_client, two rounds a stage: the devices keep and send their own U_k, the server's Z
-    comes from the consensus; rho follows the same schedule (1.2, 1.44 in each stage) and the shipped
-    weights are on the last stage's levels."""
-    run = _run(tmp_path, "quantize.bits=[8, 4]", "quantize.rounds_per_stage=2", "quantize.dual=per_client")
+    """quantize.dual per_client, two rounds a stage: every quantization reply carries the device's U_k, zero
+    in a stage's first round (a new problem) and not zero later in it for a device that trained before
+    (advanced after the new Z); rho follows the same schedule (1.2, 1.44 in each stage); the shipped weights
+    are on the last stage's levels."""
+    from strategies import protocol as P
+
+    duals: list[tuple[int, float]] = []  # (the stage's Z-steps the message announced, the reply's largest |U_k|)
+
+    def spy(msg, reply):
+        if P.QUANT in msg.content and not reply.has_error():
+            u = P.from_record(reply.content[P.QUANT_DUAL])
+            duals.append((int(msg.content[P.CONFIG]["quant-steps"]), max(float(v.abs().max()) for v in u.values())))
+        return reply
+
+    extra = ("quantize.bits=[8, 4]", "quantize.rounds_per_stage=2", "quantize.dual=per_client")
+    run = _run(tmp_path, *extra, grid=InProcessGrid(4, replies=spy))
+    assert len(duals) == 12 and all(u == 0 for steps, u in duals if steps == 0)  # 4 rounds x 3 devices
+    assert any(u > 0 for steps, u in duals if steps == 1)  # 3 of 4 devices twice in a stage: some overlap
     quant = [r for r in _rows(run) if r["phase"] == "quantize"]
     assert [r["quant_bits"] for r in quant] == [8, 8, 4, 4]
     assert [r["quant_rho"] for r in quant] == pytest.approx([1.2, 1.44, 1.2, 1.44])
