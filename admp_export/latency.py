@@ -10,7 +10,9 @@ relative to the budget at each batch, per unit of cost, the log-ratio of the gro
 and after the cut (``removal_cost``: its weakest kept filters go, by the cloud's data-free criterion that
 naive and FedADMP's start use). It stops once both batches meet the budget. No group is cut below the
 width the uniform ratio of the same budget keeps (the first p on a 0.05 grid whose model meets it,
-measured first): at equal latency the plan is at least as wide as the uniform model in every group. Then a
+measured first): at equal latency the plan is at least as wide as the uniform model in every group. A
+search that reaches the floors stops there, with the uniform model, which met the budget when the grid
+measured it (measured again at the budget's edge it can miss by noise). Then a
 fill pass spends what the last cut left under the budget (measured latency is not monotone in width: a
 group can often grow a step at no cost): of the groups one step below their width, the one whose step
 back adds the most kept L1 mass and still meets the budget grows, until none does. The result is a
@@ -177,8 +179,10 @@ def search(model: nn.Module, groups: GroupSpec, fraction: float, repeats: int = 
                 saved = sum(max(0.0, (now - new) / b) for now, new, b in zip(current, latency, budget, strict=True))
                 cost = removal_cost(scores[g], counts[g], step)
                 options.append((saved / max(cost, 1e-12), saved, -cost, g, candidate, latency))
-            if not options:
+            if not options and uniform is None:
                 raise ValueError(f"no plan reaches {fraction:g} of the dense latency: every group is at its floor")
+            if not options:  # at the floors: the uniform model, which met the budget when the grid measured it
+                break
             _, saved, _, group, counts, current = max(options, key=lambda o: (o[1] > 0, o[0], o[2]))
             steps.append({"group": group, "keep": counts[group], "ms": list(current), "saved": saved})
         counts = fill(counts, sizes, scores, budget, timed, steps)

@@ -62,7 +62,12 @@ def family(arch: str, budgets: list[float], repeats: int, folder: Path) -> dict[
 
     rows = []
     for share in budgets:
-        plan = search(dense, groups, share, repeats)
+        try:
+            plan = search(dense, groups, share, repeats)
+        except ValueError as unreachable:  # this runtime's floor is slower than the budget: say so, go on
+            rows.append({"budget_share": share, "unreachable": str(unreachable)})
+            print(f"{arch} {share:g}: {unreachable}", flush=True)
+            continue
         budget = plan.budget_ms
         model = pruned(plan.counts)
         planned = described(model, plan.counts, measured_ms(model, folder, 2 * repeats), budget)

@@ -67,6 +67,33 @@ def test_the_plan_keeps_a_group_wider_than_uniform_where_its_time_is_cheap(monke
     assert plan.floors == {"conv1": 6, "conv2": 12} and plan.counts == {"conv1": 6, "conv2": 16}
 
 
+def test_a_search_that_reaches_the_floors_stops_at_the_uniform_model(monkeypatch):
+    """The latency model of the greedy test, but the uniform model (6, 12) runs (72, 840) only the first
+    time it is measured (the grid's) and (73, 840) after, a miss by noise at the budget's edge (72, 840):
+    the greedy's last cut reaches the floors over budget and stops there; the fill pass finds nothing that
+    fits ((7, 12) runs 83, (6, 13) 74); the plan is the uniform model, its final time the over one."""
+    seen: list[tuple[int, int]] = []
+
+    def fake_ms(model, folder, repeats):
+        sizes = group_sizes(model, groups_of(model))
+        c1, c2 = sizes["conv1"], sizes["conv2"]
+        noise = 1.0 if (c1, c2) in seen and (c1, c2) == (6, 12) else 0.0
+        seen.append((c1, c2))
+        return 10.0 * c1 + c2 + noise, 100.0 * c1 + 20.0 * c2
+
+    monkeypatch.setattr(latency, "measured_ms", fake_ms)
+    monkeypatch.setattr(
+        latency, "l1_filter_scores", lambda m, g, e: {k: torch.ones(c) for k, c in group_sizes(m, g).items()}
+    )
+    model = build_model("lenet", 10, 0.25)
+    plan = search(model, groups_of(model), 0.75)
+    assert plan.uniform_ratio == 0.25 and plan.counts == plan.floors == {"conv1": 6, "conv2": 12}
+    assert plan.measured_ms == pytest.approx((73.0, 840.0)) and not any(s.get("fill") for s in plan.steps)
+    monkeypatch.setattr(latency, "measured_ms", lambda model, folder, repeats: (100.0, 1000.0))  # nothing is faster
+    with pytest.raises(ValueError, match="every group is at its floor"):
+        search(model, groups_of(model), 0.75)
+
+
 def test_per_group_ratios_in_the_z_step_and_the_ramp():
     m = {"a": torch.tensor([0.9, 0.1, 0.5, 0.7]), "b": torch.tensor([0.2, 0.8])}
     z = z_step(m, zeros_masks({"a": 4, "b": 2}), {"a": 0.5, "b": 0.0})  # a keeps 2, b keeps both

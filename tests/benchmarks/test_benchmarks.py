@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -134,11 +135,15 @@ def test_latency_table(tmp_path):
 
 def test_latency_plan(tmp_path):
     """A budget's plan and the uniform model of the same budget, each with its measured times and check;
-    the plan's channels fit the family; a budget outside (0, 1) is refused before any measurement."""
+    the plan's channels fit the family; a budget no width reaches (a hundredth of the dense time: the
+    runtime's fixed cost per node alone is more) is recorded as such; a budget outside (0, 1) is refused
+    before any measurement."""
     out = tmp_path / "plan.json"
-    bench("latency_plan.py", "--archs", "lenet", "--budgets", "0.8", "--repeats", "5", "--out", str(out))
+    budgets = ("--budgets", "0.8", "0.01")
+    bench("latency_plan.py", "--archs", "lenet", *budgets, "--repeats", "5", "--out", str(out))
     lenet = report(out, "families")["families"]["lenet"]
-    (row,) = lenet["budgets"]
+    row, floor = lenet["budgets"]
+    assert floor == {"budget_share": 0.01, "unreachable": ANY} and "every group is at its floor" in floor["unreachable"]
     assert row["budget_share"] == 0.8  # the budget is that share of the dense latency the search measured
     assert row["budget_ms"] == pytest.approx([0.8 * ms for ms in row["search_dense_ms"]])
     plan = row["plan"]
