@@ -28,7 +28,7 @@ run: $(STAMP)
 
 # The gate first (lint, format, types), then the suite.
 gate: $(STAMP)
-	@echo "[gate] ruff check, ruff format --check, mypy (strict on admp*/, strategies/, server/, clients/, simulations/)"
+	@echo "[gate] ruff check, ruff format --check, mypy (strict on admp*/, strategies/, server/, clients/, simulations/, benchmarks/)"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

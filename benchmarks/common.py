@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def simulate(sets: list[str], out: Path, name: str, scenario: str = "") -> Path:
     return run_directory(out, name)
 
 
-def write_runtime_report(out: Path, families: dict[str, object]) -> None:
+def write_runtime_report(out: Path, families: Mapping[str, object]) -> None:
     """A latency report with the runtime it was measured in (ONNX Runtime's version, the machine, one thread)."""
     import json
     import platform

@@ -20,6 +20,7 @@ import pickle
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import simulate
@@ -37,6 +38,7 @@ def simulate_rounds(rounds: int, out: Path, sets: list[str]) -> tuple[Path, floa
 def plain_loop(run: Path, rounds: int) -> list[float]:
     """The same mask-phase rounds without Flower or Ray (same AdmpState steps); seconds per round."""
     from admp.masks import clone_masks, group_sizes
+    from admp.models import groups_of
     from admp.state import AdmmSettings, AdmpState
     from admp.teacher import initial_model
     from admp.trainer import admp_local_train, teacher_targets
@@ -52,7 +54,7 @@ def plain_loop(run: Path, rounds: int) -> list[float]:
     teacher = initial_model(cfg, task.num_classes, task.input_shape)
     teacher.load_state_dict(torch.load(run / "teacher.pt", weights_only=True))
     teacher.eval()
-    groups = teacher.channel_groups()
+    groups = groups_of(teacher)
     settings = AdmmSettings.from_hyper(hp)
     state = AdmpState.initial(settings, group_sizes(teacher, groups))
     weights = teacher.state_dict()
@@ -87,14 +89,14 @@ def plain_loop(run: Path, rounds: int) -> list[float]:
     return times
 
 
-def context_costs(run: Path) -> dict:
+def context_costs(run: Path) -> dict[str, Any]:
     """Pickled size and round-trip time of a node Context with and without the teacher."""
     from flwr.app import ConfigRecord, Context, RecordDict
 
     from strategies import protocol as P
 
     teacher = torch.load(run / "teacher.pt", weights_only=True)
-    out = {}
+    out: dict[str, Any] = {}
     for name, state in (
         ("hash_only", RecordDict({"device": ConfigRecord({"teacher_hash": "x" * 64})})),
         (

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import run_directory, simulate_command
 
@@ -54,7 +55,7 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
-def measure(fleet: int, out_dir: Path, sets: list[str]) -> dict:
+def measure(fleet: int, out_dir: Path, sets: list[str]) -> dict[str, Any]:
     """Run one simulation and return its peak tree PSS, process count and wall time."""
     own = [
         f"data.num_devices={fleet}",
@@ -97,7 +98,7 @@ def measure(fleet: int, out_dir: Path, sets: list[str]) -> dict:
     }
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path) -> None:
     """Start-up, round time and peak PSS against the fleet size (log x)."""
     import matplotlib
 

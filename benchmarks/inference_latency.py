@@ -19,7 +19,7 @@ import torch
 from admp import admm
 from admp.masks import group_sizes, zeros_masks
 from admp.metrics import count_macs, count_params, cpu_latency_ms
-from admp.models import build_model, example_input
+from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
 
 FAMILIES = (("lenet", 10), ("resnet", 10), ("cnn1d", 6))
@@ -27,7 +27,7 @@ FAMILIES = (("lenet", 10), ("resnet", 10), ("cnn1d", 6))
 
 def measure(model: torch.nn.Module, batch: int, repeats: int) -> dict[str, float]:
     """Median/p90 ms of one forward at ``batch`` on one thread."""
-    x = torch.randn(batch, *model.input_shape)
+    x = torch.randn_like(example_input(model, batch))
     return cpu_latency_ms(model, x, threads=1, warmup=10, repeats=repeats)
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     results = []
     for arch, classes in FAMILIES:
         dense = build_model(arch, classes).eval()
-        groups = dense.channel_groups()
+        groups = groups_of(dense)
         sizes = group_sizes(dense, groups)
         variants = [("dense", 0.0, dense)]
         for p in args.ratios:

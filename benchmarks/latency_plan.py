@@ -25,7 +25,7 @@ from common import write_runtime_report  # this folder is on the path of a scrip
 from admp.admm import keep_count
 from admp.masks import group_sizes
 from admp.metrics import count_macs, count_params
-from admp.models import build_model, example_input
+from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
 from admp_export.latency import keep_first, measured_ms, search
 
@@ -53,7 +53,7 @@ def family(arch: str, budgets: list[float], repeats: int, folder: Path) -> dict[
     classes, shape = CLASSES[arch]
     torch.manual_seed(0)
     dense = build_model(arch, classes, 1.0, shape).eval()
-    groups = dense.channel_groups()
+    groups = groups_of(dense)
     sizes = group_sizes(dense, groups)
     example = example_input(dense)
 

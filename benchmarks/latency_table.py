@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import write_runtime_report  # this folder is on the path of a script run from it
 
 from admp.masks import group_sizes
-from admp.models import build_model, example_input
+from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
 from admp_export.formats import export_onnx
 from admp_export.latency import keep_first, onnx_latency_ms
@@ -34,18 +35,18 @@ BATCHES = (1, 64)
 def timed(model: torch.nn.Module, folder: Path, name: str, repeats: int) -> dict[str, float]:
     """Median ms of the model's ONNX export at each batch, one ONNX Runtime thread."""
     path = export_onnx(model, example_input(model), folder / f"{name}.onnx")
-    shape = tuple(model.input_shape)
+    shape = tuple(int(d) for d in example_input(model).shape[1:])
     return {
         f"b{b}_ms": round(onnx_latency_ms(path, shape, b, repeats if b == 1 else max(5, repeats // 10)), 4)
         for b in BATCHES
     }
 
 
-def family_table(arch: str, widths: list[float], ratios: list[float], repeats: int, folder: Path) -> dict[str, object]:
+def family_table(arch: str, widths: list[float], ratios: list[float], repeats: int, folder: Path) -> dict[str, Any]:
     """One family's table: dense, every group at every width, and the additive check at ``ratios``."""
     torch.manual_seed(0)
     dense = build_model(arch, CLASSES[arch]).eval()
-    groups = dense.channel_groups()
+    groups = groups_of(dense)
     sizes = group_sizes(dense, groups)
 
     def pruned(counts: dict[str, int]) -> torch.nn.Module:
@@ -54,8 +55,8 @@ def family_table(arch: str, widths: list[float], ratios: list[float], repeats: i
     base = timed(dense, folder, f"{arch}-dense", repeats)
     table: dict[str, list[dict[str, float]]] = {}
     for g, c in sizes.items():  # the grid's widths, and those of the uniform models the check needs
-        counts = sorted({max(1, round(w * c)) for w in [*widths, *(1 - p for p in ratios)]}, reverse=True)
-        table[g] = [{"keep": k, **timed(pruned({g: k}), folder, f"{arch}-{g}-{k}", repeats)} for k in counts]
+        kept = sorted({max(1, round(w * c)) for w in [*widths, *(1 - p for p in ratios)]}, reverse=True)
+        table[g] = [{"keep": k, **timed(pruned({g: k}), folder, f"{arch}-{g}-{k}", repeats)} for k in kept]
     checks = []
     for p in ratios:
         counts = {g: max(1, round((1 - p) * c)) for g, c in sizes.items()}

@@ -85,7 +85,7 @@ def plot(summary: dict[str, dict[str, dict[str, dict[str, float]]]], path: Path)
     methods = sorted({m for figs in summary.values() for m in figs})
     for i, method in enumerate(methods):
         colour = f"C{i}"
-        private = sorted((_target(t), f[method]) for t, f in summary.items() if _target(t) and method in f)
+        private = sorted((e, f[method]) for t, f in summary.items() if (e := _target(t)) and method in f)
         if private:
             xs = [e for e, _ in private]
             ax.errorbar(
