@@ -179,10 +179,10 @@ def search(model: nn.Module, groups: GroupSpec, fraction: float, repeats: int = 
                 saved = sum(max(0.0, (now - new) / b) for now, new, b in zip(current, latency, budget, strict=True))
                 cost = removal_cost(scores[g], counts[g], step)
                 options.append((saved / max(cost, 1e-12), saved, -cost, g, candidate, latency))
-            if not options and uniform is None:
-                raise ValueError(f"no plan reaches {fraction:g} of the dense latency: every group is at its floor")
-            if not options:  # at the floors: the uniform model, which met the budget when the grid measured it
-                break
+            if not options:
+                if uniform is None:
+                    raise ValueError(f"no plan reaches {fraction:g} of the dense latency: every group is at its floor")
+                break  # at the floors: the uniform model, which met the budget when the grid measured it
             _, saved, _, group, counts, current = max(options, key=lambda o: (o[1] > 0, o[0], o[2]))
             steps.append({"group": group, "keep": counts[group], "ms": list(current), "saved": saved})
         counts = fill(counts, sizes, scores, budget, timed, steps)

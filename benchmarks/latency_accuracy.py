@@ -38,6 +38,7 @@ from admp.teacher import initial_model
 from admp_config.schema import load_config
 from admp_data.tasks import build_task
 from admp_export.latency import keep_first, measured_ms, onnx_latency
+from simulations.study_report import mean_std, spread
 
 GOAL_LOSS, GOAL_GAIN = 2.0, 1.0  # where the uniform model loses >= 2 points to dense, the plan gains >= 1
 
@@ -135,12 +136,6 @@ def measure(study: Path, repeats: int, rounds: int) -> list[dict[str, Any]]:
     return records
 
 
-def spread(values: list[float]) -> str:
-    """Mean ± sample standard deviation (n) of a list."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f} (n={len(values)})"
-
-
 def table(records: list[dict[str, Any]]) -> list[str]:
     """Per task and method: the pair's channels, parameters, measured ms and accuracies, and the goal."""
     lines = [
@@ -152,7 +147,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
         sel = [r for r in records if (r["task"], r["method"]) == key]
         gain = [r["planned_acc"] - r["uniform_acc"] for r in sel]
         loss = [r["uniform_acc"] - r["dense_acc"] for r in sel if r["dense_acc"] is not None]
-        mean_loss, mean_gain = statistics.fmean(loss), statistics.fmean(gain)
+        mean_loss, (mean_gain, sd_gain) = statistics.fmean(loss), mean_std(gain)
         goal = "applies: " + ("met" if mean_gain >= GOAL_GAIN else "not met") if mean_loss <= -GOAL_LOSS else "n/a"
         ratios = ", ".join(sorted({f"{r['uniform_ratio']:g}" for r in sel}))
         ms = {
@@ -166,7 +161,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
             f"| {ms['plan']['batch_1'] * 1e3:.1f} / {ms['uniform']['batch_1'] * 1e3:.1f} µs "
             f"| {ms['plan']['batch_64']:.3f} / {ms['uniform']['batch_64']:.3f} "
             f"| {spread([r['planned_acc'] for r in sel])} | {spread([r['uniform_acc'] for r in sel])} "
-            f"| {mean_gain:+.2f} ± {statistics.stdev(gain) if len(gain) > 1 else 0.0:.2f} | {mean_loss:+.2f} | {goal} |"
+            f"| {mean_gain:+.2f} ± {sd_gain:.2f} | {mean_loss:+.2f} | {goal} |"
         )
     return lines
 

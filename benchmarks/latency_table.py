@@ -26,20 +26,17 @@ from admp.masks import group_sizes
 from admp.models import build_model, example_input, groups_of
 from admp.surgery import prune_model
 from admp_export.formats import export_onnx
-from admp_export.latency import keep_first, onnx_latency_ms
+from admp_export.latency import BATCHES, keep_first, onnx_latency
 
 CLASSES = {"lenet": 10, "resnet": 10, "cnn1d": 6}
-BATCHES = (1, 64)
 
 
 def timed(model: torch.nn.Module, folder: Path, name: str, repeats: int) -> dict[str, float]:
     """Median ms of the model's ONNX export at each batch, one ONNX Runtime thread."""
-    path = export_onnx(model, example_input(model), folder / f"{name}.onnx")
-    shape = tuple(int(d) for d in example_input(model).shape[1:])
-    return {
-        f"b{b}_ms": round(onnx_latency_ms(path, shape, b, repeats if b == 1 else max(5, repeats // 10)), 4)
-        for b in BATCHES
-    }
+    example = example_input(model)
+    path = export_onnx(model, example, folder / f"{name}.onnx")
+    times = onnx_latency(path, tuple(int(d) for d in example.shape[1:]), repeats)
+    return {f"b{b}_ms": round(times[f"batch_{b}"], 4) for b in BATCHES}
 
 
 def family_table(arch: str, widths: list[float], ratios: list[float], repeats: int, folder: Path) -> dict[str, Any]:

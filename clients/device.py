@@ -155,38 +155,64 @@ def device_state_file(context: Context, device: int, name: str = "dual") -> Path
     return Path(root) / f"{name}-{int(device)}.pt" if root and "partition-id" in context.node_config else None
 
 
+def read_device_state(
+    context: Context, device: int, name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, float]] | None:
+    """What ``keep_device_state`` kept under ``name`` for ``device``: its tensors and numbers, or None
+    before the device kept any."""
+    path = device_state_file(context, device, name)
+    if path is not None:
+        if not path.exists():
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["tensors"], {k: float(v) for k, v in saved["meta"].items()}
+    if name not in context.state:
+        return None
+    record = config_record(context.state, f"{name}-meta")
+    return P.from_record(P.array_record(context.state, name)), {k: config_float(record, k) for k in record}
+
+
+def keep_device_state(
+    context: Context, device: int, name: str, tensors: dict[str, torch.Tensor], meta: dict[str, float]
+) -> None:
+    """Keep tensors and numbers of ``device`` between rounds under ``name``: in its own file on a
+    simulation slot (replaced whole, never half-written), else in the node state (``name``,
+    ``name-meta``)."""
+    path = device_state_file(context, device, name)
+    if path is not None:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"tensors": tensors, "meta": meta}, tmp)
+        os.replace(tmp, path)
+        return
+    context.state[name] = P.to_record(tensors)
+    context.state[f"{name}-meta"] = ConfigRecord(dict(meta))
+
+
+def prefixed(**named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor dicts under prefixes: ``prefixed(u=u, m=m)`` -> keys ``u.<name>``, ``m.<name>``."""
+    return {f"{prefix}.{k}": v for prefix, tensors in named.items() for k, v in tensors.items()}
+
+
+def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors ``prefixed`` stored under ``prefix``, by their own names."""
+    head = prefix + "."
+    return {k[len(head) :]: v for k, v in tensors.items() if k.startswith(head)}
+
+
 def load_dual(context: Context, device: int, sizes: dict[str, int]) -> tuple[MaskDict, MaskDict | None, int, float]:
     """Per-client dual U_k of ``device``, its last local m_k (None before its first round), the server's
     Z-step count and rho when it was trained."""
-    fresh: tuple[MaskDict, MaskDict | None, int, float] = ({g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0)
-    path = device_state_file(context, device)
-    if path is not None:
-        if not path.exists():
-            return fresh
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        u = {k[2:]: v for k, v in saved.items() if k.startswith("u.")}
-        m = {k[2:]: v for k, v in saved.items() if k.startswith("m.")}
-        return u, m, int(saved["meta"][0]), float(saved["meta"][1])
-    if "dual" not in context.state:
-        return fresh
-    record = P.array_record(context.state, "dual")
-    meta = config_record(context.state, "dual-meta")
-    u, m = P.record_to_masks(record, "u"), P.record_to_masks(record, "m")
-    return u, m, config_int(meta, "z_steps"), config_float(meta, "rho")
+    saved = read_device_state(context, device, "dual")
+    if saved is None:
+        return {g: torch.zeros(c) for g, c in sizes.items()}, None, -1, 0.0
+    tensors, meta = saved
+    return unprefixed(tensors, "u"), unprefixed(tensors, "m"), int(meta["z_steps"]), meta["rho"]
 
 
 def save_dual(context: Context, device: int, u: MaskDict, m: MaskDict, z_steps: int, rho: float) -> None:
     """Keep U_k and m_k of ``device`` (a few hundred floats): in its own file on a simulation slot, else in
     the node state."""
-    path = device_state_file(context, device)
-    if path is not None:
-        tensors = {f"u.{g}": v for g, v in u.items()} | {f"m.{g}": v for g, v in m.items()}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(tensors | {"meta": torch.tensor([float(z_steps), rho], dtype=torch.float64)}, tmp)
-        os.replace(tmp, path)
-        return
-    context.state["dual"] = P.masks_to_record(u=u, m=m)
-    context.state["dual-meta"] = ConfigRecord({"z_steps": z_steps, "rho": rho})
+    keep_device_state(context, device, "dual", prefixed(u=u, m=m), {"z_steps": float(z_steps), "rho": rho})
 
 
 @torch.no_grad()

@@ -11,20 +11,19 @@ consensus step. Nothing of it is checkpointed: a resumed run restarts the duals,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
 from admp.quantize import TensorDict, advance_dual, weight_penalty
-from clients.device import config_float, config_int, config_record, device_state_file
+from clients.device import config_float, config_int, keep_device_state, prefixed, read_device_state, unprefixed
 from clients.job import Job
 from strategies import protocol as P
 
-STATE = "qdual"  # the file name's stem and the node state's record (plus "qdual-meta")
+STATE = "qdual"  # the state's name: the file name's stem, the node state's record (plus "qdual-meta")
 
 
 @dataclass
@@ -40,35 +39,18 @@ class SavedDual:
 
 def load_quant_dual(context: Context, device: int) -> SavedDual | None:
     """The device's saved dual, or None before its first round of the phase."""
-    path = device_state_file(context, device, STATE)
-    if path is not None:
-        if not path.exists():
-            return None
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        tensors, meta = saved["tensors"], saved["meta"].tolist()
-    elif STATE in context.state:
-        tensors = P.from_record(P.array_record(context.state, STATE))
-        record = config_record(context.state, f"{STATE}-meta")
-        meta = [config_float(record, k) for k in ("stage", "steps", "rho")]
-    else:
+    saved = read_device_state(context, device, STATE)
+    if saved is None:
         return None
-    u = {k[2:]: v for k, v in tensors.items() if k.startswith("u.")}
-    last_w = {k[2:]: v for k, v in tensors.items() if k.startswith("w.")}
-    return SavedDual(u, last_w, int(meta[0]), int(meta[1]), float(meta[2]))
+    tensors, meta = saved
+    u, last_w = unprefixed(tensors, "u"), unprefixed(tensors, "w")
+    return SavedDual(u, last_w, int(meta["stage"]), int(meta["steps"]), meta["rho"])
 
 
 def save_quant_dual(context: Context, device: int, dual: SavedDual) -> None:
     """Keep the device's dual: in its own file on a simulation slot, else in the node state."""
-    tensors = {f"u.{k}": v for k, v in dual.u.items()} | {f"w.{k}": v for k, v in dual.last_w.items()}
-    path = device_state_file(context, device, STATE)
-    if path is not None:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        meta = torch.tensor([float(dual.stage), float(dual.steps), dual.rho], dtype=torch.float64)
-        torch.save({"tensors": tensors, "meta": meta}, tmp)
-        os.replace(tmp, path)
-        return
-    context.state[STATE] = P.to_record(tensors)
-    context.state[f"{STATE}-meta"] = ConfigRecord({"stage": dual.stage, "steps": dual.steps, "rho": dual.rho})
+    meta = {"stage": float(dual.stage), "steps": float(dual.steps), "rho": dual.rho}
+    keep_device_state(context, device, STATE, prefixed(u=dual.u, w=dual.last_w), meta)
 
 
 def current_dual(saved: SavedDual | None, z: TensorDict, stage: int, steps: int, rho: float) -> TensorDict:

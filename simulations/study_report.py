@@ -25,12 +25,14 @@ LABELS = {
 }
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _fmt(values: list[float]) -> str:
-    mean, std = _mean_std(values)
+def spread(values: list[float]) -> str:
+    """``mean ± std (n=N)`` of a list, two decimals."""
+    mean, std = mean_std(values)
     return f"{mean:.2f} ± {std:.2f} (n={len(values)})"
 
 
@@ -59,21 +61,21 @@ def task_table(rows: list[dict[str, Any]], ratio: float) -> tuple[str, dict[str,
     teacher_by_seed = {r["seed"]: r for r in sorted(rows, key=lambda r: r["method"] != "centralized")}  # last wins
     if teacher_by_seed:
         t = list(teacher_by_seed.values())
-        means["source_only"] = _mean_std([r["teacher_acc"] for r in t])[0]
+        means["source_only"] = mean_std([r["teacher_acc"] for r in t])[0]
         latency = statistics.fmean(r["teacher_latency_ms"] for r in t)
         cost = f"{t[0]['teacher_params']:,} | {t[0]['teacher_macs']:,} | {latency:.3f}"
-        lines.append(f"| {LABELS['source_only']} | {_fmt([r['teacher_acc'] for r in t])} | {cost} |")
+        lines.append(f"| {LABELS['source_only']} | {spread([r['teacher_acc'] for r in t])} | {cost} |")
         local = [r["teacher_acc_target_bn"] for r in t if r["teacher_acc_target_bn"] is not None]
         if local:
-            means["source_only_bn"] = _mean_std(local)[0]
-            lines.append(f"| {LABELS['source_only_bn']} | {_fmt(local)} | {cost} |")
+            means["source_only_bn"] = mean_std(local)[0]
+            lines.append(f"| {LABELS['source_only_bn']} | {spread(local)} | {cost} |")
     for method in ("fedkd", "naive", "fedtiny", "fedadmp", "centralized"):
         sel = [r for r in rows if r["method"] == method and (method == "fedkd" or abs(r["prune_ratio"] - ratio) < 1e-9)]
         if not sel:
             continue
-        means[method] = _mean_std([r["student_acc"] for r in sel])[0]
+        means[method] = mean_std([r["student_acc"] for r in sel])[0]
         lines.append(
-            f"| {LABELS[method]} | {_fmt([r['student_acc'] for r in sel])} | {sel[0]['params']:,} | "
+            f"| {LABELS[method]} | {spread([r['student_acc'] for r in sel])} | {sel[0]['params']:,} | "
             f"{sel[0]['macs']:,} | {statistics.fmean(r['latency_ms'] for r in sel):.3f} |"
         )
     return "\n".join(lines), means
@@ -99,21 +101,21 @@ def ablation_table(rows: list[dict[str, Any]], ratio: float) -> str:
         for r in rows
         if r["method"] == "fedadmp" and not r["variant"] and r["seed"] in seeds and abs(r["prune_ratio"] - ratio) < 1e-9
     ]
-    base_acc = _mean_std([r["student_acc"] for r in base])[0] if base else None
+    base_acc = mean_std([r["student_acc"] for r in base])[0] if base else None
     base_div = _mean_or_none([r["final_divergence"] for r in base])
     lines = ["| variant | target acc % (mean ± std) | Δ acc | final D | Δ D |", "|---|---|---|---|---|"]
     if base:
         lines.append(
-            f"| FedADMP (default) | {_fmt([r['student_acc'] for r in base])} | — | {_num(base_div, '.4f')} | — |"
+            f"| FedADMP (default) | {spread([r['student_acc'] for r in base])} | — | {_num(base_div, '.4f')} | — |"
         )
     for name in variants:
         sel = [r for r in rows if r["variant"] == name]
-        acc = _mean_std([r["student_acc"] for r in sel])[0]
+        acc = mean_std([r["student_acc"] for r in sel])[0]
         div = _mean_or_none([r["final_divergence"] for r in sel])
         d_acc = None if base_acc is None else acc - base_acc
         d_div = None if div is None or base_div is None else div - base_div
         lines.append(
-            f"| {name} ({sel[0]['method']}) | {_fmt([r['student_acc'] for r in sel])} | {_num(d_acc, '+.2f')} | "
+            f"| {name} ({sel[0]['method']}) | {spread([r['student_acc'] for r in sel])} | {_num(d_acc, '+.2f')} | "
             f"{_num(div, '.4f')} | {_num(d_div, '+.4f')} |"
         )
     return "\n".join(lines)
@@ -131,7 +133,7 @@ def plot_vs_ratio(rows: list[dict[str, Any]], task: str, path: Path) -> None:
                 pruned[r["prune_ratio"]].append(r["channels_pruned"])
         if by_ratio:
             xs = sorted(by_ratio)
-            stats = [_mean_std(by_ratio[x]) for x in xs]
+            stats = [mean_std(by_ratio[x]) for x in xs]
             ax.errorbar(
                 [statistics.fmean(pruned[x]) for x in xs],
                 [m for m, _ in stats],
@@ -231,7 +233,7 @@ SWEPT = ("naive", "fedtiny", "fedadmp", "centralized")  # the methods that prune
 
 
 def _cell(values: list[float]) -> str:
-    return _fmt(values) if values else "—"
+    return spread(values) if values else "—"
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:

@@ -21,7 +21,15 @@ def test_the_cost_of_a_cut_is_the_log_ratio_of_the_kept_l1_mass():
     assert meets((1.0, 5.0), (1.0, 5.0)) and not meets((1.0, 5.1), (2.0, 5.0))
 
 
-def test_the_greedy_search_on_a_known_latency_model(monkeypatch):
+@pytest.fixture
+def equal_l1_scores(monkeypatch):
+    """Every filter of every group scores 1: a cut's cost is the log-ratio of the kept channel counts."""
+    monkeypatch.setattr(
+        latency, "l1_filter_scores", lambda m, g, e: {k: torch.ones(c) for k, c in group_sizes(m, g).items()}
+    )
+
+
+def test_the_greedy_search_on_a_known_latency_model(monkeypatch, equal_l1_scores):
     """LeNet at width 0.25 (conv1 8, conv2 16 channels), latency (10 c1 + c2, 100 c1 + 20 c2) and equal L1
     scores; budget 0.75 of dense (96, 1120) = (72, 840). The uniform grid first: p = 0.25 keeps (6, 12),
     which runs (72, 840), the first to meet it: those are the floors. Cutting conv1 saves 10/72 + 100/840 =
@@ -33,9 +41,6 @@ def test_the_greedy_search_on_a_known_latency_model(monkeypatch):
         return 10.0 * sizes["conv1"] + sizes["conv2"], 100.0 * sizes["conv1"] + 20.0 * sizes["conv2"]
 
     monkeypatch.setattr(latency, "measured_ms", fake_ms)
-    monkeypatch.setattr(
-        latency, "l1_filter_scores", lambda m, g, e: {k: torch.ones(c) for k, c in group_sizes(m, g).items()}
-    )
     model = build_model("lenet", 10, 0.25)
     plan = search(model, groups_of(model), 0.75)
     assert plan.uniform_ratio == 0.25 and plan.floors == {"conv1": 6, "conv2": 12}
@@ -49,7 +54,7 @@ def test_the_greedy_search_on_a_known_latency_model(monkeypatch):
         search(model, groups_of(model), 1.0)
 
 
-def test_the_plan_keeps_a_group_wider_than_uniform_where_its_time_is_cheap(monkeypatch):
+def test_the_plan_keeps_a_group_wider_than_uniform_where_its_time_is_cheap(monkeypatch, equal_l1_scores):
     """Latency from conv1 alone (10 c1, 100 c1): budget 0.75 of (80, 800) = (60, 600); the uniform grid's
     first fit is p = 0.25 (conv1 6, conv2 12, floors). Only conv1's cuts save time, so the plan cuts conv1
     to 6 and leaves conv2 whole: as fast as the uniform model, twice as wide in conv2 (16 against 12)."""
@@ -59,15 +64,12 @@ def test_the_plan_keeps_a_group_wider_than_uniform_where_its_time_is_cheap(monke
         return 10.0 * c1, 100.0 * c1
 
     monkeypatch.setattr(latency, "measured_ms", fake_ms)
-    monkeypatch.setattr(
-        latency, "l1_filter_scores", lambda m, g, e: {k: torch.ones(c) for k, c in group_sizes(m, g).items()}
-    )
     model = build_model("lenet", 10, 0.25)
     plan = search(model, groups_of(model), 0.75)
     assert plan.floors == {"conv1": 6, "conv2": 12} and plan.counts == {"conv1": 6, "conv2": 16}
 
 
-def test_a_search_that_reaches_the_floors_stops_at_the_uniform_model(monkeypatch):
+def test_a_search_that_reaches_the_floors_stops_at_the_uniform_model(monkeypatch, equal_l1_scores):
     """The latency model of the greedy test, but the uniform model (6, 12) runs (72, 840) only the first
     time it is measured (the grid's) and (73, 840) after, a miss by noise at the budget's edge (72, 840):
     the greedy's last cut reaches the floors over budget and stops there; the fill pass finds nothing that
@@ -82,9 +84,6 @@ def test_a_search_that_reaches_the_floors_stops_at_the_uniform_model(monkeypatch
         return 10.0 * c1 + c2 + noise, 100.0 * c1 + 20.0 * c2
 
     monkeypatch.setattr(latency, "measured_ms", fake_ms)
-    monkeypatch.setattr(
-        latency, "l1_filter_scores", lambda m, g, e: {k: torch.ones(c) for k, c in group_sizes(m, g).items()}
-    )
     model = build_model("lenet", 10, 0.25)
     plan = search(model, groups_of(model), 0.75)
     assert plan.uniform_ratio == 0.25 and plan.counts == plan.floors == {"conv1": 6, "conv2": 12}
